@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * egressd ABI: every struct and constant shared between the kernel programs
+ * (bpf/egress.bpf.c) and user space (daemon/src/bpf/abi.ts mirrors this file;
+ * test/privileged/abi.test.ts compares that mirror with the object's BTF).
+ *
+ * Rules of the maps, in prose:
+ * - "computers" is cgroup storage: one struct egress_computer per cgroup that
+ *   the programs are attached to, keyed by the cgroup's inode number. A
+ *   process in a descendant cgroup reads its attach point's value, so a child
+ *   cgroup is governed like its parent. A freshly attached cgroup reads all
+ *   zeroes, which is EGRESS_MODE_PENDING: everything is refused until the
+ *   agent writes the computer's policy (fail closed).
+ * - A policy is installed under a fresh policy_id: its rules go into the rule
+ *   maps keyed by that id, then one write of the computer's storage value
+ *   switches mode and policy_id together. A connect therefore sees the old
+ *   policy or the new one, never a mix. Old ids are deleted only after an RCU
+ *   grace period, when no program can still hold them.
+ * - Rule tries hold one entry per distinct CIDR of a policy; the compiler
+ *   folds every covering (shorter) prefix's ports into it, so the longest
+ *   match alone decides. An entry's protocols in any_port_protos match every
+ *   port; otherwise, when port_set is not 0, {policy_id, port_set, port,
+ *   proto} in "rule_ports" decides.
+ * - Internal tries hold the agent's internal CIDRs, reachable in every mode.
+ */
+#ifndef EGRESS_ABI_H
+#define EGRESS_ABI_H
+
+#include <linux/types.h>
+
+/* Modes of struct egress_computer. PENDING (0) is what a new attachment reads. */
+#define EGRESS_MODE_PENDING 0
+#define EGRESS_MODE_UNRESTRICTED 1
+#define EGRESS_MODE_ALLOWLIST 2
+#define EGRESS_MODE_DENYLIST 3
+#define EGRESS_MODE_ISOLATED 4
+
+/* Protocol bits of a rule ("any" is all of them, other L4 protocols included). */
+#define EGRESS_PROTO_TCP 0x1
+#define EGRESS_PROTO_UDP 0x2
+#define EGRESS_PROTO_OTHER 0x4
+#define EGRESS_PROTO_ANY (EGRESS_PROTO_TCP | EGRESS_PROTO_UDP | EGRESS_PROTO_OTHER)
+
+/* Slots of the "config" array map. */
+#define EGRESS_CONFIG_AGENT_NETNS_COOKIE 0 /* netns cookie of the agent's namespace */
+#define EGRESS_CONFIG_ABI_VERSION 1        /* EGRESS_ABI_VERSION of the loaded object */
+#define EGRESS_CONFIG_NEXT_POLICY_ID 2     /* user space's policy id counter, kept across restarts */
+#define EGRESS_CONFIG_SLOTS 8
+
+/* Bumped whenever a layout or a map definition below changes. */
+#define EGRESS_ABI_VERSION 1
+
+/* Capacities. LPM tries and the port hash allocate on demand (no prealloc). */
+#define EGRESS_MAX_RULE_ENTRIES (1 << 21)
+#define EGRESS_MAX_INTERNAL_ENTRIES 1024
+#define EGRESS_MAX_COMPUTERS 65536
+
+/* Value of the "computers" cgroup storage; written whole by user space. */
+struct egress_computer {
+	__u32 mode;      /* EGRESS_MODE_* */
+	__u32 policy_id; /* rule map key of the policy in force; 0: none */
+	__u64 version;   /* policy version from the store, for the agent only */
+};
+
+/* Key of "rules_v4". prefixlen counts from policy_id: 32 + CIDR length. */
+struct egress_lpm_v4 {
+	__u32 prefixlen;
+	__u32 policy_id; /* host byte order; always matched in full */
+	__u8 addr[4];    /* network byte order */
+} __attribute__((packed));
+
+/* Key of "rules_v6". prefixlen counts from policy_id: 32 + CIDR length. */
+struct egress_lpm_v6 {
+	__u32 prefixlen;
+	__u32 policy_id; /* host byte order; always matched in full */
+	__u8 addr[16];   /* network byte order */
+} __attribute__((packed));
+
+/* Value of "rules_v4" and "rules_v6". */
+struct egress_rule {
+	__u32 port_set;       /* 0: no port-specific rules for this prefix */
+	__u8 any_port_protos; /* EGRESS_PROTO_* bits that match on every port */
+	__u8 pad[3];
+};
+
+/* Key of "rule_ports" (value: __u8, always 1). */
+struct egress_port_key {
+	__u32 policy_id; /* host byte order */
+	__u32 port_set;
+	__u16 port;      /* host byte order */
+	__u8 proto;      /* one EGRESS_PROTO_* bit */
+	__u8 pad;
+};
+
+/* Keys of "internal_v4" / "internal_v6" (value: __u8, always 1). */
+struct egress_internal_v4 {
+	__u32 prefixlen;
+	__u8 addr[4]; /* network byte order */
+} __attribute__((packed));
+
+struct egress_internal_v6 {
+	__u32 prefixlen;
+	__u8 addr[16]; /* network byte order */
+} __attribute__((packed));
+
+#endif /* EGRESS_ABI_H */

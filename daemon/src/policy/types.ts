@@ -1,0 +1,31 @@
+/**
+ * The policy model shared by the API (which validates and stores it), the
+ * agent (which follows it) and the compiler (which turns it into map entries).
+ * Everything here is already normalised: see host.ts for the host forms.
+ */
+
+export const MODES = ['unrestricted', 'allowlist', 'denylist', 'isolated'] as const;
+export type Mode = (typeof MODES)[number];
+
+export const PROTOCOLS = ['tcp', 'udp', 'any'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
+export interface Rule {
+  /** Normalised: an address, a CIDR with host bits cleared, a hostname, or `*.` + hostname. */
+  host: string;
+  /** 1–65535; absent means every port. */
+  port?: number;
+  protocol: Protocol;
+}
+
+export interface Policy {
+  mode: Mode;
+  rules: Rule[];
+}
+
+/** Modes whose rules decide; the others take no rules. */
+export function modeTakesRules(mode: Mode): boolean {
+  return mode === 'allowlist' || mode === 'denylist';
+}
+
+export const UNRESTRICTED: Policy = Object.freeze({ mode: 'unrestricted', rules: [] }) as Policy;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds everything: the BPF object, the test probe (C), and the TypeScript.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p build
+arch_inc="/usr/include/$(uname -m)-linux-gnu"
+for src in bpf/*.bpf.c; do
+  obj="build/$(basename "${src%.c}").o"
+  clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -c "$src" -o "$obj"
+done
+cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
+cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
+npx tsc -p tsconfig.json
