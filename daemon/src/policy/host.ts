@@ -22,14 +22,18 @@ export function parseHost(input: string): ParsedHost {
   const address = parseAddress(host);
   if (address) return cidrOf(address, address.kind() === 'ipv4' ? 32 : 128);
   if (/^[0-9.]+$/.test(host) || host.includes(':')) {
-    throw new HostError(`"${input}" is not a valid IPv4 or IPv6 address (write IPv4 as four decimal parts, a.b.c.d)`);
+    throw new HostError(
+      `"${input}" is not a valid IPv4 or IPv6 address (write IPv4 as four decimal parts, a.b.c.d)`,
+    );
   }
   if (host.startsWith('*.')) {
     const suffix = normaliseHostname(host.slice(2), input);
     return { kind: 'wildcard', suffix, normalised: `*.${suffix}` };
   }
   if (host.includes('*')) {
-    throw new HostError(`"${input}": a wildcard is allowed only as a leading "*." (for example *.example.com)`);
+    throw new HostError(
+      `"${input}": a wildcard is allowed only as a leading "*." (for example *.example.com)`,
+    );
   }
   const name = normaliseHostname(host, input);
   return { kind: 'hostname', name, normalised: name };
@@ -74,7 +78,10 @@ function cidrOf(address: ipaddr.IPv4 | ipaddr.IPv6, prefixLen: number): ParsedHo
 
 function normaliseHostname(name: string, input: string): string {
   const trimmed = name.endsWith('.') ? name.slice(0, -1) : name;
-  const ascii = trimmed.includes('xn--') || /^[\x00-\x7f]*$/.test(trimmed) ? trimmed.toLowerCase() : domainToASCII(trimmed);
+  const ascii =
+    trimmed.includes('xn--') || /^[\x00-\x7f]*$/.test(trimmed)
+      ? trimmed.toLowerCase()
+      : domainToASCII(trimmed);
   if (ascii === '' || ascii.length > 253) {
     throw new HostError(`"${input}" is not a valid hostname (1 to 253 characters, labels separated by dots)`);
   }
