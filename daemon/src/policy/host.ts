@@ -78,10 +78,8 @@ function cidrOf(address: ipaddr.IPv4 | ipaddr.IPv6, prefixLen: number): ParsedHo
 
 function normaliseHostname(name: string, input: string): string {
   const trimmed = name.endsWith('.') ? name.slice(0, -1) : name;
-  const ascii =
-    trimmed.includes('xn--') || /^[\x00-\x7f]*$/.test(trimmed)
-      ? trimmed.toLowerCase()
-      : domainToASCII(trimmed);
+  // WHATWG's domainToASCII lower-cases and turns IDN into punycode; '' means it gave up.
+  const ascii = domainToASCII(trimmed) || trimmed.toLowerCase();
   if (ascii === '' || ascii.length > 253) {
     throw new HostError(`"${input}" is not a valid hostname (1 to 253 characters, labels separated by dots)`);
   }
