@@ -29,3 +29,6 @@ export function modeTakesRules(mode: Mode): boolean {
 }
 
 export const UNRESTRICTED: Policy = Object.freeze({ mode: 'unrestricted', rules: [] }) as Policy;
+
+/** Computer ids: 1–128 of [A-Za-z0-9._-], starting with a letter or digit (also safe as a bpffs file name). */
+export const COMPUTER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
