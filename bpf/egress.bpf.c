@@ -87,6 +87,27 @@ struct {
 	__type(value, __u64);
 } config SEC(".maps");
 
+/*
+ * Never read by the programs: user space replaces its one slot to wait for an
+ * RCU grace period (the kernel calls synchronize_rcu() after any update of a
+ * map-in-map), after which no program can still hold a retired policy_id.
+ */
+struct barrier_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} barrier_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct barrier_inner);
+} rcu_barrier SEC(".maps") = {
+	.values = {[0] = &barrier_inner},
+};
+
 static __always_inline __u8 proto_bit(__u32 protocol)
 {
 	if (protocol == IPPROTO_TCP)

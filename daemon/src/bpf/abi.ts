@@ -1,0 +1,141 @@
+/**
+ * TypeScript mirror of bpf/include/egress_abi.h: constants, layouts and the
+ * only functions that write or read raw map buffers. Every layout here must
+ * match its struct in the header; test/privileged/abi.test.ts compares them
+ * with the BTF of the built object.
+ */
+
+export const MODE = {
+  pending: 0,
+  unrestricted: 1,
+  allowlist: 2,
+  denylist: 3,
+  isolated: 4,
+} as const;
+
+export const PROTO = { tcp: 0x1, udp: 0x2, other: 0x4, any: 0x7 } as const;
+
+export const CONFIG_SLOT = { agentNetnsCookie: 0, abiVersion: 1, nextPolicyId: 2 } as const;
+export const CONFIG_SLOTS = 8;
+export const ABI_VERSION = 1;
+
+/** Names of the maps and programs in build/egress.bpf.o; nothing else spells them. */
+export const MAPS = {
+  computers: 'computers',
+  rulesV4: 'rules_v4',
+  rulesV6: 'rules_v6',
+  rulePorts: 'rule_ports',
+  internalV4: 'internal_v4',
+  internalV6: 'internal_v6',
+  config: 'config',
+  barrierInner: 'barrier_inner',
+  rcuBarrier: 'rcu_barrier',
+} as const;
+
+/** Byte layouts: size and member offsets, as in the header. */
+export const LAYOUT = {
+  egress_computer: { size: 16, offsets: { mode: 0, policy_id: 4, version: 8 } },
+  egress_lpm_v4: { size: 12, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
+  egress_lpm_v6: { size: 24, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
+  egress_rule: { size: 8, offsets: { port_set: 0, any_port_protos: 4, pad: 5 } },
+  egress_port_key: { size: 12, offsets: { policy_id: 0, port_set: 4, port: 8, proto: 10, pad: 11 } },
+  egress_internal_v4: { size: 8, offsets: { prefixlen: 0, addr: 4 } },
+  egress_internal_v6: { size: 20, offsets: { prefixlen: 0, addr: 4 } },
+} as const;
+
+export interface ComputerValue {
+  mode: number;
+  policyId: number;
+  version: bigint;
+}
+
+const L = LAYOUT;
+
+export function encodeComputer(v: ComputerValue): Buffer {
+  const b = Buffer.alloc(L.egress_computer.size);
+  b.writeUInt32LE(v.mode, L.egress_computer.offsets.mode);
+  b.writeUInt32LE(v.policyId, L.egress_computer.offsets.policy_id);
+  b.writeBigUInt64LE(v.version, L.egress_computer.offsets.version);
+  return b;
+}
+
+export function decodeComputer(b: Buffer): ComputerValue {
+  return {
+    mode: b.readUInt32LE(L.egress_computer.offsets.mode),
+    policyId: b.readUInt32LE(L.egress_computer.offsets.policy_id),
+    version: b.readBigUInt64LE(L.egress_computer.offsets.version),
+  };
+}
+
+/** Cgroup storage key: the cgroup's inode number. */
+export function encodeCgroupKey(cgroupId: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(cgroupId);
+  return b;
+}
+
+/** Writes a rule trie key for (policyId, prefix) at `offset` of `into`; the family follows bytes.length. */
+export function writeRuleKey(
+  into: Buffer,
+  offset: number,
+  policyId: number,
+  bytes: readonly number[],
+  prefixLen: number,
+) {
+  const layout = bytes.length === 4 ? L.egress_lpm_v4 : L.egress_lpm_v6;
+  into.writeUInt32LE(32 + prefixLen, offset + layout.offsets.prefixlen);
+  into.writeUInt32LE(policyId, offset + layout.offsets.policy_id);
+  for (let i = 0; i < bytes.length; i++) into[offset + layout.offsets.addr + i] = bytes[i] ?? 0;
+}
+
+export function ruleKeySize(family: 4 | 6): number {
+  return family === 4 ? L.egress_lpm_v4.size : L.egress_lpm_v6.size;
+}
+
+export function readRuleKeyPolicyId(key: Buffer): number {
+  return key.readUInt32LE(L.egress_lpm_v4.offsets.policy_id);
+}
+
+export function writeRuleValue(into: Buffer, offset: number, portSet: number, anyPortProtos: number) {
+  into.writeUInt32LE(portSet, offset + L.egress_rule.offsets.port_set);
+  into[offset + L.egress_rule.offsets.any_port_protos] = anyPortProtos;
+}
+
+export function writePortKey(
+  into: Buffer,
+  offset: number,
+  policyId: number,
+  portSet: number,
+  port: number,
+  proto: number,
+) {
+  const o = L.egress_port_key.offsets;
+  into.writeUInt32LE(policyId, offset + o.policy_id);
+  into.writeUInt32LE(portSet, offset + o.port_set);
+  into.writeUInt16LE(port, offset + o.port);
+  into[offset + o.proto] = proto;
+}
+
+export function readPortKeyPolicyId(key: Buffer): number {
+  return key.readUInt32LE(L.egress_port_key.offsets.policy_id);
+}
+
+export function encodeInternalKey(bytes: readonly number[], prefixLen: number): Buffer {
+  const layout = bytes.length === 4 ? L.egress_internal_v4 : L.egress_internal_v6;
+  const b = Buffer.alloc(layout.size);
+  b.writeUInt32LE(prefixLen, layout.offsets.prefixlen);
+  for (let i = 0; i < bytes.length; i++) b[layout.offsets.addr + i] = bytes[i] ?? 0;
+  return b;
+}
+
+export function encodeU32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+}
+
+export function encodeU64(n: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(n);
+  return b;
+}

@@ -1,0 +1,154 @@
+/**
+ * Loads build/egress.bpf.o and pins its maps and programs under the pin
+ * directory, or adopts what an earlier agent pinned there. Pins:
+ *   <pinDir>/maps/<map>        every map of the object
+ *   <pinDir>/progs/<program>   every program (egress_sock_create is pinned last:
+ *                              its pin marks a complete load)
+ *   <pinDir>/computers/<id>/<hook>   links, owned by the enforcer
+ * Pinned links and maps keep enforcement in force while no agent runs.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EgressdError } from '../errors.js';
+import { ABI_VERSION, CONFIG_SLOT, encodeU32, encodeU64, MAPS } from './abi.js';
+import * as bpf from './libbpf.js';
+
+/** The cgroup hooks, in attach order: sock_create first (see Enforcer.attach). */
+export const HOOKS = [
+  { name: 'sock_create', program: 'egress_sock_create', attachType: bpf.ATTACH.inetSockCreate },
+  { name: 'connect4', program: 'egress_connect4', attachType: bpf.ATTACH.inet4Connect },
+  { name: 'connect6', program: 'egress_connect6', attachType: bpf.ATTACH.inet6Connect },
+  { name: 'sendmsg4', program: 'egress_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
+  { name: 'sendmsg6', program: 'egress_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+] as const;
+
+export type HookName = (typeof HOOKS)[number]['name'];
+type MapName = (typeof MAPS)[keyof typeof MAPS];
+
+const COMPLETE_MARKER = HOOKS[0].program;
+
+export const DEFAULT_OBJECT_PATH = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../../../build/egress.bpf.o',
+);
+
+export interface LoadedObject {
+  pinDir: string;
+  maps: Record<MapName, number>;
+  programs: Record<HookName, { fd: number; id: number }>;
+  /** True when the pins were already there (a restarted agent). */
+  adopted: boolean;
+}
+
+export interface LoadOptions {
+  pinDir: string;
+  objectPath?: string;
+  log?: (level: 'warn' | 'info' | 'debug', line: string) => void;
+}
+
+let libbpfLog: string[] = [];
+let loggerSet = false;
+
+function captureLibbpfLog(log: LoadOptions['log']): void {
+  if (loggerSet) return;
+  loggerSet = true;
+  bpf.setLibbpfLogger((level, line) => {
+    libbpfLog.push(line);
+    if (libbpfLog.length > 200) libbpfLog = libbpfLog.slice(-100);
+    log?.(level === 'warn' ? 'warn' : 'debug', line);
+  });
+}
+
+export function loadOrAdopt(opts: LoadOptions): LoadedObject {
+  captureLibbpfLog(opts.log);
+  const { pinDir } = opts;
+  mkdirSync(pinDir, { recursive: true });
+  if (existsSync(path.join(pinDir, 'progs', COMPLETE_MARKER))) return adopt(pinDir);
+  // A load that died before its last pin: nothing can be attached yet, start over.
+  if (hasAttachments(pinDir)) {
+    throw new EgressdError(
+      'PINS_INCOMPLETE',
+      `${pinDir} holds computer links but no complete program set: remove it (rm -r ${pinDir}) to detach everything and start again`,
+    );
+  }
+  rmSync(path.join(pinDir, 'maps'), { recursive: true, force: true });
+  rmSync(path.join(pinDir, 'progs'), { recursive: true, force: true });
+  return loadFresh(pinDir, opts.objectPath ?? DEFAULT_OBJECT_PATH);
+}
+
+function hasAttachments(pinDir: string): boolean {
+  const dir = path.join(pinDir, 'computers');
+  return existsSync(dir) && readdirSync(dir).length > 0;
+}
+
+function programId(fd: number): number {
+  const info = Buffer.alloc(8); // struct bpf_prog_info: type, id
+  bpf.objInfo(fd, info);
+  return info.readUInt32LE(4);
+}
+
+function loadFresh(pinDir: string, objectPath: string): LoadedObject {
+  if (!existsSync(objectPath)) {
+    throw new EgressdError('NO_BPF_OBJECT', `BPF object ${objectPath} is missing: run npm run build`);
+  }
+  const obj = bpf.openObject(objectPath);
+  try {
+    libbpfLog = [];
+    try {
+      bpf.loadObject(obj);
+    } catch (err) {
+      throw new EgressdError(
+        'BPF_LOAD_FAILED',
+        `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
+          `socket hooks, LPM tries or cgroup storage (Linux 5.10 or newer is needed), or kernel lockdown forbids BPF. ` +
+          `libbpf said:\n` +
+          libbpfLog.slice(-20).join('\n'),
+        { cause: err },
+      );
+    }
+    mkdirSync(path.join(pinDir, 'maps'), { recursive: true });
+    mkdirSync(path.join(pinDir, 'progs'), { recursive: true });
+    for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
+    // The marker program goes last, so that its pin means every pin exists.
+    for (const hook of [...HOOKS].reverse()) {
+      bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.program));
+    }
+  } finally {
+    bpf.closeObject(obj);
+  }
+  const loaded = adopt(pinDir);
+  bpf.mapUpdate(loaded.maps.config, encodeU32(CONFIG_SLOT.abiVersion), encodeU64(BigInt(ABI_VERSION)));
+  bpf.mapUpdate(
+    loaded.maps.config,
+    encodeU32(CONFIG_SLOT.agentNetnsCookie),
+    encodeU64(bpf.currentNetnsCookie()),
+  );
+  return { ...loaded, adopted: false };
+}
+
+function adopt(pinDir: string): LoadedObject {
+  const maps = {} as Record<MapName, number>;
+  for (const name of Object.values(MAPS)) maps[name] = bpf.objGet(path.join(pinDir, 'maps', name));
+  const programs = {} as Record<HookName, { fd: number; id: number }>;
+  for (const hook of HOOKS) {
+    const fd = bpf.objGet(path.join(pinDir, 'progs', hook.program));
+    programs[hook.name] = { fd, id: programId(fd) };
+  }
+  const version = Buffer.alloc(8);
+  bpf.mapLookup(maps.config, encodeU32(CONFIG_SLOT.abiVersion), version);
+  const pinned = Number(version.readBigUInt64LE());
+  if (pinned !== 0 && pinned !== ABI_VERSION) {
+    throw new EgressdError(
+      'PINS_INCOMPATIBLE',
+      `the programs pinned in ${pinDir} come from an egressd build with ABI ${pinned}; this build has ABI ` +
+        `${ABI_VERSION}. Remove the pins (rm -r ${pinDir}, which detaches every computer) and restart`,
+    );
+  }
+  return { pinDir, maps, programs, adopted: true };
+}
+
+export function closeLoaded(loaded: LoadedObject): void {
+  for (const fd of Object.values(loaded.maps)) bpf.closeFd(fd);
+  for (const p of Object.values(loaded.programs)) bpf.closeFd(p.fd);
+}

@@ -1,0 +1,548 @@
+/**
+ * The enforcer: attaches the pinned programs to computers' cgroups, installs
+ * policies atomically, detaches, lists. It owns <pinDir>/computers/<id>/<hook>
+ * link pins; the programs and maps come from loader.ts.
+ *
+ * Atomic replace: a policy's entries are written under a fresh policy id,
+ * then one cgroup-storage write switches {mode, policy_id, version} for the
+ * computer (the kernel swaps storage values under RCU). The retired id's
+ * entries are deleted by sweep(), after an RCU grace period, so no program
+ * that read the old id can see a half-deleted policy.
+ */
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmdirSync,
+  statSync,
+  unlinkSync,
+} from 'node:fs';
+import path from 'node:path';
+import {
+  CONFIG_SLOT,
+  type ComputerValue,
+  decodeComputer,
+  encodeCgroupKey,
+  encodeComputer,
+  encodeInternalKey,
+  encodeU32,
+  encodeU64,
+  LAYOUT,
+  MODE,
+  readPortKeyPolicyId,
+  readRuleKeyPolicyId,
+  ruleKeySize,
+  writePortKey,
+  writeRuleKey,
+  writeRuleValue,
+} from './bpf/abi.js';
+import * as bpf from './bpf/libbpf.js';
+import {
+  closeLoaded,
+  HOOKS,
+  type HookName,
+  type LoadedObject,
+  type LoadOptions,
+  loadOrAdopt,
+} from './bpf/loader.js';
+import { EgressdError } from './errors.js';
+import { type CompiledPolicy, compile } from './policy/compile.js';
+import { parseHost } from './policy/host.js';
+import { COMPUTER_ID_PATTERN, type Policy } from './policy/types.js';
+import { findCgroup2Mount, resolveCgroup } from './system.js';
+
+export interface EnforcerOptions extends LoadOptions {
+  /** CIDRs reachable in every mode (agent configuration). @default [] */
+  internalCidrs?: string[];
+  /** Where cgroup paths are relative to. @default the cgroup2 mount from /proc/self/mountinfo */
+  cgroupRoot?: string;
+}
+
+export interface ComputerState {
+  id: string;
+  /** Inode of the attached cgroup; 0n when the cgroup is gone (links defunct). */
+  cgroupId: bigint;
+  hooks: HookName[];
+  mode: keyof typeof MODE | 'unknown';
+  version: bigint;
+  policyId: number;
+}
+
+/** The encoded entries of one installed policy id, kept so they can be deleted. */
+interface Installed {
+  v4: Buffer;
+  v6: Buffer;
+  ports: Buffer;
+}
+
+const MODE_NAMES = Object.fromEntries(Object.entries(MODE).map(([k, v]) => [v, k])) as Record<
+  number,
+  keyof typeof MODE
+>;
+
+const LINK_INFO_SIZE = 32; // struct bpf_link_info up to cgroup.attach_type
+const PORT_KEY_SIZE = LAYOUT.egress_port_key.size;
+const RULE_VALUE_SIZE = LAYOUT.egress_rule.size;
+
+export class Enforcer {
+  private readonly computersDir: string;
+  private readonly cgroupRoot: string;
+  private readonly installed = new Map<number, Installed>();
+  private retired: number[] = [];
+  private nextPolicyId: number;
+  private sweeping: Promise<void> | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly obj: LoadedObject,
+    cgroupRoot: string,
+  ) {
+    this.computersDir = path.join(obj.pinDir, 'computers');
+    mkdirSync(this.computersDir, { recursive: true });
+    this.cgroupRoot = cgroupRoot;
+    const next = Buffer.alloc(8);
+    bpf.mapLookup(obj.maps.config, encodeU32(CONFIG_SLOT.nextPolicyId), next);
+    this.nextPolicyId = Math.max(1, Number(next.readBigUInt64LE()));
+  }
+
+  /** Loads the programs, or adopts the pinned ones, and rebuilds the index of installed policies. */
+  static open(opts: EnforcerOptions): Enforcer {
+    const cgroupRoot = opts.cgroupRoot ?? findCgroup2Mount();
+    const obj = loadOrAdopt(opts);
+    const enforcer = new Enforcer(obj, cgroupRoot);
+    try {
+      if (obj.adopted) enforcer.rebuildIndex();
+      enforcer.setInternalCidrs(opts.internalCidrs ?? []);
+    } catch (err) {
+      enforcer.close();
+      throw err;
+    }
+    return enforcer;
+  }
+
+  get adopted(): boolean {
+    return this.obj.adopted;
+  }
+
+  get pinDir(): string {
+    return this.obj.pinDir;
+  }
+
+  /**
+   * Attaches every hook to the computer's cgroup (relative to the cgroup2
+   * mount) with `policy` in force from the first connect judged. A computer
+   * already attached to that cgroup is left as it is (no second attachment);
+   * its policy is then set with apply().
+   */
+  attach(id: string, cgroup: string, policy: Policy, version = 0n): { cgroupId: bigint; attached: boolean } {
+    this.checkId(id);
+    const target = resolveCgroup(cgroup, this.cgroupRoot);
+    const dir = path.join(this.computersDir, id);
+    const current = this.linkedCgroup(id);
+    if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
+      return { cgroupId: target.id, attached: false };
+    }
+    // Attached elsewhere (the cgroup was recreated, or the computer moved): start over.
+    if (current !== undefined) this.detach(id);
+    mkdirSync(dir, { recursive: true });
+    const cgroupFd = openSync(target.path, 'r');
+    try {
+      for (const [i, hook] of HOOKS.entries()) {
+        this.attachHook(dir, cgroupFd, target.id, hook);
+        // The storage exists once the first hook is attached: write the policy
+        // before any connect or sendmsg hook can judge with it.
+        if (i === 0) this.install(target.id, policy, version);
+      }
+    } catch (err) {
+      closeSync(cgroupFd);
+      this.detach(id);
+      throw err;
+    }
+    closeSync(cgroupFd);
+    return { cgroupId: target.id, attached: true };
+  }
+
+  private attachHook(dir: string, cgroupFd: number, cgroupId: bigint, hook: (typeof HOOKS)[number]): void {
+    const pin = path.join(dir, hook.name);
+    const prog = this.obj.programs[hook.name];
+    // A link of ours already on this cgroup without a pin (an agent died between
+    // attach and pin): adopt it rather than attach a second time.
+    if (bpf.progQuery(cgroupFd, hook.attachType).includes(prog.id)) {
+      const orphan = this.findLink(prog.id, cgroupId);
+      if (orphan !== undefined) {
+        if (existsSync(pin)) unlinkSync(pin);
+        bpf.objPin(orphan, pin);
+        bpf.closeFd(orphan);
+        return;
+      }
+    }
+    const link = bpf.linkCreate(prog.fd, cgroupFd, hook.attachType);
+    try {
+      if (existsSync(pin)) unlinkSync(pin);
+      bpf.objPin(link, pin);
+    } finally {
+      bpf.closeFd(link);
+    }
+  }
+
+  private findLink(progId: number, cgroupId: bigint): number | undefined {
+    for (const linkId of bpf.linkIds()) {
+      const fd = bpf.linkFdById(linkId);
+      if (fd === undefined) continue;
+      const info = this.linkInfo(fd);
+      if (info.progId === progId && info.cgroupId === cgroupId) return fd;
+      bpf.closeFd(fd);
+    }
+    return undefined;
+  }
+
+  private linkInfo(fd: number): { progId: number; cgroupId: bigint } {
+    const info = Buffer.alloc(LINK_INFO_SIZE);
+    bpf.objInfo(fd, info);
+    return { progId: info.readUInt32LE(8), cgroupId: info.readBigUInt64LE(16) };
+  }
+
+  /** The cgroup that the computer's pinned links point at, or undefined when it has none. */
+  private linkedCgroup(id: string): { cgroupId: bigint; hooks: HookName[] } | undefined {
+    const dir = path.join(this.computersDir, id);
+    if (!existsSync(dir)) return undefined;
+    const hooks: HookName[] = [];
+    let cgroupId: bigint | undefined;
+    for (const hook of HOOKS) {
+      const pin = path.join(dir, hook.name);
+      if (!existsSync(pin)) continue;
+      const fd = bpf.objGet(pin);
+      try {
+        const info = this.linkInfo(fd);
+        hooks.push(hook.name);
+        if (cgroupId === undefined || info.cgroupId === 0n) cgroupId = info.cgroupId;
+      } finally {
+        bpf.closeFd(fd);
+      }
+    }
+    return { cgroupId: cgroupId ?? 0n, hooks };
+  }
+
+  /** Replaces the computer's policy atomically. */
+  apply(id: string, policy: Policy, version: bigint): void {
+    this.checkId(id);
+    const linked = this.linkedCgroup(id);
+    if (!linked || linked.cgroupId === 0n || linked.hooks.length !== HOOKS.length) {
+      throw new EgressdError(
+        'NOT_ATTACHED',
+        `computer ${id} is not attached (or its cgroup is gone): attach it before applying a policy`,
+      );
+    }
+    this.install(linked.cgroupId, policy, version);
+  }
+
+  /** Writes the policy's entries under a fresh id, then switches the computer to it in one write. */
+  private install(cgroupId: bigint, policy: Policy, version: bigint): void {
+    const compiled = compile(policy);
+    const key = encodeCgroupKey(cgroupId);
+    const previous = Buffer.alloc(LAYOUT.egress_computer.size);
+    const had = bpf.mapLookup(this.obj.maps.computers, key, previous);
+    const oldPolicyId = had ? decodeComputer(previous).policyId : 0;
+    let policyId = 0;
+    if (compiled.prefixes.length > 0) {
+      policyId = this.allocatePolicyId();
+      this.writeEntries(policyId, compiled);
+    }
+    const value: ComputerValue = { mode: compiled.mode, policyId, version };
+    try {
+      bpf.mapUpdate(this.obj.maps.computers, key, encodeComputer(value));
+    } catch (err) {
+      if (policyId) this.deleteEntries(policyId);
+      throw err;
+    }
+    if (oldPolicyId) this.retire(oldPolicyId);
+  }
+
+  private allocatePolicyId(): number {
+    let id = this.nextPolicyId;
+    while (id === 0 || this.installed.has(id)) id = (id + 1) >>> 0;
+    this.nextPolicyId = (id + 1) >>> 0;
+    bpf.mapUpdate(
+      this.obj.maps.config,
+      encodeU32(CONFIG_SLOT.nextPolicyId),
+      encodeU64(BigInt(this.nextPolicyId)),
+    );
+    return id;
+  }
+
+  private writeEntries(policyId: number, compiled: CompiledPolicy): void {
+    const byFamily = {
+      4: compiled.prefixes.filter((p) => p.family === 4),
+      6: compiled.prefixes.filter((p) => p.family === 6),
+    };
+    const installed: Installed = { v4: Buffer.alloc(0), v6: Buffer.alloc(0), ports: Buffer.alloc(0) };
+    this.installed.set(policyId, installed);
+    try {
+      for (const family of [4, 6] as const) {
+        const list = byFamily[family];
+        const size = ruleKeySize(family);
+        const keys = Buffer.alloc(list.length * size);
+        const values = Buffer.alloc(list.length * RULE_VALUE_SIZE);
+        list.forEach((p, i) => {
+          writeRuleKey(keys, i * size, policyId, p.bytes, p.prefixLen);
+          writeRuleValue(values, i * RULE_VALUE_SIZE, p.portSet, p.anyPortProtos);
+        });
+        installed[family === 4 ? 'v4' : 'v6'] = keys;
+        updateMany(
+          family === 4 ? this.obj.maps.rules_v4 : this.obj.maps.rules_v6,
+          keys,
+          values,
+          size,
+          RULE_VALUE_SIZE,
+        );
+      }
+      const portKeys = Buffer.alloc(compiled.ports.length * PORT_KEY_SIZE);
+      compiled.ports.forEach((e, i) => {
+        writePortKey(portKeys, i * PORT_KEY_SIZE, policyId, e.portSet, e.port, e.proto);
+      });
+      installed.ports = portKeys;
+      updateMany(
+        this.obj.maps.rule_ports,
+        portKeys,
+        Buffer.alloc(compiled.ports.length, 1),
+        PORT_KEY_SIZE,
+        1,
+      );
+    } catch (err) {
+      this.deleteEntries(policyId);
+      if (err instanceof bpf.LibbpfError && (err.errno === 7 || err.errno === 28 || err.errno === 12)) {
+        throw new EgressdError(
+          'MAPS_FULL',
+          `the rule maps are full (${err.message}): fewer rules, or fewer computers per host, are needed`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
+
+  private deleteEntries(policyId: number): void {
+    const entries = this.installed.get(policyId);
+    if (!entries) return;
+    deleteMany(this.obj.maps.rules_v4, entries.v4, ruleKeySize(4));
+    deleteMany(this.obj.maps.rules_v6, entries.v6, ruleKeySize(6));
+    deleteMany(this.obj.maps.rule_ports, entries.ports, PORT_KEY_SIZE);
+    this.installed.delete(policyId);
+  }
+
+  private retire(policyId: number): void {
+    this.retired.push(policyId);
+    queueMicrotask(() => {
+      this.sweep().catch(() => {});
+    });
+  }
+
+  /**
+   * Deletes the entries of retired policy ids once an RCU grace period has
+   * passed since they were retired. Resolves when the retired ids known at
+   * the call are gone.
+   */
+  async sweep(): Promise<void> {
+    while (this.sweeping) await this.sweeping;
+    if (this.retired.length === 0 || this.closed) return;
+    const batch = this.retired;
+    this.retired = [];
+    this.sweeping = (async () => {
+      await this.waitForGracePeriod();
+      for (const id of batch) this.deleteEntries(id);
+    })();
+    try {
+      await this.sweeping;
+    } finally {
+      this.sweeping = undefined;
+    }
+  }
+
+  private async waitForGracePeriod(): Promise<void> {
+    // Updating a map-in-map makes the kernel wait for synchronize_rcu().
+    const inner = encodeU32(this.obj.maps.barrier_inner);
+    await bpf.mapUpdateAsync(this.obj.maps.rcu_barrier, encodeU32(0), inner);
+  }
+
+  /** Detaches every hook from the computer's cgroup and removes its pins. Idempotent. */
+  detach(id: string): void {
+    this.checkId(id);
+    const dir = path.join(this.computersDir, id);
+    if (!existsSync(dir)) return;
+    let oldPolicyId = 0;
+    const linked = this.linkedCgroup(id);
+    if (linked && linked.cgroupId !== 0n) {
+      const value = Buffer.alloc(LAYOUT.egress_computer.size);
+      if (bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(linked.cgroupId), value)) {
+        oldPolicyId = decodeComputer(value).policyId;
+      }
+    }
+    // Connect and sendmsg hooks first, sock_create last: the reverse of attach.
+    for (const hook of [...HOOKS].reverse()) {
+      const pin = path.join(dir, hook.name);
+      if (!existsSync(pin)) continue;
+      const fd = bpf.objGet(pin);
+      try {
+        bpf.linkDetach(fd);
+      } catch (err) {
+        // A link whose cgroup is gone is already detached.
+        if (!(err instanceof bpf.LibbpfError && err.errno === 2)) throw err;
+      } finally {
+        bpf.closeFd(fd);
+      }
+      unlinkSync(pin);
+    }
+    rmdirSync(dir);
+    if (oldPolicyId) this.retire(oldPolicyId);
+  }
+
+  /** Every computer with pins, with what the kernel holds for it. */
+  list(): ComputerState[] {
+    const out: ComputerState[] = [];
+    for (const id of readdirSync(this.computersDir).sort()) {
+      const linked = this.linkedCgroup(id);
+      if (!linked) continue;
+      const state: ComputerState = {
+        id,
+        cgroupId: linked.cgroupId,
+        hooks: linked.hooks,
+        mode: 'unknown',
+        version: 0n,
+        policyId: 0,
+      };
+      const value = Buffer.alloc(LAYOUT.egress_computer.size);
+      if (
+        linked.cgroupId !== 0n &&
+        bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(linked.cgroupId), value)
+      ) {
+        const v = decodeComputer(value);
+        state.mode = MODE_NAMES[v.mode] ?? 'unknown';
+        state.version = v.version;
+        state.policyId = v.policyId;
+      }
+      out.push(state);
+    }
+    return out;
+  }
+
+  /** Replaces the internal CIDRs (reachable in every mode): new ones first, then removals. */
+  setInternalCidrs(cidrs: string[]): void {
+    const wanted = new Map<string, Buffer>();
+    for (const cidr of cidrs) {
+      const host = parseHost(cidr);
+      if (host.kind !== 'cidr') {
+        throw new EgressdError(
+          'BAD_INTERNAL_CIDR',
+          `internal CIDR "${cidr}" is not an address or CIDR block`,
+        );
+      }
+      const key = encodeInternalKey(host.bytes, host.prefixLen);
+      wanted.set(`${host.family}:${key.toString('hex')}`, key);
+    }
+    for (const family of [4, 6] as const) {
+      const fd = family === 4 ? this.obj.maps.internal_v4 : this.obj.maps.internal_v6;
+      const size = family === 4 ? LAYOUT.egress_internal_v4.size : LAYOUT.egress_internal_v6.size;
+      const existing = allKeys(fd, size);
+      for (const [k, key] of wanted) if (k.startsWith(`${family}:`)) bpf.mapUpdate(fd, key, Buffer.from([1]));
+      for (const key of existing) if (!wanted.has(`${family}:${key.toString('hex')}`)) bpf.mapDelete(fd, key);
+    }
+  }
+
+  /** Rebuilds the index of installed entries from the maps; ids no computer uses are retired. */
+  private rebuildIndex(): void {
+    const live = new Set<number>();
+    const value = Buffer.alloc(LAYOUT.egress_computer.size);
+    for (const key of allKeys(this.obj.maps.computers, 8)) {
+      if (bpf.mapLookup(this.obj.maps.computers, key, value)) live.add(decodeComputer(value).policyId);
+    }
+    const grouped = new Map<number, { v4: Buffer[]; v6: Buffer[]; ports: Buffer[] }>();
+    const group = (id: number) => {
+      let g = grouped.get(id);
+      if (!g) {
+        g = { v4: [], v6: [], ports: [] };
+        grouped.set(id, g);
+      }
+      return g;
+    };
+    for (const key of allKeys(this.obj.maps.rules_v4, ruleKeySize(4)))
+      group(readRuleKeyPolicyId(key)).v4.push(key);
+    for (const key of allKeys(this.obj.maps.rules_v6, ruleKeySize(6)))
+      group(readRuleKeyPolicyId(key)).v6.push(key);
+    for (const key of allKeys(this.obj.maps.rule_ports, PORT_KEY_SIZE))
+      group(readPortKeyPolicyId(key)).ports.push(key);
+    for (const [id, g] of grouped) {
+      this.installed.set(id, {
+        v4: Buffer.concat(g.v4),
+        v6: Buffer.concat(g.v6),
+        ports: Buffer.concat(g.ports),
+      });
+      if (!live.has(id)) this.retired.push(id);
+      if (id >= this.nextPolicyId) this.nextPolicyId = id + 1;
+    }
+  }
+
+  private checkId(id: string): void {
+    if (!COMPUTER_ID_PATTERN.test(id)) {
+      throw new EgressdError(
+        'BAD_COMPUTER_ID',
+        `computer id "${id}" must be 1 to 128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit`,
+      );
+    }
+  }
+
+  /** Closes this process's file descriptors; pins, links and policies stay in force. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeLoaded(this.obj);
+  }
+}
+
+/** Every key of a map (get_next_key walk); for start-up and small maps. */
+function allKeys(fd: number, size: number): Buffer[] {
+  const keys: Buffer[] = [];
+  let prev: Buffer | null = null;
+  for (;;) {
+    const next = Buffer.alloc(size);
+    if (!bpf.mapNextKey(fd, prev, next)) return keys;
+    keys.push(next);
+    prev = next;
+  }
+}
+
+let batchUpdateWorks = true;
+
+/** Inserts `keys`/`values` (packed, fixed sizes) with one batch call where the kernel allows it. */
+function updateMany(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number): void {
+  const count = keys.length / keySize;
+  if (count === 0) return;
+  if (batchUpdateWorks) {
+    try {
+      bpf.mapUpdateBatch(fd, keys, values, count);
+      return;
+    } catch (err) {
+      if (!(err instanceof bpf.LibbpfError && (err.errno === 22 || err.errno === 95 || err.errno === 524)))
+        throw err;
+      batchUpdateWorks = false;
+    }
+  }
+  for (let i = 0; i < count; i++) {
+    bpf.mapUpdate(
+      fd,
+      keys.subarray(i * keySize, (i + 1) * keySize),
+      values.subarray(i * valueSize, (i + 1) * valueSize),
+    );
+  }
+}
+
+function deleteMany(fd: number, keys: Buffer, keySize: number): void {
+  for (let i = 0; i < keys.length / keySize; i++)
+    bpf.mapDelete(fd, keys.subarray(i * keySize, (i + 1) * keySize));
+}
+
+/** Exposed for tests: the cgroup id that the kernel uses for a directory. */
+export function cgroupIdOf(dir: string): bigint {
+  return statSync(dir, { bigint: true }).ino;
+}
