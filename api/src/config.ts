@@ -1,0 +1,127 @@
+/**
+ * The API's options: one typed interface, one DEFAULT object, resolved once
+ * at start (argument, then environment, then default). No other module of
+ * the API reads process.env.
+ */
+export interface ApiConfig {
+  /**
+   * host:port to listen on.
+   * @default '127.0.0.1:8080' (env EGRESSD_API_LISTEN)
+   */
+  listen: string;
+  /**
+   * Redis URL (`redis://host:port/db` or `unix:///path/to/socket`).
+   * @default 'redis://127.0.0.1:6379' (env REDIS_URL)
+   */
+  redisUrl: string;
+  /**
+   * The admin bearer key; '' disables admin access. Non-enumerable, so it
+   * never shows up when the config is logged or spread.
+   * @default '' (env EGRESSD_ADMIN_KEY)
+   */
+  adminKey: string;
+  /**
+   * Node that a computer registered without `node` is placed on; '' means
+   * none (then `node` is required). The single-host setup passes its host name.
+   * @default '' (env EGRESSD_DEFAULT_NODE)
+   */
+  defaultNode: string;
+  /**
+   * How long PUT and DELETE of a policy wait for the agent's acknowledgement
+   * when the request has no `?wait=`.
+   * @default 5000 (env EGRESSD_WAIT_TIMEOUT_MS)
+   */
+  waitTimeoutMs: number;
+  /**
+   * Largest `?wait=` (milliseconds) a request may ask for.
+   * @default 60000 (env EGRESSD_MAX_WAIT_MS)
+   */
+  maxWaitMs: number;
+  /**
+   * Largest request body, in bytes (413 beyond).
+   * @default 1048576 (env EGRESSD_BODY_LIMIT)
+   */
+  bodyLimitBytes: number;
+  /**
+   * Most rules in one policy.
+   * @default 10000 (env EGRESSD_MAX_RULES)
+   */
+  maxRules: number;
+  /**
+   * Approximate cap (XADD MAXLEN ~) of each node's change stream. An agent
+   * that falls further behind than this resynchronises fully.
+   * @default 10000 (env EGRESSD_STREAM_MAXLEN)
+   */
+  streamMaxLen: number;
+  /**
+   * pino log level.
+   * @default 'info' (env EGRESSD_LOG_LEVEL)
+   */
+  logLevel: string;
+}
+
+export const DEFAULT_API_CONFIG: Readonly<ApiConfig> = Object.freeze({
+  listen: '127.0.0.1:8080',
+  redisUrl: 'redis://127.0.0.1:6379',
+  adminKey: '',
+  defaultNode: '',
+  waitTimeoutMs: 5000,
+  maxWaitMs: 60_000,
+  bodyLimitBytes: 1024 * 1024,
+  maxRules: 10_000,
+  streamMaxLen: 10_000,
+  logLevel: 'info',
+});
+
+const ENV: Record<keyof ApiConfig, string> = {
+  listen: 'EGRESSD_API_LISTEN',
+  redisUrl: 'REDIS_URL',
+  adminKey: 'EGRESSD_ADMIN_KEY',
+  defaultNode: 'EGRESSD_DEFAULT_NODE',
+  waitTimeoutMs: 'EGRESSD_WAIT_TIMEOUT_MS',
+  maxWaitMs: 'EGRESSD_MAX_WAIT_MS',
+  bodyLimitBytes: 'EGRESSD_BODY_LIMIT',
+  maxRules: 'EGRESSD_MAX_RULES',
+  streamMaxLen: 'EGRESSD_STREAM_MAXLEN',
+  logLevel: 'EGRESSD_LOG_LEVEL',
+};
+
+export class ConfigError extends Error {}
+
+/** Resolves the config: `overrides`, then `env`, then DEFAULT_API_CONFIG. */
+export function resolveConfig(
+  overrides: Partial<ApiConfig> = {},
+  env: Record<string, string | undefined> = process.env,
+): ApiConfig {
+  const out = {} as Record<string, unknown>;
+  for (const name of Object.keys(DEFAULT_API_CONFIG) as (keyof ApiConfig)[]) {
+    const fallback = DEFAULT_API_CONFIG[name];
+    const given = overrides[name];
+    const fromEnv = env[ENV[name]];
+    let value: unknown = fallback;
+    if (given !== undefined) value = given;
+    else if (fromEnv !== undefined && fromEnv !== '') {
+      value = typeof fallback === 'number' ? parseCount(fromEnv, ENV[name]) : fromEnv;
+    }
+    out[name] = value;
+  }
+  const config = out as unknown as ApiConfig;
+  if (!/^[^:]*:\d+$|^\[[0-9a-fA-F:.]+\]:\d+$/.test(config.listen)) {
+    throw new ConfigError(`listen "${config.listen}" must be host:port, for example 127.0.0.1:8080`);
+  }
+  const adminKey = config.adminKey;
+  Object.defineProperty(config, 'adminKey', { value: adminKey, enumerable: false, writable: false });
+  return config;
+}
+
+function parseCount(text: string, name: string): number {
+  if (!/^\d+$/.test(text)) throw new ConfigError(`${name}="${text}" must be a non-negative integer`);
+  return Number(text);
+}
+
+/** Splits `listen` into host and port. */
+export function parseListen(listen: string): { host: string; port: number } {
+  const at = listen.lastIndexOf(':');
+  const host = listen.slice(0, at).replace(/^\[|\]$/g, '');
+  return { host: host === '' ? '127.0.0.1' : host, port: Number(listen.slice(at + 1)) };
+}

@@ -1,0 +1,404 @@
+/**
+ * The OpenAPI 3.1 document of the API, served at /api/v1/openapi.json.
+ * test/api/openapi.test.ts keeps it true: every route of the router is here
+ * and every response the tests see validates against its schema.
+ */
+import { MODES, PROTOCOLS } from '../../daemon/src/policy/types.js';
+import { ID_PATTERN, NODE_PATTERN } from './validation.js';
+
+type Json = Record<string, unknown>;
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const json = (schema: Json, description: string): Json => ({
+  description,
+  content: { 'application/json': { schema } },
+});
+const error = (description: string): Json => json(ref('Error'), description);
+const body = (name: string): Json => ({
+  required: true,
+  content: { 'application/json': { schema: ref(name) } },
+});
+
+const common: Json = {
+  '400': error('Invalid request: the message names the field path and what to change'),
+  '401': error('Missing or unknown API key'),
+  '503': error('Redis unreachable; retry shortly (Retry-After: 1)'),
+  default: error('Any other error (405, 413, 415, ...)'),
+};
+const withBody: Json = {
+  '413': error('Body over the configured limit (default 1 MiB)'),
+  '415': error('Body is not application/json'),
+};
+
+const idParam = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'Computer id',
+  schema: { type: 'string', pattern: ID_PATTERN },
+};
+const waitParam = {
+  name: 'wait',
+  in: 'query',
+  required: false,
+  description:
+    'Milliseconds to wait for the agent to enforce the change (default: the service setting, 5000); 0 answers at once',
+  schema: { type: 'integer', minimum: 0 },
+};
+const ifMatchParam = {
+  name: 'If-Match',
+  in: 'header',
+  required: false,
+  description: 'The version the change is based on (compare-and-set): 412 when the policy moved on',
+  schema: { type: 'string' },
+};
+
+const policyChanged = {
+  '200': json(ref('PolicyResponse'), 'Stored, and the agent reports it enforced'),
+  '202': json(ref('PolicyResponse'), 'Stored; the agent had not reported it enforced within the wait'),
+  '404': error('computer not found'),
+  '412': error('If-Match does not match the current version'),
+};
+
+const timestamp = { type: 'string', description: 'RFC 3339 UTC time' };
+
+const schemas: Json = {
+  Error: {
+    type: 'object',
+    required: ['error'],
+    additionalProperties: false,
+    properties: {
+      error: {
+        type: 'object',
+        required: ['code', 'message'],
+        additionalProperties: false,
+        properties: {
+          code: { type: 'string', description: 'Stable machine-readable code, e.g. rules_required' },
+          message: { type: 'string', description: 'What is wrong and what to change' },
+          details: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: ['path', 'message'],
+              additionalProperties: false,
+              properties: { path: { type: 'string' }, message: { type: 'string' } },
+            },
+          },
+        },
+      },
+    },
+  },
+  RuleInput: {
+    type: 'object',
+    required: ['host'],
+    additionalProperties: false,
+    properties: {
+      host: {
+        type: 'string',
+        description: 'IPv4/IPv6 address, CIDR block, hostname, or *. + hostname; normalised when stored',
+      },
+      port: { type: 'integer', minimum: 1, maximum: 65535, description: 'Omit to match every port' },
+      protocol: { type: 'string', enum: [...PROTOCOLS], default: 'any' },
+    },
+  },
+  Rule: {
+    type: 'object',
+    required: ['host', 'protocol'],
+    additionalProperties: false,
+    properties: {
+      host: { type: 'string' },
+      port: { type: 'integer', minimum: 1, maximum: 65535 },
+      protocol: { type: 'string', enum: [...PROTOCOLS] },
+    },
+  },
+  PolicyInput: {
+    type: 'object',
+    required: ['mode'],
+    additionalProperties: false,
+    properties: {
+      mode: { type: 'string', enum: [...MODES] },
+      rules: {
+        type: 'array',
+        items: ref('RuleInput'),
+        description: 'Required (non-empty) for allowlist and denylist; empty or absent otherwise',
+      },
+    },
+  },
+  Policy: {
+    type: 'object',
+    required: ['computer_id', 'mode', 'rules', 'version', 'updated_at', 'enforcement'],
+    additionalProperties: false,
+    properties: {
+      computer_id: { type: 'string' },
+      mode: { type: 'string', enum: [...MODES] },
+      rules: { type: 'array', items: ref('Rule') },
+      version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
+      updated_at: timestamp,
+      enforcement: {
+        type: 'object',
+        required: ['state', 'enforced_version', 'enforced_at'],
+        additionalProperties: false,
+        properties: {
+          state: { type: 'string', enum: ['enforced', 'pending'] },
+          enforced_version: { type: ['integer', 'null'] },
+          enforced_at: { type: ['string', 'null'] },
+        },
+      },
+    },
+  },
+  PolicyResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: ref('Policy') },
+  },
+  ComputerInput: {
+    type: 'object',
+    required: ['cgroup'],
+    additionalProperties: false,
+    properties: {
+      cgroup: { type: 'string', description: 'Path relative to the cgroup2 mount' },
+      node: { type: 'string', pattern: NODE_PATTERN, description: 'Default: the service default node' },
+      tenant: { type: 'string', pattern: ID_PATTERN },
+    },
+  },
+  Computer: {
+    type: 'object',
+    required: ['id', 'cgroup', 'node', 'tenant', 'created_at', 'updated_at'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string', pattern: ID_PATTERN },
+      cgroup: { type: 'string' },
+      node: { type: 'string' },
+      tenant: { type: ['string', 'null'] },
+      created_at: timestamp,
+      updated_at: timestamp,
+    },
+  },
+  ComputerResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: ref('Computer') },
+  },
+  ComputerList: {
+    type: 'object',
+    required: ['data', 'next_cursor'],
+    additionalProperties: false,
+    properties: {
+      data: { type: 'array', items: ref('Computer') },
+      next_cursor: {
+        type: ['string', 'null'],
+        description: 'Pass as ?cursor= for the next page; null at the end',
+      },
+    },
+  },
+  KeyInput: {
+    type: 'object',
+    required: ['tenant'],
+    additionalProperties: false,
+    properties: { tenant: { type: 'string', pattern: ID_PATTERN }, name: { type: 'string', maxLength: 200 } },
+  },
+  ApiKey: {
+    type: 'object',
+    required: ['id', 'tenant', 'name', 'created_at'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string' },
+      tenant: { type: 'string' },
+      name: { type: ['string', 'null'] },
+      created_at: timestamp,
+    },
+  },
+  ApiKeyCreated: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['id', 'tenant', 'name', 'created_at', 'key'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string' },
+          tenant: { type: 'string' },
+          name: { type: ['string', 'null'] },
+          created_at: timestamp,
+          key: { type: 'string', description: 'The bearer key; shown only in this response' },
+        },
+      },
+    },
+  },
+  ApiKeyList: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: { type: 'array', items: ref('ApiKey') } },
+  },
+  Status: {
+    type: 'object',
+    required: ['status'],
+    additionalProperties: false,
+    properties: { status: { type: 'string' } },
+  },
+};
+
+export function openApiDocument(): Json {
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'egressd Network Policy API',
+      version: '1.0.0',
+      description:
+        'Network policies of computers (sandboxes), the computers registry and tenant API keys. ' +
+        'JSON bodies; send "Authorization: Bearer <key>" under /api/v1.',
+    },
+    servers: [{ url: '/' }],
+    security: [{ bearer: [] }],
+    paths: {
+      '/api/v1/computers/{id}/network-policy': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getNetworkPolicy',
+          summary: 'Get the current network policy (unrestricted when none was set)',
+          responses: {
+            '200': json(ref('PolicyResponse'), 'The policy'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+        put: {
+          operationId: 'updateNetworkPolicy',
+          summary: 'Replace the network policy',
+          parameters: [waitParam, ifMatchParam],
+          requestBody: body('PolicyInput'),
+          responses: { ...policyChanged, ...common, ...withBody },
+        },
+        delete: {
+          operationId: 'deleteNetworkPolicy',
+          summary: 'Reset to unrestricted (idempotent)',
+          parameters: [waitParam, ifMatchParam],
+          responses: { ...policyChanged, ...common },
+        },
+      },
+      '/api/v1/computers': {
+        get: {
+          operationId: 'listComputers',
+          summary: 'List computers by id, a page at a time',
+          parameters: [
+            { name: 'node', in: 'query', required: false, schema: { type: 'string', pattern: NODE_PATTERN } },
+            {
+              name: 'limit',
+              in: 'query',
+              required: false,
+              schema: { type: 'integer', minimum: 1, maximum: 1000 },
+            },
+            { name: 'cursor', in: 'query', required: false, schema: { type: 'string' } },
+          ],
+          responses: { '200': json(ref('ComputerList'), 'A page of computers'), ...common },
+        },
+      },
+      '/api/v1/computers/{id}': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getComputer',
+          summary: 'Get a computer',
+          responses: {
+            '200': json(ref('ComputerResponse'), 'The computer'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+        put: {
+          operationId: 'putComputer',
+          summary: 'Register or update a computer',
+          requestBody: body('ComputerInput'),
+          responses: {
+            '200': json(ref('ComputerResponse'), 'Updated'),
+            '201': json(ref('ComputerResponse'), 'Created'),
+            '404': error('computer not found (it belongs to another tenant)'),
+            '409': error('The cgroup already belongs to another computer on the node'),
+            ...common,
+            ...withBody,
+          },
+        },
+        delete: {
+          operationId: 'deleteComputer',
+          summary: 'Remove a computer and its policy',
+          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...common },
+        },
+      },
+      '/api/v1/keys': {
+        get: {
+          operationId: 'listKeys',
+          summary: 'List tenant keys (admin only; never the keys themselves)',
+          responses: {
+            '200': json(ref('ApiKeyList'), 'The keys'),
+            '403': error('Not the admin key'),
+            ...common,
+          },
+        },
+        post: {
+          operationId: 'createKey',
+          summary: 'Create a tenant key (admin only); the key is shown once',
+          requestBody: body('KeyInput'),
+          responses: {
+            '201': json(ref('ApiKeyCreated'), 'Created'),
+            '403': error('Not the admin key'),
+            ...common,
+            ...withBody,
+          },
+        },
+      },
+      '/api/v1/keys/{keyId}': {
+        parameters: [{ name: 'keyId', in: 'path', required: true, schema: { type: 'string' } }],
+        delete: {
+          operationId: 'deleteKey',
+          summary: 'Revoke a tenant key (admin only)',
+          responses: {
+            '204': { description: 'Revoked' },
+            '403': error('Not the admin key'),
+            '404': error('key not found'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/openapi.json': {
+        get: {
+          operationId: 'openapi',
+          summary: 'This document',
+          security: [],
+          responses: { '200': { description: 'OpenAPI 3.1 document', content: { 'application/json': {} } } },
+        },
+      },
+      '/healthz': {
+        get: {
+          operationId: 'healthz',
+          summary: 'Liveness',
+          security: [],
+          responses: { '200': json(ref('Status'), 'Alive') },
+        },
+      },
+      '/readyz': {
+        get: {
+          operationId: 'readyz',
+          summary: 'Readiness: Redis reachable',
+          security: [],
+          responses: { '200': json(ref('Status'), 'Ready'), '503': error('Redis unreachable') },
+        },
+      },
+      '/metrics': {
+        get: {
+          operationId: 'metrics',
+          summary: 'Prometheus metrics',
+          security: [],
+          responses: { '200': { description: 'Prometheus text format', content: { 'text/plain': {} } } },
+        },
+      },
+    },
+    components: {
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      schemas,
+    },
+  };
+}

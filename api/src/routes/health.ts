@@ -1,0 +1,31 @@
+/** Unauthenticated operational endpoints: /healthz, /readyz, /metrics, /api/v1/openapi.json. */
+import type { ApiMetrics } from '../metrics.js';
+import { openApiDocument } from '../openapi.js';
+import type { ApiRouter, RouteDeps } from './deps.js';
+
+export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMetrics): void {
+  router.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+
+  router.get('/readyz', async (ctx) => {
+    if (await deps.store.ping()) {
+      ctx.body = { status: 'ready' };
+    } else {
+      ctx.status = 503;
+      ctx.body = {
+        error: { code: 'store_unavailable', message: 'Redis does not answer PING; retry shortly' },
+      };
+    }
+  });
+
+  router.get('/metrics', async (ctx) => {
+    ctx.type = metrics.registry.contentType;
+    ctx.body = await metrics.registry.metrics();
+  });
+
+  const doc = openApiDocument();
+  router.get('/api/v1/openapi.json', (ctx) => {
+    ctx.body = doc;
+  });
+}

@@ -1,0 +1,45 @@
+/** Tenant API keys, admin only: POST /api/v1/keys (the key is shown once), GET, DELETE /api/v1/keys/{id}. */
+import { generateApiKey } from '../auth.js';
+import { readJson } from '../body.js';
+import { ApiError } from '../errors.js';
+import { parseKeyBody } from '../validation.js';
+import { apiKeyView } from '../views.js';
+import { type ApiRouter, type RouteDeps, requireAdmin, requireKey } from './deps.js';
+
+export const KEYS_PATH = '/api/v1/keys';
+export const KEY_PATH = '/api/v1/keys/:keyId';
+
+export function keyRoutes(router: ApiRouter, deps: RouteDeps): void {
+  const auth = requireKey(deps);
+
+  router.post(KEYS_PATH, auth, requireAdmin, async (ctx) => {
+    const body = parseKeyBody(await readJson(ctx, deps.config.bodyLimitBytes));
+    const { id, key, hash } = generateApiKey();
+    const record = {
+      id,
+      hash,
+      tenant: body.tenant,
+      name: body.name ?? null,
+      createdAt: new Date().toISOString(),
+    };
+    await deps.store.putApiKey(record);
+    ctx.status = 201;
+    ctx.body = { data: { ...apiKeyView(record), key } };
+  });
+
+  router.get(KEYS_PATH, auth, requireAdmin, async (ctx) => {
+    ctx.body = { data: (await deps.store.listApiKeys()).map(apiKeyView) };
+  });
+
+  router.delete(KEY_PATH, auth, requireAdmin, async (ctx) => {
+    const keyId = ctx.params['keyId'] ?? '';
+    if (!/^[0-9a-f]{16}$/.test(keyId) || !(await deps.store.deleteApiKey(keyId))) {
+      throw new ApiError(
+        404,
+        'key_not_found',
+        'key not found: give the id returned when the key was created',
+      );
+    }
+    ctx.status = 204;
+  });
+}

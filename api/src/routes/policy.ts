@@ -1,0 +1,81 @@
+/** GET, PUT, DELETE /api/v1/computers/{id}/network-policy: the seed's endpoints. */
+import type { Context } from 'koa';
+import type { Policy } from '../../../daemon/src/policy/types.js';
+import { UNRESTRICTED } from '../../../daemon/src/policy/types.js';
+import { scopeOf } from '../auth.js';
+import { readJson } from '../body.js';
+import { ApiError, computerNotFound } from '../errors.js';
+import type { PolicyRecord } from '../store/store.js';
+import { checkComputerId, parsePolicy, queryInt } from '../validation.js';
+import { isEnforced, policyView } from '../views.js';
+import { type ApiRouter, type ApiState, type RouteDeps, requireKey } from './deps.js';
+
+export const POLICY_PATH = '/api/v1/computers/:id/network-policy';
+
+export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
+  const auth = requireKey(deps);
+
+  router.get(POLICY_PATH, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    const record = await deps.store.getPolicy(id, scopeOf(ctx.state.principal));
+    if (!record) throw computerNotFound();
+    ctx.set('ETag', `"${record.version}"`);
+    ctx.body = { data: policyView(record) };
+  });
+
+  router.put(POLICY_PATH, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    const policy = parsePolicy(await readJson(ctx, deps.config.bodyLimitBytes), deps.config.maxRules);
+    await change(ctx, deps, id, policy);
+  });
+
+  router.delete(POLICY_PATH, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    await change(ctx, deps, id, UNRESTRICTED);
+  });
+}
+
+/** Stores the policy, waits for the agent (bounded), answers 200 (enforced) or 202 (pending). */
+async function change(
+  ctx: Context & { state: ApiState },
+  deps: RouteDeps,
+  id: string,
+  policy: Policy,
+): Promise<void> {
+  const waitMs = queryInt(ctx.query['wait'], 'wait', 0, deps.config.maxWaitMs) ?? deps.config.waitTimeoutMs;
+  const ifMatch = parseIfMatch(ctx.get('If-Match'));
+  const result = await deps.store.putPolicy(id, policy, {
+    scope: scopeOf(ctx.state.principal),
+    ...(ifMatch === undefined ? {} : { ifMatch }),
+  });
+  if (result.status === 'not_found') throw computerNotFound();
+  if (result.status === 'precondition_failed') {
+    throw new ApiError(
+      412,
+      'precondition_failed',
+      `If-Match: the policy is at version ${result.version}, not ${ifMatch}; GET it again and retry`,
+    );
+  }
+  const record: PolicyRecord = result.record;
+  if (!isEnforced(record) && waitMs > 0) {
+    record.enforced = (await deps.store.waitEnforced(id, record.version, waitMs)) ?? record.enforced;
+  }
+  ctx.status = isEnforced(record) ? 200 : 202;
+  ctx.set('ETag', `"${record.version}"`);
+  ctx.body = { data: policyView(record) };
+}
+
+/** `If-Match: "7"` (or 7, or W/"7") → 7; '*' or absent → undefined. */
+export function parseIfMatch(header: string): number | undefined {
+  const value = header.trim();
+  if (value === '' || value === '*') return undefined;
+  const m = /^(?:W\/)?"?(\d{1,15})"?$/.exec(value);
+  if (!m) {
+    throw new ApiError(
+      400,
+      'invalid_request',
+      'If-Match: must be the policy version, as given in the ETag header or the "version" field (for example "7")',
+    );
+  }
+  return Number(m[1]);
+}

@@ -1,0 +1,50 @@
+/**
+ * Every Redis key, stream and channel name that egressd uses: the one module
+ * that the API and the agent share. Names are built only here; the Lua
+ * scripts get the node- and tenant-dependent ones as `%s` templates made by
+ * these same functions (see `templates`).
+ *
+ * Ids, node and tenant names are validated before they get here
+ * (`[A-Za-z0-9._-]`), so they never contain `:` or `%`.
+ */
+export const PREFIX = 'egressd:';
+
+export const keys = {
+  /** Hash: id, cgroup, node, tenant ('' for none), created_at, updated_at. */
+  computer: (id: string) => `${PREFIX}computer:${id}`,
+  /** Hash: mode, rules (JSON of normalised rules), version, updated_at. */
+  policy: (id: string) => `${PREFIX}computer:${id}:policy`,
+  /** Hash written by the agent (`Store.ackEnforced`): version, at, node. */
+  enforced: (id: string) => `${PREFIX}computer:${id}:enforced`,
+  /** Sorted set (all scores 0, ordered by id) of every computer id. */
+  computers: () => `${PREFIX}computers`,
+  /** Sorted set of the ids of the computers on one node. */
+  nodeComputers: (node: string) => `${PREFIX}node:${node}:computers`,
+  /** Hash cgroup path → computer id, one per node: a cgroup belongs to one computer. */
+  nodeCgroups: (node: string) => `${PREFIX}node:${node}:cgroups`,
+  /** Stream of change records for one node's agent (see ChangeRecord in store.ts). */
+  nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
+  /** Sorted set of the ids of one tenant's computers. */
+  tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
+  /** Counter: the one sequence that every version is drawn from, so versions never go back. */
+  version: () => `${PREFIX}version`,
+  /** Hash: hash (sha256 hex of the whole key), tenant, name, created_at. */
+  apiKey: (keyId: string) => `${PREFIX}apikey:${keyId}`,
+  /** Sorted set of every API key id. */
+  apiKeys: () => `${PREFIX}apikeys`,
+} as const;
+
+export const channels = {
+  /** Pub/sub channel: the agent publishes "<computer id> <version>" after each acknowledgement. */
+  enforced: `${PREFIX}enforced`,
+} as const;
+
+/** `%s` templates of the names that a Lua script derives from a value it reads. */
+export const templates = {
+  computer: keys.computer('%s'),
+  policy: keys.policy('%s'),
+  nodeComputers: keys.nodeComputers('%s'),
+  nodeCgroups: keys.nodeCgroups('%s'),
+  nodeChanges: keys.nodeChanges('%s'),
+  tenantComputers: keys.tenantComputers('%s'),
+} as const;

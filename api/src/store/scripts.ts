@@ -1,0 +1,164 @@
+/**
+ * Lua scripts: each change to the store is one of these, so the policy, its
+ * new version and the change record on the node's stream are written in one
+ * atomic step (an agent never sees a version without its record).
+ *
+ * Key names come in as KEYS or, where they depend on a value the script
+ * reads (the computer's node), as `%s` templates from keys.ts in ARGV.
+ * Replies are flat arrays whose first element is a status word.
+ */
+
+/** KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any). */
+export const GET_POLICY = `
+local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
+if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
+local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
+local e = redis.call('HMGET', KEYS[3], 'version', 'at')
+return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or ''}
+`;
+
+/**
+ * KEYS: computer, policy, enforced, version counter.
+ * ARGV: tenant scope, id, mode, rules JSON, if-match version ('' = none),
+ *       now, node changes template, stream maxlen.
+ * An unchanged policy is not rewritten: its version stays.
+ */
+export const PUT_POLICY = `
+local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
+if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
+local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
+local curVersion = cur[3] or '0'
+if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
+local e = redis.call('HMGET', KEYS[3], 'version', 'at')
+if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
+  return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or ''}
+end
+local v = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'version', v, 'updated_at', ARGV[6])
+redis.call('XADD', string.format(ARGV[7], c[2]), 'MAXLEN', '~', ARGV[8], '*',
+  'computer_id', ARGV[2], 'kind', 'policy', 'version', v, 'cgroup', c[3], 'at', ARGV[6])
+return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or ''}
+`;
+
+/**
+ * KEYS: computer, policy, enforced, version counter, all computers.
+ * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
+ *       tenant, tenant given ('1'/'0'), now, templates (node computers,
+ *       node cgroups, node changes, tenant computers), stream maxlen.
+ */
+export const PUT_COMPUTER = `
+local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tenant, tenantGiven, now = ARGV[6], ARGV[7] == '1', ARGV[8]
+local tNodeComputers, tNodeCgroups, tNodeChanges, tTenantComputers = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local maxlen = ARGV[13]
+local old = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup', 'created_at')
+local exists = old[1] and true or false
+if exists and scope ~= '' and old[1] ~= scope then return {'not_found'} end
+if node == '' then
+  if exists then node = old[2] else node = defaultNode end
+end
+if node == '' then return {'node_required'} end
+if not tenantGiven then
+  if exists then tenant = old[1] else tenant = '' end
+end
+local owner = redis.call('HGET', string.format(tNodeCgroups, node), cgroup)
+if owner and owner ~= id then return {'cgroup_in_use', owner} end
+local placed = (not exists) or old[2] ~= node or old[3] ~= cgroup
+if exists and not placed and old[1] == tenant then
+  return {'unchanged', old[3], old[2], old[1], old[4], redis.call('HGET', KEYS[1], 'updated_at') or old[4]}
+end
+local v = nil
+if placed then v = redis.call('INCR', KEYS[4]) end
+if exists then
+  if old[2] ~= node or old[3] ~= cgroup then
+    if redis.call('HGET', string.format(tNodeCgroups, old[2]), old[3]) == id then
+      redis.call('HDEL', string.format(tNodeCgroups, old[2]), old[3])
+    end
+  end
+  if old[2] ~= node then
+    redis.call('ZREM', string.format(tNodeComputers, old[2]), id)
+    redis.call('XADD', string.format(tNodeChanges, old[2]), 'MAXLEN', '~', maxlen, '*',
+      'computer_id', id, 'kind', 'computer-deleted', 'version', v, 'cgroup', old[3], 'at', now)
+  end
+  if old[1] ~= tenant and old[1] ~= '' then
+    redis.call('ZREM', string.format(tTenantComputers, old[1]), id)
+  end
+end
+local created = exists and old[4] or now
+redis.call('HSET', KEYS[1], 'id', id, 'cgroup', cgroup, 'node', node, 'tenant', tenant,
+  'created_at', created, 'updated_at', now)
+redis.call('ZADD', KEYS[5], 0, id)
+redis.call('ZADD', string.format(tNodeComputers, node), 0, id)
+redis.call('HSET', string.format(tNodeCgroups, node), cgroup, id)
+if tenant ~= '' then redis.call('ZADD', string.format(tTenantComputers, tenant), 0, id) end
+if placed then
+  if exists then
+    redis.call('HSET', KEYS[2], 'version', v)
+  else
+    redis.call('DEL', KEYS[3])
+    redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'version', v, 'updated_at', now)
+  end
+  redis.call('XADD', string.format(tNodeChanges, node), 'MAXLEN', '~', maxlen, '*',
+    'computer_id', id, 'kind', 'computer', 'version', v, 'cgroup', cgroup, 'at', now)
+end
+return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
+`;
+
+/**
+ * KEYS: computer, policy, enforced, version counter, all computers.
+ * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
+ *       node changes, tenant computers), stream maxlen.
+ */
+export const DELETE_COMPUTER = `
+local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
+local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
+if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
+local v = redis.call('INCR', KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[5], id)
+redis.call('ZREM', string.format(ARGV[4], c[2]), id)
+if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
+  redis.call('HDEL', string.format(ARGV[5], c[2]), c[3])
+end
+if c[1] ~= '' then redis.call('ZREM', string.format(ARGV[7], c[1]), id) end
+redis.call('XADD', string.format(ARGV[6], c[2]), 'MAXLEN', '~', ARGV[8], '*',
+  'computer_id', id, 'kind', 'computer-deleted', 'version', v, 'cgroup', c[3], 'at', now)
+return {'ok', tostring(v)}
+`;
+
+/**
+ * KEYS: computer, enforced. ARGV: id, version, at, node, channel.
+ * Never moves the acknowledged version back; publishes "<id> <version>".
+ */
+export const ACK_ENFORCED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+if tonumber(ARGV[2]) < cur then return 0 end
+redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2])
+return 1
+`;
+
+/**
+ * KEYS: node computers, node changes. ARGV: computer key template, policy key template.
+ * An atomic snapshot for an agent's full resync: the stream's last id, then
+ * for each computer its id, cgroup, mode, rules, version.
+ */
+export const NODE_SNAPSHOT = `
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local out = {last[1] and last[1][1] or '0-0'}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local c = redis.call('HMGET', string.format(ARGV[1], id), 'cgroup', 'tenant')
+  local p = redis.call('HMGET', string.format(ARGV[2], id), 'mode', 'rules', 'version', 'updated_at')
+  if c[1] then
+    table.insert(out, id)
+    table.insert(out, c[1])
+    table.insert(out, c[2] or '')
+    table.insert(out, p[1] or 'unrestricted')
+    table.insert(out, p[2] or '[]')
+    table.insert(out, p[3] or '0')
+    table.insert(out, p[4] or '')
+  end
+end
+return out
+`;

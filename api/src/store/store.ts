@@ -1,0 +1,622 @@
+/**
+ * The store: every read and write of egressd's state in Redis, for the API
+ * and for the agent. Changes run as Lua scripts (scripts.ts), atomically.
+ *
+ * Redis being unreachable surfaces as StoreUnavailableError at once (no
+ * offline queue, one retry at most, a command timeout), and the client keeps
+ * reconnecting in the background, so service resumes when Redis is back.
+ */
+import { createHash } from 'node:crypto';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
+import { StoreUnavailableError } from '../errors.js';
+import { channels, keys, templates } from './keys.js';
+import {
+  ACK_ENFORCED,
+  DELETE_COMPUTER,
+  GET_POLICY,
+  NODE_SNAPSHOT,
+  PUT_COMPUTER,
+  PUT_POLICY,
+} from './scripts.js';
+
+export interface StoreOptions {
+  /** Redis URL: `redis://host:port/db` or `unix:///path/to/socket`. */
+  url: string;
+  /**
+   * Approximate cap of each node's change stream (XADD MAXLEN ~).
+   * @default 10000
+   */
+  streamMaxLen?: number;
+  /**
+   * Milliseconds before a command that got no answer fails.
+   * @default 2000
+   */
+  commandTimeoutMs?: number;
+  /**
+   * How often a waiter re-reads the acknowledgement even without a
+   * notification (a safety net for a lost pub/sub message), in milliseconds.
+   * @default 500
+   */
+  waitPollMs?: number;
+}
+
+/** The agent's acknowledgement: the version it enforces, and since when. */
+export interface Enforced {
+  version: number;
+  at: string;
+}
+
+export interface PolicyRecord extends Policy {
+  computerId: string;
+  version: number;
+  updatedAt: string;
+  enforced: Enforced | undefined;
+}
+
+export interface Computer {
+  id: string;
+  /** Path relative to the cgroup2 mount, without leading or trailing '/'. */
+  cgroup: string;
+  node: string;
+  tenant: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export type ChangeKind = 'policy' | 'computer' | 'computer-deleted';
+
+/** One entry of a node's change stream (`keys.nodeChanges(node)`). */
+export interface ChangeRecord {
+  /** Stream entry id; read on from here. */
+  streamId: string;
+  computerId: string;
+  kind: ChangeKind;
+  version: number;
+  cgroup: string;
+  at: string;
+}
+
+/** A node's full state, for an agent's resync: follow the stream from `streamId`. */
+export interface NodeSnapshot {
+  streamId: string;
+  computers: Array<{
+    id: string;
+    cgroup: string;
+    tenant: string | null;
+    policy: Policy;
+    version: number;
+    updatedAt: string;
+  }>;
+}
+
+export interface ApiKeyRecord {
+  id: string;
+  tenant: string;
+  name: string | null;
+  createdAt: string;
+  /** sha256 hex of the whole key. */
+  hash: string;
+}
+
+/** '' scope means every tenant (the admin); otherwise only that tenant's computers. */
+export type Scope = string;
+
+export type PutPolicyResult =
+  | { status: 'ok' | 'unchanged'; record: PolicyRecord }
+  | { status: 'not_found' }
+  | { status: 'precondition_failed'; version: number };
+
+export type PutComputerResult =
+  | { status: 'created' | 'updated' | 'unchanged'; computer: Computer }
+  | { status: 'not_found' | 'node_required' }
+  | { status: 'cgroup_in_use'; owner: string };
+
+interface Script {
+  source: string;
+  sha: string;
+}
+
+function script(source: string): Script {
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
+}
+
+const SCRIPTS = {
+  getPolicy: script(GET_POLICY),
+  putPolicy: script(PUT_POLICY),
+  putComputer: script(PUT_COMPUTER),
+  deleteComputer: script(DELETE_COMPUTER),
+  ackEnforced: script(ACK_ENFORCED),
+  nodeSnapshot: script(NODE_SNAPSHOT),
+};
+
+/** Reply errors that mean "not now" rather than "bug". */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
+
+export function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { path?: string } {
+  const common: RedisOptions = {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    commandTimeout: commandTimeoutMs,
+    connectTimeout: 2000,
+    enableAutoPipelining: true,
+    // Keep trying for ever, at most a second apart.
+    retryStrategy: (times) => Math.min(times * 50, 1000),
+    lazyConnect: true,
+  };
+  if (url.startsWith('unix://')) return { ...common, path: url.slice('unix://'.length) };
+  const u = new URL(url);
+  return {
+    ...common,
+    host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1',
+    port: u.port === '' ? 6379 : Number(u.port),
+    db: u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+  };
+}
+
+export class Store {
+  readonly redis: Redis;
+  private subscriber: Redis | undefined;
+  private blocking: Redis | undefined;
+  private readonly streamMaxLen: string;
+  private readonly waitPollMs: number;
+  private readonly options: StoreOptions;
+  /** Per computer id, the wake-up functions of the requests waiting for its acknowledgement. */
+  private readonly waiters = new Map<string, Set<() => void>>();
+
+  constructor(options: StoreOptions) {
+    this.options = options;
+    this.redis = new Redis(redisOptions(options.url, options.commandTimeoutMs ?? 2000));
+    // Errors surface on commands; without a listener ioredis would log each reconnect failure.
+    this.redis.on('error', () => {});
+    this.streamMaxLen = String(options.streamMaxLen ?? 10_000);
+    this.waitPollMs = options.waitPollMs ?? 500;
+  }
+
+  /** Connects (and subscribes to acknowledgements). Rejects if Redis cannot be reached now. */
+  async connect(): Promise<void> {
+    if (this.redis.status === 'wait') await this.redis.connect();
+    await this.subscribe();
+  }
+
+  private async subscribe(): Promise<void> {
+    if (this.subscriber) return;
+    const sub = new Redis({
+      ...redisOptions(this.options.url, this.options.commandTimeoutMs ?? 2000),
+      // Subscriptions are not request-bound: queue them until connected, and resubscribe after reconnects.
+      enableOfflineQueue: true,
+      maxRetriesPerRequest: null,
+      commandTimeout: undefined,
+      enableAutoPipelining: false,
+    });
+    sub.on('error', () => {});
+    sub.on('message', (_channel: string, message: string) => {
+      const id = message.slice(0, message.indexOf(' '));
+      for (const wake of this.waiters.get(id) ?? []) wake();
+    });
+    this.subscriber = sub;
+    await sub.connect();
+    await sub.subscribe(channels.enforced);
+  }
+
+  async close(): Promise<void> {
+    for (const client of [this.redis, this.subscriber, this.blocking]) {
+      if (client && client.status !== 'end') client.disconnect();
+    }
+  }
+
+  /** True if Redis answers PING now. */
+  async ping(): Promise<boolean> {
+    try {
+      return (await this.redis.ping()) === 'PONG';
+    } catch {
+      return false;
+    }
+  }
+
+  private async run(s: Script, keyList: string[], args: (string | number)[]): Promise<unknown> {
+    return this.guard(async () => {
+      try {
+        return await this.redis.evalsha(s.sha, keyList.length, ...keyList, ...args);
+      } catch (err) {
+        if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
+          return await this.redis.eval(s.source, keyList.length, ...keyList, ...args);
+        }
+        throw err;
+      }
+    });
+  }
+
+  /** Runs `fn`, turning "Redis is not there" into StoreUnavailableError. */
+  async guard<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof StoreUnavailableError) throw err;
+      if (err instanceof Error && err.name === 'ReplyError' && !TRANSIENT_REPLY.test(err.message)) throw err;
+      throw new StoreUnavailableError(err);
+    }
+  }
+
+  // --- policies -----------------------------------------------------------
+
+  async getPolicy(id: string, scope: Scope = ''): Promise<PolicyRecord | undefined> {
+    const r = (await this.run(
+      SCRIPTS.getPolicy,
+      [keys.computer(id), keys.policy(id), keys.enforced(id)],
+      [scope],
+    )) as string[];
+    if (r[0] !== 'ok') return undefined;
+    const [, mode, rules, version, updatedAt, ackVersion, ackAt] = r;
+    return {
+      computerId: id,
+      mode: mode as Mode,
+      rules: JSON.parse(rules ?? '[]') as Rule[],
+      version: Number(version),
+      updatedAt: updatedAt ?? '',
+      enforced: enforced(ackVersion, ackAt),
+    };
+  }
+
+  /**
+   * Replaces a computer's policy (normalised already) and appends the change
+   * record, atomically. `ifMatch` makes it a compare-and-set on the version.
+   */
+  async putPolicy(
+    id: string,
+    policy: Policy,
+    options: { scope?: Scope; ifMatch?: number; now?: Date } = {},
+  ): Promise<PutPolicyResult> {
+    const now = (options.now ?? new Date()).toISOString();
+    const r = (await this.run(
+      SCRIPTS.putPolicy,
+      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version()],
+      [
+        options.scope ?? '',
+        id,
+        policy.mode,
+        JSON.stringify(policy.rules),
+        options.ifMatch === undefined ? '' : String(options.ifMatch),
+        now,
+        templates.nodeChanges,
+        this.streamMaxLen,
+      ],
+    )) as string[];
+    const status = r[0];
+    if (status === 'not_found') return { status };
+    if (status === 'precondition_failed') return { status, version: Number(r[1]) };
+    const [, version, updatedAt, ackVersion, ackAt] = r;
+    return {
+      status: status === 'unchanged' ? 'unchanged' : 'ok',
+      record: {
+        computerId: id,
+        mode: policy.mode,
+        rules: policy.rules,
+        version: Number(version),
+        updatedAt: updatedAt ?? now,
+        enforced: enforced(ackVersion, ackAt),
+      },
+    };
+  }
+
+  /** The agent's acknowledgement for a computer, if any. */
+  async getEnforced(id: string): Promise<Enforced | undefined> {
+    const [version, at] = await this.guard(() => this.redis.hmget(keys.enforced(id), 'version', 'at'));
+    return enforced(version ?? undefined, at ?? undefined);
+  }
+
+  /**
+   * Waits until the agent acknowledges `version` (or a later one) for the
+   * computer, or `timeoutMs` passes; returns the last acknowledgement seen.
+   * Registers for the notification first, then reads, so none is lost.
+   */
+  async waitEnforced(id: string, version: number, timeoutMs: number): Promise<Enforced | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    let notified = false;
+    let wakeNow: (() => void) | undefined;
+    const wake = () => {
+      notified = true;
+      wakeNow?.();
+    };
+    let set = this.waiters.get(id);
+    if (!set) {
+      set = new Set();
+      this.waiters.set(id, set);
+    }
+    set.add(wake);
+    let last: Enforced | undefined;
+    try {
+      for (;;) {
+        notified = false;
+        try {
+          last = await this.getEnforced(id);
+        } catch {
+          // Redis went away mid-wait: answer with what we know.
+          return last;
+        }
+        if (last && last.version >= version) return last;
+        const left = deadline - Date.now();
+        if (left <= 0) return last;
+        if (notified) continue;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(left, this.waitPollMs));
+          wakeNow = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wakeNow = undefined;
+      }
+    } finally {
+      set.delete(wake);
+      if (set.size === 0) this.waiters.delete(id);
+    }
+  }
+
+  /**
+   * The agent's acknowledgement that it enforces `version` of the computer's
+   * policy since `at`. Never moves back; wakes waiting API requests.
+   */
+  async ackEnforced(id: string, version: number, at: Date = new Date(), node = ''): Promise<boolean> {
+    const r = await this.run(
+      SCRIPTS.ackEnforced,
+      [keys.computer(id), keys.enforced(id)],
+      [id, String(version), at.toISOString(), node, channels.enforced],
+    );
+    return r === 1;
+  }
+
+  // --- computers ----------------------------------------------------------
+
+  async getComputer(id: string, scope: Scope = ''): Promise<Computer | undefined> {
+    const h = await this.guard(() => this.redis.hgetall(keys.computer(id)));
+    const computer = toComputer(h);
+    if (!computer || (scope !== '' && computer.tenant !== scope)) return undefined;
+    return computer;
+  }
+
+  /**
+   * Registers or updates a computer. `node` absent keeps the current node
+   * (or takes `defaultNode` for a new computer); `tenant` absent keeps the
+   * current tenant (none for a new computer).
+   */
+  async putComputer(
+    id: string,
+    input: { cgroup: string; node?: string | undefined; tenant?: string | undefined },
+    options: { scope?: Scope; defaultNode?: string; now?: Date } = {},
+  ): Promise<PutComputerResult> {
+    const now = (options.now ?? new Date()).toISOString();
+    const r = (await this.run(
+      SCRIPTS.putComputer,
+      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        options.scope ?? '',
+        id,
+        input.cgroup,
+        input.node ?? '',
+        options.defaultNode ?? '',
+        input.tenant ?? '',
+        input.tenant === undefined ? '0' : '1',
+        now,
+        templates.nodeComputers,
+        templates.nodeCgroups,
+        templates.nodeChanges,
+        templates.tenantComputers,
+        this.streamMaxLen,
+      ],
+    )) as string[];
+    const status = r[0];
+    if (status === 'not_found' || status === 'node_required') return { status };
+    if (status === 'cgroup_in_use') return { status, owner: r[1] ?? '' };
+    const [, cgroup = '', node = '', tenant = '', createdAt = '', updatedAt = ''] = r;
+    return {
+      status: status as 'created' | 'updated' | 'unchanged',
+      computer: { id, cgroup, node, tenant: tenant === '' ? null : tenant, createdAt, updatedAt },
+    };
+  }
+
+  /** Removes a computer and its policy; false if there is none (in scope). */
+  async deleteComputer(id: string, scope: Scope = '', now: Date = new Date()): Promise<boolean> {
+    const r = (await this.run(
+      SCRIPTS.deleteComputer,
+      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        scope,
+        id,
+        now.toISOString(),
+        templates.nodeComputers,
+        templates.nodeCgroups,
+        templates.nodeChanges,
+        templates.tenantComputers,
+        this.streamMaxLen,
+      ],
+    )) as string[];
+    return r[0] === 'ok';
+  }
+
+  /**
+   * One page of computers ordered by id, after `cursor` (an id, exclusive).
+   * With both a scope and a node, a page may hold fewer than `limit`
+   * computers while `nextCursor` is set: follow it until it is null.
+   */
+  async listComputers(options: {
+    scope?: Scope;
+    node?: string;
+    cursor?: string;
+    limit: number;
+  }): Promise<{ computers: Computer[]; nextCursor: string | null }> {
+    const scope = options.scope ?? '';
+    const index =
+      scope !== ''
+        ? keys.tenantComputers(scope)
+        : options.node !== undefined
+          ? keys.nodeComputers(options.node)
+          : keys.computers();
+    const start = options.cursor ? `(${options.cursor}` : '-';
+    const ids = await this.guard(() =>
+      this.redis.zrangebylex(index, start, '+', 'LIMIT', 0, options.limit + 1),
+    );
+    const more = ids.length > options.limit;
+    const page = ids.slice(0, options.limit);
+    const hashes = await this.guard(() =>
+      Promise.all(page.map((id) => this.redis.hgetall(keys.computer(id)))),
+    );
+    const computers: Computer[] = [];
+    for (const h of hashes) {
+      const c = toComputer(h);
+      if (!c) continue;
+      if (scope !== '' && c.tenant !== scope) continue;
+      if (options.node !== undefined && c.node !== options.node) continue;
+      computers.push(c);
+    }
+    return { computers, nextCursor: more ? (page[page.length - 1] ?? null) : null };
+  }
+
+  // --- for the agent ------------------------------------------------------
+
+  /** Every computer of a node with its policy and version, and the stream id to follow on from. */
+  async listComputersOfNode(node: string): Promise<NodeSnapshot> {
+    const r = (await this.run(
+      SCRIPTS.nodeSnapshot,
+      [keys.nodeComputers(node), keys.nodeChanges(node)],
+      [templates.computer, templates.policy],
+    )) as string[];
+    const computers: NodeSnapshot['computers'] = [];
+    for (let i = 1; i + 7 <= r.length; i += 7) {
+      const [
+        id = '',
+        cgroup = '',
+        tenant = '',
+        mode = 'unrestricted',
+        rules = '[]',
+        version = '0',
+        updatedAt = '',
+      ] = r.slice(i, i + 7);
+      computers.push({
+        id,
+        cgroup,
+        tenant: tenant === '' ? null : tenant,
+        policy: { mode: mode as Mode, rules: JSON.parse(rules) as Rule[] },
+        version: Number(version),
+        updatedAt,
+      });
+    }
+    return { streamId: r[0] ?? '0-0', computers };
+  }
+
+  /**
+   * Change records of a node after `fromId` (exclusive; '0-0' for all that
+   * the stream still holds). With `blockMs`, waits that long for new ones
+   * (on a connection of its own). An agent whose `fromId` is older than the
+   * stream's first entry has missed records (MAXLEN trimming): it must
+   * resync with listComputersOfNode.
+   */
+  async readChanges(node: string, fromId: string, options: { count?: number; blockMs?: number } = {}) {
+    const count = options.count ?? 1000;
+    const stream = keys.nodeChanges(node);
+    let reply: [string, [string, string[]][]][] | null;
+    if (options.blockMs !== undefined) {
+      if (!this.blocking) {
+        this.blocking = new Redis({
+          ...redisOptions(this.options.url, this.options.commandTimeoutMs ?? 2000),
+          commandTimeout: undefined,
+          enableAutoPipelining: false,
+        });
+        this.blocking.on('error', () => {});
+        await this.guard(() => this.blocking!.connect());
+      }
+      const client = this.blocking;
+      reply = (await this.guard(() =>
+        client.xread('COUNT', count, 'BLOCK', options.blockMs!, 'STREAMS', stream, fromId),
+      )) as typeof reply;
+    } else {
+      reply = (await this.guard(() =>
+        this.redis.xread('COUNT', count, 'STREAMS', stream, fromId),
+      )) as typeof reply;
+    }
+    const entries = reply?.[0]?.[1] ?? [];
+    return entries.map(([streamId, fields]) => toChange(streamId, fields));
+  }
+
+  /** The first id still in a node's stream ('0-0' if empty): older positions have been trimmed. */
+  async firstChangeId(node: string): Promise<string> {
+    const r = await this.guard(() => this.redis.xrange(keys.nodeChanges(node), '-', '+', 'COUNT', 1));
+    return r[0]?.[0] ?? '0-0';
+  }
+
+  // --- API keys -----------------------------------------------------------
+
+  async putApiKey(record: ApiKeyRecord): Promise<void> {
+    await this.guard(() =>
+      this.redis
+        .multi()
+        .hset(keys.apiKey(record.id), {
+          hash: record.hash,
+          tenant: record.tenant,
+          name: record.name ?? '',
+          created_at: record.createdAt,
+        })
+        .zadd(keys.apiKeys(), 0, record.id)
+        .exec(),
+    );
+  }
+
+  async getApiKey(id: string): Promise<ApiKeyRecord | undefined> {
+    const h = await this.guard(() => this.redis.hgetall(keys.apiKey(id)));
+    return toApiKey(id, h);
+  }
+
+  async listApiKeys(): Promise<ApiKeyRecord[]> {
+    const ids = await this.guard(() => this.redis.zrange(keys.apiKeys(), 0, -1));
+    const hashes = await this.guard(() => Promise.all(ids.map((id) => this.redis.hgetall(keys.apiKey(id)))));
+    return hashes.flatMap((h, i) => toApiKey(ids[i] ?? '', h) ?? []);
+  }
+
+  async deleteApiKey(id: string): Promise<boolean> {
+    const r = await this.guard(() => this.redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).exec());
+    return r?.[0]?.[1] === 1;
+  }
+}
+
+function enforced(version: string | undefined, at: string | undefined): Enforced | undefined {
+  if (!version) return undefined;
+  return { version: Number(version), at: at ?? '' };
+}
+
+function toComputer(h: Record<string, string>): Computer | undefined {
+  if (h['id'] === undefined) return undefined;
+  return {
+    id: h['id'],
+    cgroup: h['cgroup'] ?? '',
+    node: h['node'] ?? '',
+    tenant: h['tenant'] ? h['tenant'] : null,
+    createdAt: h['created_at'] ?? '',
+    updatedAt: h['updated_at'] ?? '',
+  };
+}
+
+function toApiKey(id: string, h: Record<string, string>): ApiKeyRecord | undefined {
+  if (h['hash'] === undefined) return undefined;
+  return {
+    id,
+    hash: h['hash'],
+    tenant: h['tenant'] ?? '',
+    name: h['name'] ? h['name'] : null,
+    createdAt: h['created_at'] ?? '',
+  };
+}
+
+function toChange(streamId: string, fields: string[]): ChangeRecord {
+  const f: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) f[fields[i] ?? ''] = fields[i + 1] ?? '';
+  return {
+    streamId,
+    computerId: f['computer_id'] ?? '',
+    kind: (f['kind'] ?? 'policy') as ChangeKind,
+    version: Number(f['version'] ?? 0),
+    cgroup: f['cgroup'] ?? '',
+    at: f['at'] ?? '',
+  };
+}

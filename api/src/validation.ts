@@ -1,0 +1,185 @@
+/**
+ * Request validation: zod schemas that also normalise (hosts, cgroup paths),
+ * and the one place that turns zod issues into 400s naming the field path
+ * (`rules[3].port: must be an integer from 1 to 65535`).
+ */
+import { z } from 'zod';
+import { HostError, normaliseHost } from '../../daemon/src/policy/host.js';
+import { MODES, modeTakesRules, type Policy, PROTOCOLS, type Rule } from '../../daemon/src/policy/types.js';
+import { ApiError, type FieldIssue, RULES_REQUIRED } from './errors.js';
+
+/** Computer ids (and tenant names): 1–128 of [A-Za-z0-9._-], starting with a letter or digit. */
+export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
+const ID_RE = new RegExp(ID_PATTERN);
+const ID_MESSAGE =
+  'must be 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" or "-", starting with a letter or digit';
+/** Node names: like ids, up to 253 characters (a host name fits). */
+export const NODE_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$';
+const NODE_RE = new RegExp(NODE_PATTERN);
+
+const PORT_MESSAGE = 'must be an integer from 1 to 65535';
+
+const host = z
+  .string({ error: 'must be a string: an address, a CIDR block or a hostname' })
+  .transform((text, ctx) => {
+    try {
+      return normaliseHost(text);
+    } catch (err) {
+      if (!(err instanceof HostError)) throw err;
+      ctx.issues.push({ code: 'custom', message: err.message, input: text });
+      return z.NEVER;
+    }
+  });
+
+const rule = z.strictObject({
+  host,
+  port: z
+    .int({ error: PORT_MESSAGE })
+    .min(1, { error: PORT_MESSAGE })
+    .max(65535, { error: PORT_MESSAGE })
+    .optional(),
+  protocol: z.enum(PROTOCOLS, { error: `must be one of ${PROTOCOLS.join(', ')}` }).default('any'),
+});
+
+const policyBody = z.strictObject({
+  mode: z.enum(MODES, { error: `must be one of ${MODES.join(', ')}` }),
+  rules: z.array(rule, { error: 'must be an array of rules' }).optional(),
+});
+
+/** Validates and normalises a PUT network-policy body. */
+export function parsePolicy(body: unknown, maxRules: number): Policy {
+  if (isObject(body) && Array.isArray(body['rules']) && body['rules'].length > maxRules) {
+    throw new ApiError(
+      400,
+      'too_many_rules',
+      `rules: at most ${maxRules} rules per policy, got ${body['rules'].length}; merge rules into CIDR blocks or wildcards`,
+    );
+  }
+  const parsed = policyBody.safeParse(body);
+  if (!parsed.success) throw invalid(parsed.error.issues);
+  const { mode, rules = [] } = parsed.data;
+  if (modeTakesRules(mode) && rules.length === 0) {
+    throw new ApiError(400, 'rules_required', RULES_REQUIRED);
+  }
+  if (!modeTakesRules(mode) && rules.length > 0) {
+    throw new ApiError(
+      400,
+      'rules_not_allowed',
+      `rules: ${mode} mode takes no rules; send "rules": [] or leave it out, or use allowlist or denylist`,
+    );
+  }
+  // Fixed key order, so that equal policies serialise to equal JSON.
+  const normalised: Rule[] = rules.map((r) =>
+    r.port === undefined
+      ? { host: r.host, protocol: r.protocol }
+      : { host: r.host, port: r.port, protocol: r.protocol },
+  );
+  return { mode, rules: normalised };
+}
+
+const cgroup = z
+  .string({ error: 'must be a string: the cgroup path relative to the cgroup2 mount' })
+  .transform((text, ctx) => {
+    const path = text.replace(/^\/+/, '').replace(/\/+$/, '');
+    const segments = path.split('/');
+    let why = '';
+    if (path === '') why = 'must name a cgroup below the root, for example "egressd/sandbox-1"';
+    else if (text.length > 4096) why = 'must be at most 4096 characters';
+    else if (segments.some((s) => s === '' || s === '.' || s === '..'))
+      why = 'must not contain empty, "." or ".." segments';
+    else if (/[\0\n]/.test(path)) why = 'must not contain NUL or newline characters';
+    if (why !== '') {
+      ctx.issues.push({ code: 'custom', message: why, input: text });
+      return z.NEVER;
+    }
+    return path;
+  });
+
+const computerBody = z.strictObject({
+  cgroup,
+  node: z
+    .string({ error: 'must be a string' })
+    .regex(NODE_RE, { error: ID_MESSAGE.replace('128', '253') })
+    .optional(),
+  tenant: z.string({ error: 'must be a string' }).regex(ID_RE, { error: ID_MESSAGE }).optional(),
+});
+export type ComputerBody = z.output<typeof computerBody>;
+
+/** Validates a PUT /computers/{id} body. */
+export function parseComputer(body: unknown): ComputerBody {
+  const parsed = computerBody.safeParse(body);
+  if (!parsed.success) throw invalid(parsed.error.issues);
+  return parsed.data;
+}
+
+const keyBody = z.strictObject({
+  tenant: z.string({ error: 'must be a string' }).regex(ID_RE, { error: ID_MESSAGE }),
+  name: z
+    .string({ error: 'must be a string' })
+    .max(200, { error: 'must be at most 200 characters' })
+    .optional(),
+});
+export type KeyBody = z.output<typeof keyBody>;
+
+/** Validates a POST /keys body. */
+export function parseKeyBody(body: unknown): KeyBody {
+  const parsed = keyBody.safeParse(body);
+  if (!parsed.success) throw invalid(parsed.error.issues);
+  return parsed.data;
+}
+
+/** Checks a computer id from the path. */
+export function checkComputerId(id: string): string {
+  if (!ID_RE.test(id))
+    throw new ApiError(400, 'invalid_request', `id: ${ID_MESSAGE}`, [{ path: 'id', message: ID_MESSAGE }]);
+  return id;
+}
+
+/** Checks a node name from a query string. */
+export function checkNode(node: string, field: string): string {
+  if (!NODE_RE.test(node)) {
+    throw new ApiError(400, 'invalid_request', `${field}: ${ID_MESSAGE.replace('128', '253')}`);
+  }
+  return node;
+}
+
+/** Parses an optional non-negative integer query parameter. */
+export function queryInt(value: unknown, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+    throw new ApiError(400, 'invalid_request', `${name}: must be an integer from ${min} to ${max}`);
+  }
+  return Number(value);
+}
+
+function invalid(issues: readonly z.core.$ZodIssue[]): ApiError {
+  const details: FieldIssue[] = [];
+  for (const issue of issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        details.push({ path: formatPath([...issue.path, key]), message: 'unknown field; remove it' });
+      }
+    } else {
+      details.push({ path: formatPath(issue.path), message: issue.message });
+    }
+  }
+  const shown = details
+    .slice(0, 5)
+    .map((d) => (d.path === '' ? `body: ${d.message}` : `${d.path}: ${d.message}`));
+  const more = details.length > 5 ? `; and ${details.length - 5} more` : '';
+  return new ApiError(400, 'invalid_request', shown.join('; ') + more, details);
+}
+
+/** `['rules', 3, 'port']` → `rules[3].port`. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? String(part) : `.${String(part)}`;
+  }
+  return out;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,62 @@
+/** The JSON shapes the API answers with (snake_case, as in the seed). */
+import type { Rule } from '../../daemon/src/policy/types.js';
+import type { ApiKeyRecord, Computer, PolicyRecord } from './store/store.js';
+
+export interface PolicyView {
+  computer_id: string;
+  mode: string;
+  rules: Rule[];
+  version: number;
+  updated_at: string;
+  enforcement: { state: 'enforced' | 'pending'; enforced_version: number | null; enforced_at: string | null };
+}
+
+export function isEnforced(r: PolicyRecord): boolean {
+  return r.enforced !== undefined && r.enforced.version >= r.version;
+}
+
+export function policyView(r: PolicyRecord): PolicyView {
+  return {
+    computer_id: r.computerId,
+    mode: r.mode,
+    rules: r.rules,
+    version: r.version,
+    updated_at: r.updatedAt,
+    enforcement: {
+      state: isEnforced(r) ? 'enforced' : 'pending',
+      enforced_version: r.enforced?.version ?? null,
+      enforced_at: r.enforced?.at ?? null,
+    },
+  };
+}
+
+export interface ComputerView {
+  id: string;
+  cgroup: string;
+  node: string;
+  tenant: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export function computerView(c: Computer): ComputerView {
+  return {
+    id: c.id,
+    cgroup: c.cgroup,
+    node: c.node,
+    tenant: c.tenant,
+    created_at: c.createdAt,
+    updated_at: c.updatedAt,
+  };
+}
+
+export interface ApiKeyView {
+  id: string;
+  tenant: string;
+  name: string | null;
+  created_at: string;
+}
+
+export function apiKeyView(k: ApiKeyRecord): ApiKeyView {
+  return { id: k.id, tenant: k.tenant, name: k.name, created_at: k.createdAt };
+}

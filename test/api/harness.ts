@@ -1,0 +1,104 @@
+/**
+ * One API under test: a real redis-server, a Store, the app on
+ * 127.0.0.1:0, and helpers to call it. `close()` ends all of it.
+ */
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type App, createApp } from '../../api/src/app.js';
+import { type ApiConfig, resolveConfig } from '../../api/src/config.js';
+import { Store } from '../../api/src/store/store.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+
+export const ADMIN_KEY = 'test-admin-key-0123456789';
+
+export interface Harness {
+  redis: TestRedis;
+  store: Store;
+  app: App;
+  config: ApiConfig;
+  server: Server;
+  baseUrl: string;
+  /** fetch with the admin key unless `key` is given ('' for none). */
+  call(method: string, path: string, options?: CallOptions): Promise<Reply>;
+  close(): Promise<void>;
+}
+
+export interface CallOptions {
+  body?: unknown;
+  /** Raw body text (sent as is, with `contentType`). */
+  raw?: string;
+  contentType?: string;
+  key?: string;
+  headers?: Record<string, string>;
+}
+
+export interface Reply {
+  status: number;
+  headers: Headers;
+  // biome-ignore lint/suspicious/noExplicitAny: replies are arbitrary JSON that tests pick apart
+  body: any;
+  text: string;
+}
+
+export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<Harness> {
+  const redis = await startRedis();
+  const config = resolveConfig(
+    { adminKey: ADMIN_KEY, redisUrl: redis.url, defaultNode: 'node-a', ...overrides },
+    {},
+  );
+  const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });
+  await store.connect();
+  const app = createApp({ store, config });
+  const server = createServer(app.callback());
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const call = async (method: string, path: string, options: CallOptions = {}): Promise<Reply> => {
+    const headers: Record<string, string> = { ...options.headers };
+    const key = options.key ?? ADMIN_KEY;
+    if (key !== '') headers['authorization'] = `Bearer ${key}`;
+    let body: string | undefined;
+    if (options.raw !== undefined) {
+      body = options.raw;
+      if (options.contentType) headers['content-type'] = options.contentType;
+    } else if (options.body !== undefined) {
+      body = JSON.stringify(options.body);
+      headers['content-type'] = options.contentType ?? 'application/json';
+    }
+    const res = await fetch(baseUrl + path, { method, headers, ...(body === undefined ? {} : { body }) });
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    return { status: res.status, headers: res.headers, body: parsed, text };
+  };
+  return {
+    redis,
+    store,
+    app,
+    config,
+    server,
+    baseUrl,
+    call,
+    close: async () => {
+      server.closeAllConnections();
+      server.close();
+      await store.close();
+      await redis.cleanup();
+    },
+  };
+}
+
+/** Registers a computer through the API (admin key unless given). */
+export async function register(h: Harness, id: string, body: Record<string, unknown> = {}, key?: string) {
+  const r = await h.call('PUT', `/api/v1/computers/${id}`, {
+    body: { cgroup: `egressd/${id}`, ...body },
+    ...(key === undefined ? {} : { key }),
+  });
+  if (r.status !== 201 && r.status !== 200) throw new Error(`register ${id}: ${r.status} ${r.text}`);
+  return r.body.data;
+}

@@ -1,0 +1,254 @@
+import test from 'ava';
+import { type Harness, register, startHarness } from './harness.js';
+
+let h: Harness;
+test.before(async () => {
+  h = await startHarness();
+});
+test.after.always(async () => {
+  await h?.close();
+});
+
+const path = (id: string) => `/api/v1/computers/${id}/network-policy`;
+
+test('GET of a computer without a policy answers unrestricted with no rules', async (t) => {
+  await register(h, 'fresh-1');
+  const r = await h.call('GET', path('fresh-1'));
+  t.is(r.status, 200);
+  t.is(r.body.data.computer_id, 'fresh-1');
+  t.is(r.body.data.mode, 'unrestricted');
+  t.deepEqual(r.body.data.rules, []);
+  t.true(r.body.data.version > 0);
+  t.regex(r.body.data.updated_at, /^\d{4}-\d\d-\d\dT/);
+  t.is(r.body.data.enforcement.state, 'pending');
+  t.is(r.body.data.enforcement.enforced_version, null);
+  t.is(r.headers.get('etag'), `"${r.body.data.version}"`);
+});
+
+test('GET of an unknown computer is 404 computer not found', async (t) => {
+  const r = await h.call('GET', path('nobody'));
+  t.is(r.status, 404);
+  t.deepEqual(r.body, { error: { code: 'computer_not_found', message: 'computer not found' } });
+});
+
+test('PUT replaces the whole policy and echoes normalised rules', async (t) => {
+  await register(h, 'put-1');
+  const first = await h.call('PUT', `${path('put-1')}?wait=0`, {
+    body: {
+      mode: 'allowlist',
+      rules: [
+        { host: 'GitHub.com.', port: 443, protocol: 'tcp' },
+        { host: '10.1.2.3/8' },
+        { host: '2001:DB8:0:0::1' },
+        { host: '*.Bücher.example' },
+      ],
+    },
+  });
+  t.is(first.status, 202);
+  t.is(first.body.data.mode, 'allowlist');
+  t.deepEqual(first.body.data.rules, [
+    { host: 'github.com', port: 443, protocol: 'tcp' },
+    { host: '10.0.0.0/8', protocol: 'any' },
+    { host: '2001:db8::1', protocol: 'any' },
+    { host: '*.xn--bcher-kva.example', protocol: 'any' },
+  ]);
+  t.is(first.body.data.enforcement.state, 'pending');
+  const second = await h.call('PUT', `${path('put-1')}?wait=0`, {
+    body: { mode: 'denylist', rules: [{ host: '185.220.0.0/16' }] },
+  });
+  t.true(second.body.data.version > first.body.data.version);
+  const got = await h.call('GET', path('put-1'));
+  t.deepEqual(got.body.data.rules, [{ host: '185.220.0.0/16', protocol: 'any' }]);
+  t.is(got.body.data.mode, 'denylist');
+  t.is(got.body.data.version, second.body.data.version);
+});
+
+test('PUT isolated without rules; rules with isolated or unrestricted are refused', async (t) => {
+  await register(h, 'iso-1');
+  const ok = await h.call('PUT', `${path('iso-1')}?wait=0`, { body: { mode: 'isolated' } });
+  t.is(ok.status, 202);
+  t.deepEqual(ok.body.data.rules, []);
+  const empty = await h.call('PUT', `${path('iso-1')}?wait=0`, { body: { mode: 'unrestricted', rules: [] } });
+  t.is(empty.status, 202);
+  for (const mode of ['isolated', 'unrestricted']) {
+    const bad = await h.call('PUT', `${path('iso-1')}?wait=0`, {
+      body: { mode, rules: [{ host: 'a.example' }] },
+    });
+    t.is(bad.status, 400);
+    t.is(bad.body.error.code, 'rules_not_allowed');
+    t.regex(bad.body.error.message, new RegExp(`^rules: ${mode} mode takes no rules`));
+  }
+});
+
+test('allowlist and denylist without rules: 400 with the seed text', async (t) => {
+  await register(h, 'req-1');
+  for (const body of [{ mode: 'allowlist' }, { mode: 'denylist', rules: [] }]) {
+    const r = await h.call('PUT', path('req-1'), { body });
+    t.is(r.status, 400);
+    t.deepEqual(r.body, {
+      error: { code: 'rules_required', message: 'rules required for allowlist/denylist mode' },
+    });
+  }
+});
+
+test('PUT to an unknown computer is 404 and writes nothing', async (t) => {
+  const r = await h.call('PUT', path('ghost'), { body: { mode: 'isolated' } });
+  t.is(r.status, 404);
+  t.is(r.body.error.message, 'computer not found');
+  t.is(await h.store.redis.exists('egressd:computer:ghost:policy'), 0);
+});
+
+test('DELETE resets to unrestricted and is idempotent', async (t) => {
+  await register(h, 'del-1');
+  await h.call('PUT', `${path('del-1')}?wait=0`, { body: { mode: 'isolated' } });
+  const first = await h.call('DELETE', `${path('del-1')}?wait=0`);
+  t.is(first.status, 202);
+  t.is(first.body.data.computer_id, 'del-1');
+  t.is(first.body.data.mode, 'unrestricted');
+  t.deepEqual(first.body.data.rules, []);
+  const again = await h.call('DELETE', `${path('del-1')}?wait=0`);
+  t.true(again.status === 200 || again.status === 202);
+  t.is(again.body.data.mode, 'unrestricted');
+  t.is(again.body.data.version, first.body.data.version, 'an unchanged policy keeps its version');
+  const missing = await h.call('DELETE', path('nobody'));
+  t.is(missing.status, 404);
+});
+
+test('validation errors name the field path', async (t) => {
+  await register(h, 'val-1');
+  const cases: Array<[unknown, RegExp]> = [
+    [
+      { mode: 'allowlist', rules: [{ host: 'a.example', port: 0 }] },
+      /^rules\[0\]\.port: must be an integer from 1 to 65535/,
+    ],
+    [
+      { mode: 'allowlist', rules: [{ host: 'a.example' }, { host: 'b.example', port: 70000 }] },
+      /^rules\[1\]\.port: must be an integer/,
+    ],
+    [
+      { mode: 'allowlist', rules: [{ host: 'a.example', port: 44.5 }] },
+      /^rules\[0\]\.port: must be an integer/,
+    ],
+    [
+      { mode: 'allowlist', rules: [{ host: 'a.example', port: '443' }] },
+      /^rules\[0\]\.port: must be an integer/,
+    ],
+    [
+      { mode: 'allowlist', rules: [{ host: 'a.example', protocol: 'icmp' }] },
+      /^rules\[0\]\.protocol: must be one of tcp, udp, any/,
+    ],
+    [
+      { mode: 'allowlist', rules: [{ host: 'a..example' }] },
+      /^rules\[0\]\.host: "a\.\.example" is not a valid hostname/,
+    ],
+    [{ mode: 'allowlist', rules: [{ host: '10.0.0.0/33' }] }, /^rules\[0\]\.host: .*prefix length/],
+    [{ mode: 'allowlist', rules: [{ host: '1.2.3' }] }, /^rules\[0\]\.host: .*not a valid IPv4/],
+    [{ mode: 'allowlist', rules: [{ host: 'a.*.example' }] }, /^rules\[0\]\.host: .*wildcard/],
+    [{ mode: 'allowlist', rules: [{ host: '' }] }, /^rules\[0\]\.host: must not be empty/],
+    [{ mode: 'allowlist', rules: [{ host: 5 }] }, /^rules\[0\]\.host: must be a string/],
+    [{ mode: 'allowlist', rules: [{ host: 'a.example', extra: 1 }] }, /^rules\[0\]\.extra: unknown field/],
+    [{ mode: 'allowlist', rules: 'github.com' }, /^rules: must be an array/],
+    [{ mode: 'blocklist' }, /^mode: must be one of unrestricted, allowlist, denylist, isolated/],
+    [{ rules: [] }, /^mode: must be one of/],
+    [{ mode: 'isolated', version: 3 }, /^version: unknown field/],
+    [[1, 2], /^body: /],
+    ['text', /^body: /],
+    [null, /^body: /],
+  ];
+  for (const [body, message] of cases) {
+    const r = await h.call('PUT', path('val-1'), { body });
+    t.is(r.status, 400, JSON.stringify(body));
+    t.is(r.body.error.code, 'invalid_request', JSON.stringify(body));
+    t.regex(r.body.error.message, message, JSON.stringify(body));
+  }
+  const got = await h.call('GET', path('val-1'));
+  t.is(got.body.data.mode, 'unrestricted', 'no partial write');
+});
+
+test('invalid computer ids are 400', async (t) => {
+  for (const id of ['-lead', '.x', 'a'.repeat(129), 'sp%20ace', 'a:b']) {
+    const r = await h.call('GET', path(id));
+    t.is(r.status, 400, id);
+    t.regex(r.body.error.message, /^id: must be 1 to 128 characters/);
+  }
+  t.is((await h.call('GET', path('a'.repeat(128)))).status, 404);
+});
+
+test('too many rules: 400 too_many_rules', async (t) => {
+  const small = await startHarness({ maxRules: 3 });
+  t.teardown(() => small.close());
+  await register(small, 'many');
+  const rules = Array.from({ length: 4 }, (_, i) => ({ host: `h${i}.example` }));
+  const r = await small.call('PUT', path('many'), { body: { mode: 'allowlist', rules } });
+  t.is(r.status, 400);
+  t.is(r.body.error.code, 'too_many_rules');
+  t.regex(r.body.error.message, /^rules: at most 3 rules per policy, got 4/);
+  const ok = await small.call('PUT', `${path('many')}?wait=0`, {
+    body: { mode: 'allowlist', rules: rules.slice(1) },
+  });
+  t.is(ok.status, 202);
+});
+
+test('body errors: 415 not JSON, 400 bad JSON, 413 over the limit', async (t) => {
+  await register(h, 'body-1');
+  const text = await h.call('PUT', path('body-1'), { raw: 'mode=isolated', contentType: 'text/plain' });
+  t.is(text.status, 415);
+  t.is(text.body.error.code, 'unsupported_media_type');
+  const none = await h.call('PUT', path('body-1'), { raw: '{"mode":"isolated"}' });
+  t.true(none.status === 415, `no content type: ${none.status}`);
+  const bad = await h.call('PUT', path('body-1'), { raw: '{"mode":', contentType: 'application/json' });
+  t.is(bad.status, 400);
+  t.is(bad.body.error.code, 'invalid_json');
+  const big = await h.call('PUT', path('body-1'), {
+    raw: JSON.stringify({ mode: 'allowlist', rules: [], pad: 'x'.repeat(1024 * 1024) }),
+    contentType: 'application/json',
+  });
+  t.is(big.status, 413);
+  t.is(big.body.error.code, 'payload_too_large');
+  const empty = await h.call('PUT', path('body-1'), { raw: '', contentType: 'application/json' });
+  t.is(empty.status, 400);
+});
+
+test('unknown route is 404, wrong method is 405 with Allow', async (t) => {
+  const r = await h.call('GET', '/api/v1/nothing');
+  t.is(r.status, 404);
+  t.is(r.body.error.code, 'not_found');
+  const m = await h.call('POST', path('x'), { body: {} });
+  t.is(m.status, 405);
+  t.is(m.body.error.code, 'method_not_allowed');
+  t.regex(m.headers.get('allow') ?? '', /PUT/);
+});
+
+test('If-Match gives compare-and-set', async (t) => {
+  await register(h, 'cas-1');
+  const got = await h.call('GET', path('cas-1'));
+  const v = got.body.data.version;
+  const ok = await h.call('PUT', `${path('cas-1')}?wait=0`, {
+    body: { mode: 'isolated' },
+    headers: { 'if-match': `"${v}"` },
+  });
+  t.is(ok.status, 202);
+  const stale = await h.call('PUT', `${path('cas-1')}?wait=0`, {
+    body: { mode: 'unrestricted' },
+    headers: { 'if-match': `"${v}"` },
+  });
+  t.is(stale.status, 412);
+  t.is(stale.body.error.code, 'precondition_failed');
+  const staleDelete = await h.call('DELETE', `${path('cas-1')}?wait=0`, {
+    headers: { 'if-match': String(v) },
+  });
+  t.is(staleDelete.status, 412);
+  const bad = await h.call('PUT', path('cas-1'), {
+    body: { mode: 'isolated' },
+    headers: { 'if-match': 'abc' },
+  });
+  t.is(bad.status, 400);
+  t.is((await h.call('GET', path('cas-1'))).body.data.mode, 'isolated');
+});
+
+test('wait parameter is validated', async (t) => {
+  await register(h, 'wait-1');
+  const r = await h.call('PUT', `${path('wait-1')}?wait=soon`, { body: { mode: 'isolated' } });
+  t.is(r.status, 400);
+  t.regex(r.body.error.message, /^wait: must be an integer from 0 to 60000/);
+});
