@@ -427,6 +427,15 @@ export class Enforcer {
     return out;
   }
 
+  /** Entries in the rule maps, counted by walking them (diagnostics and tests; O(entries)). */
+  ruleEntryCounts(): { v4: number; v6: number; ports: number } {
+    return {
+      v4: allKeys(this.obj.maps.rules_v4, ruleKeySize(4)).length,
+      v6: allKeys(this.obj.maps.rules_v6, ruleKeySize(6)).length,
+      ports: allKeys(this.obj.maps.rule_ports, PORT_KEY_SIZE).length,
+    };
+  }
+
   /** Replaces the internal CIDRs (reachable in every mode): new ones first, then removals. */
   setInternalCidrs(cidrs: string[]): void {
     const wanted = new Map<string, Buffer>();
