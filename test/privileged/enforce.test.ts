@@ -268,7 +268,7 @@ test('operator errors say what to change', (t) => {
   t.regex(badId?.message ?? '', /must be 1 to 128 characters/);
   const notAttached = t.throws(() => enforcer.apply('nobody', { mode: 'isolated', rules: [] }, 1n));
   t.regex(notAttached?.message ?? '', /not attached/);
-  const escape = t.throws(() => enforcer.attach('esc', '../../etc', { mode: 'isolated', rules: [] }));
-  t.regex(escape?.message ?? '', /does not exist under/);
+  const outside = t.throws(() => enforcer.attach('esc', '../../etc', { mode: 'isolated', rules: [] }));
+  t.regex(outside?.message ?? '', /does not exist under/);
   t.throws(() => enforcer.setInternalCidrs(['example.com']), { message: /not an address or CIDR/ });
 });
