@@ -1,0 +1,161 @@
+import test from 'ava';
+import { type Harness, startHarness } from './harness.js';
+
+let h: Harness;
+test.before(async () => {
+  h = await startHarness();
+});
+test.after.always(async () => {
+  await h?.close();
+});
+
+test('PUT /computers/{id} creates (201) then updates (200); GET returns it', async (t) => {
+  const created = await h.call('PUT', '/api/v1/computers/c-1', { body: { cgroup: '/egressd/c-1/' } });
+  t.is(created.status, 201);
+  t.is(created.headers.get('location'), '/api/v1/computers/c-1');
+  t.like(created.body.data, { id: 'c-1', cgroup: 'egressd/c-1', node: 'node-a', tenant: null });
+  const updated = await h.call('PUT', '/api/v1/computers/c-1', {
+    body: { cgroup: 'egressd/c-1b', tenant: 'acme' },
+  });
+  t.is(updated.status, 200);
+  t.like(updated.body.data, { cgroup: 'egressd/c-1b', node: 'node-a', tenant: 'acme' });
+  t.is(updated.body.data.created_at, created.body.data.created_at);
+  const got = await h.call('GET', '/api/v1/computers/c-1');
+  t.deepEqual(got.body.data, updated.body.data);
+});
+
+test('moving a computer bumps its version and writes change records to both nodes', async (t) => {
+  await h.call('PUT', '/api/v1/computers/mover', { body: { cgroup: 'm', node: 'n-old' } });
+  const before = (await h.call('GET', '/api/v1/computers/mover/network-policy')).body.data.version;
+  await h.call('PUT', '/api/v1/computers/mover', { body: { cgroup: 'm', node: 'n-new' } });
+  const after = (await h.call('GET', '/api/v1/computers/mover/network-policy')).body.data.version;
+  t.true(after > before);
+  const oldChanges = await h.store.readChanges('n-old', '0-0');
+  const newChanges = await h.store.readChanges('n-new', '0-0');
+  t.deepEqual(
+    oldChanges.map((c) => [c.computerId, c.kind]),
+    [
+      ['mover', 'computer'],
+      ['mover', 'computer-deleted'],
+    ],
+  );
+  t.deepEqual(
+    newChanges.map((c) => [c.computerId, c.kind, c.version, c.cgroup]),
+    [['mover', 'computer', after, 'm']],
+  );
+  t.deepEqual(
+    (await h.store.listComputersOfNode('n-old')).computers.map((c) => c.id),
+    [],
+  );
+});
+
+test('a cgroup belongs to one computer per node: 409', async (t) => {
+  await h.call('PUT', '/api/v1/computers/own-1', { body: { cgroup: 'shared', node: 'n-cg' } });
+  const r = await h.call('PUT', '/api/v1/computers/own-2', { body: { cgroup: 'shared', node: 'n-cg' } });
+  t.is(r.status, 409);
+  t.is(r.body.error.code, 'cgroup_in_use');
+  const other = await h.call('PUT', '/api/v1/computers/own-2', { body: { cgroup: 'shared', node: 'n-cg2' } });
+  t.is(other.status, 201);
+  t.is((await h.call('DELETE', '/api/v1/computers/own-1')).status, 204);
+  const now = await h.call('PUT', '/api/v1/computers/own-3', { body: { cgroup: 'shared', node: 'n-cg' } });
+  t.is(now.status, 201, 'the cgroup is free again once its computer is gone');
+});
+
+test('without a default node, node is required', async (t) => {
+  const bare = await startHarness({ defaultNode: '' });
+  t.teardown(() => bare.close());
+  const r = await bare.call('PUT', '/api/v1/computers/nn', { body: { cgroup: 'x' } });
+  t.is(r.status, 400);
+  t.is(r.body.error.code, 'node_required');
+  t.regex(r.body.error.message, /^node required/);
+  const ok = await bare.call('PUT', '/api/v1/computers/nn', { body: { cgroup: 'x', node: 'h1' } });
+  t.is(ok.status, 201);
+  const keep = await bare.call('PUT', '/api/v1/computers/nn', { body: { cgroup: 'y' } });
+  t.is(keep.status, 200);
+  t.is(keep.body.data.node, 'h1', 'an update without node keeps the node');
+});
+
+test('computer body validation', async (t) => {
+  const cases: Array<[unknown, RegExp]> = [
+    [{}, /^cgroup: must be a string/],
+    [{ cgroup: '/' }, /^cgroup: must name a cgroup below the root/],
+    [{ cgroup: 'a/../b' }, /^cgroup: must not contain empty, "\." or "\.\." segments/],
+    [{ cgroup: 'a//b' }, /^cgroup: must not contain empty/],
+    [{ cgroup: 'a', node: 'bad node' }, /^node: /],
+    [{ cgroup: 'a', tenant: '-x' }, /^tenant: /],
+    [{ cgroup: 'a', colour: 'red' }, /^colour: unknown field/],
+  ];
+  for (const [body, message] of cases) {
+    const r = await h.call('PUT', '/api/v1/computers/val', { body });
+    t.is(r.status, 400, JSON.stringify(body));
+    t.regex(r.body.error.message, message, JSON.stringify(body));
+  }
+  t.is((await h.call('GET', '/api/v1/computers/val')).status, 404);
+});
+
+test('DELETE /computers/{id} removes it and its policy', async (t) => {
+  await h.call('PUT', '/api/v1/computers/gone', { body: { cgroup: 'gone', node: 'n-del' } });
+  await h.call('PUT', '/api/v1/computers/gone/network-policy?wait=0', { body: { mode: 'isolated' } });
+  const r = await h.call('DELETE', '/api/v1/computers/gone');
+  t.is(r.status, 204);
+  t.is((await h.call('GET', '/api/v1/computers/gone')).status, 404);
+  t.is((await h.call('GET', '/api/v1/computers/gone/network-policy')).status, 404);
+  t.is((await h.call('DELETE', '/api/v1/computers/gone')).status, 404);
+  t.deepEqual(await h.store.redis.keys('egressd:computer:gone*'), []);
+  const changes = await h.store.readChanges('n-del', '0-0');
+  t.deepEqual(
+    changes.map((c) => c.kind),
+    ['computer', 'policy', 'computer-deleted'],
+  );
+  // Re-created: versions never go back.
+  const last = changes[2]?.version ?? 0;
+  await h.call('PUT', '/api/v1/computers/gone', { body: { cgroup: 'gone', node: 'n-del' } });
+  const p = await h.call('GET', '/api/v1/computers/gone/network-policy');
+  t.true(p.body.data.version > last);
+  t.is(p.body.data.mode, 'unrestricted');
+});
+
+test('GET /computers pages by id and filters by node', async (t) => {
+  const list = await startHarness();
+  t.teardown(() => list.close());
+  for (let i = 0; i < 7; i++) {
+    await list.call('PUT', `/api/v1/computers/p-${i}`, {
+      body: { cgroup: `p/${i}`, node: i % 2 ? 'odd' : 'even' },
+    });
+  }
+  const ids: string[] = [];
+  let cursor: string | null = null;
+  for (let pages = 0; pages < 10; pages++) {
+    const q: string = cursor ? `&cursor=${cursor}` : '';
+    const r = await list.call('GET', `/api/v1/computers?limit=3${q}`);
+    t.is(r.status, 200);
+    t.true(r.body.data.length <= 3);
+    ids.push(...r.body.data.map((c: { id: string }) => c.id));
+    cursor = r.body.next_cursor;
+    if (!cursor) break;
+  }
+  t.deepEqual(ids, ['p-0', 'p-1', 'p-2', 'p-3', 'p-4', 'p-5', 'p-6']);
+  const odd = await list.call('GET', '/api/v1/computers?node=odd');
+  t.deepEqual(
+    odd.body.data.map((c: { id: string }) => c.id),
+    ['p-1', 'p-3', 'p-5'],
+  );
+  t.is(odd.body.next_cursor, null);
+  t.is((await list.call('GET', '/api/v1/computers?limit=0')).status, 400);
+  t.is((await list.call('GET', '/api/v1/computers?limit=1001')).status, 400);
+  t.is((await list.call('GET', '/api/v1/computers?node=a%20b')).status, 400);
+  t.is((await list.call('GET', '/api/v1/computers?cursor=-x')).status, 400);
+});
+
+test('healthz, readyz, metrics', async (t) => {
+  const health = await h.call('GET', '/healthz', { key: '' });
+  t.is(health.status, 200);
+  t.deepEqual(health.body, { status: 'ok' });
+  const ready = await h.call('GET', '/readyz', { key: '' });
+  t.deepEqual(ready.body, { status: 'ready' });
+  const metrics = await h.call('GET', '/metrics', { key: '' });
+  t.is(metrics.status, 200);
+  t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain/);
+  t.regex(metrics.text, /egressd_api_requests_total\{method="GET",route="\/healthz",status="200"\} 1/);
+  t.regex(metrics.text, /egressd_api_request_duration_seconds_bucket/);
+});

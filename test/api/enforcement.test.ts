@@ -1,0 +1,142 @@
+/**
+ * The wait for the agent's acknowledgement, and the store operations the
+ * agent uses (change stream, snapshot, ackEnforced), with a stand-in agent.
+ */
+import test from 'ava';
+import { Store } from '../../api/src/store/store.js';
+import { type Harness, register, startHarness } from './harness.js';
+
+let h: Harness;
+test.before(async () => {
+  h = await startHarness({ waitTimeoutMs: 400 });
+});
+test.after.always(async () => {
+  await h?.close();
+});
+
+/** A stand-in agent on `node`: follows the change stream and acknowledges every version. */
+function fakeAgent(node: string, url: string) {
+  const store = new Store({ url });
+  let running = true;
+  const done = (async () => {
+    await store.connect();
+    const { streamId, computers } = await store.listComputersOfNode(node);
+    for (const c of computers) await store.ackEnforced(c.id, c.version, new Date(), node);
+    let from = streamId;
+    while (running) {
+      const changes = await store.readChanges(node, from, { blockMs: 100 });
+      for (const change of changes) {
+        from = change.streamId;
+        if (change.kind !== 'computer-deleted')
+          await store.ackEnforced(change.computerId, change.version, new Date(), node);
+      }
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await done;
+      await store.close();
+    },
+  };
+}
+
+test('PUT waits for the agent and answers 200 enforced', async (t) => {
+  await register(h, 'enf-1', { node: 'agent-node' });
+  const agent = fakeAgent('agent-node', h.redis.url);
+  t.teardown(() => agent.stop());
+  const started = Date.now();
+  const r = await h.call('PUT', '/api/v1/computers/enf-1/network-policy?wait=5000', {
+    body: { mode: 'allowlist', rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] },
+  });
+  t.is(r.status, 200);
+  t.is(r.body.data.enforcement.state, 'enforced');
+  t.is(r.body.data.enforcement.enforced_version, r.body.data.version);
+  t.regex(r.body.data.enforcement.enforced_at, /^\d{4}-/);
+  t.true(Date.now() - started < 4000, 'woken by the notification, not the timeout');
+  const del = await h.call('DELETE', '/api/v1/computers/enf-1/network-policy');
+  t.is(del.status, 200);
+  t.is(del.body.data.enforcement.state, 'enforced');
+  const got = await h.call('GET', '/api/v1/computers/enf-1/network-policy');
+  t.is(got.body.data.enforcement.state, 'enforced');
+});
+
+test('without an agent, PUT answers 202 pending after the configured wait', async (t) => {
+  await register(h, 'enf-2', { node: 'no-agent' });
+  const started = Date.now();
+  const r = await h.call('PUT', '/api/v1/computers/enf-2/network-policy', { body: { mode: 'isolated' } });
+  const took = Date.now() - started;
+  t.is(r.status, 202);
+  t.is(r.body.data.enforcement.state, 'pending');
+  t.true(took >= 350, `waited ${took} ms`);
+  t.true(took < 3000, `waited ${took} ms`);
+  const quick = Date.now();
+  const r0 = await h.call('PUT', '/api/v1/computers/enf-2/network-policy?wait=0', {
+    body: { mode: 'unrestricted' },
+  });
+  t.is(r0.status, 202);
+  t.true(Date.now() - quick < 350, '?wait=0 does not wait');
+});
+
+test('an acknowledgement never moves back, and one for an older version leaves the state pending', async (t) => {
+  await register(h, 'enf-3', { node: 'manual' });
+  const r = await h.call('PUT', '/api/v1/computers/enf-3/network-policy?wait=0', {
+    body: { mode: 'isolated' },
+  });
+  const v = r.body.data.version as number;
+  t.true(await h.store.ackEnforced('enf-3', v - 1));
+  t.is(
+    (await h.call('GET', '/api/v1/computers/enf-3/network-policy')).body.data.enforcement.state,
+    'pending',
+  );
+  t.true(await h.store.ackEnforced('enf-3', v));
+  t.false(await h.store.ackEnforced('enf-3', v - 1));
+  const got = await h.call('GET', '/api/v1/computers/enf-3/network-policy');
+  t.like(got.body.data.enforcement, { state: 'enforced', enforced_version: v });
+  // An unchanged PUT keeps the version, so it is enforced at once.
+  const same = await h.call('PUT', '/api/v1/computers/enf-3/network-policy', { body: { mode: 'isolated' } });
+  t.is(same.status, 200);
+  t.is(same.body.data.version, v);
+  t.false(await h.store.ackEnforced('no-such-computer', 1), 'no ack for an unknown computer');
+});
+
+test('a waiting request wakes when the ack comes in while it waits', async (t) => {
+  await register(h, 'enf-4', { node: 'late' });
+  const pending = h.call('PUT', '/api/v1/computers/enf-4/network-policy?wait=10000', {
+    body: { mode: 'isolated' },
+  });
+  // Bounded: find the change record, then acknowledge it.
+  let version = 0;
+  for (let i = 0; i < 100 && version === 0; i++) {
+    const changes = await h.store.readChanges('late', '0-0', { blockMs: 50 });
+    version = changes.find((c) => c.kind === 'policy')?.version ?? 0;
+  }
+  t.true(version > 0);
+  const started = Date.now();
+  await h.store.ackEnforced('enf-4', version, new Date(), 'late');
+  const r = await pending;
+  t.is(r.status, 200);
+  t.true(Date.now() - started < 2000);
+});
+
+test('node snapshot: every computer of a node with policy and version, and the stream id to follow', async (t) => {
+  await register(h, 'snap-1', { node: 'snap' });
+  await register(h, 'snap-2', { node: 'snap' });
+  await h.call('PUT', '/api/v1/computers/snap-2/network-policy?wait=0', {
+    body: { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'udp' }] },
+  });
+  const snap = await h.store.listComputersOfNode('snap');
+  t.deepEqual(
+    snap.computers.map((c) => [c.id, c.cgroup, c.policy]),
+    [
+      ['snap-1', 'egressd/snap-1', { mode: 'unrestricted', rules: [] }],
+      ['snap-2', 'egressd/snap-2', { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'udp' }] }],
+    ],
+  );
+  const changes = await h.store.readChanges('snap', '0-0');
+  t.is(snap.streamId, changes.at(-1)?.streamId ?? 'none');
+  t.deepEqual(await h.store.readChanges('snap', snap.streamId), []);
+  t.is(await h.store.firstChangeId('snap'), changes[0]?.streamId ?? 'none');
+  const empty = await h.store.listComputersOfNode('nobody-here');
+  t.deepEqual(empty, { streamId: '0-0', computers: [] });
+});
