@@ -1,0 +1,228 @@
+/**
+ * A typed client of the API, shaped like the seed's SDK:
+ *
+ *   const client = new Client({ baseUrl: 'http://127.0.0.1:8080', apiKey });
+ *   await client.networkPolicy.update(id, { mode: 'allowlist', rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] });
+ *
+ * Failures are thrown as ApiClientError with the HTTP status and the API's
+ * stable code. Uses the global fetch.
+ */
+import type { Mode, Protocol } from '../../daemon/src/policy/types.js';
+import type { ApiKeyView, ComputerView, PolicyView } from './views.js';
+
+export type { ApiKeyView, ComputerView, PolicyView };
+
+export interface RuleInput {
+  host: string;
+  port?: number;
+  protocol?: Protocol;
+}
+
+export interface PolicyInput {
+  mode: Mode;
+  rules?: RuleInput[];
+}
+
+export interface ChangeOptions {
+  /** Milliseconds to wait for the agent; 0 answers at once. Default: the service's setting. */
+  wait?: number;
+  /** Compare-and-set: the version this change is based on. */
+  ifMatch?: number;
+}
+
+export interface ClientOptions {
+  /** For example http://127.0.0.1:8080 (without /api/v1). */
+  baseUrl: string;
+  apiKey: string;
+  /** @default globalThis.fetch */
+  fetch?: typeof fetch;
+}
+
+export class ApiClientError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details?: Array<{ path: string; message: string }>,
+  ) {
+    super(message);
+    this.name = 'ApiClientError';
+  }
+}
+
+export class Client {
+  readonly networkPolicy: NetworkPolicyApi;
+  readonly computers: ComputersApi;
+  readonly keys: KeysApi;
+  private readonly baseUrl: string;
+  private readonly apiKey: string;
+  private readonly fetchFn: typeof fetch;
+
+  constructor(options: ClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.apiKey = options.apiKey;
+    this.fetchFn = options.fetch ?? globalThis.fetch;
+    this.networkPolicy = new NetworkPolicyApi(this);
+    this.computers = new ComputersApi(this);
+    this.keys = new KeysApi(this);
+  }
+
+  /** One request; resolves to the parsed body (undefined for 204), throws ApiClientError otherwise. */
+  async request<T>(
+    method: string,
+    path: string,
+    options: {
+      body?: unknown;
+      query?: Record<string, string | number | undefined>;
+      headers?: Record<string, string>;
+    } = {},
+  ): Promise<{ status: number; body: T }> {
+    const url = new URL(this.baseUrl + path);
+    for (const [name, value] of Object.entries(options.query ?? {})) {
+      if (value !== undefined) url.searchParams.set(name, String(value));
+    }
+    const headers: Record<string, string> = { authorization: `Bearer ${this.apiKey}`, ...options.headers };
+    const init: RequestInit = { method, headers };
+    if (options.body !== undefined) {
+      headers['content-type'] = 'application/json';
+      init.body = JSON.stringify(options.body);
+    }
+    const res = await this.fetchFn(url, init);
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    if (!res.ok) {
+      const err = (parsed as { error?: { code?: string; message?: string; details?: [] } } | undefined)
+        ?.error;
+      throw new ApiClientError(
+        res.status,
+        err?.code ?? 'http_error',
+        err?.message ?? `HTTP ${res.status}: ${text.slice(0, 200)}`,
+        err?.details,
+      );
+    }
+    return { status: res.status, body: parsed as T };
+  }
+}
+
+const enc = encodeURIComponent;
+
+export class NetworkPolicyApi {
+  constructor(private readonly client: Client) {}
+
+  async get(computerId: string): Promise<PolicyView> {
+    return (
+      await this.client.request<{ data: PolicyView }>(
+        'GET',
+        `/api/v1/computers/${enc(computerId)}/network-policy`,
+      )
+    ).body.data;
+  }
+
+  /** Replaces the policy. The result's `enforcement.state` says whether the agent enforced it in time. */
+  async update(computerId: string, policy: PolicyInput, options: ChangeOptions = {}): Promise<PolicyView> {
+    return (
+      await this.client.request<{ data: PolicyView }>(
+        'PUT',
+        `/api/v1/computers/${enc(computerId)}/network-policy`,
+        {
+          body: policy,
+          query: { wait: options.wait },
+          headers: ifMatch(options),
+        },
+      )
+    ).body.data;
+  }
+
+  /** Resets to unrestricted (idempotent). */
+  async delete(computerId: string, options: ChangeOptions = {}): Promise<PolicyView> {
+    return (
+      await this.client.request<{ data: PolicyView }>(
+        'DELETE',
+        `/api/v1/computers/${enc(computerId)}/network-policy`,
+        {
+          query: { wait: options.wait },
+          headers: ifMatch(options),
+        },
+      )
+    ).body.data;
+  }
+}
+
+export class ComputersApi {
+  constructor(private readonly client: Client) {}
+
+  async get(id: string): Promise<ComputerView> {
+    return (await this.client.request<{ data: ComputerView }>('GET', `/api/v1/computers/${enc(id)}`)).body
+      .data;
+  }
+
+  /** Registers (created: true) or updates a computer. */
+  async put(
+    id: string,
+    computer: { cgroup: string; node?: string; tenant?: string },
+  ): Promise<ComputerView & { created: boolean }> {
+    const r = await this.client.request<{ data: ComputerView }>('PUT', `/api/v1/computers/${enc(id)}`, {
+      body: computer,
+    });
+    return { ...r.body.data, created: r.status === 201 };
+  }
+
+  /** One page; pass `next_cursor` back as `cursor` until it is null. */
+  async list(
+    options: { node?: string; limit?: number; cursor?: string } = {},
+  ): Promise<{ data: ComputerView[]; next_cursor: string | null }> {
+    return (
+      await this.client.request<{ data: ComputerView[]; next_cursor: string | null }>(
+        'GET',
+        '/api/v1/computers',
+        {
+          query: { node: options.node, limit: options.limit, cursor: options.cursor },
+        },
+      )
+    ).body;
+  }
+
+  /** Every computer (following the pages). */
+  async *all(options: { node?: string } = {}): AsyncGenerator<ComputerView> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.list({ ...options, ...(cursor === undefined ? {} : { cursor }) });
+      yield* page.data;
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor !== undefined);
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.client.request('DELETE', `/api/v1/computers/${enc(id)}`);
+  }
+}
+
+export class KeysApi {
+  constructor(private readonly client: Client) {}
+
+  /** Creates a tenant key (admin only). `key` is returned only here. */
+  async create(input: { tenant: string; name?: string }): Promise<ApiKeyView & { key: string }> {
+    return (
+      await this.client.request<{ data: ApiKeyView & { key: string } }>('POST', '/api/v1/keys', {
+        body: input,
+      })
+    ).body.data;
+  }
+
+  async list(): Promise<ApiKeyView[]> {
+    return (await this.client.request<{ data: ApiKeyView[] }>('GET', '/api/v1/keys')).body.data;
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.client.request('DELETE', `/api/v1/keys/${enc(id)}`);
+  }
+}
+
+function ifMatch(options: ChangeOptions): Record<string, string> {
+  return options.ifMatch === undefined ? {} : { 'if-match': `"${options.ifMatch}"` };
+}

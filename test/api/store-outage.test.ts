@@ -1,0 +1,84 @@
+/** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
+import test from 'ava';
+import { type Harness, register, startHarness } from './harness.js';
+
+let h: Harness;
+test.before(async () => {
+  h = await startHarness();
+});
+test.after.always(async () => {
+  await h?.close();
+});
+
+test.serial('concurrent PUTs leave one whole policy: the last one wins whole', async (t) => {
+  await register(h, 'race', { node: 'race-node' });
+  const bodies = Array.from({ length: 40 }, (_, i) => ({
+    mode: i % 2 ? 'allowlist' : 'denylist',
+    rules: Array.from({ length: 25 }, (_, j) => ({ host: `w${i}-r${j}.example`, port: 1000 + i })),
+  }));
+  const replies = await Promise.all(
+    bodies.map((body) => h.call('PUT', '/api/v1/computers/race/network-policy?wait=0', { body })),
+  );
+  t.true(replies.every((r) => r.status === 202));
+  const versions = replies.map((r) => r.body.data.version as number);
+  t.is(new Set(versions).size, bodies.length, 'every PUT got a version of its own');
+  const got = (await h.call('GET', '/api/v1/computers/race/network-policy')).body.data;
+  t.is(got.version, Math.max(...versions));
+  const winner = replies.find((r) => r.body.data.version === got.version)!;
+  t.deepEqual(got.rules, winner.body.data.rules);
+  t.is(got.mode, winner.body.data.mode);
+  const ports = new Set(got.rules.map((r: { port: number }) => r.port));
+  t.is(ports.size, 1, 'all rules come from one PUT');
+  const changes = await h.store.readChanges('race-node', '0-0');
+  const policyVersions = changes.filter((c) => c.kind === 'policy').map((c) => c.version);
+  t.deepEqual(
+    policyVersions,
+    [...versions].sort((a, b) => a - b),
+    'one change record per version, in order',
+  );
+});
+
+test.serial('Redis stopped: 503 store_unavailable at once; restarted: service recovers', async (t) => {
+  await register(h, 'outage');
+  await h.redis.stop();
+
+  const started = Date.now();
+  const get = await h.call('GET', '/api/v1/computers/outage/network-policy');
+  t.is(get.status, 503);
+  t.is(get.body.error.code, 'store_unavailable');
+  t.is(get.headers.get('retry-after'), '1');
+  const put = await h.call('PUT', '/api/v1/computers/outage/network-policy', { body: { mode: 'isolated' } });
+  t.is(put.status, 503);
+  const list = await h.call('GET', '/api/v1/computers');
+  t.is(list.status, 503);
+  t.true(Date.now() - started < 5000, `answered in ${Date.now() - started} ms`);
+  const ready = await h.call('GET', '/readyz', { key: '' });
+  t.is(ready.status, 503);
+  t.is((await h.call('GET', '/healthz', { key: '' })).status, 200);
+  const bad = await h.call('PUT', '/api/v1/computers/outage/network-policy', { body: { mode: 'nope' } });
+  t.is(bad.status, 400, 'bad input is still 400 without Redis');
+
+  await h.redis.restart();
+  // Bounded: ioredis reconnects within its retry delay (at most 1 s apart).
+  let status = 0;
+  for (let i = 0; i < 100 && status !== 200; i++) {
+    status = (await h.call('GET', '/readyz', { key: '' })).status;
+    if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.is(status, 200, 'ready again');
+  // The test Redis has no persistence: the registry starts empty.
+  t.is((await h.call('GET', '/api/v1/computers/outage/network-policy')).status, 404);
+  await register(h, 'outage', { node: 'back' });
+  const pending = h.call('PUT', '/api/v1/computers/outage/network-policy?wait=10000', {
+    body: { mode: 'isolated' },
+  });
+  let version = 0;
+  for (let i = 0; i < 100 && version === 0; i++) {
+    const changes = await h.store.readChanges('back', '0-0', { blockMs: 50 });
+    version = changes.find((c) => c.kind === 'policy')?.version ?? 0;
+  }
+  await h.store.ackEnforced('outage', version, new Date(), 'back');
+  const r = await pending;
+  t.is(r.status, 200, 'acknowledgements reach waiters again after the restart');
+  t.is(r.body.data.enforcement.state, 'enforced');
+});
