@@ -51,9 +51,11 @@ interface Node {
   family: 4 | 6;
   bytes: number[];
   prefixLen: number;
+  /** Orders covering prefixes before the prefixes they cover (address, then length). */
+  sortKey: string | number;
   anyPortProtos: number;
-  /** "port/protoBit" strings of this prefix's own rules. */
-  ports: Set<string>;
+  /** Port codes (port * 8 + PROTO bit) of this prefix's own rules. */
+  ports: number[];
 }
 
 export function compile(policy: Policy): CompiledPolicy {
@@ -62,49 +64,55 @@ export function compile(policy: Policy): CompiledPolicy {
     return { mode, prefixes: [], ports: [], names: [] };
   }
   const nodes = new Map<string, Node>();
-  const names: string[] = [];
+  const names = new Set<string>();
   for (const rule of policy.rules) {
     const host = parseHost(rule.host);
     if (host.kind !== 'cidr') {
-      names.push(host.normalised);
+      names.add(host.normalised);
       continue;
     }
-    const id = `${host.family}/${host.bytes.join('.')}/${host.prefixLen}`;
-    let node = nodes.get(id);
+    let node = nodes.get(host.normalised);
     if (!node) {
       node = {
         family: host.family,
         bytes: host.bytes,
         prefixLen: host.prefixLen,
+        sortKey: sortKey(host.family, host.bytes, host.prefixLen),
         anyPortProtos: 0,
-        ports: new Set(),
+        ports: [],
       };
-      nodes.set(id, node);
+      nodes.set(host.normalised, node);
     }
     const protos = PROTO_BITS[rule.protocol];
     if (rule.port === undefined) {
       node.anyPortProtos |= protos;
     } else {
-      for (const bit of [PROTO.tcp, PROTO.udp, PROTO.other]) {
-        if (protos & bit) node.ports.add(`${rule.port}/${bit}`);
-      }
+      if (protos & PROTO.tcp) node.ports.push(rule.port * 8 + PROTO.tcp);
+      if (protos & PROTO.udp) node.ports.push(rule.port * 8 + PROTO.udp);
+      if (protos & PROTO.other) node.ports.push(rule.port * 8 + PROTO.other);
     }
   }
-  return { mode, ...fold([...nodes.values()]), names: [...new Set(names)] };
+  const v4: Node[] = [];
+  const v6: Node[] = [];
+  for (const node of nodes.values()) (node.family === 4 ? v4 : v6).push(node);
+  const portSetIds = new Map<string, number>();
+  const ports: PortEntry[] = [];
+  const prefixes = [...fold(v4, portSetIds, ports), ...fold(v6, portSetIds, ports)];
+  return { mode, prefixes, ports, names: [...names] };
 }
 
-/** Sorts prefixes so that every covering prefix comes before the prefixes it covers. */
-function comparePrefixes(a: Node, b: Node): number {
-  if (a.family !== b.family) return a.family - b.family;
-  for (let i = 0; i < a.bytes.length; i++) {
-    const d = (a.bytes[i] ?? 0) - (b.bytes[i] ?? 0);
-    if (d !== 0) return d;
-  }
-  return a.prefixLen - b.prefixLen;
+function sortKey(family: 4 | 6, bytes: number[], prefixLen: number): string | number {
+  if (family === 4)
+    return (
+      ((bytes[0]! << 24) >>> 0) * 2 ** 14 +
+      ((bytes[1]! << 16) | (bytes[2]! << 8) | bytes[3]!) * 64 +
+      prefixLen
+    );
+  return Buffer.from(bytes).toString('hex') + String(prefixLen).padStart(3, '0');
 }
 
 function covers(outer: Node, inner: Node): boolean {
-  if (outer.family !== inner.family || outer.prefixLen > inner.prefixLen) return false;
+  if (outer.prefixLen > inner.prefixLen) return false;
   const full = outer.prefixLen >> 3;
   for (let i = 0; i < full; i++) if (outer.bytes[i] !== inner.bytes[i]) return false;
   const rest = outer.prefixLen & 7;
@@ -116,15 +124,15 @@ function covers(outer: Node, inner: Node): boolean {
 interface Folded {
   node: Node;
   anyPortProtos: number;
-  ports: Set<string>;
+  /** Sorted, distinct port codes that apply (own and inherited, minus any-port protocols). */
+  ports: number[];
   portSet: number;
 }
 
-function fold(nodes: Node[]): { prefixes: CompiledPrefix[]; ports: PortEntry[] } {
-  nodes.sort(comparePrefixes);
+/** Nodes of one family; port sets are shared across families through `portSetIds`. */
+function fold(nodes: Node[], portSetIds: Map<string, number>, ports: PortEntry[]): CompiledPrefix[] {
+  nodes.sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0));
   const prefixes: CompiledPrefix[] = [];
-  const ports: PortEntry[] = [];
-  const portSetIds = new Map<string, number>();
   // Prefixes nest like brackets in this order: the stack holds the chain of
   // covering prefixes of the current one, each with its folded answer.
   const stack: Folded[] = [];
@@ -132,48 +140,40 @@ function fold(nodes: Node[]): { prefixes: CompiledPrefix[]; ports: PortEntry[] }
     while (stack.length > 0 && !covers(stack[stack.length - 1]!.node, node)) stack.pop();
     const parent = stack[stack.length - 1];
     const anyPortProtos = node.anyPortProtos | (parent?.anyPortProtos ?? 0);
-    if (parent && node.ports.size === 0 && anyPortProtos === parent.anyPortProtos) {
+    let folded: Folded;
+    if (parent && node.ports.length === 0 && anyPortProtos === parent.anyPortProtos) {
       // Same answer as the covering prefix (the common case of many hosts in one block).
-      stack.push({ ...parent, node });
-      prefixes.push({
-        family: node.family,
-        bytes: node.bytes,
-        prefixLen: node.prefixLen,
-        anyPortProtos,
-        portSet: parent.portSet,
-      });
-      continue;
+      folded = { ...parent, node };
+    } else {
+      const distinct = mergePorts(parent?.ports ?? [], node.ports, anyPortProtos);
+      folded = { node, anyPortProtos, ports: distinct, portSet: portSetOf(distinct, portSetIds, ports) };
     }
-    const merged = new Set<string>();
-    for (const source of [parent?.ports, node.ports]) {
-      for (const entry of source ?? []) {
-        const bit = Number(entry.split('/')[1]);
-        if (!(anyPortProtos & bit)) merged.add(entry);
-      }
-    }
-    let portSet = 0;
-    if (merged.size > 0) {
-      const signature = [...merged].sort().join(',');
-      const known = portSetIds.get(signature);
-      if (known !== undefined) {
-        portSet = known;
-      } else {
-        portSet = portSetIds.size + 1;
-        portSetIds.set(signature, portSet);
-        for (const entry of merged) {
-          const [port, proto] = entry.split('/').map(Number) as [number, number];
-          ports.push({ portSet, port, proto });
-        }
-      }
-    }
-    stack.push({ node, anyPortProtos, ports: merged, portSet });
+    stack.push(folded);
     prefixes.push({
       family: node.family,
       bytes: node.bytes,
       prefixLen: node.prefixLen,
       anyPortProtos,
-      portSet,
+      portSet: folded.portSet,
     });
   }
-  return { prefixes, ports };
+  return prefixes;
+}
+
+/** Sorted distinct port codes of both lists whose protocol is not already allowed on every port. */
+function mergePorts(inherited: number[], own: number[], anyPortProtos: number): number[] {
+  if (inherited.length === 0 && own.length === 1) return anyPortProtos & own[0]! & 7 ? [] : own;
+  const merged = inherited.concat(own).filter((code) => !(anyPortProtos & code & 7));
+  return [...new Set(merged)].sort((a, b) => a - b);
+}
+
+function portSetOf(codes: number[], portSetIds: Map<string, number>, ports: PortEntry[]): number {
+  if (codes.length === 0) return 0;
+  const signature = codes.join(',');
+  const known = portSetIds.get(signature);
+  if (known !== undefined) return known;
+  const portSet = portSetIds.size + 1;
+  portSetIds.set(signature, portSet);
+  for (const code of codes) ports.push({ portSet, port: Math.floor(code / 8), proto: code & 7 });
+  return portSet;
 }

@@ -16,6 +16,8 @@ const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 
 /** Parses `host`; throws HostError with a message that says what to change. */
 export function parseHost(input: string): ParsedHost {
+  const fast = parseDottedQuad(input);
+  if (fast) return fast;
   const host = input.trim();
   if (host === '') throw new HostError('must not be empty: give an address, a CIDR block or a hostname');
   if (host.includes('/')) return parseCidr(host);
@@ -44,6 +46,34 @@ export function normaliseHost(host: string): string {
   return parseHost(host).normalised;
 }
 
+const DOTTED_QUAD =
+  /^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})(?:\/(0|[1-9]\d?))?$/;
+
+/** The common case, IPv4 a.b.c.d[/len], without ipaddr.js (policies of 100,000 rules compile often). */
+function parseDottedQuad(host: string): ParsedHost | undefined {
+  const m = DOTTED_QUAD.exec(host);
+  if (!m) return undefined;
+  const bytes = [Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4])];
+  const prefixLen = m[5] === undefined ? 32 : Number(m[5]);
+  if (bytes.some((b) => b > 255) || prefixLen > 32) return undefined; // the slow path explains the error
+  clearHostBits(bytes, prefixLen);
+  const text = bytes.join('.');
+  return {
+    kind: 'cidr',
+    family: 4,
+    bytes,
+    prefixLen,
+    normalised: prefixLen === 32 ? text : `${text}/${prefixLen}`,
+  };
+}
+
+function clearHostBits(bytes: number[], prefixLen: number): void {
+  for (let bit = prefixLen; bit < bytes.length * 8; bit++) {
+    const i = bit >> 3;
+    bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> (bit & 7));
+  }
+}
+
 function parseAddress(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
   if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text);
   if (text.includes(':') && !text.includes('%') && ipaddr.IPv6.isValid(text)) return ipaddr.IPv6.parse(text);
@@ -66,10 +96,7 @@ function parseCidr(host: string): ParsedHost {
 function cidrOf(address: ipaddr.IPv4 | ipaddr.IPv6, prefixLen: number): ParsedHost {
   const family = address.kind() === 'ipv4' ? 4 : 6;
   const bytes = address.toByteArray();
-  for (let bit = prefixLen; bit < bytes.length * 8; bit++) {
-    const i = bit >> 3;
-    bytes[i] = (bytes[i] ?? 0) & ~(0x80 >> (bit & 7));
-  }
+  clearHostBits(bytes, prefixLen);
   const cleared = ipaddr.fromByteArray(bytes);
   const text = family === 4 ? cleared.toString() : (cleared as ipaddr.IPv6).toRFC5952String();
   const full = prefixLen === bytes.length * 8;

@@ -1,0 +1,183 @@
+/**
+ * connect() and sendto() cost under egressd, against no program at all,
+ * measured by a C loop (bench/connect-loop.c) in the test world: TCP
+ * connect+close to 192.0.2.1:80 and unconnected UDP sendto, each inside
+ * the world namespace. Variants: no program; allowlists of 10, 1,000 and
+ * 100,000 CIDR rules (the destination allowed, so every hook runs its full
+ * path). Each round runs every variant once, in rotated order; figures are
+ * min and median over rounds, as ratios to the no-program baseline of the
+ * same run. Also: the time to apply 10,000- and 100,000-rule policies.
+ *
+ *   sudo node dist/bench/connect.js [--rounds N] [--tcp-iterations N] [--udp-iterations N]
+ */
+import { execFile } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Enforcer } from '../daemon/src/enforcer.js';
+import type { Policy, Rule } from '../daemon/src/policy/types.js';
+import { CONNECT_LOOP_PATH, createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
+
+const execFileAsync = promisify(execFile);
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+const ROUNDS = arg('rounds', 7);
+const TCP_ITERATIONS = arg('tcp-iterations', 20_000);
+const UDP_ITERATIONS = arg('udp-iterations', 200_000);
+const SIZES = [10, 1_000, 100_000];
+
+/** `n` distinct CIDR rules spread over 10.0.0.0/8 and 2001:db8:100::/40, plus the benchmark's destination. */
+function allowlist(n: number): Policy {
+  const rules: Rule[] = [{ host: '192.0.2.1', protocol: 'any' }];
+  for (let i = 0; rules.length < n; i++) {
+    const x = (i * 2654435761) >>> 0; // spread over the space (Knuth's multiplicative hash)
+    if (i % 4 === 3) {
+      rules.push({
+        host: `2001:db8:1${(x >>> 24).toString(16).padStart(2, '0')}:${(x & 0xffff).toString(16)}::/64`,
+        protocol: 'any',
+      });
+    } else {
+      const len = 24 + (i % 9);
+      rules.push({
+        host: `10.${(x >>> 16) & 255}.${(x >>> 8) & 255}.${x & 255}/${len}`,
+        protocol: 'tcp',
+        port: 443,
+      });
+    }
+  }
+  return { mode: 'allowlist', rules };
+}
+
+interface Sample {
+  variant: string;
+  mode: 'tcp' | 'udp';
+  nsPerOp: number;
+}
+
+async function loop(world: World, cgroup: string, mode: 'tcp' | 'udp', iterations: number): Promise<number> {
+  const { stdout } = await execFileAsync(CONNECT_LOOP_PATH, [
+    '--cgroup',
+    cgroup,
+    '--netns',
+    world.netnsPath,
+    mode,
+    '192.0.2.1',
+    '80',
+    String(iterations),
+  ]);
+  const result = JSON.parse(stdout) as {
+    ns_per_op: number;
+    completed: number;
+    errors: Record<string, number>;
+  };
+  if (result.completed !== iterations) {
+    throw new Error(
+      `${mode} loop in ${cgroup}: only ${result.completed} of ${iterations} completed: ${stdout}`,
+    );
+  }
+  return result.ns_per_op;
+}
+
+function stats(values: number[]): { min: number; median: number } {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { min: sorted[0] ?? Number.NaN, median: sorted[Math.floor(sorted.length / 2)] ?? Number.NaN };
+}
+
+function timeApply(enforcer: Enforcer, id: string, policy: Policy, times: number): number[] {
+  const ms: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const start = process.hrtime.bigint();
+    enforcer.apply(id, policy, BigInt(i + 10));
+    ms.push(Number(process.hrtime.bigint() - start) / 1e6);
+  }
+  return ms;
+}
+
+async function main(): Promise<void> {
+  const world = await createWorld();
+  const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  try {
+    const variants: { name: string; cgroup: string }[] = [
+      { name: 'no program', cgroup: world.makeCgroup('none').path },
+    ];
+    for (const n of SIZES) {
+      const cg = world.makeCgroup(`allow-${n}`);
+      enforcer.attach(`allow-${n}`, cg.relative, allowlist(n), 1n);
+      variants.push({ name: `allowlist ${n.toLocaleString('en')} rules`, cgroup: cg.path });
+    }
+    await enforcer.sweep();
+
+    const samples: Sample[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+      for (const v of order) {
+        samples.push({
+          variant: v.name,
+          mode: 'tcp',
+          nsPerOp: await loop(world, v.cgroup, 'tcp', TCP_ITERATIONS),
+        });
+        samples.push({
+          variant: v.name,
+          mode: 'udp',
+          nsPerOp: await loop(world, v.cgroup, 'udp', UDP_ITERATIONS),
+        });
+      }
+    }
+
+    const rows = [];
+    for (const mode of ['tcp', 'udp'] as const) {
+      const base = stats(
+        samples.filter((s) => s.mode === mode && s.variant === 'no program').map((s) => s.nsPerOp),
+      );
+      for (const v of variants) {
+        const s = stats(samples.filter((x) => x.mode === mode && x.variant === v.name).map((x) => x.nsPerOp));
+        rows.push({
+          op: mode === 'tcp' ? 'tcp connect+close' : 'udp sendto',
+          variant: v.name,
+          min_ns: Math.round(s.min),
+          median_ns: Math.round(s.median),
+          ratio_min: +(s.min / base.min).toFixed(3),
+          ratio_median: +(s.median / base.median).toFixed(3),
+        });
+      }
+    }
+
+    const applyCg = world.makeCgroup('apply');
+    enforcer.attach('apply', applyCg.relative, { mode: 'isolated', rules: [] }, 1n);
+    const applies = [];
+    for (const n of [10_000, 100_000]) {
+      const policy = allowlist(n);
+      const ms = timeApply(enforcer, 'apply', policy, n === 10_000 ? 20 : 5);
+      await enforcer.sweep();
+      const s = stats(ms);
+      applies.push({
+        rules: n,
+        min_ms: +s.min.toFixed(1),
+        median_ms: +s.median.toFixed(1),
+        max_ms: +Math.max(...ms).toFixed(1),
+      });
+    }
+
+    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
+    console.log(`connect() cost, ${ROUNDS} rounds, rotated order; machine: ${machine}`);
+    console.table(rows);
+    console.log('policy apply (compile + map writes + switch), ms');
+    console.table(applies);
+    const out = path.join(REPO_ROOT, 'bench/results');
+    mkdirSync(out, { recursive: true });
+    writeFileSync(
+      path.join(out, 'connect.json'),
+      `${JSON.stringify({ machine, rounds: ROUNDS, tcpIterations: TCP_ITERATIONS, udpIterations: UDP_ITERATIONS, rows, applies }, null, 2)}\n`,
+    );
+  } finally {
+    enforcer.close();
+    await world.destroy();
+  }
+}
+
+await main();
