@@ -7,7 +7,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { EgressdError } from './errors.js';
 
-interface MountInfo {
+export interface MountInfo {
   mountPoint: string;
   fsType: string;
 }
@@ -35,8 +35,8 @@ function mounts(): MountInfo[] {
 }
 
 /** The cgroup2 mount point (/sys/fs/cgroup on most hosts, /sys/fs/cgroup/unified on hybrid ones). */
-export function findCgroup2Mount(): string {
-  const all = mounts().filter((m) => m.fsType === 'cgroup2');
+export function findCgroup2Mount(mountInfo: MountInfo[] = mounts()): string {
+  const all = mountInfo.filter((m) => m.fsType === 'cgroup2');
   const preferred = all.find((m) => m.mountPoint === '/sys/fs/cgroup') ?? all[0];
   if (!preferred) {
     throw new EgressdError(
@@ -63,6 +63,25 @@ export function resolveCgroup(relative: string, mount = findCgroup2Mount()): { p
   }
   // On cgroup2 a directory's inode number is the cgroup id the kernel uses.
   return { path: full, id: statSync(full, { bigint: true }).ino };
+}
+
+/**
+ * Everything the agent needs before it may start; it never runs fail-open.
+ * Throws an EgressdError that says what to do.
+ */
+export async function preflight(pinDir: string): Promise<{ cgroupMount: string }> {
+  requireRoot();
+  const cgroupMount = findCgroup2Mount();
+  if (!existsSync('/sys/kernel/btf/vmlinux') && !existsSync('/proc/sys/kernel/bpf_stats_enabled')) {
+    throw new EgressdError(
+      'NO_BPF',
+      'this kernel has no BPF support (no /proc/sys/kernel/bpf_stats_enabled): use a kernel built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF (Debian and Ubuntu kernels are)',
+    );
+  }
+  ensureBpffs(pinDir);
+  // Loading libbpf throws NO_LIBBPF with the package to install.
+  await import('./bpf/libbpf.js');
+  return { cgroupMount };
 }
 
 export function requireRoot(): void {

@@ -1,0 +1,44 @@
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import test from 'ava';
+import { findCgroup2Mount, parseMountInfo, resolveCgroup } from '../../daemon/src/system.js';
+import { REPO_ROOT } from '../helpers/world.js';
+
+const HYBRID = [
+  '24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw',
+  '31 24 0:27 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755',
+  '32 31 0:28 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw',
+  '40 24 0:35 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:11 - bpf bpf rw',
+  '41 24 0:36 / /mnt/with\\040space rw - ext4 /dev/vda rw',
+].join('\n');
+
+test('mountinfo: cgroup2 found on hybrid hosts, escapes decoded', (t) => {
+  const mounts = parseMountInfo(HYBRID);
+  t.is(findCgroup2Mount(mounts), '/sys/fs/cgroup/unified');
+  t.true(mounts.some((m) => m.mountPoint === '/mnt/with space'));
+});
+
+test('no cgroup2 mount: the error says how to get one', (t) => {
+  const err = t.throws(() =>
+    findCgroup2Mount(parseMountInfo(HYBRID.replace('cgroup2 cgroup2', 'cgroup cgroup'))),
+  );
+  t.regex(err?.message ?? '', /no cgroup2 file system is mounted.*mount -t cgroup2/s);
+});
+
+test('a missing cgroup path names the directory to create', (t) => {
+  const err = t.throws(() => resolveCgroup('no/such/computer', '/sys/fs/cgroup/unified'));
+  t.regex(err?.message ?? '', /does not exist under .*mkdir/);
+});
+
+test('not root: the agent refuses to start and says why', (t) => {
+  const script = `import('${path.join(REPO_ROOT, 'dist/daemon/src/system.js')}').then((m) => m.preflight('/sys/fs/bpf/egressd-x')).catch((e) => { console.log(e.code + ': ' + e.message); })`;
+  const out = execFileSync('setpriv', [
+    '--reuid=65534',
+    '--regid=65534',
+    '--clear-groups',
+    process.execPath,
+    '-e',
+    script,
+  ]).toString();
+  t.regex(out, /^NOT_ROOT: .*run it as root/);
+});
