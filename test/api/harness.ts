@@ -7,8 +7,10 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type App, createApp } from '../../api/src/app.js';
 import { type ApiConfig, resolveConfig } from '../../api/src/config.js';
+import { openApiDocument } from '../../api/src/openapi.js';
 import { Store } from '../../api/src/store/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { checkReply } from './openapi-check.js';
 
 export const ADMIN_KEY = 'test-admin-key-0123456789';
 
@@ -41,6 +43,12 @@ export interface Reply {
   text: string;
 }
 
+const DOC = openApiDocument();
+
+/**
+ * Every reply any API test gets is checked against the OpenAPI document: a
+ * reply that does not conform fails the test that made the request.
+ */
 export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<Harness> {
   const redis = await startRedis();
   const config = resolveConfig(
@@ -74,6 +82,9 @@ export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<
     } catch {
       parsed = undefined;
     }
+    const problems = checkReply(DOC, method, path, res.status, res.headers.get('content-type'), parsed);
+    if (problems.length > 0)
+      throw new Error(`reply does not conform to the OpenAPI document: ${problems.join('; ')}`);
     return { status: res.status, headers: res.headers, body: parsed, text };
   };
   return {
