@@ -400,31 +400,35 @@ export class Enforcer {
 
   /** Every computer with pins, with what the kernel holds for it. */
   list(): ComputerState[] {
-    const out: ComputerState[] = [];
-    for (const id of readdirSync(this.computersDir).sort()) {
-      const linked = this.linkedCgroup(id);
-      if (!linked) continue;
-      const state: ComputerState = {
-        id,
-        cgroupId: linked.cgroupId,
-        hooks: linked.hooks,
-        mode: 'unknown',
-        version: 0n,
-        policyId: 0,
-      };
-      const value = Buffer.alloc(LAYOUT.egress_computer.size);
-      if (
-        linked.cgroupId !== 0n &&
-        bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(linked.cgroupId), value)
-      ) {
-        const v = decodeComputer(value);
-        state.mode = MODE_NAMES[v.mode] ?? 'unknown';
-        state.version = v.version;
-        state.policyId = v.policyId;
-      }
-      out.push(state);
+    return readdirSync(this.computersDir)
+      .sort()
+      .map((id) => this.state(id))
+      .filter((s) => s !== undefined);
+  }
+
+  /** What the kernel holds for one computer, or undefined when it has no pins. */
+  state(id: string): ComputerState | undefined {
+    const linked = this.linkedCgroup(id);
+    if (!linked) return undefined;
+    const state: ComputerState = {
+      id,
+      cgroupId: linked.cgroupId,
+      hooks: linked.hooks,
+      mode: 'unknown',
+      version: 0n,
+      policyId: 0,
+    };
+    const value = Buffer.alloc(LAYOUT.egress_computer.size);
+    if (
+      linked.cgroupId !== 0n &&
+      bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(linked.cgroupId), value)
+    ) {
+      const v = decodeComputer(value);
+      state.mode = MODE_NAMES[v.mode] ?? 'unknown';
+      state.version = v.version;
+      state.policyId = v.policyId;
     }
-    return out;
+    return state;
   }
 
   /** Entries in the rule maps, counted by walking them (diagnostics and tests; O(entries)). */

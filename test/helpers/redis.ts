@@ -59,8 +59,11 @@ export async function startRedis(): Promise<TestRedis> {
         '127.0.0.1',
         '--save',
         '',
+        // Data survives stop() (SIGKILL) and restart(), as with a real outage of a persistent Redis.
         '--appendonly',
-        'no',
+        'yes',
+        '--appendfsync',
+        'always',
         '--dir',
         dir,
         '--daemonize',

@@ -1,0 +1,301 @@
+/**
+ * The agent: makes the kernel enforce what Redis says for this node.
+ *
+ * - At start, and after every Redis outage, a full resync: every computer of
+ *   the node is attached (or adopted) with its policy, pinned computers that
+ *   Redis no longer has are detached, and the enforced version of each is
+ *   acknowledged. Then it follows the node's change stream from the
+ *   snapshot's position, so no change between the two is missed.
+ * - While Redis is unreachable it keeps enforcing what is pinned and retries
+ *   with backoff; it never detaches because Redis is silent.
+ * - A computer whose cgroup does not exist yet is attached when it appears;
+ *   one whose cgroup disappears (the sandbox ended) is detached and its pins
+ *   removed (inotify, no polling).
+ */
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { StoreUnavailableError } from '../../../api/src/errors.js';
+import { keys } from '../../../api/src/store/keys.js';
+import type { Store } from '../../../api/src/store/store.js';
+import type { Enforcer } from '../enforcer.js';
+import { EgressdError } from '../errors.js';
+import type { Policy } from '../policy/types.js';
+import { CgroupWatcher } from './cgroup-watch.js';
+
+export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
+
+interface Desired {
+  cgroup: string;
+  policy: Policy;
+  version: number;
+}
+
+export interface ComputerReport {
+  id: string;
+  cgroup: string;
+  desiredVersion: number;
+  enforcedVersion: number | null;
+  state: 'enforced' | 'pending' | 'waiting_for_cgroup' | 'failed';
+  error?: string;
+}
+
+export interface AgentOptions {
+  store: Store;
+  enforcer: Enforcer;
+  node: string;
+  /** The cgroup2 mount; computers' cgroup paths are relative to it. */
+  cgroupRoot: string;
+  log: Logger;
+  /** Longest wait between reconnect attempts. @default 5000 */
+  maxBackoffMs?: number;
+  /** How long one XREAD blocks before it is issued again. @default 5000 */
+  blockMs?: number;
+}
+
+export class Agent {
+  status: AgentStatus = 'starting';
+  private readonly desired = new Map<string, Desired>();
+  /** The version acknowledged (or to acknowledge) per computer; undefined: not enforced. */
+  private readonly enforced = new Map<string, number>();
+  private readonly failures = new Map<string, string>();
+  private readonly unacked = new Set<string>();
+  private readonly watcher: CgroupWatcher;
+  private streamId = '0-0';
+  private running: Promise<void> | undefined;
+  private stopping = false;
+  private wake: (() => void) | undefined;
+  private readonly log: Logger;
+  private firstSync: { promise: Promise<void>; resolve: () => void };
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.log.child({ component: 'agent', node: opts.node });
+    this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, exists) => this.onCgroupChange(id, exists));
+    let resolve = () => {};
+    const promise = new Promise<void>((r) => {
+      resolve = r;
+    });
+    this.firstSync = { promise, resolve };
+  }
+
+  /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
+  async start(): Promise<void> {
+    this.running ??= this.loop();
+    await Promise.race([this.firstSync.promise, this.running]);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    this.watcher.close();
+    await this.running;
+    this.setStatus('stopped');
+  }
+
+  private setStatus(status: AgentStatus): void {
+    if (this.status === status) return;
+    this.log.info({ from: this.status, to: status }, 'agent status');
+    this.status = status;
+  }
+
+  private async loop(): Promise<void> {
+    let backoff = 100;
+    let needResync = true;
+    while (!this.stopping) {
+      try {
+        if (needResync) {
+          this.setStatus('syncing');
+          await this.resync();
+          needResync = false;
+          this.firstSync.resolve();
+        }
+        this.setStatus('following');
+        await this.flushAcks();
+        const changes = await this.opts.store.readChanges(this.opts.node, this.streamId, {
+          count: 500,
+          blockMs: this.opts.blockMs ?? 5000,
+        });
+        if (changes.length > 0 && (await this.missedChanges())) {
+          needResync = true;
+          continue;
+        }
+        const ids = new Set<string>();
+        for (const change of changes) {
+          ids.add(change.computerId);
+          this.streamId = change.streamId;
+        }
+        for (const id of ids) await this.refresh(id);
+        backoff = 100;
+      } catch (err) {
+        if (this.stopping) break;
+        if (!(err instanceof StoreUnavailableError)) {
+          this.log.error({ err }, 'agent loop failed; resyncing');
+        } else {
+          this.setStatus('disconnected');
+          this.log.warn({ retryInMs: backoff }, 'Redis unreachable: enforcing what is pinned, retrying');
+        }
+        needResync = true;
+        await this.sleep(backoff);
+        backoff = Math.min(backoff * 2, this.opts.maxBackoffMs ?? 5000);
+      }
+    }
+  }
+
+  /** True when the stream's MAXLEN trimming deleted records after our position (Redis 7 tells). */
+  private async missedChanges(): Promise<boolean> {
+    const info = (await this.opts.store.guard(() =>
+      this.opts.store.redis.call('XINFO', 'STREAM', keys.nodeChanges(this.opts.node)),
+    )) as unknown[];
+    const at = info.indexOf('max-deleted-entry-id');
+    const deleted = at >= 0 ? String(info[at + 1]) : '0-0';
+    return compareStreamIds(deleted, this.streamId) > 0;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Brings every computer of the node, and nothing else, to what Redis holds. */
+  private async resync(): Promise<void> {
+    const started = Date.now();
+    const snapshot = await this.opts.store.listComputersOfNode(this.opts.node);
+    const seen = new Set<string>();
+    for (const c of snapshot.computers) {
+      seen.add(c.id);
+      this.desired.set(c.id, { cgroup: c.cgroup, policy: c.policy, version: c.version });
+      this.reconcile(c.id);
+    }
+    for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
+    for (const state of this.opts.enforcer.list()) if (!seen.has(state.id)) this.forget(state.id);
+    this.streamId = snapshot.streamId;
+    await this.flushAcks();
+    this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
+  }
+
+  /** Re-reads one computer from Redis and enforces it (or forgets it when it is gone or moved away). */
+  private async refresh(id: string): Promise<void> {
+    const computer = await this.opts.store.getComputer(id);
+    if (!computer || computer.node !== this.opts.node) {
+      this.forget(id);
+      return;
+    }
+    const policy = await this.opts.store.getPolicy(id);
+    this.desired.set(id, {
+      cgroup: computer.cgroup,
+      policy: policy ? { mode: policy.mode, rules: policy.rules } : { mode: 'unrestricted', rules: [] },
+      version: policy?.version ?? 0,
+    });
+    this.reconcile(id);
+  }
+
+  /** Makes the kernel hold the desired state of `id`; records what to acknowledge. */
+  private reconcile(id: string): void {
+    const want = this.desired.get(id);
+    if (!want) return;
+    const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+    this.watcher.track(id, full);
+    try {
+      const result = this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version));
+      if (!result.attached) {
+        const current = this.opts.enforcer.state(id);
+        if (current?.version !== BigInt(want.version)) {
+          this.opts.enforcer.apply(id, want.policy, BigInt(want.version));
+        }
+      }
+      this.failures.delete(id);
+      if (this.enforced.get(id) !== want.version) {
+        this.enforced.set(id, want.version);
+        this.unacked.add(id);
+      }
+    } catch (err) {
+      this.enforced.delete(id);
+      if (err instanceof EgressdError && err.code === 'CGROUP_MISSING') {
+        // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
+        this.opts.enforcer.detach(id);
+        this.failures.delete(id);
+        return;
+      }
+      const message = err instanceof Error ? err.message : String(err);
+      this.failures.set(id, message);
+      this.log.error(
+        { computer: id, err: message },
+        'could not enforce the policy; the previous one stays in force',
+      );
+    }
+  }
+
+  /** Detaches a computer that Redis no longer has on this node. */
+  private forget(id: string): void {
+    this.desired.delete(id);
+    this.enforced.delete(id);
+    this.failures.delete(id);
+    this.unacked.delete(id);
+    this.watcher.untrack(id);
+    this.opts.enforcer.detach(id);
+    this.log.info({ computer: id }, 'detached');
+  }
+
+  private onCgroupChange(id: string, exists: boolean): void {
+    if (exists) {
+      this.log.info({ computer: id }, 'cgroup appeared: attaching');
+      this.reconcile(id);
+    } else {
+      this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
+      this.opts.enforcer.detach(id);
+      this.enforced.delete(id);
+    }
+    void this.flushAcks().catch(() => {});
+  }
+
+  /** Writes the acknowledgements not yet written; failed ones stay queued for the next try. */
+  private async flushAcks(): Promise<void> {
+    for (const id of [...this.unacked]) {
+      const version = this.enforced.get(id);
+      this.unacked.delete(id);
+      if (version === undefined) continue;
+      try {
+        await this.opts.store.ackEnforced(id, version, new Date(), this.opts.node);
+      } catch (err) {
+        this.unacked.add(id);
+        throw err;
+      }
+    }
+  }
+
+  /** Desired vs. enforced version per computer. */
+  report(): ComputerReport[] {
+    return [...this.desired.entries()].map(([id, want]) => {
+      const enforcedVersion = this.enforced.get(id) ?? null;
+      const error = this.failures.get(id);
+      const state: ComputerReport['state'] = error
+        ? 'failed'
+        : enforcedVersion === want.version
+          ? 'enforced'
+          : this.opts.enforcer.state(id)
+            ? 'pending'
+            : 'waiting_for_cgroup';
+      return {
+        id,
+        cgroup: want.cgroup,
+        desiredVersion: want.version,
+        enforcedVersion,
+        state,
+        ...(error ? { error } : {}),
+      };
+    });
+  }
+}
+
+/** Orders Redis stream ids ("ms-seq"). */
+export function compareStreamIds(a: string, b: string): number {
+  const [am = 0n, as = 0n] = a.split('-').map(BigInt);
+  const [bm = 0n, bs = 0n] = b.split('-').map(BigInt);
+  if (am !== bm) return am < bm ? -1 : 1;
+  if (as !== bs) return as < bs ? -1 : 1;
+  return 0;
+}

@@ -1,0 +1,215 @@
+/**
+ * The agent with real components: redis-server, the API, BPF, cgroups and
+ * the test world. A PUT that answers 200 is in force when it returns; the
+ * agent resyncs after outages and restarts; cgroups that appear late or go
+ * away are handled.
+ */
+import { rmdirSync } from 'node:fs';
+import test from 'ava';
+import { pino } from 'pino';
+import { Store } from '../../api/src/store/store.js';
+import { Agent } from '../../daemon/src/agent/agent.js';
+import { Enforcer } from '../../daemon/src/enforcer.js';
+import { type Harness, startHarness } from '../api/harness.js';
+import { createWorld, type World } from '../helpers/world.js';
+
+let world: World;
+let api: Harness;
+let enforcer: Enforcer;
+let store: Store;
+let agent: Agent;
+
+const log = pino({ level: process.env['EGRESSD_TEST_LOG'] ?? 'silent' });
+
+async function startAgent(): Promise<void> {
+  enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  store = new Store({ url: api.redis.url });
+  await store.connect();
+  agent = new Agent({
+    store,
+    enforcer,
+    node: 'node-a',
+    cgroupRoot: world.cgroupMount,
+    log,
+    maxBackoffMs: 200,
+    blockMs: 1000,
+  });
+  await agent.start();
+}
+
+async function stopAgent(): Promise<void> {
+  await agent?.stop();
+  await store?.close();
+  enforcer?.close();
+}
+
+test.before(async () => {
+  world = await createWorld();
+  api = await startHarness({ defaultNode: 'node-a' });
+  await startAgent();
+});
+
+test.after.always(async () => {
+  await stopAgent();
+  await api?.close();
+  await world?.destroy();
+});
+
+async function register(id: string): Promise<string> {
+  const cg = world.makeCgroup(id);
+  const r = await api.call('PUT', `/api/v1/computers/${id}`, { body: { cgroup: cg.relative } });
+  if (r.status !== 201 && r.status !== 200) throw new Error(`register ${id}: ${r.status} ${r.text}`);
+  return cg.path;
+}
+
+async function waitFor<T>(
+  what: string,
+  fn: () => T | undefined | Promise<T | undefined>,
+  ms = 5000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+test.serial('a PUT that answers 200 is in force when it returns (no sleeps)', async (t) => {
+  const cg = await register('put-200');
+  const put = await api.call('PUT', '/api/v1/computers/put-200/network-policy', {
+    body: { mode: 'allowlist', rules: [{ host: '192.0.2.1', port: 80, protocol: 'tcp' }] },
+  });
+  t.is(put.status, 200, put.text);
+  t.is(put.body.data.enforcement.state, 'enforced');
+  t.deepEqual(
+    await world.probeResults(
+      { cgroup: cg },
+      'tcp:192.0.2.1:80',
+      'tcp:192.0.2.2:80',
+      'udp-sendto:192.0.2.1:80',
+    ),
+    ['ok', 'EPERM', 'EPERM'],
+  );
+  const iso = await api.call('PUT', '/api/v1/computers/put-200/network-policy', {
+    body: { mode: 'isolated' },
+  });
+  t.is(iso.status, 200);
+  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['EPERM']);
+  const reset = await api.call('DELETE', '/api/v1/computers/put-200/network-policy');
+  t.is(reset.status, 200);
+  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.2:80'), ['ok']);
+});
+
+test.serial('deleting a computer detaches it', async (t) => {
+  const cg = await register('to-delete');
+  t.is(
+    (await api.call('PUT', '/api/v1/computers/to-delete/network-policy', { body: { mode: 'isolated' } }))
+      .status,
+    200,
+  );
+  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['EPERM']);
+  t.is((await api.call('DELETE', '/api/v1/computers/to-delete')).status, 204);
+  await waitFor('detach', () => enforcer.state('to-delete') === undefined);
+  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['ok']);
+});
+
+test.serial(
+  'a computer registered before its cgroup exists is attached when the cgroup appears',
+  async (t) => {
+    const relative = world.cgroupRelative('late/sandbox');
+    const reg = await api.call('PUT', '/api/v1/computers/late', { body: { cgroup: relative } });
+    t.is(reg.status, 201, reg.text);
+    const put = await api.call('PUT', '/api/v1/computers/late/network-policy?wait=0', {
+      body: { mode: 'isolated' },
+    });
+    t.is(put.status, 202);
+    t.is(put.body.data.enforcement.state, 'pending');
+    const cg = world.makeCgroup('late/sandbox');
+    const ack = await store.waitEnforced('late', put.body.data.version, 5000);
+    t.is(ack?.version, put.body.data.version);
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+
+    // The sandbox ends: its cgroup goes, and the agent cleans up the pins.
+    rmdirSync(cg.path);
+    await waitFor('cleanup', () => enforcer.state('late') === undefined);
+    // It comes back under the same path: attached again with the same policy.
+    const again = world.makeCgroup('late/sandbox');
+    await waitFor('re-attach', () => enforcer.state('late')?.mode === 'isolated');
+    t.deepEqual(await world.probeResults({ cgroup: again.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+  },
+);
+
+test.serial(
+  'Redis outage: enforcement holds, changes made meanwhile are applied after reconnect',
+  async (t) => {
+    const cg = await register('outage');
+    t.is(
+      (await api.call('PUT', '/api/v1/computers/outage/network-policy', { body: { mode: 'isolated' } }))
+        .status,
+      200,
+    );
+    await api.redis.stop();
+    await waitFor('disconnected', () => agent.status === 'disconnected');
+    t.deepEqual(
+      await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'),
+      ['EPERM'],
+      'still enforced while Redis is down',
+    );
+    await api.redis.restart();
+    // A change while the agent is still reconnecting: applied by the resync or the stream.
+    await waitFor('API back', async () => (await api.call('GET', '/readyz')).status === 200);
+    const put = await api.call('PUT', '/api/v1/computers/outage/network-policy', {
+      body: { mode: 'allowlist', rules: [{ host: '192.0.2.2', protocol: 'tcp' }] },
+    });
+    t.is(put.status, 200, put.text);
+    t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
+      'EPERM',
+      'ok',
+    ]);
+  },
+);
+
+test.serial(
+  'agent restart: pins keep enforcing, the new agent adopts and catches up on what changed',
+  async (t) => {
+    const cg = await register('restart');
+    t.is(
+      (await api.call('PUT', '/api/v1/computers/restart/network-policy', { body: { mode: 'isolated' } }))
+        .status,
+      200,
+    );
+    await stopAgent();
+    t.deepEqual(
+      await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'),
+      ['EPERM'],
+      'enforced with no agent',
+    );
+    // Changes while no agent runs: a new policy, and a computer deleted.
+    const pending = await api.call('PUT', '/api/v1/computers/restart/network-policy?wait=0', {
+      body: { mode: 'denylist', rules: [{ host: '192.0.2.2', protocol: 'any' }] },
+    });
+    t.is(pending.status, 202);
+    const gone = await register('gone-while-down');
+    t.is(
+      (
+        await api.call('PUT', '/api/v1/computers/gone-while-down/network-policy?wait=0', {
+          body: { mode: 'isolated' },
+        })
+      ).status,
+      202,
+    );
+    t.is((await api.call('DELETE', '/api/v1/computers/gone-while-down')).status, 204);
+    await startAgent();
+    t.true(enforcer.adopted);
+    t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
+      'ok',
+      'EPERM',
+    ]);
+    t.deepEqual(await world.probeResults({ cgroup: gone }, 'tcp:192.0.2.1:80'), ['ok']);
+    const report = agent.report().find((c) => c.id === 'restart');
+    t.is(report?.state, 'enforced');
+    t.is(report?.enforcedVersion, pending.body.data.version);
+  },
+);
