@@ -65,7 +65,7 @@ async function main(): Promise<void> {
   let redis: TestRedis | undefined;
   let server: ChildProcess | undefined;
   try {
-    redis = await startRedis();
+    redis = await startRedis({ tcp: true });
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;
     server = spawn(process.execPath, [SERVER], {

@@ -16,19 +16,34 @@ export function isEnforced(r: PolicyRecord): boolean {
 }
 
 export function policyView(r: PolicyRecord): PolicyView {
+  return viewOf(r, r.rules);
+}
+
+function viewOf<R>(r: PolicyRecord, rules: R) {
   return {
     computer_id: r.computerId,
     mode: r.mode,
-    rules: r.rules,
+    rules,
     version: r.version,
     updated_at: r.updatedAt,
     enforcement: {
-      state: isEnforced(r) ? 'enforced' : 'pending',
+      state: isEnforced(r) ? ('enforced' as const) : ('pending' as const),
       enforced_version: r.enforced?.version ?? null,
       enforced_at: r.enforced?.at ?? null,
     },
   };
 }
+
+/**
+ * `{"data": <policy view>}` as JSON text, with the stored rules JSON spliced
+ * in as it is (no parse and re-serialise of a large rule list).
+ */
+export function policyReplyJson(r: PolicyRecord): string {
+  const text = JSON.stringify({ data: viewOf(r, RULES_MARK) });
+  // `"rules":"<mark>"` cannot occur earlier: computer_id and mode hold no double quote.
+  return text.replace(`"rules":"${RULES_MARK}"`, () => `"rules":${r.rulesJson}`);
+}
+const RULES_MARK = 'RULES';
 
 export interface ComputerView {
   id: string;

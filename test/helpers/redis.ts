@@ -1,7 +1,9 @@
 /**
- * A real redis-server for tests: no persistence, on 127.0.0.1 at a free
- * port, in a temporary directory. `stop()` kills it (by its own pid) and
- * `restart()` starts it again on the same port. Register `cleanup` with
+ * A real redis-server for tests: no persistence, in a temporary directory,
+ * listening on a unix socket in that directory (an address no other process
+ * can take while the server is down) or, with `{ tcp: true }`, on
+ * 127.0.0.1 at a free port. `stop()` kills it (by its own pid) and
+ * `restart()` starts it again at the same address. Register `cleanup` with
  * `test.after.always` so it is always ended and its directory removed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -12,8 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface TestRedis {
+  /** `unix:///tmp/.../redis.sock` or `redis://127.0.0.1:<port>`. */
   url: string;
-  port: number;
   stop(): Promise<void>;
   restart(): Promise<void>;
   cleanup(): Promise<void>;
@@ -32,38 +34,47 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function canConnect(port: number): Promise<boolean> {
+/** Asks the server at the address for its pid (INFO server), or undefined if none answers. */
+async function serverPid(address: { path: string } | { port: number }): Promise<number | undefined> {
   return new Promise((resolve) => {
     const socket = new Socket();
-    socket.once('connect', () => {
+    let reply = '';
+    const done = (pid: number | undefined) => {
       socket.destroy();
-      resolve(true);
+      resolve(pid);
+    };
+    socket.setTimeout(1000, () => done(undefined));
+    socket.once('error', () => done(undefined));
+    socket.on('data', (chunk) => {
+      reply += chunk.toString();
+      const m = /process_id:(\d+)/.exec(reply);
+      if (m) done(Number(m[1]));
     });
-    socket.once('error', () => resolve(false));
-    socket.connect(port, '127.0.0.1');
+    socket.once('connect', () => socket.write('INFO server\r\n'));
+    if ('path' in address) socket.connect(address.path);
+    else socket.connect(address.port, '127.0.0.1');
   });
 }
 
-export async function startRedis(): Promise<TestRedis> {
+export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), 'egressd-redis-'));
-  const port = await freePort();
+  const socketPath = join(dir, 'redis.sock');
+  const port = options.tcp ? await freePort() : 0;
+  const address = options.tcp ? { port } : { path: socketPath };
   let child: ChildProcess | undefined;
 
   const start = async () => {
+    const listen = options.tcp
+      ? ['--port', String(port), '--bind', '127.0.0.1']
+      : ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700'];
     const proc = spawn(
       REDIS_SERVER,
       [
-        '--port',
-        String(port),
-        '--bind',
-        '127.0.0.1',
+        ...listen,
         '--save',
         '',
-        // Data survives stop() (SIGKILL) and restart(), as with a real outage of a persistent Redis.
         '--appendonly',
-        'yes',
-        '--appendfsync',
-        'always',
+        'no',
         '--dir',
         dir,
         '--daemonize',
@@ -78,13 +89,13 @@ export async function startRedis(): Promise<TestRedis> {
     proc.once('exit', () => {
       exited = true;
     });
-    // Bounded: up to 10 s for redis-server to accept connections.
+    // Bounded: up to 10 s for this redis-server (its own pid) to answer.
     for (let i = 0; i < 200; i++) {
-      if (exited) throw new Error(`redis-server on port ${port} exited at start`);
-      if (await canConnect(port)) return;
+      if (exited) throw new Error(`redis-server (${JSON.stringify(address)}) exited at start`);
+      if ((await serverPid(address)) === proc.pid) return;
       await new Promise((r) => setTimeout(r, 50));
     }
-    throw new Error(`redis-server did not listen on 127.0.0.1:${port} within 10 s`);
+    throw new Error(`redis-server did not answer at ${JSON.stringify(address)} within 10 s`);
   };
 
   const stop = async () => {
@@ -96,10 +107,15 @@ export async function startRedis(): Promise<TestRedis> {
     await exited;
   };
 
-  await start();
+  try {
+    await start();
+  } catch (err) {
+    await stop();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
-    url: `redis://127.0.0.1:${port}`,
-    port,
+    url: options.tcp ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
     stop,
     restart: async () => {
       await stop();

@@ -7,7 +7,7 @@ import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
 import type { PolicyRecord } from '../store/store.js';
 import { checkComputerId, parsePolicy, queryInt } from '../validation.js';
-import { isEnforced, policyView } from '../views.js';
+import { isEnforced, policyReplyJson } from '../views.js';
 import { type ApiRouter, type ApiState, type RouteDeps, requireKey } from './deps.js';
 
 export const POLICY_PATH = '/api/v1/computers/:id/network-policy';
@@ -20,7 +20,8 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
     const record = await deps.store.getPolicy(id, scopeOf(ctx.state.principal));
     if (!record) throw computerNotFound();
     ctx.set('ETag', `"${record.version}"`);
-    ctx.body = { data: policyView(record) };
+    ctx.type = 'application/json';
+    ctx.body = policyReplyJson(record);
   });
 
   router.put(POLICY_PATH, auth, async (ctx) => {
@@ -62,7 +63,8 @@ async function change(
   }
   ctx.status = isEnforced(record) ? 200 : 202;
   ctx.set('ETag', `"${record.version}"`);
-  ctx.body = { data: policyView(record) };
+  ctx.type = 'application/json';
+  ctx.body = policyReplyJson(record);
 }
 
 /** `If-Match: "7"` (or 7, or W/"7") → 7; '*' or absent → undefined. */

@@ -49,6 +49,8 @@ export interface Enforced {
 
 export interface PolicyRecord extends Policy {
   computerId: string;
+  /** `rules` as stored (JSON), so that a reply can carry them without parsing and serialising again. */
+  rulesJson: string;
   version: number;
   updatedAt: string;
   enforced: Enforced | undefined;
@@ -249,11 +251,17 @@ export class Store {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rules, version, updatedAt, ackVersion, ackAt] = r;
+    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt] = r;
+    let parsed: Rule[] | undefined;
     return {
       computerId: id,
       mode: mode as Mode,
-      rules: JSON.parse(rules ?? '[]') as Rule[],
+      rulesJson,
+      // Parsed only when asked for: a GET answers with rulesJson as it is.
+      get rules(): Rule[] {
+        parsed ??= JSON.parse(rulesJson) as Rule[];
+        return parsed;
+      },
       version: Number(version),
       updatedAt: updatedAt ?? '',
       enforced: enforced(ackVersion, ackAt),
@@ -270,6 +278,7 @@ export class Store {
     options: { scope?: Scope; ifMatch?: number; now?: Date } = {},
   ): Promise<PutPolicyResult> {
     const now = (options.now ?? new Date()).toISOString();
+    const rulesJson = JSON.stringify(policy.rules);
     const r = (await this.run(
       SCRIPTS.putPolicy,
       [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version()],
@@ -277,7 +286,7 @@ export class Store {
         options.scope ?? '',
         id,
         policy.mode,
-        JSON.stringify(policy.rules),
+        rulesJson,
         options.ifMatch === undefined ? '' : String(options.ifMatch),
         now,
         templates.nodeChanges,
@@ -294,6 +303,7 @@ export class Store {
         computerId: id,
         mode: policy.mode,
         rules: policy.rules,
+        rulesJson,
         version: Number(version),
         updatedAt: updatedAt ?? now,
         enforced: enforced(ackVersion, ackAt),
