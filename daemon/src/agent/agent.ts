@@ -87,7 +87,8 @@ export class Agent {
     this.stopping = true;
     this.wake?.();
     this.watcher.close();
-    await this.running;
+    // A blocked XREAD ends when the store is closed after this; do not wait for it.
+    await Promise.race([this.running, new Promise((r) => setTimeout(r, 200))]);
     this.setStatus('stopped');
   }
 
@@ -103,6 +104,9 @@ export class Agent {
     while (!this.stopping) {
       try {
         if (needResync) {
+          const status = this.opts.store.redis.status;
+          if (status === 'wait' || status === 'end')
+            await this.opts.store.guard(() => this.opts.store.connect());
           this.setStatus('syncing');
           await this.resync();
           needResync = false;

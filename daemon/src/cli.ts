@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+/**
+ * The one `egressd` command. The only module that reads process.env: it
+ * resolves the configuration once and hands it down.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError as ApiConfigError } from '../../api/src/config.js';
+import { computersCommand, describeError, policyCommand, runCommand } from './cli/commands.js';
+import { type ServeMode, serve } from './cli/serve.js';
+import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
+import { EgressdError } from './errors.js';
+
+const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, agent and API in one process)
+       egressd policy get|set|reset ID [--mode MODE] [--rule host[:port][/proto]]... [--file F] [--json]
+       egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
+       egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]
+
+options (flag, environment variable, default):
+  --listen        EGRESSD_LISTEN          127.0.0.1:8080
+  --redis         REDIS_URL               (empty: a private redis-server under the state directory)
+  --state-dir     EGRESSD_STATE_DIR       /var/lib/egressd
+  --bpffs-dir     EGRESSD_BPFFS_DIR       /sys/fs/bpf/egressd
+  --node          EGRESSD_NODE            the host name
+  --internal-cidr EGRESSD_INTERNAL_CIDRS  none (repeat the flag; comma-separated in the variable)
+  --log-level     EGRESSD_LOG_LEVEL       info
+  --api           EGRESSD_API             http://127.0.0.1:8080 (client commands)
+  EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
+  EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      ...CONFIG_FLAGS,
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+      mode: { type: 'string' },
+      rule: { type: 'string', multiple: true },
+      file: { type: 'string' },
+      cgroup: { type: 'string' },
+      tenant: { type: 'string' },
+      computer: { type: 'string' },
+      create: { type: 'boolean' },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const env = process.env;
+  const config = resolveEgressdConfig(values, env);
+  const [command = 'all', ...rest] = positionals;
+  const ctx = { config, env, json: values.json === true, out: (line: string) => console.log(line) };
+  switch (command) {
+    case 'all':
+    case 'agent':
+    case 'api':
+      await serve(command as ServeMode, config, env);
+      return 0;
+    case 'policy':
+      await policyCommand(ctx, rest, values);
+      return 0;
+    case 'computers':
+      await computersCommand(ctx, rest, values);
+      return 0;
+    case 'run':
+      return runCommand(ctx, rest, values);
+    default:
+      throw new EgressdError('USAGE', `unknown command "${command}"\n${USAGE}`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    const known = err instanceof EgressdError || err instanceof ConfigError || err instanceof ApiConfigError;
+    const message = describeError(err);
+    console.error(`egressd: ${message}`);
+    if (
+      !known &&
+      !(err instanceof TypeError && message.includes('Unknown option')) &&
+      err instanceof Error &&
+      err.stack
+    ) {
+      console.error(err.stack);
+    }
+    process.exit(err instanceof EgressdError && err.code === 'USAGE' ? 2 : 1);
+  },
+);

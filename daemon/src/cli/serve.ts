@@ -1,0 +1,180 @@
+/**
+ * The long-running modes: `egressd` / `egressd all` (agent + API in one
+ * process, embedded Redis unless REDIS_URL is given), `egressd agent` and
+ * `egressd api` (many hosts against one Redis).
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { type Logger, pino } from 'pino';
+import { createApp } from '../../../api/src/app.js';
+import { parseListen, resolveConfig } from '../../../api/src/config.js';
+import { Store } from '../../../api/src/store/store.js';
+import { Agent } from '../agent/agent.js';
+import type { EgressdConfig } from '../config.js';
+import { EmbeddedRedis } from '../embedded-redis.js';
+import { Enforcer } from '../enforcer.js';
+import { EgressdError } from '../errors.js';
+import { preflight } from '../system.js';
+
+export type ServeMode = 'all' | 'agent' | 'api';
+
+/** A stop function per started part, run in reverse order. */
+type Stopper = () => Promise<void> | void;
+
+/**
+ * One agent per pin directory: an abstract unix socket named after it is
+ * held for the agent's lifetime and released by the kernel if it dies.
+ */
+async function lockPinDir(pinDir: string): Promise<Stopper> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new EgressdError(
+              'AGENT_RUNNING',
+              `another egressd agent already manages ${pinDir}: stop it first`,
+            )
+          : err,
+      ),
+    );
+    server.listen({ path: `\0egressd-agent:${pinDir}` }, resolve);
+  });
+  return () => new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/** EGRESSD_ADMIN_KEY, or the key in <state-dir>/admin.key, generated (0600) at first start. */
+export function adminKey(
+  config: EgressdConfig,
+  env: Record<string, string | undefined>,
+  log: Logger,
+): string {
+  const fromEnv = env['EGRESSD_ADMIN_KEY'];
+  if (fromEnv) return fromEnv;
+  const file = path.join(config.stateDir, 'admin.key');
+  if (!existsSync(file)) {
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(file, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+    log.info(
+      { file },
+      'generated an admin key; use it as the bearer key of the API (EGRESSD_ADMIN_KEY overrides it)',
+    );
+    console.error(`egressd: admin key written to ${file}`);
+  }
+  chmodSync(file, 0o600);
+  return readFileSync(file, 'utf8').trim();
+}
+
+export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<string, string | undefined>) {
+  const log = pino({ level: config.logLevel });
+  const stoppers: Stopper[] = [];
+  const stopAll = async () => {
+    for (const stop of stoppers.reverse()) {
+      try {
+        await stop();
+      } catch (err) {
+        log.error({ err }, 'error while stopping');
+      }
+    }
+  };
+  try {
+    let redisUrl = config.redisUrl;
+    if (!redisUrl) {
+      if (mode !== 'all') {
+        throw new EgressdError(
+          'REDIS_REQUIRED',
+          `egressd ${mode} shares one Redis with the other hosts: give it with --redis or REDIS_URL (only "egressd all" embeds one)`,
+        );
+      }
+      const embedded = await EmbeddedRedis.start(config.stateDir, log);
+      stoppers.push(() => embedded.stop());
+      redisUrl = embedded.url;
+    }
+
+    if (mode !== 'api') {
+      const { cgroupMount } = await preflight(config.bpffsDir);
+      stoppers.push(await lockPinDir(config.bpffsDir));
+      const enforcer = Enforcer.open({
+        pinDir: config.bpffsDir,
+        cgroupRoot: cgroupMount,
+        internalCidrs: config.internalCidrs,
+        log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
+      });
+      stoppers.push(() => enforcer.close());
+      log.info(
+        { pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node },
+        'BPF programs ready',
+      );
+      const store = new Store({ url: redisUrl });
+      stoppers.push(() => store.close());
+      const agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log });
+      stoppers.push(() => agent.stop());
+      // Connection failures are retried inside the agent; pins enforce meanwhile.
+      await agent.start();
+    }
+
+    if (mode !== 'agent') {
+      const apiConfig = resolveConfig(
+        {
+          listen: config.listen,
+          redisUrl,
+          adminKey: adminKey(config, env, log),
+          ...(mode === 'all' ? { defaultNode: config.node } : {}),
+          logLevel: config.logLevel,
+        },
+        env,
+      );
+      const store = new Store({ url: redisUrl, streamMaxLen: apiConfig.streamMaxLen });
+      await store.connect();
+      stoppers.push(() => store.close());
+      const app = createApp({ store, config: apiConfig, logger: log.child({ component: 'api' }) });
+      const { host, port } = parseListen(apiConfig.listen);
+      const server: Server = await new Promise((resolve, reject) => {
+        const s = app.listen(port, host, () => resolve(s));
+        s.once('error', (err: NodeJS.ErrnoException) =>
+          reject(
+            new EgressdError(
+              'LISTEN_FAILED',
+              `cannot listen on ${apiConfig.listen} (${err.code}): choose another --listen / EGRESSD_LISTEN`,
+            ),
+          ),
+        );
+      });
+      stoppers.push(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          }),
+      );
+      log.info({ listen: apiConfig.listen }, 'API listening');
+    }
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+
+  notifySystemd(env, log);
+  console.error(`egressd ${mode}: running (node ${config.node}); stop with Ctrl-C or SIGTERM`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, 'stopping: pinned programs stay attached and keep enforcing');
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await stopAll();
+}
+
+/** Type=notify units: tell systemd we are ready (NotifyAccess=all lets systemd-notify do it). */
+function notifySystemd(env: Record<string, string | undefined>, log: Logger): void {
+  if (!env['NOTIFY_SOCKET']) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err) log.warn({ err: err.message }, 'systemd-notify failed');
+  });
+}
