@@ -11,3 +11,4 @@ done
 cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
 cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
 npx tsc -p tsconfig.json
+chmod +x dist/daemon/src/cli.js
