@@ -1,33 +1,45 @@
 /**
- * API throughput on this machine: a real redis-server, the API server as a
- * child process (node dist/api/src/server.js) on 127.0.0.1, and autocannon
- * in this process. Measures GET of a policy and PUT ?wait=0 (each PUT a real
- * change: the rules' port varies, so every request writes a new version and
- * a change record), spread over a set of computers. Prints a table and JSON.
+ * API throughput on this machine: a real redis-server (127.0.0.1), the API
+ * server as a child process (node dist/api/src/server.js, with 1 and then 2
+ * worker processes), and a load generator: wrk when installed (C, so it
+ * takes less of the machine's two cores), otherwise autocannon. Measures GET
+ * of a policy and PUT ?wait=0, spread over a set of computers; every PUT is
+ * a real change (the rules' ports vary), so each writes a new version and a
+ * change record. Prints a table and JSON.
  *
  *   node dist/bench/api.js [--duration S] [--connections N] [--computers N] [--rules N]
+ *                          [--workers 1,2] [--tool wrk|autocannon]
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
 
-function arg(name: string, fallback: number): number {
+const execFileAsync = promisify(execFile);
+
+function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+  return i > 0 ? (process.argv[i + 1] ?? fallback) : fallback;
 }
 
-const DURATION = arg('duration', 10);
-const CONNECTIONS = arg('connections', 64);
-const COMPUTERS = arg('computers', 100);
-const RULES = arg('rules', 10);
+const DURATION = Number(arg('duration', '10'));
+const CONNECTIONS = Number(arg('connections', '64'));
+const COMPUTERS = Number(arg('computers', '100'));
+const RULES = Number(arg('rules', '10'));
+const WORKERS = arg('workers', '1,2').split(',').map(Number);
+const WRK = '/usr/bin/wrk';
+const TOOL = arg('tool', existsSync(WRK) ? 'wrk' : 'autocannon');
 const ADMIN_KEY = 'bench-admin-key';
 const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'api', 'src', 'server.js');
 
 interface Result {
   name: string;
+  workers: number;
   requests_per_second: number;
   latency_p50_ms: number;
   latency_p99_ms: number;
@@ -36,8 +48,18 @@ interface Result {
   errors: number;
 }
 
+interface Load {
+  requests: number;
+  seconds: number;
+  p50Ms: number;
+  p99Ms: number;
+  non2xx: number;
+  errors: number;
+}
+
 type Autocannon = (options: Record<string, unknown>) => Promise<{
   requests: { average: number; total: number };
+  duration: number;
   latency: { p50: number; p99: number };
   non2xx: number;
   errors: number;
@@ -61,125 +83,213 @@ function policyBody(i: number): string {
   return JSON.stringify({ mode: 'allowlist', rules });
 }
 
+/** wrk scripts: same requests as policyBody, built in Lua; `done` prints one JSON line. */
+function wrkScript(kind: 'get' | 'put'): string {
+  const done = `
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"non2xx":%d,"errors":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end`;
+  const head = `local n = 0
+wrk.headers["Authorization"] = "Bearer ${ADMIN_KEY}"
+wrk.headers["Content-Type"] = "application/json"
+`;
+  if (kind === 'get') {
+    return `${head}request = function()
+  n = n + 1
+  return wrk.format("GET", "/api/v1/computers/bench-" .. (n % ${COMPUTERS}) .. "/network-policy")
+end
+${done}`;
+  }
+  return `${head}request = function()
+  n = n + 1
+  local rules = {}
+  for j = 0, ${RULES - 1} do
+    local host
+    if j % 2 == 1 then host = '"svc' .. j .. '.example.com"' else host = '"198.51.100.' .. j .. '/32"' end
+    rules[#rules + 1] = '{"host":' .. host .. ',"port":' .. (1 + (n + j) % 65535) .. ',"protocol":"tcp"}'
+  end
+  local body = '{"mode":"allowlist","rules":[' .. table.concat(rules, ",") .. ']}'
+  return wrk.format("PUT", "/api/v1/computers/bench-" .. (n % ${COMPUTERS}) .. "/network-policy?wait=0", nil, body)
+end
+${done}`;
+}
+
+async function runWrk(base: string, script: string, seconds: number): Promise<Load> {
+  const { stdout } = await execFileAsync(
+    WRK,
+    ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '-s', script, base],
+    {
+      timeout: (seconds + 30) * 1000,
+    },
+  );
+  const line = stdout.split('\n').find((l) => l.startsWith('WRKJSON '));
+  if (!line) throw new Error(`wrk printed no summary:\n${stdout}`);
+  const j = JSON.parse(line.slice('WRKJSON '.length)) as Record<string, number>;
+  return {
+    requests: j['requests'] ?? 0,
+    seconds: (j['duration_us'] ?? 1) / 1e6,
+    p50Ms: (j['p50_us'] ?? 0) / 1000,
+    p99Ms: (j['p99_us'] ?? 0) / 1000,
+    non2xx: j['non2xx'] ?? 0,
+    errors: j['errors'] ?? 0,
+  };
+}
+
+async function runAutocannon(base: string, kind: 'get' | 'put', seconds: number): Promise<Load> {
+  const name = 'autocannon';
+  const autocannon = ((await import(name)) as { default: Autocannon }).default;
+  let n = 0;
+  const request =
+    kind === 'get'
+      ? {
+          method: 'GET',
+          setupRequest: (req: Record<string, unknown>) => ({
+            ...req,
+            path: `/api/v1/computers/bench-${n++ % COMPUTERS}/network-policy`,
+          }),
+        }
+      : {
+          method: 'PUT',
+          setupRequest: (req: Record<string, unknown>) => {
+            const i = n++;
+            return {
+              ...req,
+              path: `/api/v1/computers/bench-${i % COMPUTERS}/network-policy?wait=0`,
+              body: policyBody(i),
+            };
+          },
+        };
+  const r = await autocannon({
+    url: base,
+    connections: CONNECTIONS,
+    duration: seconds,
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+    requests: [request],
+  });
+  return {
+    requests: r.requests.total,
+    seconds: r.duration,
+    p50Ms: r.latency.p50,
+    p99Ms: r.latency.p99,
+    non2xx: r.non2xx,
+    errors: r.errors,
+  };
+}
+
+async function startServer(redisUrl: string, port: number, workers: number): Promise<ChildProcess> {
+  const server = spawn(process.execPath, [SERVER], {
+    env: {
+      PATH: process.env['PATH'] ?? '',
+      REDIS_URL: redisUrl,
+      EGRESSD_ADMIN_KEY: ADMIN_KEY,
+      EGRESSD_API_LISTEN: `127.0.0.1:${port}`,
+      EGRESSD_DEFAULT_NODE: 'bench-node',
+      EGRESSD_API_WORKERS: String(workers),
+      EGRESSD_LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  // Bounded: up to 10 s for every worker to answer (readiness is per process; ask a few times).
+  let ready = 0;
+  for (let i = 0; i < 100 && ready < 2 * workers; i++) {
+    const ok = await fetch(`http://127.0.0.1:${port}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) ready++;
+    else await new Promise((r) => setTimeout(r, 100));
+  }
+  if (ready === 0) throw new Error('the API server did not come up within 10 s');
+  return server;
+}
+
+async function stopServer(server: ChildProcess): Promise<void> {
+  if (server.pid === undefined || server.exitCode !== null || server.signalCode !== null) return;
+  const exited = once(server, 'exit');
+  process.kill(server.pid, 'SIGTERM');
+  await exited;
+}
+
 async function main(): Promise<void> {
   let redis: TestRedis | undefined;
   let server: ChildProcess | undefined;
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'egressd-bench-'));
   try {
     redis = await startRedis({ tcp: true });
-    const port = await freePort();
-    const base = `http://127.0.0.1:${port}`;
-    server = spawn(process.execPath, [SERVER], {
-      env: {
-        PATH: process.env['PATH'] ?? '',
-        REDIS_URL: redis.url,
-        EGRESSD_ADMIN_KEY: ADMIN_KEY,
-        EGRESSD_API_LISTEN: `127.0.0.1:${port}`,
-        EGRESSD_DEFAULT_NODE: 'bench-node',
-        EGRESSD_LOG_LEVEL: 'warn',
-      },
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
-    const auth = { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' };
-    // Bounded: up to 10 s for the server to answer.
-    let up = false;
-    for (let i = 0; i < 100 && !up; i++) {
-      up = await fetch(`${base}/readyz`).then(
-        (r) => r.ok,
-        () => false,
-      );
-      if (!up) await new Promise((r) => setTimeout(r, 100));
-    }
-    if (!up) throw new Error('the API server did not come up within 10 s');
-    for (let i = 0; i < COMPUTERS; i++) {
-      const id = `bench-${i}`;
-      await fetch(`${base}/api/v1/computers/${id}`, {
-        method: 'PUT',
-        headers: auth,
-        body: JSON.stringify({ cgroup: `bench/${id}` }),
-      });
-      await fetch(`${base}/api/v1/computers/${id}/network-policy?wait=0`, {
-        method: 'PUT',
-        headers: auth,
-        body: policyBody(i),
-      });
-    }
-
-    const name = 'autocannon';
-    const autocannon = ((await import(name)) as { default: Autocannon }).default;
-    const run = async (title: string, options: Record<string, unknown>): Promise<Result> => {
-      const r = await autocannon({
-        url: base,
-        connections: CONNECTIONS,
-        duration: DURATION,
-        headers: auth,
-        ...options,
-      });
-      return {
-        name: title,
-        requests_per_second: Math.round(r.requests.average),
-        latency_p50_ms: r.latency.p50,
-        latency_p99_ms: r.latency.p99,
-        requests: r.requests.total,
-        non_2xx: r.non2xx,
-        errors: r.errors,
-      };
-    };
-    let n = 0;
     const results: Result[] = [];
-    // Warm-up (JIT, connections), not reported.
-    await run('warm-up', { duration: 2, path: '/api/v1/computers/bench-0/network-policy' });
-    results.push(
-      await run('GET /computers/{id}/network-policy', {
-        requests: [
-          {
-            method: 'GET',
-            setupRequest: (req: Record<string, unknown>) => ({
-              ...req,
-              path: `/api/v1/computers/bench-${n++ % COMPUTERS}/network-policy`,
-            }),
-          },
-        ],
-      }),
-    );
-    results.push(
-      await run('PUT /computers/{id}/network-policy?wait=0', {
-        requests: [
-          {
-            method: 'PUT',
-            setupRequest: (req: Record<string, unknown>) => {
-              const i = n++;
-              return {
-                ...req,
-                path: `/api/v1/computers/bench-${i % COMPUTERS}/network-policy?wait=0`,
-                body: policyBody(i),
-              };
-            },
-          },
-        ],
-      }),
-    );
+    const scripts = { get: path.join(dir, 'get.lua'), put: path.join(dir, 'put.lua') };
+    await writeFile(scripts.get, wrkScript('get'));
+    await writeFile(scripts.put, wrkScript('put'));
+    const load = (base: string, kind: 'get' | 'put', seconds: number) =>
+      TOOL === 'wrk' ? runWrk(base, scripts[kind], seconds) : runAutocannon(base, kind, seconds);
+
+    for (const workers of WORKERS) {
+      const port = await freePort();
+      const base = `http://127.0.0.1:${port}`;
+      server = await startServer(redis.url, port, workers);
+      const headers = { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' };
+      for (let i = 0; i < COMPUTERS; i++) {
+        const id = `bench-${i}`;
+        const r = await fetch(`${base}/api/v1/computers/${id}`, {
+          method: 'PUT',
+          headers,
+          body: JSON.stringify({ cgroup: `bench/${id}` }),
+        });
+        if (!r.ok) throw new Error(`register ${id}: ${r.status}`);
+        await fetch(`${base}/api/v1/computers/${id}/network-policy?wait=0`, {
+          method: 'PUT',
+          headers,
+          body: policyBody(i),
+        });
+      }
+      await load(base, 'get', 2); // warm-up (JIT, connections), not reported
+      for (const [kind, name] of [
+        ['get', 'GET /computers/{id}/network-policy'],
+        ['put', 'PUT /computers/{id}/network-policy?wait=0'],
+      ] as const) {
+        const l = await load(base, kind, DURATION);
+        results.push({
+          name,
+          workers,
+          requests_per_second: Math.round(l.requests / l.seconds),
+          latency_p50_ms: Math.round(l.p50Ms * 100) / 100,
+          latency_p99_ms: Math.round(l.p99Ms * 100) / 100,
+          requests: l.requests,
+          non_2xx: l.non2xx,
+          errors: l.errors,
+        });
+      }
+      await stopServer(server);
+      server = undefined;
+    }
 
     const machine = `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, node ${process.version}`;
     console.log(
-      `\nAPI benchmark: ${machine}; ${CONNECTIONS} connections, ${DURATION} s each, ${RULES} rules per policy\n`,
+      `\nAPI benchmark (${TOOL}): ${machine}; ${CONNECTIONS} connections, ${DURATION} s each, ${RULES} rules per policy, ${COMPUTERS} computers\n`,
     );
-    console.log('| request | req/s | p50 ms | p99 ms | requests | non-2xx | errors |');
-    console.log('|---|---:|---:|---:|---:|---:|---:|');
+    console.log('| request | API workers | req/s | p50 ms | p99 ms | requests | non-2xx | errors |');
+    console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
     for (const r of results) {
       console.log(
-        `| ${r.name} | ${r.requests_per_second} | ${r.latency_p50_ms} | ${r.latency_p99_ms} | ${r.requests} | ${r.non_2xx} | ${r.errors} |`,
+        `| ${r.name} | ${r.workers} | ${r.requests_per_second} | ${r.latency_p50_ms} | ${r.latency_p99_ms} | ${r.requests} | ${r.non_2xx} | ${r.errors} |`,
       );
     }
-    console.log(
-      `\n${JSON.stringify({ machine, connections: CONNECTIONS, duration_s: DURATION, rules: RULES, results }, null, 2)}`,
-    );
+    const summary = {
+      tool: TOOL,
+      machine,
+      connections: CONNECTIONS,
+      duration_s: DURATION,
+      rules: RULES,
+      results,
+    };
+    console.log(`\n${JSON.stringify(summary, null, 2)}`);
   } finally {
-    if (server?.pid !== undefined && server.exitCode === null) {
-      const exited = once(server, 'exit');
-      process.kill(server.pid, 'SIGTERM');
-      await exited;
-    }
+    if (server) await stopServer(server);
     await redis?.cleanup();
+    await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -54,6 +54,12 @@ export interface ApiConfig {
    */
   streamMaxLen: number;
   /**
+   * Processes serving requests (node:cluster; the API is stateless, so they
+   * share nothing but Redis). 1 serves in the main process.
+   * @default 1 (env EGRESSD_API_WORKERS)
+   */
+  workers: number;
+  /**
    * pino log level.
    * @default 'info' (env EGRESSD_LOG_LEVEL)
    */
@@ -70,6 +76,7 @@ export const DEFAULT_API_CONFIG: Readonly<ApiConfig> = Object.freeze({
   bodyLimitBytes: 1024 * 1024,
   maxRules: 10_000,
   streamMaxLen: 10_000,
+  workers: 1,
   logLevel: 'info',
 });
 
@@ -83,6 +90,7 @@ const ENV: Record<keyof ApiConfig, string> = {
   bodyLimitBytes: 'EGRESSD_BODY_LIMIT',
   maxRules: 'EGRESSD_MAX_RULES',
   streamMaxLen: 'EGRESSD_STREAM_MAXLEN',
+  workers: 'EGRESSD_API_WORKERS',
   logLevel: 'EGRESSD_LOG_LEVEL',
 };
 
@@ -109,6 +117,7 @@ export function resolveConfig(
   if (!/^[^:]*:\d+$|^\[[0-9a-fA-F:.]+\]:\d+$/.test(config.listen)) {
     throw new ConfigError(`listen "${config.listen}" must be host:port, for example 127.0.0.1:8080`);
   }
+  if (config.workers < 1) throw new ConfigError('workers must be at least 1');
   const adminKey = config.adminKey;
   Object.defineProperty(config, 'adminKey', { value: adminKey, enumerable: false, writable: false });
   return config;
