@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError as ApiConfigError } from '../../api/src/config.js';
 import { computersCommand, describeError, policyCommand, runCommand } from './cli/commands.js';
-import { type ServeMode, serve } from './cli/serve.js';
+import type { ServeMode } from './cli/serve.js';
 import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
 
@@ -57,7 +57,8 @@ async function main(argv: string[]): Promise<number> {
     case 'all':
     case 'agent':
     case 'api':
-      await serve(command as ServeMode, config, env);
+      // Loaded only here: the client commands need neither libbpf nor Koa.
+      await (await import('./cli/serve.js')).serve(command as ServeMode, config, env);
       return 0;
     case 'policy':
       await policyCommand(ctx, rest, values);
