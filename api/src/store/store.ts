@@ -191,7 +191,7 @@ export class Store {
       enableOfflineQueue: true,
       maxRetriesPerRequest: null,
       commandTimeout: undefined,
-      enableAutoPipelining: true,
+      enableAutoPipelining: false,
     });
     sub.on('error', () => {});
     sub.on('message', (_channel: string, message: string) => {
@@ -532,7 +532,7 @@ export class Store {
         this.blocking = new Redis({
           ...redisOptions(this.options.url, this.options.commandTimeoutMs ?? 2000),
           commandTimeout: undefined,
-          enableAutoPipelining: true,
+          enableAutoPipelining: false,
         });
         this.blocking.on('error', () => {});
         await this.guard(() => this.blocking!.connect());
