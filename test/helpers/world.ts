@@ -29,12 +29,30 @@
  * target loopback (checked before they start): nothing in the host's own
  * namespace sends to a non-loopback address.
  *
+ * The servers run with --report: every connection and datagram they see is
+ * in `serverEvents()`. They never block on that output: when the test's event
+ * loop is busy (execFileSync, a tight loop), events are dropped instead.
+ *
+ * Teardown: destroy() in test.after.always / t.teardown. A process.on('exit')
+ * hook does the same synchronously if a test process exits without it, and
+ * createWorld() first sweeps worlds whose owning process was killed (see
+ * OWNER_DIR and sweepStaleWorlds()).
+ *
  * Setup failures throw with what is missing ("needs root", "no cgroup2
  * mount", "ip netns add failed: ..."); privileged tests never skip.
  */
 import { type ChildProcess, execFile, execFileSync, type SpawnOptions, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -65,6 +83,12 @@ export const WORLD_ADDRESSES = {
 export const WORLD_PORTS: readonly number[] = [80, 443, 5353, 8080];
 /** A port nothing listens on in the world namespace: TCP connects fail with ECONNREFUSED. */
 export const CLOSED_PORT = 9;
+
+/**
+ * One file per live world, `<id>` holding "<owner pid> <owner start time>",
+ * so that sweepStaleWorlds() can remove what a killed test process left.
+ */
+export const OWNER_DIR = '/run/egressd-test';
 
 const KILL_GRACE_MS = 2000;
 const READY_TIMEOUT_MS = 5000;
@@ -192,6 +216,95 @@ function isLoopbackTarget(addr: string): boolean {
   }
 }
 
+/** Field 22 of /proc/<pid>/stat (start time in clock ticks), or undefined when there is no such process. */
+function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function populated(cgroup: string): boolean {
+  try {
+    return /^populated 1$/m.test(readFileSync(path.join(cgroup, 'cgroup.events'), 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** Every cgroup directory under `root`, deepest first, `root` last ([] if it does not exist). */
+function cgroupTree(root: string): string[] {
+  const dirs: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(dir, e.name));
+    }
+    dirs.push(dir);
+  };
+  if (existsSync(root)) walk(root);
+  return dirs;
+}
+
+/**
+ * Synchronous, best-effort removal of a world's kernel objects: kills what is
+ * in its cgroups, removes them, its pins, its netns and its owner record.
+ */
+function removeWorldSync(id: string, cgroupMount: string): void {
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch {
+      // best effort: the caller cannot do more
+    }
+  };
+  const root = path.join(cgroupMount, `egressd-test-${id}`);
+  attempt(() => {
+    if (populated(root)) writeFileSync(path.join(root, 'cgroup.kill'), '1');
+  });
+  for (let i = 0; i < 100 && populated(root); i++) sleepSync(20);
+  for (const dir of cgroupTree(root)) attempt(() => rmdirSync(dir));
+  attempt(() => rmSync(`/sys/fs/bpf/egressd-test-${id}`, { recursive: true, force: true }));
+  if (existsSync(`/run/netns/egt-${id}`)) {
+    attempt(() => execFileSync('ip', ['netns', 'del', `egt-${id}`], { stdio: 'ignore' }));
+  }
+  attempt(() => rmSync(path.join(OWNER_DIR, id), { force: true }));
+  removeOwnerDirIfEmpty();
+}
+
+function removeOwnerDirIfEmpty(): void {
+  try {
+    rmdirSync(OWNER_DIR);
+  } catch {
+    // not empty (another world is alive) or already gone
+  }
+}
+
+/**
+ * Removes worlds whose owning process is gone (killed before its teardown
+ * ran). createWorld() calls it; worlds of live test processes are left alone.
+ * Returns the ids it removed.
+ */
+export function sweepStaleWorlds(cgroupMount = findCgroup2Mount()): string[] {
+  if (!existsSync(OWNER_DIR)) return [];
+  const removed: string[] = [];
+  for (const id of readdirSync(OWNER_DIR)) {
+    if (!/^[0-9a-f]{6}$/.test(id)) continue;
+    let owner: string[] = [];
+    try {
+      owner = readFileSync(path.join(OWNER_DIR, id), 'utf8').trim().split(' ');
+    } catch {
+      continue;
+    }
+    const [pid, start] = owner;
+    if (pid && start && processStartTime(Number(pid)) === start) continue;
+    removeWorldSync(id, cgroupMount);
+    removed.push(id);
+  }
+  return removed;
+}
+
 function parseLines(text: string): ProbeResult[] {
   return text
     .split('\n')
@@ -200,6 +313,8 @@ function parseLines(text: string): ProbeResult[] {
 }
 
 export class World {
+  /** The world's 6 hex digits, in every name it creates. */
+  readonly id: string;
   /** Network namespace name, e.g. egt-1a2b3c. */
   readonly netnsName: string;
   /** /run/netns/<netnsName> */
@@ -222,6 +337,7 @@ export class World {
   private readonly exitHook = () => this.destroySync();
 
   constructor(id: string, cgroupMount: string, ports: readonly number[]) {
+    this.id = id;
     this.netnsName = `egt-${id}`;
     this.netnsPath = `/run/netns/${this.netnsName}`;
     this.cgroupMount = cgroupMount;
@@ -329,6 +445,19 @@ export class World {
 
   /** @internal */
   async setup(): Promise<void> {
+    // Written whole, then renamed: a concurrent sweep never reads a half-written
+    // record. Retried when another world's teardown removed the empty OWNER_DIR.
+    const record = path.join(OWNER_DIR, this.id);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        mkdirSync(OWNER_DIR, { recursive: true });
+        writeFileSync(`${record}.tmp`, `${process.pid} ${processStartTime(process.pid)}\n`);
+        renameSync(`${record}.tmp`, record);
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 5) throw err;
+      }
+    }
     try {
       ensureBpffs(this.pinDir);
     } catch (err) {
@@ -525,27 +654,6 @@ export class World {
 
   // ---- teardown ----
 
-  /** Every cgroup directory under the root, deepest first, the root last. */
-  private cgroupDirs(): string[] {
-    const dirs: string[] = [];
-    const walk = (dir: string) => {
-      for (const e of readdirSync(dir, { withFileTypes: true })) {
-        if (e.isDirectory()) walk(path.join(dir, e.name));
-      }
-      dirs.push(dir);
-    };
-    if (existsSync(this.cgroupRoot)) walk(this.cgroupRoot);
-    return dirs;
-  }
-
-  private cgroupPopulated(): boolean {
-    try {
-      return /^populated 1$/m.test(readFileSync(path.join(this.cgroupRoot, 'cgroup.events'), 'utf8'));
-    } catch {
-      return false;
-    }
-  }
-
   private async doDestroy(): Promise<void> {
     const errors: string[] = [];
     const step = async (what: string, fn: () => unknown) => {
@@ -567,16 +675,16 @@ export class World {
 
     await step('emptying cgroups', async () => {
       if (!existsSync(this.cgroupRoot)) return;
-      if (this.cgroupPopulated()) writeFileSync(path.join(this.cgroupRoot, 'cgroup.kill'), '1');
+      if (populated(this.cgroupRoot)) writeFileSync(path.join(this.cgroupRoot, 'cgroup.kill'), '1');
       const deadline = Date.now() + CGROUP_EMPTY_TIMEOUT_MS;
-      while (this.cgroupPopulated()) {
+      while (populated(this.cgroupRoot)) {
         if (Date.now() >= deadline)
           throw new Error(`processes remain in ${this.cgroupRoot} after cgroup.kill`);
         await sleep(20);
       }
     });
     await step('removing cgroups', () => {
-      for (const dir of this.cgroupDirs()) rmdirSync(dir);
+      for (const dir of cgroupTree(this.cgroupRoot)) rmdirSync(dir);
     });
     await step('removing pins', () => rmSync(this.pinDir, { recursive: true, force: true }));
     if (this.netnsCreated) {
@@ -595,27 +703,24 @@ export class World {
       });
     }
     process.off('exit', this.exitHook);
+    if (!errors.length) {
+      rmSync(path.join(OWNER_DIR, this.id), { force: true });
+      removeOwnerDirIfEmpty();
+    }
     if (errors.length) throw new Error(`world ${this.netnsName} teardown: ${errors.join('; ')}`);
   }
 
   /** Best-effort synchronous cleanup for process exit (when destroy() was never called or not finished). */
   private destroySync(): void {
-    const attempt = (fn: () => void) => {
+    for (const c of this.children) {
+      if (!alive(c)) continue;
       try {
-        fn();
+        c.kill('SIGKILL');
       } catch {
-        // best effort: nothing more can be done at exit
+        // already gone
       }
-    };
-    for (const c of this.children) if (alive(c)) attempt(() => c.kill('SIGKILL'));
-    attempt(() => {
-      if (existsSync(this.cgroupRoot)) writeFileSync(path.join(this.cgroupRoot, 'cgroup.kill'), '1');
-    });
-    for (let i = 0; i < 100 && this.cgroupPopulated(); i++) sleepSync(20);
-    for (const dir of this.cgroupDirs()) attempt(() => rmdirSync(dir));
-    attempt(() => rmSync(this.pinDir, { recursive: true, force: true }));
-    if (this.netnsCreated)
-      attempt(() => execFileSync('ip', ['netns', 'del', this.netnsName], { stdio: 'ignore' }));
+    }
+    removeWorldSync(this.id, this.cgroupMount);
   }
 }
 
@@ -631,6 +736,7 @@ export async function createWorld(opts: WorldOptions = {}): Promise<World> {
   } catch (err) {
     throw new Error(`no cgroup2 mount: ${errorText(err)}`, { cause: err });
   }
+  sweepStaleWorlds(mount);
   const world = new World(hex(3), mount, opts.ports ?? WORLD_PORTS);
   try {
     await world.setup();

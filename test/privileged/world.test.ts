@@ -2,9 +2,19 @@
  * Tests of the test world itself (test/helpers/world.ts and build/probe),
  * without any BPF: the namespace, its servers, cgroups and teardown.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import test from 'ava';
-import { CLOSED_PORT, createWorld, opTarget, type World } from '../helpers/world.js';
+import {
+  CLOSED_PORT,
+  createWorld,
+  OWNER_DIR,
+  opTarget,
+  sweepStaleWorlds,
+  type World,
+} from '../helpers/world.js';
 
 let world: World;
 
@@ -107,4 +117,42 @@ test('destroy() removes netns, cgroups, pins and processes, and is idempotent', 
   t.false(existsSync(w.pinDir));
   t.not(leftover.child.exitCode ?? leftover.child.signalCode, null);
   await t.throwsAsync(w.probe({}, 'raw4'), { message: /destroyed/ });
+});
+
+test('sweepStaleWorlds() removes the world of a test process that was killed', async (t) => {
+  const helper = new URL('../helpers/world.js', import.meta.url).href;
+  const script = `const m = await import(${JSON.stringify(helper)}); const w = await m.createWorld(); console.log(w.id); setTimeout(() => {}, 30000);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  const id = await new Promise<string>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`world helper exited with ${code}`)));
+    createInterface({ input: child.stdout! }).once('line', resolve);
+  });
+  t.true(existsSync(`/run/netns/egt-${id}`));
+  t.false(sweepStaleWorlds().includes(id), 'a live owner keeps its world');
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('exit', resolve));
+  t.true(sweepStaleWorlds().includes(id));
+  t.false(existsSync(`/run/netns/egt-${id}`));
+  t.false(existsSync(`${world.cgroupRoot}/../egressd-test-${id}`));
+  t.false(existsSync(`/sys/fs/bpf/egressd-test-${id}`));
+  t.false(existsSync(`${OWNER_DIR}/${id}`));
+});
+
+test('spawn() runs any command in the world netns and a cgroup', async (t) => {
+  world.makeCgroup('spawned');
+  const child = world.spawn('sleep', ['30'], { cgroup: 'spawned' });
+  t.teardown(() => child.kill('SIGKILL'));
+  const deadline = Date.now() + 3000;
+  const cmdline = () => readFileSync(`/proc/${child.pid}/cmdline`, 'utf8');
+  // nsenter and sh exec the command, so the child's pid ends up being sleep's.
+  while (!cmdline().startsWith('sleep') && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  t.deepEqual(world.cgroupProcs('spawned'), [child.pid]);
+  t.is(readlinkSync(`/proc/${child.pid}/ns/net`), `net:[${statSync(world.netnsPath).ino}]`);
 });
