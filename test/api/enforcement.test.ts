@@ -138,5 +138,11 @@ test('node snapshot: every computer of a node with policy and version, and the s
   t.deepEqual(await h.store.readChanges('snap', snap.streamId), []);
   t.is(await h.store.firstChangeId('snap'), changes[0]?.streamId ?? 'none');
   const empty = await h.store.listComputersOfNode('nobody-here');
-  t.deepEqual(empty, { streamId: '0-0', computers: [] });
+  t.deepEqual(empty, { streamId: '0-0', seq: 0, computers: [] });
+  t.is(snap.seq, changes.at(-1)?.seq ?? -1, 'the snapshot carries the seq of its last record');
+  t.deepEqual(
+    changes.map((c) => c.seq),
+    changes.map((_, i) => i + 1),
+    'records are numbered 1, 2, 3, ... per node',
+  );
 });

@@ -73,8 +73,11 @@ export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestR
         ...listen,
         '--save',
         '',
+        // Data survives stop() (SIGKILL) and restart(), as with a real outage of a persistent Redis.
         '--appendonly',
-        'no',
+        'yes',
+        '--appendfsync',
+        'always',
         '--dir',
         dir,
         '--daemonize',

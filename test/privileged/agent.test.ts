@@ -7,6 +7,7 @@
 import { rmdirSync } from 'node:fs';
 import test from 'ava';
 import { pino } from 'pino';
+import { keys } from '../../api/src/store/keys.js';
 import { Store } from '../../api/src/store/store.js';
 import { Agent } from '../../daemon/src/agent/agent.js';
 import { Enforcer } from '../../daemon/src/enforcer.js';
@@ -211,5 +212,134 @@ test.serial(
     const report = agent.report().find((c) => c.id === 'restart');
     t.is(report?.state, 'enforced');
     t.is(report?.enforcedVersion, pending.body.data.version);
+  },
+);
+
+test.serial(
+  'a change record the agent missed (trimmed from the stream) is repaired by a resync',
+  async (t) => {
+    const cgX = await register('trim-x');
+    const cgY = await register('trim-y');
+    t.is(
+      (await api.call('PUT', '/api/v1/computers/trim-x/network-policy', { body: { mode: 'isolated' } }))
+        .status,
+      200,
+    );
+    t.is(
+      (await api.call('PUT', '/api/v1/computers/trim-y/network-policy', { body: { mode: 'isolated' } }))
+        .status,
+      200,
+    );
+    // Behind the API's back and in one transaction (so the agent's blocked XREAD sees only the end
+    // state): x's policy changes with its record, the stream is trimmed to nothing, and y gets a record.
+    const redis = api.store.redis;
+    const version = await redis.incr(keys.version());
+    const stream = keys.nodeChanges('node-a');
+    const now = new Date().toISOString();
+    await redis
+      .multi()
+      .hset(
+        keys.policy('trim-x'),
+        'mode',
+        'allowlist',
+        'rules',
+        '[{"host":"192.0.2.1","protocol":"tcp"}]',
+        'version',
+        version,
+        'updated_at',
+        now,
+      )
+      .xadd(
+        stream,
+        '*',
+        'computer_id',
+        'trim-x',
+        'kind',
+        'policy',
+        'version',
+        version,
+        'cgroup',
+        '',
+        'at',
+        now,
+      )
+      .xtrim(stream, 'MAXLEN', 0)
+      .xadd(
+        stream,
+        '*',
+        'computer_id',
+        'trim-y',
+        'kind',
+        'policy',
+        'version',
+        version,
+        'cgroup',
+        '',
+        'at',
+        now,
+      )
+      .exec();
+    const ack = await store.waitEnforced('trim-x', version, 5000);
+    t.is(ack?.version, version, 'the agent noticed the gap and resynced');
+    t.deepEqual(await world.probeResults({ cgroup: cgX }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
+      'ok',
+      'EPERM',
+    ]);
+    t.deepEqual(await world.probeResults({ cgroup: cgY }, 'tcp:192.0.2.1:80'), ['EPERM']);
+  },
+);
+
+test.serial(
+  'two agents with different node names on one Redis each enforce only their own computers',
+  async (t) => {
+    const pinDirB = `${world.pinDir}/node-b`;
+    const enforcerB = Enforcer.open({ pinDir: pinDirB, cgroupRoot: world.cgroupMount });
+    const storeB = new Store({ url: api.redis.url });
+    await storeB.connect();
+    const agentB = new Agent({
+      store: storeB,
+      enforcer: enforcerB,
+      node: 'node-b',
+      cgroupRoot: world.cgroupMount,
+      log,
+      blockMs: 1000,
+    });
+    try {
+      await agentB.start();
+      const onA = world.makeCgroup('on-a');
+      const onB = world.makeCgroup('on-b');
+      t.is(
+        (await api.call('PUT', '/api/v1/computers/on-a', { body: { cgroup: onA.relative, node: 'node-a' } }))
+          .status,
+        201,
+      );
+      t.is(
+        (await api.call('PUT', '/api/v1/computers/on-b', { body: { cgroup: onB.relative, node: 'node-b' } }))
+          .status,
+        201,
+      );
+      for (const id of ['on-a', 'on-b']) {
+        t.is(
+          (await api.call('PUT', `/api/v1/computers/${id}/network-policy`, { body: { mode: 'isolated' } }))
+            .status,
+          200,
+        );
+      }
+      t.truthy(enforcer.state('on-a'));
+      t.is(enforcer.state('on-b'), undefined, 'agent A leaves node-b computers alone');
+      t.truthy(enforcerB.state('on-b'));
+      t.is(enforcerB.state('on-a'), undefined, 'agent B leaves node-a computers alone');
+      // Moving a computer to the other node moves its enforcement.
+      const moved = await api.call('PUT', '/api/v1/computers/on-a', {
+        body: { cgroup: onA.relative, node: 'node-b' },
+      });
+      t.is(moved.status, 200);
+      await waitFor('move to node-b', () => enforcerB.state('on-a') && !enforcer.state('on-a'));
+      t.deepEqual(await world.probeResults({ cgroup: onA.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+    } finally {
+      await agentB.stop();
+      await storeB.close();
+      enforcerB.close();
+    }
   },
 );

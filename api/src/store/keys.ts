@@ -24,6 +24,8 @@ export const keys = {
   nodeCgroups: (node: string) => `${PREFIX}node:${node}:cgroups`,
   /** Stream of change records for one node's agent (see ChangeRecord in store.ts). */
   nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
+  /** Counter: the `seq` of the node's last change record (the Lua scripts derive it as `<stream>:seq`). */
+  nodeChangeSeq: (node: string) => `${PREFIX}node:${node}:changes:seq`,
   /** Sorted set of the ids of one tenant's computers. */
   tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
   /** Counter: the one sequence that every version is drawn from, so versions never go back. */

@@ -8,6 +8,20 @@
  * Replies are flat arrays whose first element is a status word.
  */
 
+/**
+ * Lua prelude of every script that records a change: appends the record to a
+ * node's stream with a per-node sequence number (`seq`, from the counter
+ * `<stream>:seq`), so an agent can tell when records were trimmed away
+ * before it read them (a gap in seq) and resync.
+ */
+const APPEND_CHANGE = `
+local function appendChange(stream, maxlen, id, kind, v, cgroup, at)
+  local seq = redis.call('INCR', stream .. ':seq')
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+    'computer_id', id, 'kind', kind, 'version', v, 'cgroup', cgroup, 'at', at, 'seq', seq)
+end
+`;
+
 /** KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any). */
 export const GET_POLICY = `
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
@@ -23,7 +37,7 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
  *       now, node changes template, stream maxlen.
  * An unchanged policy is not rewritten: its version stays.
  */
-export const PUT_POLICY = `
+export const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
@@ -35,8 +49,7 @@ if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
 end
 local v = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'version', v, 'updated_at', ARGV[6])
-redis.call('XADD', string.format(ARGV[7], c[2]), 'MAXLEN', '~', ARGV[8], '*',
-  'computer_id', ARGV[2], 'kind', 'policy', 'version', v, 'cgroup', c[3], 'at', ARGV[6])
+appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])
 return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or ''}
 `;
 
@@ -46,7 +59,7 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or ''}
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
  *       node cgroups, node changes, tenant computers), stream maxlen.
  */
-export const PUT_COMPUTER = `
+export const PUT_COMPUTER = `${APPEND_CHANGE}
 local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tenant, tenantGiven, now = ARGV[6], ARGV[7] == '1', ARGV[8]
 local tNodeComputers, tNodeCgroups, tNodeChanges, tTenantComputers = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -77,8 +90,7 @@ if exists then
   end
   if old[2] ~= node then
     redis.call('ZREM', string.format(tNodeComputers, old[2]), id)
-    redis.call('XADD', string.format(tNodeChanges, old[2]), 'MAXLEN', '~', maxlen, '*',
-      'computer_id', id, 'kind', 'computer-deleted', 'version', v, 'cgroup', old[3], 'at', now)
+    appendChange(string.format(tNodeChanges, old[2]), maxlen, id, 'computer-deleted', v, old[3], now)
   end
   if old[1] ~= tenant and old[1] ~= '' then
     redis.call('ZREM', string.format(tTenantComputers, old[1]), id)
@@ -98,8 +110,7 @@ if placed then
     redis.call('DEL', KEYS[3])
     redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'version', v, 'updated_at', now)
   end
-  redis.call('XADD', string.format(tNodeChanges, node), 'MAXLEN', '~', maxlen, '*',
-    'computer_id', id, 'kind', 'computer', 'version', v, 'cgroup', cgroup, 'at', now)
+  appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
 end
 return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
 `;
@@ -109,7 +120,7 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
  * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
  *       node changes, tenant computers), stream maxlen.
  */
-export const DELETE_COMPUTER = `
+export const DELETE_COMPUTER = `${APPEND_CHANGE}
 local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
@@ -121,8 +132,7 @@ if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
   redis.call('HDEL', string.format(ARGV[5], c[2]), c[3])
 end
 if c[1] ~= '' then redis.call('ZREM', string.format(ARGV[7], c[1]), id) end
-redis.call('XADD', string.format(ARGV[6], c[2]), 'MAXLEN', '~', ARGV[8], '*',
-  'computer_id', id, 'kind', 'computer-deleted', 'version', v, 'cgroup', c[3], 'at', now)
+appendChange(string.format(ARGV[6], c[2]), ARGV[8], id, 'computer-deleted', v, c[3], now)
 return {'ok', tostring(v)}
 `;
 
@@ -146,7 +156,7 @@ return 1
  */
 export const NODE_SNAPSHOT = `
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local out = {last[1] and last[1][1] or '0-0'}
+local out = {last[1] and last[1][1] or '0-0', redis.call('GET', KEYS[2] .. ':seq') or '0'}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local c = redis.call('HMGET', string.format(ARGV[1], id), 'cgroup', 'tenant')
   local p = redis.call('HMGET', string.format(ARGV[2], id), 'mode', 'rules', 'version', 'updated_at')

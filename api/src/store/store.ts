@@ -77,11 +77,15 @@ export interface ChangeRecord {
   version: number;
   cgroup: string;
   at: string;
+  /** Per-node sequence number: consecutive unless records were trimmed before they were read. */
+  seq: number;
 }
 
 /** A node's full state, for an agent's resync: follow the stream from `streamId`. */
 export interface NodeSnapshot {
   streamId: string;
+  /** `seq` of the record at streamId: the next record to read has seq + 1. */
+  seq: number;
   computers: Array<{
     id: string;
     cgroup: string;
@@ -161,6 +165,7 @@ export function redisOptions(url: string, commandTimeoutMs: number): RedisOption
 export class Store {
   readonly redis: Redis;
   private subscriber: Redis | undefined;
+  private subscribed: Promise<unknown> | undefined;
   private blocking: Redis | undefined;
   private readonly streamMaxLen: string;
   private readonly waitPollMs: number;
@@ -177,14 +182,19 @@ export class Store {
     this.waitPollMs = options.waitPollMs ?? 500;
   }
 
-  /** Connects (and subscribes to acknowledgements). Rejects if Redis cannot be reached now. */
+  /**
+   * Connects, and subscribes to acknowledgements. Rejects if Redis cannot be
+   * reached now; the clients keep reconnecting in the background all the
+   * same (a server may start before Redis and answer 503 until it is up).
+   */
   async connect(): Promise<void> {
+    const subscribed = this.subscribe();
     if (this.redis.status === 'wait') await this.redis.connect();
-    await this.subscribe();
+    await subscribed;
   }
 
-  private async subscribe(): Promise<void> {
-    if (this.subscriber) return;
+  private subscribe(): Promise<unknown> {
+    if (this.subscribed) return this.subscribed;
     const sub = new Redis({
       ...redisOptions(this.options.url, this.options.commandTimeoutMs ?? 2000),
       // Subscriptions are not request-bound: queue them until connected, and resubscribe after reconnects.
@@ -192,6 +202,7 @@ export class Store {
       maxRetriesPerRequest: null,
       commandTimeout: undefined,
       enableAutoPipelining: false,
+      lazyConnect: false,
     });
     sub.on('error', () => {});
     sub.on('message', (_channel: string, message: string) => {
@@ -199,8 +210,8 @@ export class Store {
       for (const wake of this.waiters.get(id) ?? []) wake();
     });
     this.subscriber = sub;
-    await sub.connect();
-    await sub.subscribe(channels.enforced);
+    this.subscribed = sub.subscribe(channels.enforced);
+    return this.subscribed;
   }
 
   async close(): Promise<void> {
@@ -494,7 +505,7 @@ export class Store {
       [templates.computer, templates.policy],
     )) as string[];
     const computers: NodeSnapshot['computers'] = [];
-    for (let i = 1; i + 7 <= r.length; i += 7) {
+    for (let i = 2; i + 7 <= r.length; i += 7) {
       const [
         id = '',
         cgroup = '',
@@ -513,7 +524,7 @@ export class Store {
         updatedAt,
       });
     }
-    return { streamId: r[0] ?? '0-0', computers };
+    return { streamId: r[0] ?? '0-0', seq: Number(r[1] ?? 0), computers };
   }
 
   /**
@@ -628,5 +639,6 @@ function toChange(streamId: string, fields: string[]): ChangeRecord {
     version: Number(f['version'] ?? 0),
     cgroup: f['cgroup'] ?? '',
     at: f['at'] ?? '',
+    seq: Number(f['seq'] ?? 0),
   };
 }

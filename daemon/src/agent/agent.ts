@@ -15,7 +15,6 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
-import { keys } from '../../../api/src/store/keys.js';
 import type { Store } from '../../../api/src/store/store.js';
 import type { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
@@ -61,6 +60,7 @@ export class Agent {
   private readonly unacked = new Set<string>();
   private readonly watcher: CgroupWatcher;
   private streamId = '0-0';
+  private seq = 0;
   private running: Promise<void> | undefined;
   private stopping = false;
   private wake: (() => void) | undefined;
@@ -118,14 +118,17 @@ export class Agent {
           count: 500,
           blockMs: this.opts.blockMs ?? 5000,
         });
-        if (changes.length > 0 && (await this.missedChanges())) {
-          needResync = true;
-          continue;
-        }
         const ids = new Set<string>();
         for (const change of changes) {
+          if (change.seq !== this.seq + 1) {
+            // Records between were trimmed (MAXLEN) before we read them.
+            this.log.warn({ expected: this.seq + 1, got: change.seq }, 'missed change records: resyncing');
+            needResync = true;
+            break;
+          }
           ids.add(change.computerId);
           this.streamId = change.streamId;
+          this.seq = change.seq;
         }
         for (const id of ids) await this.refresh(id);
         backoff = 100;
@@ -142,16 +145,6 @@ export class Agent {
         backoff = Math.min(backoff * 2, this.opts.maxBackoffMs ?? 5000);
       }
     }
-  }
-
-  /** True when the stream's MAXLEN trimming deleted records after our position (Redis 7 tells). */
-  private async missedChanges(): Promise<boolean> {
-    const info = (await this.opts.store.guard(() =>
-      this.opts.store.redis.call('XINFO', 'STREAM', keys.nodeChanges(this.opts.node)),
-    )) as unknown[];
-    const at = info.indexOf('max-deleted-entry-id');
-    const deleted = at >= 0 ? String(info[at + 1]) : '0-0';
-    return compareStreamIds(deleted, this.streamId) > 0;
   }
 
   private sleep(ms: number): Promise<void> {
@@ -177,6 +170,7 @@ export class Agent {
     for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
     for (const state of this.opts.enforcer.list()) if (!seen.has(state.id)) this.forget(state.id);
     this.streamId = snapshot.streamId;
+    this.seq = snapshot.seq;
     await this.flushAcks();
     this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
   }
