@@ -84,8 +84,8 @@ export async function preflight(pinDir: string): Promise<{ cgroupMount: string }
   return { cgroupMount };
 }
 
-export function requireRoot(): void {
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+export function requireRoot(uid = process.getuid?.() ?? 0): void {
+  if (uid !== 0) {
     throw new EgressdError(
       'NOT_ROOT',
       'egressd loads BPF programs and attaches them to cgroups: run it as root (or as the systemd unit)',
