@@ -44,7 +44,11 @@ async function serve(config: ApiConfig, logger: pino.Logger): Promise<void> {
     logger.warn('EGRESSD_ADMIN_KEY is not set: only tenant keys are accepted');
   }
   const store = new Store({ url: config.redisUrl, streamMaxLen: config.streamMaxLen });
-  await store.connect();
+  try {
+    await store.connect();
+  } catch (err) {
+    logger.warn({ err }, 'Redis is unreachable: answering 503 until it is back');
+  }
   const app = createApp({ store, config, logger });
   const { host, port } = parseListen(config.listen);
   const server = app.listen(port, host, () =>
