@@ -1,5 +1,11 @@
 /** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
+import { once } from 'node:events';
+import { createServer } from 'node:http';
 import test from 'ava';
+import { createApp } from '../../api/src/app.js';
+import { resolveConfig } from '../../api/src/config.js';
+import { Store } from '../../api/src/store/store.js';
+import { startRedis } from '../helpers/redis.js';
 import { type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;
@@ -81,4 +87,49 @@ test.serial('Redis stopped: 503 store_unavailable at once; restarted: service re
   const r = await pending;
   t.is(r.status, 200, 'acknowledgements reach waiters again after the restart');
   t.is(r.body.data.enforcement.state, 'enforced');
+});
+
+test.serial('an API started while Redis is down answers 503, then serves once Redis is up', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.cleanup());
+  await redis.stop();
+  const store = new Store({ url: redis.url, waitPollMs: 60_000 });
+  t.teardown(() => store.close());
+  await t.throwsAsync(() => store.connect());
+  const config = resolveConfig({ adminKey: 'k', defaultNode: 'late-node', waitTimeoutMs: 10_000 }, {});
+  const server = createServer(createApp({ store, config }).callback()).listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const call = (method: string, path: string, body?: unknown) =>
+    fetch(base + path, {
+      method,
+      headers: { authorization: 'Bearer k', 'content-type': 'application/json' },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+  t.is((await call('GET', '/api/v1/computers')).status, 503);
+  await redis.restart();
+  let status = 0;
+  for (let i = 0; i < 100 && status !== 200; i++) {
+    status = (await call('GET', '/api/v1/computers')).status;
+    if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+  }
+  t.is(status, 200);
+  t.is((await call('PUT', '/api/v1/computers/late', { cgroup: 'late' })).status, 201);
+  // The ack subscription was queued while Redis was down: a waiter is woken by it
+  // (waitPollMs is a minute, so only the notification can end this wait in time).
+  const pending = call('PUT', '/api/v1/computers/late/network-policy?wait=10000', { mode: 'isolated' });
+  let version = 0;
+  for (let i = 0; i < 100 && version === 0; i++) {
+    const changes = await store.readChanges('late-node', '0-0', { blockMs: 50 });
+    version = changes.find((c) => c.kind === 'policy')?.version ?? 0;
+  }
+  const started = Date.now();
+  await store.ackEnforced('late', version);
+  const r = await pending;
+  t.is(r.status, 200);
+  t.true(Date.now() - started < 5000);
 });
