@@ -8,6 +8,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -62,6 +63,18 @@ export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestR
   const port = options.tcp ? await freePort() : 0;
   const address = options.tcp ? { port } : { path: socketPath };
   let child: ChildProcess | undefined;
+  // Safety net for a test process that exits without cleanup(): end the server (by its pid) and remove the directory.
+  const onExit = () => {
+    if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('exit', onExit);
 
   const start = async () => {
     const listen = options.tcp
@@ -115,6 +128,7 @@ export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestR
   } catch (err) {
     await stop();
     await rm(dir, { recursive: true, force: true });
+    process.off('exit', onExit);
     throw err;
   }
   return {
@@ -127,6 +141,7 @@ export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestR
     cleanup: async () => {
       await stop();
       await rm(dir, { recursive: true, force: true });
+      process.off('exit', onExit);
     },
   };
 }
