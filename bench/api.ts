@@ -1,5 +1,6 @@
 /**
- * API throughput on this machine: a real redis-server (127.0.0.1), the API
+ * API throughput on this machine: a real redis-server (127.0.0.1, append-only
+ * file fsynced every second, Redis's usual production setting), the API
  * server as a child process (node dist/api/src/server.js, with 1 and then 2
  * worker processes), and a load generator: wrk when installed (C, so it
  * takes less of the machine's two cores), otherwise autocannon. Measures GET
@@ -218,7 +219,7 @@ async function main(): Promise<void> {
   let server: ChildProcess | undefined;
   const dir = await mkdtemp(path.join(os.tmpdir(), 'egressd-bench-'));
   try {
-    redis = await startRedis({ tcp: true });
+    redis = await startRedis({ tcp: true, appendfsync: 'everysec' });
     const results: Result[] = [];
     const scripts = { get: path.join(dir, 'get.lua'), put: path.join(dir, 'put.lua') };
     await writeFile(scripts.get, wrkScript('get'));

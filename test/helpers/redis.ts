@@ -57,7 +57,19 @@ async function serverPid(address: { path: string } | { port: number }): Promise<
   });
 }
 
-export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestRedis> {
+export interface TestRedisOptions {
+  /** Listen on 127.0.0.1 at a free port instead of a unix socket. */
+  tcp?: boolean;
+  /**
+   * When the append-only file is fsynced: 'always' (no acknowledged write is
+   * ever lost, what the tests want) or 'everysec' (Redis's usual production
+   * setting, for benchmarks).
+   * @default 'always'
+   */
+  appendfsync?: 'always' | 'everysec';
+}
+
+export async function startRedis(options: TestRedisOptions = {}): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), 'egressd-redis-'));
   const socketPath = join(dir, 'redis.sock');
   const port = options.tcp ? await freePort() : 0;
@@ -90,7 +102,7 @@ export async function startRedis(options: { tcp?: boolean } = {}): Promise<TestR
         '--appendonly',
         'yes',
         '--appendfsync',
-        'always',
+        options.appendfsync ?? 'always',
         '--dir',
         dir,
         '--daemonize',
