@@ -9,6 +9,7 @@
  * entries are deleted by sweep(), after an RCU grace period, so no program
  * that read the old id can see a half-deleted policy.
  */
+import { createHash } from 'node:crypto';
 import {
   closeSync,
   existsSync,
@@ -75,6 +76,10 @@ interface Installed {
   v4: Buffer;
   v6: Buffer;
   ports: Buffer;
+  /** Computers whose storage points at this id. */
+  refs: number;
+  /** Content hash of the compiled entries; '' when unknown (adopted from pins). */
+  hash: string;
 }
 
 const MODE_NAMES = Object.fromEntries(Object.entries(MODE).map(([k, v]) => [v, k])) as Record<
@@ -90,6 +95,8 @@ export class Enforcer {
   private readonly computersDir: string;
   private readonly cgroupRoot: string;
   private readonly installed = new Map<number, Installed>();
+  /** Content hash → policy id: computers with the same rules share one set of entries. */
+  private readonly byHash = new Map<string, number>();
   private retired: number[] = [];
   private nextPolicyId: number;
   private sweeping: Promise<void> | undefined;
@@ -150,7 +157,7 @@ export class Enforcer {
     const cgroupFd = openSync(target.path, 'r');
     try {
       for (const [i, hook] of HOOKS.entries()) {
-        this.attachHook(dir, cgroupFd, target.id, hook);
+        this.attachHook(dir, cgroupFd, hook);
         // The storage exists once the first hook is attached: write the policy
         // before any connect or sendmsg hook can judge with it.
         if (i === 0) this.install(target.id, policy, version);
@@ -164,38 +171,19 @@ export class Enforcer {
     return { cgroupId: target.id, attached: true };
   }
 
-  private attachHook(dir: string, cgroupFd: number, cgroupId: bigint, hook: (typeof HOOKS)[number]): void {
+  /**
+   * Links one hook and pins the link. An unpinned link lives only as long as
+   * the fd of the process that made it, so an agent that dies between the
+   * two steps leaves no attachment behind: nothing to adopt, nothing doubled.
+   */
+  private attachHook(dir: string, cgroupFd: number, hook: (typeof HOOKS)[number]): void {
     const pin = path.join(dir, hook.name);
-    const prog = this.obj.programs[hook.name];
-    // A link of ours already on this cgroup without a pin (an agent died between
-    // attach and pin): adopt it rather than attach a second time.
-    if (bpf.progQuery(cgroupFd, hook.attachType).includes(prog.id)) {
-      const orphan = this.findLink(prog.id, cgroupId);
-      if (orphan !== undefined) {
-        if (existsSync(pin)) unlinkSync(pin);
-        bpf.objPin(orphan, pin);
-        bpf.closeFd(orphan);
-        return;
-      }
-    }
-    const link = bpf.linkCreate(prog.fd, cgroupFd, hook.attachType);
+    const link = bpf.linkCreate(this.obj.programs[hook.name].fd, cgroupFd, hook.attachType);
     try {
-      if (existsSync(pin)) unlinkSync(pin);
       bpf.objPin(link, pin);
     } finally {
       bpf.closeFd(link);
     }
-  }
-
-  private findLink(progId: number, cgroupId: bigint): number | undefined {
-    for (const linkId of bpf.linkIds()) {
-      const fd = bpf.linkFdById(linkId);
-      if (fd === undefined) continue;
-      const info = this.linkInfo(fd);
-      if (info.progId === progId && info.cgroupId === cgroupId) return fd;
-      bpf.closeFd(fd);
-    }
-    return undefined;
   }
 
   private linkInfo(fd: number): { progId: number; cgroupId: bigint } {
@@ -238,7 +226,11 @@ export class Enforcer {
     this.install(linked.cgroupId, policy, version);
   }
 
-  /** Writes the policy's entries under a fresh id, then switches the computer to it in one write. */
+  /**
+   * Writes the policy's entries under a fresh id (or reuses the id of
+   * identical entries already installed: they are never changed in place),
+   * then switches the computer to it in one write.
+   */
   private install(cgroupId: bigint, policy: Policy, version: bigint): void {
     const compiled = compile(policy);
     const key = encodeCgroupKey(cgroupId);
@@ -247,17 +239,25 @@ export class Enforcer {
     const oldPolicyId = had ? decodeComputer(previous).policyId : 0;
     let policyId = 0;
     if (compiled.prefixes.length > 0) {
-      policyId = this.allocatePolicyId();
-      this.writeEntries(policyId, compiled);
+      const hash = contentHash(compiled);
+      const shared = this.byHash.get(hash);
+      if (shared !== undefined) {
+        policyId = shared;
+      } else {
+        policyId = this.allocatePolicyId();
+        this.writeEntries(policyId, compiled, hash);
+        this.byHash.set(hash, policyId);
+      }
+      this.installed.get(policyId)!.refs++;
     }
     const value: ComputerValue = { mode: compiled.mode, policyId, version };
     try {
       bpf.mapUpdate(this.obj.maps.computers, key, encodeComputer(value));
     } catch (err) {
-      if (policyId) this.deleteEntries(policyId);
+      if (policyId) this.release(policyId);
       throw err;
     }
-    if (oldPolicyId) this.retire(oldPolicyId);
+    if (oldPolicyId) this.release(oldPolicyId);
   }
 
   private allocatePolicyId(): number {
@@ -272,12 +272,18 @@ export class Enforcer {
     return id;
   }
 
-  private writeEntries(policyId: number, compiled: CompiledPolicy): void {
+  private writeEntries(policyId: number, compiled: CompiledPolicy, hash: string): void {
     const byFamily = {
       4: compiled.prefixes.filter((p) => p.family === 4),
       6: compiled.prefixes.filter((p) => p.family === 6),
     };
-    const installed: Installed = { v4: Buffer.alloc(0), v6: Buffer.alloc(0), ports: Buffer.alloc(0) };
+    const installed: Installed = {
+      v4: Buffer.alloc(0),
+      v6: Buffer.alloc(0),
+      ports: Buffer.alloc(0),
+      refs: 0,
+      hash,
+    };
     this.installed.set(policyId, installed);
     try {
       for (const family of [4, 6] as const) {
@@ -326,10 +332,20 @@ export class Enforcer {
   private deleteEntries(policyId: number): void {
     const entries = this.installed.get(policyId);
     if (!entries) return;
+    if (this.byHash.get(entries.hash) === policyId) this.byHash.delete(entries.hash);
     deleteMany(this.obj.maps.rules_v4, entries.v4, ruleKeySize(4));
     deleteMany(this.obj.maps.rules_v6, entries.v6, ruleKeySize(6));
     deleteMany(this.obj.maps.rule_ports, entries.ports, PORT_KEY_SIZE);
     this.installed.delete(policyId);
+  }
+
+  /** One computer fewer uses `policyId`; the last one out retires it. */
+  private release(policyId: number): void {
+    const entries = this.installed.get(policyId);
+    if (entries && --entries.refs > 0) return;
+    // No new computer may pick it up from now on: its deletion is queued.
+    if (entries && this.byHash.get(entries.hash) === policyId) this.byHash.delete(entries.hash);
+    this.retire(policyId);
   }
 
   private retire(policyId: number): void {
@@ -395,7 +411,7 @@ export class Enforcer {
       unlinkSync(pin);
     }
     rmdirSync(dir);
-    if (oldPolicyId) this.retire(oldPolicyId);
+    if (oldPolicyId) this.release(oldPolicyId);
   }
 
   /** Every computer with pins, with what the kernel holds for it. */
@@ -465,10 +481,12 @@ export class Enforcer {
 
   /** Rebuilds the index of installed entries from the maps; ids no computer uses are retired. */
   private rebuildIndex(): void {
-    const live = new Set<number>();
+    const live = new Map<number, number>();
     const value = Buffer.alloc(LAYOUT.egress_computer.size);
     for (const key of allKeys(this.obj.maps.computers, 8)) {
-      if (bpf.mapLookup(this.obj.maps.computers, key, value)) live.add(decodeComputer(value).policyId);
+      if (!bpf.mapLookup(this.obj.maps.computers, key, value)) continue;
+      const id = decodeComputer(value).policyId;
+      live.set(id, (live.get(id) ?? 0) + 1);
     }
     const grouped = new Map<number, { v4: Buffer[]; v6: Buffer[]; ports: Buffer[] }>();
     const group = (id: number) => {
@@ -486,10 +504,13 @@ export class Enforcer {
     for (const key of allKeys(this.obj.maps.rule_ports, PORT_KEY_SIZE))
       group(readPortKeyPolicyId(key)).ports.push(key);
     for (const [id, g] of grouped) {
+      // Adopted entries are not shared with new policies (their hash is unknown), only released.
       this.installed.set(id, {
         v4: Buffer.concat(g.v4),
         v6: Buffer.concat(g.v6),
         ports: Buffer.concat(g.ports),
+        refs: live.get(id) ?? 0,
+        hash: '',
       });
       if (!live.has(id)) this.retired.push(id);
       if (id >= this.nextPolicyId) this.nextPolicyId = id + 1;
@@ -511,6 +532,16 @@ export class Enforcer {
     this.closed = true;
     closeLoaded(this.obj);
   }
+}
+
+/** Identifies compiled entries independently of their policy id. */
+function contentHash(compiled: CompiledPolicy): string {
+  const h = createHash('sha256');
+  for (const p of compiled.prefixes)
+    h.update(`${p.family}|${p.bytes.join('.')}|${p.prefixLen}|${p.anyPortProtos}|${p.portSet};`);
+  h.update('#');
+  for (const e of compiled.ports) h.update(`${e.portSet}|${e.port}|${e.proto};`);
+  return h.digest('base64');
 }
 
 /** Every key of a map (get_next_key walk); for start-up and small maps. */

@@ -55,14 +55,15 @@ export function resolveCgroup(relative: string, mount = findCgroup2Mount()): { p
     throw new EgressdError('BAD_CGROUP', `cgroup path "${relative}" must stay inside the cgroup2 mount`);
   }
   const full = path.join(mount, clean);
-  if (!existsSync(full)) {
+  const stat = statSync(full, { bigint: true, throwIfNoEntry: false });
+  if (!stat?.isDirectory()) {
     throw new EgressdError(
       'CGROUP_MISSING',
       `cgroup "${relative}" does not exist under ${mount}: create it first (mkdir ${full}) or fix the path`,
     );
   }
   // On cgroup2 a directory's inode number is the cgroup id the kernel uses.
-  return { path: full, id: statSync(full, { bigint: true }).ino };
+  return { path: full, id: stat.ino };
 }
 
 /**

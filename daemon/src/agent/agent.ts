@@ -250,19 +250,22 @@ export class Agent {
     void this.flushAcks().catch(() => {});
   }
 
-  /** Writes the acknowledgements not yet written; failed ones stay queued for the next try. */
+  /** Writes the acknowledgements not yet written, pipelined; failed ones stay queued for the next try. */
   private async flushAcks(): Promise<void> {
-    for (const id of [...this.unacked]) {
-      const version = this.enforced.get(id);
-      this.unacked.delete(id);
-      if (version === undefined) continue;
-      try {
-        await this.opts.store.ackEnforced(id, version, new Date(), this.opts.node);
-      } catch (err) {
-        this.unacked.add(id);
-        throw err;
-      }
-    }
+    const ids = [...this.unacked];
+    this.unacked.clear();
+    const at = new Date();
+    const results = await Promise.allSettled(
+      ids.map(async (id) => {
+        const version = this.enforced.get(id);
+        if (version !== undefined) await this.opts.store.ackEnforced(id, version, at, this.opts.node);
+      }),
+    );
+    const failed = results.flatMap((r, i) =>
+      r.status === 'rejected' ? [{ id: ids[i]!, reason: r.reason }] : [],
+    );
+    for (const f of failed) this.unacked.add(f.id);
+    if (failed[0]) throw failed[0].reason;
   }
 
   /** Desired vs. enforced version per computer. */

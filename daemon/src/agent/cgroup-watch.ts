@@ -1,18 +1,26 @@
 /**
  * Tells the agent when a computer's cgroup appears or disappears, with
- * inotify (fs.watch) on the deepest existing ancestor of each path: no
- * polling. cgroup2 reports mkdir and rmdir of child directories as events
- * on the parent.
+ * inotify (fs.watch) on the parent of each path, or on its deepest existing
+ * ancestor while the parent is missing: no polling. cgroup2 reports mkdir
+ * and rmdir of child directories as events on the parent. Each watched
+ * directory knows the ids below it, so an event costs one stat per id there,
+ * and tracking N computers costs O(N).
  */
 import { existsSync, type FSWatcher, watch } from 'node:fs';
 import path from 'node:path';
 
+interface Tracked {
+  path: string;
+  present: boolean;
+  /** The directory whose watcher covers this id. */
+  dir: string;
+}
+
 export class CgroupWatcher {
-  /** Computer id → absolute cgroup path. */
-  private readonly paths = new Map<string, string>();
-  /** Last known existence of each id's path. */
-  private readonly present = new Map<string, boolean>();
-  private readonly watchers = new Map<string, FSWatcher>();
+  private readonly tracked = new Map<string, Tracked>();
+  /** Watched directory → its watcher and the ids it covers. */
+  private readonly dirs = new Map<string, { watcher: FSWatcher | undefined; ids: Set<string> }>();
+  private readonly dirty = new Set<string>();
   private scheduled = false;
   private closed = false;
 
@@ -24,85 +32,99 @@ export class CgroupWatcher {
 
   /** Watches `fullPath` for the computer `id` (replacing an earlier path). */
   track(id: string, fullPath: string): void {
-    this.paths.set(id, fullPath);
-    this.present.set(id, existsSync(fullPath));
-    this.rewatch();
+    const old = this.tracked.get(id);
+    if (old?.path === fullPath) return;
+    if (old) this.unwatch(id, old.dir);
+    const entry: Tracked = { path: fullPath, present: existsSync(fullPath), dir: '' };
+    this.tracked.set(id, entry);
+    this.place(id, entry);
   }
 
   untrack(id: string): void {
-    this.paths.delete(id);
-    this.present.delete(id);
-    this.rewatch();
-  }
-
-  tracked(): string[] {
-    return [...this.paths.keys()];
+    const old = this.tracked.get(id);
+    if (!old) return;
+    this.tracked.delete(id);
+    this.unwatch(id, old.dir);
   }
 
   close(): void {
     this.closed = true;
-    for (const w of this.watchers.values()) w.close();
-    this.watchers.clear();
+    for (const d of this.dirs.values()) d.watcher?.close();
+    this.dirs.clear();
   }
 
-  /** The directories to watch: each path's parent if it exists, else its deepest existing ancestor. */
-  private wanted(): Set<string> {
-    const dirs = new Set<string>();
-    for (const full of this.paths.values()) {
-      let dir = path.dirname(full);
-      while (dir.length > this.root.length && !existsSync(dir)) dir = path.dirname(dir);
-      dirs.add(dir);
-      // Also the path itself when it exists: a nested cgroup below it is not our business,
-      // but its own removal shows on the parent, which is already watched.
+  /** Watches the parent of the id's path, or its deepest existing ancestor. */
+  private place(id: string, entry: Tracked): void {
+    let dir = path.dirname(entry.path);
+    while (dir.length > this.root.length && !existsSync(dir)) dir = path.dirname(dir);
+    entry.dir = dir;
+    let d = this.dirs.get(dir);
+    if (!d) {
+      d = { watcher: this.open(dir), ids: new Set() };
+      this.dirs.set(dir, d);
     }
-    return dirs;
+    d.ids.add(id);
   }
 
-  private rewatch(): void {
+  private unwatch(id: string, dir: string): void {
+    const d = this.dirs.get(dir);
+    if (!d) return;
+    d.ids.delete(id);
+    if (d.ids.size === 0) {
+      d.watcher?.close();
+      this.dirs.delete(dir);
+    }
+  }
+
+  private open(dir: string): FSWatcher | undefined {
+    if (this.closed) return undefined;
+    try {
+      const w = watch(dir, { persistent: false }, () => this.schedule(dir));
+      w.on('error', () => this.schedule(dir));
+      return w;
+    } catch {
+      // Gone between the check and the watch: look again.
+      this.schedule(dir);
+      return undefined;
+    }
+  }
+
+  /** Coalesces bursts of events (a thousand sandboxes ending at once) into one check per directory. */
+  private schedule(dir: string): void {
     if (this.closed) return;
-    const wanted = this.wanted();
-    for (const [dir, w] of this.watchers) {
-      if (!wanted.has(dir)) {
-        w.close();
-        this.watchers.delete(dir);
-      }
-    }
-    for (const dir of wanted) {
-      if (this.watchers.has(dir)) continue;
-      try {
-        const w = watch(dir, { persistent: false }, () => this.schedule());
-        w.on('error', () => {
-          w.close();
-          this.watchers.delete(dir);
-          this.schedule();
-        });
-        this.watchers.set(dir, w);
-      } catch {
-        // The directory vanished between the check and the watch: look again.
-        this.schedule();
-      }
-    }
-  }
-
-  /** Coalesces bursts of events (a thousand sandboxes ending at once) into one check. */
-  private schedule(): void {
-    if (this.scheduled || this.closed) return;
+    this.dirty.add(dir);
+    if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.check();
+      const dirs = [...this.dirty];
+      this.dirty.clear();
+      for (const d of dirs) this.check(d);
     });
   }
 
-  private check(): void {
-    if (this.closed) return;
-    for (const [id, full] of this.paths) {
-      const now = existsSync(full);
-      if (now !== this.present.get(id)) {
-        this.present.set(id, now);
+  private check(dir: string): void {
+    const d = this.dirs.get(dir);
+    if (!d || this.closed) return;
+    const dirGone = !existsSync(dir);
+    for (const id of [...d.ids]) {
+      const entry = this.tracked.get(id);
+      if (!entry) continue;
+      const now = existsSync(entry.path);
+      // Re-place: deeper when missing ancestors appeared, higher when this directory went away.
+      if (dirGone || entry.dir !== path.dirname(entry.path)) {
+        this.unwatch(id, entry.dir);
+        this.place(id, entry);
+      }
+      if (now !== entry.present) {
+        entry.present = now;
         this.onChange(id, now);
       }
     }
-    this.rewatch();
+    if (dirGone) {
+      const stale = this.dirs.get(dir);
+      stale?.watcher?.close();
+      if (stale && stale.ids.size === 0) this.dirs.delete(dir);
+    }
   }
 }
