@@ -76,3 +76,35 @@ test.serial('retired policies leave no entries behind', async (t) => {
   await enforcer.sweep();
   t.deepEqual(enforcer.ruleEntryCounts(), { v4: 0, v6: 0, ports: 0 });
 });
+
+test.serial(
+  'computers with identical rules share one set of entries, and each keeps it while the other changes',
+  async (t) => {
+    const a = world.makeCgroup('share-a');
+    const b = world.makeCgroup('share-b');
+    enforcer.attach('share-a', a.relative, allowlist, 1n);
+    enforcer.attach('share-b', b.relative, { ...allowlist, rules: [...allowlist.rules].reverse() }, 1n);
+    const ids = enforcer
+      .list()
+      .filter((c) => c.id.startsWith('share-'))
+      .map((c) => c.policyId);
+    t.is(ids.length, 2);
+    t.is(ids[0], ids[1], 'one policy id for both');
+    const counts = enforcer.ruleEntryCounts();
+    enforcer.apply('share-a', denylist, 2n);
+    await enforcer.sweep();
+    t.deepEqual(await world.probeResults({ cgroup: b.path }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
+      'ok',
+      'EPERM',
+    ]);
+    t.deepEqual(
+      await world.probeResults({ cgroup: a.path }, 'udp-sendto:192.0.2.1:80', 'tcp:203.0.113.5:80'),
+      ['EPERM', 'ok'],
+    );
+    t.true(enforcer.ruleEntryCounts().v4 >= counts.v4, 'the shared entries stayed for share-b');
+    enforcer.detach('share-a');
+    enforcer.detach('share-b');
+    await enforcer.sweep();
+    t.deepEqual(enforcer.ruleEntryCounts(), { v4: 0, v6: 0, ports: 0 });
+  },
+);
