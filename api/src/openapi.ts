@@ -159,7 +159,11 @@ const schemas: Json = {
     properties: {
       cgroup: { type: 'string', description: 'Path relative to the cgroup2 mount' },
       node: { type: 'string', pattern: NODE_PATTERN, description: 'Default: the service default node' },
-      tenant: { type: 'string', pattern: ID_PATTERN },
+      tenant: {
+        type: ['string', 'null'],
+        pattern: ID_PATTERN,
+        description: 'Absent keeps the current tenant (none for a new computer); null sets none',
+      },
     },
   },
   Computer: {

@@ -101,7 +101,11 @@ const computerBody = z.strictObject({
     .string({ error: 'must be a string' })
     .regex(NODE_RE, { error: ID_MESSAGE.replace('128', '253') })
     .optional(),
-  tenant: z.string({ error: 'must be a string' }).regex(ID_RE, { error: ID_MESSAGE }).optional(),
+  tenant: z
+    .string({ error: 'must be a string, or null for none' })
+    .regex(ID_RE, { error: ID_MESSAGE })
+    .nullable()
+    .optional(),
 });
 export type ComputerBody = z.output<typeof computerBody>;
 

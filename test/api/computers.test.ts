@@ -22,6 +22,13 @@ test('PUT /computers/{id} creates (201) then updates (200); GET returns it', asy
   t.is(updated.body.data.created_at, created.body.data.created_at);
   const got = await h.call('GET', '/api/v1/computers/c-1');
   t.deepEqual(got.body.data, updated.body.data);
+  const kept = await h.call('PUT', '/api/v1/computers/c-1', { body: { cgroup: 'egressd/c-1b' } });
+  t.is(kept.body.data.tenant, 'acme', 'tenant absent keeps the tenant');
+  const cleared = await h.call('PUT', '/api/v1/computers/c-1', {
+    body: { cgroup: 'egressd/c-1b', tenant: null },
+  });
+  t.is(cleared.body.data.tenant, null, 'tenant null sets none');
+  t.deepEqual((await h.store.redis.zrange('egressd:tenant:acme:computers', 0, -1)).includes('c-1'), false);
 });
 
 test('moving a computer bumps its version and writes change records to both nodes', async (t) => {

@@ -401,11 +401,11 @@ export class Store {
   /**
    * Registers or updates a computer. `node` absent keeps the current node
    * (or takes `defaultNode` for a new computer); `tenant` absent keeps the
-   * current tenant (none for a new computer).
+   * current tenant (none for a new computer), null sets none.
    */
   async putComputer(
     id: string,
-    input: { cgroup: string; node?: string | undefined; tenant?: string | undefined },
+    input: { cgroup: string; node?: string | undefined; tenant?: string | null | undefined },
     options: { scope?: Scope; defaultNode?: string; now?: Date } = {},
   ): Promise<PutComputerResult> {
     const now = (options.now ?? new Date()).toISOString();
