@@ -37,7 +37,12 @@ export function createApp(options: AppOptions): App {
   const metrics = options.metrics ?? createMetrics();
   const app = new Koa<ApiState>() as App;
   app.proxy = false;
-  const deps: RouteDeps = { store, config, authenticator: new Authenticator(store, config.adminKey) };
+  const deps: RouteDeps = {
+    store,
+    config,
+    authenticator: new Authenticator(store, config.adminKey),
+    metrics,
+  };
 
   const router = new Router<ApiState>();
   healthRoutes(router, deps, metrics);

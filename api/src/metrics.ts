@@ -6,6 +6,10 @@ export interface ApiMetrics {
   requests: Counter<'method' | 'route' | 'status'>;
   duration: Histogram<'method' | 'route'>;
   storeUnavailable: Counter;
+  /** Policy changes by how they were answered: enforced (200) or pending (202). */
+  policyChanges: Counter<'result'>;
+  /** Time spent waiting for the agent's acknowledgement. */
+  enforcementWait: Histogram<'result'>;
 }
 
 export function createMetrics(registry = new Registry(), defaults = true): ApiMetrics {
@@ -23,6 +27,19 @@ export function createMetrics(registry = new Registry(), defaults = true): ApiMe
       help: 'HTTP request duration, by method and route',
       labelNames: ['method', 'route'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [registry],
+    }),
+    policyChanges: new Counter({
+      name: 'egressd_api_policy_changes_total',
+      help: 'Policy PUTs and DELETEs answered, by result: enforced (200) or pending (202)',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    enforcementWait: new Histogram({
+      name: 'egressd_api_enforcement_wait_seconds',
+      help: "Time a policy change waited for the agent's acknowledgement, by result",
+      labelNames: ['result'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers: [registry],
     }),
     storeUnavailable: new Counter({

@@ -4,6 +4,7 @@ import type { Middleware } from 'koa';
 import type { Authenticator, Principal } from '../auth.js';
 import type { ApiConfig } from '../config.js';
 import { ApiError } from '../errors.js';
+import type { ApiMetrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 
 export interface ApiState {
@@ -16,6 +17,7 @@ export interface RouteDeps {
   store: Store;
   config: ApiConfig;
   authenticator: Authenticator;
+  metrics: ApiMetrics;
 }
 
 /** Authenticates the bearer key into `ctx.state.principal` (401 otherwise). */

@@ -58,10 +58,14 @@ async function change(
     );
   }
   const record: PolicyRecord = result.record;
+  const started = process.hrtime.bigint();
   if (!isEnforced(record) && waitMs > 0) {
     record.enforced = (await deps.store.waitEnforced(id, record.version, waitMs)) ?? record.enforced;
   }
-  ctx.status = isEnforced(record) ? 200 : 202;
+  const state = isEnforced(record) ? 'enforced' : 'pending';
+  deps.metrics.policyChanges.inc({ result: state });
+  deps.metrics.enforcementWait.observe({ result: state }, Number(process.hrtime.bigint() - started) / 1e9);
+  ctx.status = state === 'enforced' ? 200 : 202;
   ctx.set('ETag', `"${record.version}"`);
   ctx.type = 'application/json';
   ctx.body = policyReplyJson(record);
