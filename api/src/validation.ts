@@ -19,11 +19,28 @@ const NODE_RE = new RegExp(NODE_PATTERN);
 
 const PORT_MESSAGE = 'must be an integer from 1 to 65535';
 
+/**
+ * normaliseHost is pure, and policies repeat the same hosts (github.com,
+ * pypi.org, ...) across computers, so successful results are memoised; the
+ * memo is dropped whole when it reaches MEMO_MAX entries. (Parsing a hostname
+ * costs tens of microseconds, most of it in ipaddr.js ruling out an address.)
+ */
+const MEMO_MAX = 50_000;
+const normalised = new Map<string, string>();
+function normaliseHostMemo(text: string): string {
+  const hit = normalised.get(text);
+  if (hit !== undefined) return hit;
+  const value = normaliseHost(text);
+  if (normalised.size >= MEMO_MAX) normalised.clear();
+  normalised.set(text, value);
+  return value;
+}
+
 const host = z
   .string({ error: 'must be a string: an address, a CIDR block or a hostname' })
   .transform((text, ctx) => {
     try {
-      return normaliseHost(text);
+      return normaliseHostMemo(text);
     } catch (err) {
       if (!(err instanceof HostError)) throw err;
       ctx.issues.push({ code: 'custom', message: err.message, input: text });
