@@ -6,7 +6,8 @@
  * takes less of the machine's two cores), otherwise autocannon. Measures GET
  * of a policy and PUT ?wait=0, spread over a set of computers; every PUT is
  * a real change (the rules' ports vary), so each writes a new version and a
- * change record. Prints a table and JSON.
+ * change record. A first row measures a bare node:http server (no Koa, no
+ * Redis) as the machine's baseline. Prints a table and JSON.
  *
  *   node dist/bench/api.js [--duration S] [--connections N] [--computers N] [--rules N]
  *                          [--workers 1,2] [--tool wrk|autocannon]
@@ -226,6 +227,47 @@ async function main(): Promise<void> {
     await writeFile(scripts.put, wrkScript('put'));
     const load = (base: string, kind: 'get' | 'put', seconds: number) =>
       TOOL === 'wrk' ? runWrk(base, scripts[kind], seconds) : runAutocannon(base, kind, seconds);
+
+    // Baseline: what this machine does with a bare node:http server answering a fixed JSON
+    // body (no Koa, no Redis), under the same load generator.
+    {
+      const port = await freePort();
+      const bare = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const body = JSON.stringify({ data: { computer_id: 'x', mode: 'unrestricted', rules: [] } });
+           require('node:http').createServer((req, res) => { res.setHeader('content-type', 'application/json'); res.end(body); })
+             .listen(${port}, '127.0.0.1');
+           process.on('SIGTERM', () => process.exit(0));`,
+        ],
+        { stdio: ['ignore', 'inherit', 'inherit'] },
+      );
+      server = bare;
+      for (let i = 0; i < 100; i++) {
+        const up = await fetch(`http://127.0.0.1:${port}/`).then(
+          (r) => r.ok,
+          () => false,
+        );
+        if (up) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const base = `http://127.0.0.1:${port}`;
+      await load(base, 'get', 2);
+      const l = await load(base, 'get', DURATION);
+      results.push({
+        name: 'baseline: bare node:http, fixed JSON (no Koa, no Redis)',
+        workers: 1,
+        requests_per_second: Math.round(l.requests / l.seconds),
+        latency_p50_ms: Math.round(l.p50Ms * 100) / 100,
+        latency_p99_ms: Math.round(l.p99Ms * 100) / 100,
+        requests: l.requests,
+        non_2xx: l.non2xx,
+        errors: l.errors,
+      });
+      await stopServer(bare);
+      server = undefined;
+    }
 
     for (const workers of WORKERS) {
       const port = await freePort();
