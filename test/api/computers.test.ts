@@ -56,6 +56,27 @@ test('moving a computer bumps its version and writes change records to both node
   );
 });
 
+test('a new cgroup on the same node: the old one is detached, the new one attached, with a new version', async (t) => {
+  await h.call('PUT', '/api/v1/computers/recg', { body: { cgroup: 'old/path', node: 'n-recg' } });
+  const r = await h.call('PUT', '/api/v1/computers/recg', { body: { cgroup: 'new/path' } });
+  t.is(r.status, 200);
+  const changes = await h.store.readChanges('n-recg', '0-0');
+  t.deepEqual(
+    changes.map((c) => [c.kind, c.cgroup]),
+    [
+      ['computer', 'old/path'],
+      ['computer-deleted', 'old/path'],
+      ['computer', 'new/path'],
+    ],
+  );
+  t.is(changes[1]?.version, changes[2]?.version);
+  t.true((changes[2]?.version ?? 0) > (changes[0]?.version ?? 0));
+  const other = await h.call('PUT', '/api/v1/computers/recg-2', {
+    body: { cgroup: 'old/path', node: 'n-recg' },
+  });
+  t.is(other.status, 201, 'the old cgroup is free again');
+});
+
 test('a cgroup belongs to one computer per node: 409', async (t) => {
   await h.call('PUT', '/api/v1/computers/own-1', { body: { cgroup: 'shared', node: 'n-cg' } });
   const r = await h.call('PUT', '/api/v1/computers/own-2', { body: { cgroup: 'shared', node: 'n-cg' } });

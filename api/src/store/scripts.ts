@@ -88,8 +88,9 @@ if exists then
       redis.call('HDEL', string.format(tNodeCgroups, old[2]), old[3])
     end
   end
-  if old[2] ~= node then
-    redis.call('ZREM', string.format(tNodeComputers, old[2]), id)
+  if old[2] ~= node then redis.call('ZREM', string.format(tNodeComputers, old[2]), id) end
+  if placed then
+    -- The old node's agent detaches the old cgroup (then, on the same node, attaches the new one).
     appendChange(string.format(tNodeChanges, old[2]), maxlen, id, 'computer-deleted', v, old[3], now)
   end
   if old[1] ~= tenant and old[1] ~= '' then
