@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * egressd kernel programs: cgroup socket hooks that decide every outbound
- * connect() and unconnected sendto()/sendmsg() of a governed computer.
+ * connect() and unconnected sendto()/sendmsg() of a governed computer, and
+ * send its DNS through the agent's proxy.
  *
  * Precedence, for a computer in any mode but unrestricted (first match wins):
- *   1. destination is loopback and the socket is not in the agent's network
- *      namespace (a computer's own loopback)              -> allow
- *   2. destination is in an internal CIDR (agent config)  -> allow
- *   3. allowlist or isolated, TCP/UDP to port 53 (DNS)    -> allow
- *   4. allowlist: a rule matches -> allow, else deny
- *      denylist:  a rule matches -> deny,  else allow
+ *   1. TCP/UDP to port 53, any address (DNS)         -> redirected to the
+ *      computer's proxy port (refused when no proxy can be reached, or in
+ *      isolated mode with EGRESS_FLAG_BLOCK_DNS)
+ *   2. destination is a proxy port, not redirected   -> deny
+ *   3. destination is loopback and the socket is not in the agent's network
+ *      namespace (a computer's own loopback)          -> allow
+ *   4. destination is in an internal CIDR (agent config) -> allow
+ *   5. allowlist: a CIDR rule or a learned address (unexpired) matches -> allow,
+ *                 else deny
+ *      denylist:  a CIDR rule or a learned address matches -> deny, else allow
  *      isolated, pending (no policy written yet), unknown -> deny
  * IPv4-mapped IPv6 destinations (::ffff:a.b.c.d) are judged as IPv4.
  * Sockets other than TCP and UDP (raw, ICMP ping, SCTP, MPTCP, ...) cannot be
@@ -30,6 +35,10 @@
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
+#endif
+#ifndef AF_INET
+#define AF_INET 2
+#define AF_INET6 10
 #endif
 
 #define DNS_PORT 53
@@ -81,6 +90,29 @@ struct {
 } internal_v6 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESS_MAX_LEARNED);
+	__type(key, struct egress_learned_v4);
+	__type(value, struct egress_learned);
+} learned_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESS_MAX_LEARNED);
+	__type(key, struct egress_learned_v6);
+	__type(value, struct egress_learned);
+} learned_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EGRESS_MAX_DNS_SOCKETS);
+	__type(key, __u64);
+	__type(value, struct egress_dns_origin);
+} dns_origin SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, EGRESS_CONFIG_SLOTS);
 	__type(key, __u32);
@@ -108,6 +140,13 @@ struct {
 	.values = {[0] = &barrier_inner},
 };
 
+static __always_inline __u64 config_get(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&config, &slot);
+
+	return v ? *v : 0;
+}
+
 static __always_inline __u8 proto_bit(__u32 protocol)
 {
 	if (protocol == IPPROTO_TCP)
@@ -122,51 +161,123 @@ static __always_inline int is_dns(__u8 proto, __u16 port)
 	return port == DNS_PORT && (proto & (EGRESS_PROTO_TCP | EGRESS_PROTO_UDP));
 }
 
-/* True when the socket lives in another network namespace than the agent's. */
-static __always_inline int in_own_netns(struct bpf_sock_addr *ctx)
+/* True when the socket lives in the agent's network namespace (or no cookie is known yet). */
+static __always_inline int in_agent_netns(struct bpf_sock_addr *ctx)
 {
-	__u32 slot = EGRESS_CONFIG_AGENT_NETNS_COOKIE;
-	__u64 *agent = bpf_map_lookup_elem(&config, &slot);
+	__u64 agent = config_get(EGRESS_CONFIG_AGENT_NETNS_COOKIE);
 
-	/* No cookie written yet: treat as the agent's namespace (stricter). */
-	if (!agent || *agent == 0)
-		return 0;
-	return bpf_get_netns_cookie(ctx) != *agent;
+	return agent == 0 || bpf_get_netns_cookie(ctx) == agent;
 }
 
-static __always_inline int rule_matches(const struct egress_rule *rule, __u32 policy_id, __u8 proto,
+static __always_inline int is_proxy_port(__u16 port)
+{
+	__u64 range = config_get(EGRESS_CONFIG_DNS_PORTS);
+	__u16 min = range & 0xffff, max = (range >> 16) & 0xffff;
+
+	return min && port >= min && port <= max;
+}
+
+static __always_inline int is_v4_mapped(const __u32 ip6[4])
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int is_v6_loopback_or_any(const __u32 ip6[4])
+{
+	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && (ip6[3] == 0 || ip6[3] == bpf_htonl(1));
+}
+
+static __always_inline int port_matches(__u32 policy_id, __u32 port_set, __u8 any_port_protos, __u8 proto,
 					__u16 port)
 {
 	struct egress_port_key key = {};
 
-	if (!rule)
-		return 0;
-	if (rule->any_port_protos & proto)
+	if (any_port_protos & proto)
 		return 1;
-	if (!rule->port_set)
+	if (!port_set)
 		return 0;
 	key.policy_id = policy_id;
-	key.port_set = rule->port_set;
+	key.port_set = port_set;
 	key.port = port;
 	key.proto = proto;
 	return bpf_map_lookup_elem(&rule_ports, &key) != NULL;
 }
 
-/* Steps 3 and 4 of the precedence, once the address checks are done. */
-static __always_inline int mode_verdict(__u32 mode, int matched, __u8 proto, __u16 port)
+static __always_inline int rule_matches(const struct egress_rule *rule, __u32 policy_id, __u8 proto,
+					__u16 port)
+{
+	return rule && port_matches(policy_id, rule->port_set, rule->any_port_protos, proto, port);
+}
+
+static __always_inline int learned_matches(const struct egress_learned *l, __u32 policy_id, __u8 proto,
+					   __u16 port)
+{
+	return l && l->expires_ns > bpf_ktime_get_ns() &&
+	       port_matches(policy_id, l->port_set, l->any_port_protos, proto, port);
+}
+
+/* Step 5 of the precedence, once the address checks are done. */
+static __always_inline int mode_verdict(__u32 mode, int matched)
 {
 	switch (mode) {
 	case EGRESS_MODE_UNRESTRICTED:
 		return SYS_PROCEED;
 	case EGRESS_MODE_ALLOWLIST:
-		return matched || is_dns(proto, port) ? SYS_PROCEED : SYS_REJECT;
+		return matched ? SYS_PROCEED : SYS_REJECT;
 	case EGRESS_MODE_DENYLIST:
 		return matched ? SYS_REJECT : SYS_PROCEED;
-	case EGRESS_MODE_ISOLATED:
-		return is_dns(proto, port) ? SYS_PROCEED : SYS_REJECT;
 	default:
 		return SYS_REJECT;
 	}
+}
+
+/* Step 1: DNS may leave only through the proxy. */
+static __always_inline int dns_allowed(const struct egress_computer *c)
+{
+	if (!c->dns_port)
+		return 0;
+	if (c->mode == EGRESS_MODE_ISOLATED && (c->flags & EGRESS_FLAG_BLOCK_DNS))
+		return 0;
+	return 1;
+}
+
+static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const struct egress_dns_origin *origin)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	return bpf_map_update_elem(&dns_origin, &cookie, origin, BPF_ANY) == 0;
+}
+
+/* Where the proxy listens for this socket: loopback in the agent's namespace, else the configured address. */
+static __always_inline int is_v4_proxy(struct bpf_sock_addr *ctx, __u32 ip4)
+{
+	__u32 host = bpf_ntohl(ip4);
+
+	if (in_agent_netns(ctx))
+		return (host >> 24) == 127 || (host >> 24) == 0;
+	return ip4 == (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
+}
+
+/* Redirects an IPv4 DNS message to the proxy; the verdict. */
+static __always_inline int sock4_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4)
+{
+	struct egress_dns_origin origin = {.family = 4};
+	__u32 proxy = bpf_htonl(0x7f000001); /* 127.0.0.1 */
+
+	if (!dns_allowed(c))
+		return SYS_REJECT;
+	if (!in_agent_netns(ctx)) {
+		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
+		if (!proxy)
+			return SYS_REJECT;
+	}
+	origin.addr[0] = ip4;
+	origin.port = (__u16)ctx->user_port;
+	if (!remember_origin(ctx, &origin))
+		return SYS_REJECT;
+	ctx->user_ip4 = proxy;
+	ctx->user_port = bpf_htons(c->dns_port);
+	return SYS_PROCEED;
 }
 
 /* ip4 in network byte order, port in host byte order. */
@@ -176,23 +287,107 @@ static __always_inline int sock4_verdict(struct bpf_sock_addr *ctx, const struct
 	__u8 proto = proto_bit(ctx->protocol);
 	struct egress_internal_v4 ikey = {.prefixlen = 32};
 	struct egress_lpm_v4 key = {.prefixlen = 64};
+	struct egress_learned_v4 lkey = {};
 	__u32 host = bpf_ntohl(ip4);
+	int loopback = (host >> 24) == 127 || (host >> 24) == 0;
+	int matched;
 
-	/* 127.0.0.0/8, and 0.0.0.0/8 which the kernel also delivers locally. */
-	if (((host >> 24) == 127 || (host >> 24) == 0) && in_own_netns(ctx))
+	if (is_dns(proto, port))
+		return sock4_dns(ctx, c, ip4);
+	if (is_proxy_port(port) && is_v4_proxy(ctx, ip4))
+		return SYS_REJECT;
+	if (loopback && !in_agent_netns(ctx))
 		return SYS_PROCEED;
 	__builtin_memcpy(ikey.addr, &ip4, 4);
 	if (bpf_map_lookup_elem(&internal_v4, &ikey))
 		return SYS_PROCEED;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, &ip4, 4);
-	return mode_verdict(c->mode, rule_matches(bpf_map_lookup_elem(&rules_v4, &key), c->policy_id, proto, port),
-			    proto, port);
+	matched = rule_matches(bpf_map_lookup_elem(&rules_v4, &key), c->policy_id, proto, port);
+	if (!matched && c->learned_id) {
+		lkey.learned_id = c->learned_id;
+		__builtin_memcpy(lkey.addr, &ip4, 4);
+		matched = learned_matches(bpf_map_lookup_elem(&learned_v4, &lkey), c->policy_id, proto, port);
+	}
+	return mode_verdict(c->mode, matched);
 }
 
-static __always_inline int is_v4_mapped(const __u32 ip6[4])
+/* Where the proxy listens for this socket: ::1 in the agent's namespace, else the configured address. */
+static __always_inline int is_v6_proxy(struct bpf_sock_addr *ctx, const __u32 ip6[4])
 {
-	return ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff);
+	__u64 hi, lo;
+
+	if (in_agent_netns(ctx))
+		return is_v6_loopback_or_any(ip6);
+	hi = config_get(EGRESS_CONFIG_PROXY_V6_HI);
+	lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
+	if (!hi && !lo)
+		return 0;
+	return ip6[0] == (__u32)hi && ip6[1] == (__u32)(hi >> 32) && ip6[2] == (__u32)lo &&
+	       ip6[3] == (__u32)(lo >> 32);
+}
+
+/* Redirects an IPv6 DNS message to the proxy; the verdict. */
+static __always_inline int sock6_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, const __u32 ip6[4])
+{
+	struct egress_dns_origin origin = {.family = 6};
+	__u32 proxy[4] = {0, 0, 0, bpf_htonl(1)}; /* ::1 */
+
+	if (!dns_allowed(c))
+		return SYS_REJECT;
+	if (!in_agent_netns(ctx)) {
+		__u64 hi = config_get(EGRESS_CONFIG_PROXY_V6_HI), lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
+
+		if (!hi && !lo)
+			return SYS_REJECT;
+		proxy[0] = (__u32)hi;
+		proxy[1] = (__u32)(hi >> 32);
+		proxy[2] = (__u32)lo;
+		proxy[3] = (__u32)(lo >> 32);
+	}
+	origin.addr[0] = ip6[0];
+	origin.addr[1] = ip6[1];
+	origin.addr[2] = ip6[2];
+	origin.addr[3] = ip6[3];
+	origin.port = (__u16)ctx->user_port;
+	if (!remember_origin(ctx, &origin))
+		return SYS_REJECT;
+	/* Verifier: user_ip6 is written one 32-bit word at a time. */
+	ctx->user_ip6[0] = proxy[0];
+	ctx->user_ip6[1] = proxy[1];
+	ctx->user_ip6[2] = proxy[2];
+	ctx->user_ip6[3] = proxy[3];
+	ctx->user_port = bpf_htons(c->dns_port);
+	return SYS_PROCEED;
+}
+
+/* Redirects DNS sent to an IPv4-mapped address on an IPv6 socket, to the mapped 127.0.0.1 or proxy. */
+static __always_inline int sock6_mapped_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+					    const __u32 ip6[4])
+{
+	struct egress_dns_origin origin = {.family = 6};
+	__u32 proxy = bpf_htonl(0x7f000001);
+
+	if (!dns_allowed(c))
+		return SYS_REJECT;
+	if (!in_agent_netns(ctx)) {
+		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
+		if (!proxy)
+			return SYS_REJECT;
+	}
+	origin.addr[0] = ip6[0];
+	origin.addr[1] = ip6[1];
+	origin.addr[2] = ip6[2];
+	origin.addr[3] = ip6[3];
+	origin.port = (__u16)ctx->user_port;
+	if (!remember_origin(ctx, &origin))
+		return SYS_REJECT;
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+	ctx->user_ip6[3] = proxy;
+	ctx->user_port = bpf_htons(c->dns_port);
+	return SYS_PROCEED;
 }
 
 /* ip6 in network byte order, port in host byte order. */
@@ -202,20 +397,33 @@ static __always_inline int sock6_verdict(struct bpf_sock_addr *ctx, const struct
 	__u8 proto = proto_bit(ctx->protocol);
 	struct egress_internal_v6 ikey = {.prefixlen = 128};
 	struct egress_lpm_v6 key = {.prefixlen = 160};
-	int loopback_or_any = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 &&
-			      (ip6[3] == 0 || ip6[3] == bpf_htonl(1));
+	struct egress_learned_v6 lkey = {};
+	int loopback = is_v6_loopback_or_any(ip6);
+	int matched;
 
-	if (is_v4_mapped(ip6))
+	if (is_v4_mapped(ip6)) {
+		if (is_dns(proto, port))
+			return sock6_mapped_dns(ctx, c, ip6);
 		return sock4_verdict(ctx, c, ip6[3], port);
-	if (loopback_or_any && in_own_netns(ctx))
+	}
+	if (is_dns(proto, port))
+		return sock6_dns(ctx, c, ip6);
+	if (is_proxy_port(port) && is_v6_proxy(ctx, ip6))
+		return SYS_REJECT;
+	if (loopback && !in_agent_netns(ctx))
 		return SYS_PROCEED;
 	__builtin_memcpy(ikey.addr, ip6, 16);
 	if (bpf_map_lookup_elem(&internal_v6, &ikey))
 		return SYS_PROCEED;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, ip6, 16);
-	return mode_verdict(c->mode, rule_matches(bpf_map_lookup_elem(&rules_v6, &key), c->policy_id, proto, port),
-			    proto, port);
+	matched = rule_matches(bpf_map_lookup_elem(&rules_v6, &key), c->policy_id, proto, port);
+	if (!matched && c->learned_id) {
+		lkey.learned_id = c->learned_id;
+		__builtin_memcpy(lkey.addr, ip6, 16);
+		matched = learned_matches(bpf_map_lookup_elem(&learned_v6, &lkey), c->policy_id, proto, port);
+	}
+	return mode_verdict(c->mode, matched);
 }
 
 static __always_inline int sock4_judge(struct bpf_sock_addr *ctx)
@@ -227,6 +435,15 @@ static __always_inline int sock4_judge(struct bpf_sock_addr *ctx)
 	return sock4_verdict(ctx, c, ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port));
 }
 
+static __always_inline void read_ip6(struct bpf_sock_addr *ctx, __u32 ip6[4])
+{
+	/* Verifier: user_ip6 is read one 32-bit word at a time. */
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+}
+
 static __always_inline int sock6_judge(struct bpf_sock_addr *ctx)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
@@ -234,12 +451,60 @@ static __always_inline int sock6_judge(struct bpf_sock_addr *ctx)
 
 	if (c->mode == EGRESS_MODE_UNRESTRICTED)
 		return SYS_PROCEED;
-	/* Verifier: user_ip6 is read one 32-bit word at a time. */
-	ip6[0] = ctx->user_ip6[0];
-	ip6[1] = ctx->user_ip6[1];
-	ip6[2] = ctx->user_ip6[2];
-	ip6[3] = ctx->user_ip6[3];
+	read_ip6(ctx, ip6);
 	return sock6_verdict(ctx, c, ip6, bpf_ntohs((__u16)ctx->user_port));
+}
+
+/*
+ * Replies from the proxy (recvmsg) and the peer of a socket connected to it
+ * (getpeername) show the resolver the application asked. These hooks never
+ * refuse anything.
+ */
+static __always_inline void sock4_unproxy(struct bpf_sock_addr *ctx)
+{
+	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
+	struct egress_dns_origin *origin;
+	__u64 cookie;
+
+	if (!c->dns_port || bpf_ntohs((__u16)ctx->user_port) != c->dns_port || !is_v4_proxy(ctx, ctx->user_ip4))
+		return;
+	cookie = bpf_get_socket_cookie(ctx);
+	origin = bpf_map_lookup_elem(&dns_origin, &cookie);
+	if (origin && origin->family == 4) {
+		ctx->user_ip4 = origin->addr[0];
+		ctx->user_port = origin->port;
+	}
+}
+
+static __always_inline void sock6_unproxy(struct bpf_sock_addr *ctx)
+{
+	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
+	struct egress_dns_origin *origin;
+	__u64 cookie;
+	__u32 ip6[4];
+
+	if (!c->dns_port || bpf_ntohs((__u16)ctx->user_port) != c->dns_port)
+		return;
+	read_ip6(ctx, ip6);
+	if (is_v4_mapped(ip6) ? !is_v4_proxy(ctx, ip6[3]) : !is_v6_proxy(ctx, ip6))
+		return;
+	cookie = bpf_get_socket_cookie(ctx);
+	origin = bpf_map_lookup_elem(&dns_origin, &cookie);
+	if (!origin)
+		return;
+	if (origin->family == 4) {
+		/* Sent through sendmsg4 (a v6 socket to a mapped address): answer as the mapped resolver. */
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = origin->addr[0];
+	} else {
+		ctx->user_ip6[0] = origin->addr[0];
+		ctx->user_ip6[1] = origin->addr[1];
+		ctx->user_ip6[2] = origin->addr[2];
+		ctx->user_ip6[3] = origin->addr[3];
+	}
+	ctx->user_port = origin->port;
 }
 
 SEC("cgroup/connect4")
@@ -264,6 +529,34 @@ SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return sock6_judge(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int egress_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	sock4_unproxy(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/recvmsg6")
+int egress_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	sock6_unproxy(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int egress_getpeername4(struct bpf_sock_addr *ctx)
+{
+	sock4_unproxy(ctx);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int egress_getpeername6(struct bpf_sock_addr *ctx)
+{
+	sock6_unproxy(ctx);
+	return SYS_PROCEED;
 }
 
 /* Only plain TCP and UDP sockets exist in a governed computer. */

@@ -22,6 +22,17 @@
  *   port; otherwise, when port_set is not 0, {policy_id, port_set, port,
  *   proto} in "rule_ports" decides.
  * - Internal tries hold the agent's internal CIDRs, reachable in every mode.
+ * - DNS: in every mode but unrestricted, TCP and UDP to port 53 (any address)
+ *   are redirected to the agent's proxy: 127.0.0.1 / ::1 for sockets in the
+ *   agent's network namespace, else the proxy address in "config" (none:
+ *   refused), on the computer's own dns_port, which tells the proxy who
+ *   asked. The original destination is kept per socket (cookie) in
+ *   "dns_origin" so that recvmsg and getpeername show the resolver the
+ *   application asked. Computers cannot reach proxy ports directly.
+ * - Learned addresses: what a computer's DNS answers returned for names its
+ *   policy names, keyed by the computer's learned_id (one per computer and
+ *   policy generation, never shared), with an expiry in CLOCK_MONOTONIC ns and
+ *   the same port semantics as a rule entry (port_set of the policy_id).
  */
 #ifndef EGRESS_ABI_H
 #define EGRESS_ABI_H
@@ -41,25 +52,38 @@
 #define EGRESS_PROTO_OTHER 0x4
 #define EGRESS_PROTO_ANY (EGRESS_PROTO_TCP | EGRESS_PROTO_UDP | EGRESS_PROTO_OTHER)
 
-/* Slots of the "config" array map. */
+/* Flags of struct egress_computer. */
+#define EGRESS_FLAG_BLOCK_DNS 0x1 /* isolated: DNS refused too */
+
+/* Slots of the "config" array map (__u64 each). */
 #define EGRESS_CONFIG_AGENT_NETNS_COOKIE 0 /* netns cookie of the agent's namespace */
 #define EGRESS_CONFIG_ABI_VERSION 1        /* EGRESS_ABI_VERSION of the loaded object */
 #define EGRESS_CONFIG_NEXT_POLICY_ID 2     /* user space's policy id counter, kept across restarts */
-#define EGRESS_CONFIG_SLOTS 8
+#define EGRESS_CONFIG_DNS_PORTS 3          /* proxy port range: min | max << 16 (host byte order) */
+#define EGRESS_CONFIG_PROXY_V4 4           /* proxy IPv4 address for other namespaces (network order); 0: none */
+#define EGRESS_CONFIG_PROXY_V6_HI 5        /* proxy IPv6 address, bytes 0-7 as in memory; 0 and 0: none */
+#define EGRESS_CONFIG_PROXY_V6_LO 6        /* bytes 8-15 */
+#define EGRESS_CONFIG_NEXT_LEARNED_ID 7    /* user space's learned id counter */
+#define EGRESS_CONFIG_SLOTS 16
 
 /* Bumped whenever a layout or a map definition below changes. */
-#define EGRESS_ABI_VERSION 1
+#define EGRESS_ABI_VERSION 2
 
 /* Capacities. LPM tries and the port hash allocate on demand (no prealloc). */
 #define EGRESS_MAX_RULE_ENTRIES (1 << 21)
 #define EGRESS_MAX_INTERNAL_ENTRIES 1024
 #define EGRESS_MAX_COMPUTERS 65536
+#define EGRESS_MAX_LEARNED (1 << 20)
+#define EGRESS_MAX_DNS_SOCKETS 65536
 
 /* Value of the "computers" cgroup storage; written whole by user space. */
 struct egress_computer {
-	__u32 mode;      /* EGRESS_MODE_* */
-	__u32 policy_id; /* rule map key of the policy in force; 0: none */
-	__u64 version;   /* policy version from the store, for the agent only */
+	__u32 mode;       /* EGRESS_MODE_* */
+	__u32 policy_id;  /* rule map key of the policy in force; 0: none */
+	__u64 version;    /* policy version from the store, for the agent only */
+	__u32 learned_id; /* learned map key of this computer; 0: none */
+	__u16 dns_port;   /* the computer's proxy port (host byte order); 0: DNS refused */
+	__u16 flags;      /* EGRESS_FLAG_* */
 };
 
 /* Key of "rules_v4". prefixlen counts from policy_id: 32 + CIDR length. */
@@ -102,5 +126,31 @@ struct egress_internal_v6 {
 	__u32 prefixlen;
 	__u8 addr[16]; /* network byte order */
 } __attribute__((packed));
+
+/* Keys of "learned_v4" / "learned_v6". */
+struct egress_learned_v4 {
+	__u32 learned_id;
+	__u8 addr[4]; /* network byte order */
+};
+
+struct egress_learned_v6 {
+	__u32 learned_id;
+	__u8 addr[16]; /* network byte order */
+};
+
+/* Value of "learned_v4" / "learned_v6". */
+struct egress_learned {
+	__u64 expires_ns;     /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u32 port_set;       /* as in struct egress_rule, of the computer's policy_id */
+	__u8 any_port_protos; /* as in struct egress_rule */
+	__u8 pad[3];
+};
+
+/* Value of "dns_origin" (key: socket cookie): where the application sent its query. */
+struct egress_dns_origin {
+	__u32 addr[4]; /* network byte order; IPv4 in addr[0] */
+	__u16 port;    /* network byte order */
+	__u16 family;  /* 4 or 6 */
+};
 
 #endif /* EGRESS_ABI_H */

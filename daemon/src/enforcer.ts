@@ -21,18 +21,24 @@ import {
   unlinkSync,
 } from 'node:fs';
 import path from 'node:path';
+import ipaddr from 'ipaddr.js';
 import {
   CONFIG_SLOT,
   type ComputerValue,
   decodeComputer,
+  decodeLearned,
   encodeCgroupKey,
   encodeComputer,
   encodeInternalKey,
+  encodeLearned,
+  encodeLearnedKey,
   encodeU32,
   encodeU64,
+  FLAG,
   LAYOUT,
   MODE,
   readPortKeyPolicyId,
+  readPortKeyPortSet,
   readRuleKeyPolicyId,
   ruleKeySize,
   writePortKey,
@@ -49,7 +55,7 @@ import {
   loadOrAdopt,
 } from './bpf/loader.js';
 import { EgressdError } from './errors.js';
-import { type CompiledPolicy, compile } from './policy/compile.js';
+import { type CompiledPolicy, compile, nameVerdict } from './policy/compile.js';
 import { parseHost } from './policy/host.js';
 import { COMPUTER_ID_PATTERN, type Policy } from './policy/types.js';
 import { findCgroup2Mount, resolveCgroup } from './system.js';
@@ -69,6 +75,9 @@ export interface ComputerState {
   mode: keyof typeof MODE | 'unknown';
   version: bigint;
   policyId: number;
+  learnedId: number;
+  dnsPort: number;
+  blockDns: boolean;
 }
 
 /** The encoded entries of one installed policy id, kept so they can be deleted. */
@@ -80,6 +89,43 @@ interface Installed {
   refs: number;
   /** Content hash of the compiled entries; '' when unknown (adopted from pins). */
   hash: string;
+  /** Port code list ("code,code") → port set id, and the highest id in use. */
+  portSets: Map<string, number>;
+  maxPortSet: number;
+}
+
+/** DNS settings of a computer's storage value. */
+export interface DnsSettings {
+  /** The computer's proxy port; 0 or absent at first attach: DNS refused until the proxy has one. */
+  port?: number;
+  /** Isolated mode only: refuse DNS too. */
+  blockDns?: boolean;
+}
+
+interface LearnedEntry {
+  /** The DNS chain it was learned from (question first); [] when adopted from pins. */
+  names: string[];
+  bytes: number[];
+  expiresNs: bigint;
+  /** Its key in learned_v4/learned_v6. */
+  key: Buffer;
+}
+
+interface ComputerRecord {
+  cgroupId: bigint;
+  policyId: number;
+  learnedId: number;
+  compiled: CompiledPolicy;
+  /** learnedKey(bytes) → entry */
+  learned: Map<string, LearnedEntry>;
+}
+
+function learnedKey(bytes: number[]): string {
+  return bytes.join('.');
+}
+
+function formatAddress(bytes: number[]): string {
+  return ipaddr.fromByteArray(bytes).toString();
 }
 
 const MODE_NAMES = Object.fromEntries(Object.entries(MODE).map(([k, v]) => [v, k])) as Record<
@@ -99,6 +145,13 @@ export class Enforcer {
   private readonly byHash = new Map<string, number>();
   private retired: number[] = [];
   private nextPolicyId: number;
+  private nextLearnedId: number;
+  /** Per computer id: its compiled policy and what its DNS answers taught it. */
+  private readonly records = new Map<string, ComputerRecord>();
+  /** Learned entries found in the pins at start, by learned id, until their computer is attached. */
+  private readonly adoptedLearned = new Map<number, LearnedEntry[]>();
+  /** Learned ids whose entries go at the next sweep, with their keys. */
+  private retiredLearned: { v4: Buffer[]; v6: Buffer[] }[] = [];
   private sweeping: Promise<void> | undefined;
   private closed = false;
 
@@ -112,6 +165,8 @@ export class Enforcer {
     const next = Buffer.alloc(8);
     bpf.mapLookup(obj.maps.config, encodeU32(CONFIG_SLOT.nextPolicyId), next);
     this.nextPolicyId = Math.max(1, Number(next.readBigUInt64LE()));
+    bpf.mapLookup(obj.maps.config, encodeU32(CONFIG_SLOT.nextLearnedId), next.fill(0));
+    this.nextLearnedId = Math.max(1, Number(next.readBigUInt64LE()));
   }
 
   /** Loads the programs, or adopts the pinned ones, and rebuilds the index of installed policies. */
@@ -140,15 +195,31 @@ export class Enforcer {
   /**
    * Attaches every hook to the computer's cgroup (relative to the cgroup2
    * mount) with `policy` in force from the first connect judged. A computer
-   * already attached to that cgroup is left as it is (no second attachment);
-   * its policy is then set with apply().
+   * already attached to that cgroup keeps its attachment (no second one) and
+   * gets `policy` unless it already enforces `version`.
    */
-  attach(id: string, cgroup: string, policy: Policy, version = 0n): { cgroupId: bigint; attached: boolean } {
+  attach(
+    id: string,
+    cgroup: string,
+    policy: Policy,
+    version = 0n,
+    dns: DnsSettings = {},
+  ): { cgroupId: bigint; attached: boolean } {
     this.checkId(id);
     const target = resolveCgroup(cgroup, this.cgroupRoot);
     const dir = path.join(this.computersDir, id);
     const current = this.linkedCgroup(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
+      const value = this.storage(target.id);
+      const sameDns =
+        (dns.port === undefined || dns.port === value?.dnsPort) &&
+        (dns.blockDns === undefined || dns.blockDns === ((value?.flags ?? 0) & FLAG.blockDns) > 0);
+      if (value && value.version === version && sameDns) {
+        // Already in force (an adopted computer): keep every entry, learned ones included.
+        if (!this.records.has(id)) this.adoptRecord(id, target.id, policy, value);
+      } else {
+        this.install(id, target.id, policy, version, dns);
+      }
       return { cgroupId: target.id, attached: false };
     }
     // Attached elsewhere (the cgroup was recreated, or the computer moved): start over.
@@ -160,7 +231,7 @@ export class Enforcer {
         this.attachHook(dir, cgroupFd, hook);
         // The storage exists once the first hook is attached: write the policy
         // before any connect or sendmsg hook can judge with it.
-        if (i === 0) this.install(target.id, policy, version);
+        if (i === 0) this.install(id, target.id, policy, version, dns);
       }
     } catch (err) {
       closeSync(cgroupFd);
@@ -213,8 +284,8 @@ export class Enforcer {
     return { cgroupId: cgroupId ?? 0n, hooks };
   }
 
-  /** Replaces the computer's policy atomically. */
-  apply(id: string, policy: Policy, version: bigint): void {
+  /** Replaces the computer's policy atomically (DNS settings kept unless given). */
+  apply(id: string, policy: Policy, version: bigint, dns: DnsSettings = {}): void {
     this.checkId(id);
     const linked = this.linkedCgroup(id);
     if (!linked || linked.cgroupId === 0n || linked.hooks.length !== HOOKS.length) {
@@ -223,22 +294,28 @@ export class Enforcer {
         `computer ${id} is not attached (or its cgroup is gone): attach it before applying a policy`,
       );
     }
-    this.install(linked.cgroupId, policy, version);
+    this.install(id, linked.cgroupId, policy, version, dns);
+  }
+
+  private storage(cgroupId: bigint): ComputerValue | undefined {
+    const value = Buffer.alloc(LAYOUT.egress_computer.size);
+    return bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(cgroupId), value)
+      ? decodeComputer(value)
+      : undefined;
   }
 
   /**
    * Writes the policy's entries under a fresh id (or reuses the id of
    * identical entries already installed: they are never changed in place),
-   * then switches the computer to it in one write.
+   * copies the learned addresses that the new policy still names under a
+   * fresh learned id, then switches the computer to both in one write.
    */
-  private install(cgroupId: bigint, policy: Policy, version: bigint): void {
+  private install(id: string, cgroupId: bigint, policy: Policy, version: bigint, dns: DnsSettings): void {
     const compiled = compile(policy);
     const key = encodeCgroupKey(cgroupId);
-    const previous = Buffer.alloc(LAYOUT.egress_computer.size);
-    const had = bpf.mapLookup(this.obj.maps.computers, key, previous);
-    const oldPolicyId = had ? decodeComputer(previous).policyId : 0;
+    const previous = this.storage(cgroupId);
     let policyId = 0;
-    if (compiled.prefixes.length > 0) {
+    if (compiled.prefixes.length > 0 || compiled.names.length > 0) {
       const hash = contentHash(compiled);
       const shared = this.byHash.get(hash);
       if (shared !== undefined) {
@@ -250,14 +327,175 @@ export class Enforcer {
       }
       this.installed.get(policyId)!.refs++;
     }
-    const value: ComputerValue = { mode: compiled.mode, policyId, version };
+    const record = this.records.get(id);
+    const learned = new Map<string, LearnedEntry>();
+    let learnedId = 0;
     try {
+      if (compiled.names.length > 0) {
+        learnedId = this.allocateLearnedId();
+        for (const [k, entry] of record?.learned ?? []) {
+          if (entry.expiresNs <= process.hrtime.bigint() || entry.names.length === 0) continue;
+          const copied = this.writeLearned(
+            policyId,
+            compiled,
+            learnedId,
+            entry.names,
+            entry.bytes,
+            entry.expiresNs,
+          );
+          if (copied) learned.set(k, copied);
+        }
+      }
+      const value: ComputerValue = {
+        mode: compiled.mode,
+        policyId,
+        version,
+        learnedId,
+        dnsPort: dns.port ?? previous?.dnsPort ?? 0,
+        flags:
+          (dns.blockDns ?? (previous ? (previous.flags & FLAG.blockDns) !== 0 : false)) ? FLAG.blockDns : 0,
+      };
       bpf.mapUpdate(this.obj.maps.computers, key, encodeComputer(value));
     } catch (err) {
       if (policyId) this.release(policyId);
+      this.retireLearned(learned);
       throw err;
     }
-    if (oldPolicyId) this.release(oldPolicyId);
+    if (previous?.policyId) this.release(previous.policyId);
+    if (record) this.retireLearned(record.learned);
+    this.records.set(id, { cgroupId, policyId, learnedId, compiled, learned });
+  }
+
+  /**
+   * Records what a DNS answer taught computer `id`: `names` is the chain
+   * (question first, then CNAME targets), `addresses` the A/AAAA bytes. Only
+   * names that the policy lists are learned. Returns false when none matched.
+   * Throws when the maps refuse the write (the proxy then answers SERVFAIL).
+   */
+  learn(id: string, names: string[], addresses: number[][], ttlSeconds: number): boolean {
+    const record = this.records.get(id);
+    if (!record?.learnedId) return false;
+    const expiresNs = process.hrtime.bigint() + BigInt(Math.round(ttlSeconds * 1e9));
+    let any = false;
+    for (const bytes of addresses) {
+      const entry = this.writeLearned(
+        record.policyId,
+        record.compiled,
+        record.learnedId,
+        names,
+        bytes,
+        expiresNs,
+      );
+      if (!entry) return false;
+      record.learned.set(learnedKey(bytes), entry);
+      any = true;
+    }
+    return any;
+  }
+
+  /** Whether the computer's policy lists one of `names` (allowlist: allowed; denylist: denied). */
+  listsName(id: string, names: string[]): boolean {
+    const record = this.records.get(id);
+    return record !== undefined && nameVerdict(record.compiled, names) !== undefined;
+  }
+
+  /** The computer's mode as compiled by this process, if it knows the computer. */
+  modeOf(id: string): Policy['mode'] | undefined {
+    const mode = this.records.get(id)?.compiled.mode;
+    return mode === undefined ? undefined : (MODE_NAMES[mode] as Policy['mode'] | undefined);
+  }
+
+  /** Hostname → addresses that the computer's DNS lookups taught it, unexpired. */
+  learnedNames(id: string): { name: string; address: string; expiresInS: number }[] {
+    const now = process.hrtime.bigint();
+    const out: { name: string; address: string; expiresInS: number }[] = [];
+    for (const entry of this.records.get(id)?.learned.values() ?? []) {
+      if (entry.expiresNs <= now) continue;
+      out.push({
+        name: entry.names[0] ?? '',
+        address: formatAddress(entry.bytes),
+        expiresInS: Number((entry.expiresNs - now) / 1_000_000n) / 1000,
+      });
+    }
+    return out;
+  }
+
+  /** Deletes expired learned entries (the kernel ignores them already). */
+  expireLearned(): number {
+    const now = process.hrtime.bigint();
+    let n = 0;
+    for (const record of this.records.values()) {
+      for (const [k, entry] of record.learned) {
+        if (entry.expiresNs > now) continue;
+        bpf.mapDelete(
+          entry.bytes.length === 4 ? this.obj.maps.learned_v4 : this.obj.maps.learned_v6,
+          entry.key,
+        );
+        record.learned.delete(k);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  private writeLearned(
+    policyId: number,
+    compiled: CompiledPolicy,
+    learnedId: number,
+    names: string[],
+    bytes: number[],
+    expiresNs: bigint,
+  ): LearnedEntry | undefined {
+    const verdict = nameVerdict(compiled, names);
+    if (!verdict) return undefined;
+    const portSet = verdict.codes.length === 0 ? 0 : this.ensurePortSet(policyId, verdict.codes);
+    const key = encodeLearnedKey(learnedId, bytes);
+    bpf.mapUpdate(
+      bytes.length === 4 ? this.obj.maps.learned_v4 : this.obj.maps.learned_v6,
+      key,
+      encodeLearned({ expiresNs, portSet, anyPortProtos: verdict.anyPortProtos }),
+    );
+    return { names, bytes, expiresNs, key };
+  }
+
+  /** The port set of `codes` in policy `policyId`, added (additively) when the policy has none. */
+  private ensurePortSet(policyId: number, codes: number[]): number {
+    const entries = this.installed.get(policyId);
+    if (!entries) throw new EgressdError('NO_POLICY', `policy ${policyId} is not installed`);
+    const signature = codes.join(',');
+    const known = entries.portSets.get(signature);
+    if (known !== undefined) return known;
+    const portSet = ++entries.maxPortSet;
+    const keys = Buffer.alloc(codes.length * PORT_KEY_SIZE);
+    codes.forEach((code, i) => {
+      writePortKey(keys, i * PORT_KEY_SIZE, policyId, portSet, Math.floor(code / 8), code & 7);
+    });
+    updateMany(this.obj.maps.rule_ports, keys, Buffer.alloc(codes.length, 1), PORT_KEY_SIZE, 1);
+    entries.ports = Buffer.concat([entries.ports, keys]);
+    entries.portSets.set(signature, portSet);
+    return portSet;
+  }
+
+  private allocateLearnedId(): number {
+    const id = this.nextLearnedId;
+    this.nextLearnedId = this.nextLearnedId >= 0xffffffff ? 1 : this.nextLearnedId + 1;
+    bpf.mapUpdate(
+      this.obj.maps.config,
+      encodeU32(CONFIG_SLOT.nextLearnedId),
+      encodeU64(BigInt(this.nextLearnedId)),
+    );
+    return id;
+  }
+
+  /** Queues learned entries for deletion after a grace period. */
+  private retireLearned(learned: Map<string, LearnedEntry>): void {
+    if (learned.size === 0) return;
+    const batch = { v4: [] as Buffer[], v6: [] as Buffer[] };
+    for (const entry of learned.values()) (entry.bytes.length === 4 ? batch.v4 : batch.v6).push(entry.key);
+    this.retiredLearned.push(batch);
+    queueMicrotask(() => {
+      this.sweep().catch(() => {});
+    });
   }
 
   private allocatePolicyId(): number {
@@ -277,12 +515,19 @@ export class Enforcer {
       4: compiled.prefixes.filter((p) => p.family === 4),
       6: compiled.prefixes.filter((p) => p.family === 6),
     };
+    const portSets = new Map<string, number>();
+    const codesBySet = new Map<number, number[]>();
+    for (const e of compiled.ports)
+      codesBySet.set(e.portSet, [...(codesBySet.get(e.portSet) ?? []), e.port * 8 + e.proto]);
+    for (const [set, codes] of codesBySet) portSets.set(codes.sort((a, b) => a - b).join(','), set);
     const installed: Installed = {
       v4: Buffer.alloc(0),
       v6: Buffer.alloc(0),
       ports: Buffer.alloc(0),
       refs: 0,
       hash,
+      portSets,
+      maxPortSet: Math.max(0, ...codesBySet.keys()),
     };
     this.installed.set(policyId, installed);
     try {
@@ -362,12 +607,18 @@ export class Enforcer {
    */
   async sweep(): Promise<void> {
     while (this.sweeping) await this.sweeping;
-    if (this.retired.length === 0 || this.closed) return;
+    if ((this.retired.length === 0 && this.retiredLearned.length === 0) || this.closed) return;
     const batch = this.retired;
+    const learned = this.retiredLearned;
     this.retired = [];
+    this.retiredLearned = [];
     this.sweeping = (async () => {
       await this.waitForGracePeriod();
       for (const id of batch) this.deleteEntries(id);
+      for (const b of learned) {
+        for (const key of b.v4) bpf.mapDelete(this.obj.maps.learned_v4, key);
+        for (const key of b.v6) bpf.mapDelete(this.obj.maps.learned_v6, key);
+      }
     })();
     try {
       await this.sweeping;
@@ -412,6 +663,9 @@ export class Enforcer {
     }
     rmdirSync(dir);
     if (oldPolicyId) this.release(oldPolicyId);
+    const record = this.records.get(id);
+    if (record) this.retireLearned(record.learned);
+    this.records.delete(id);
   }
 
   /** Every computer with pins, with what the kernel holds for it. */
@@ -433,6 +687,9 @@ export class Enforcer {
       mode: 'unknown',
       version: 0n,
       policyId: 0,
+      learnedId: 0,
+      dnsPort: 0,
+      blockDns: false,
     };
     const value = Buffer.alloc(LAYOUT.egress_computer.size);
     if (
@@ -443,6 +700,9 @@ export class Enforcer {
       state.mode = MODE_NAMES[v.mode] ?? 'unknown';
       state.version = v.version;
       state.policyId = v.policyId;
+      state.learnedId = v.learnedId;
+      state.dnsPort = v.dnsPort;
+      state.blockDns = (v.flags & FLAG.blockDns) !== 0;
     }
     return state;
   }
@@ -482,11 +742,13 @@ export class Enforcer {
   /** Rebuilds the index of installed entries from the maps; ids no computer uses are retired. */
   private rebuildIndex(): void {
     const live = new Map<number, number>();
+    const liveLearned = new Set<number>();
     const value = Buffer.alloc(LAYOUT.egress_computer.size);
     for (const key of allKeys(this.obj.maps.computers, 8)) {
       if (!bpf.mapLookup(this.obj.maps.computers, key, value)) continue;
-      const id = decodeComputer(value).policyId;
-      live.set(id, (live.get(id) ?? 0) + 1);
+      const v = decodeComputer(value);
+      live.set(v.policyId, (live.get(v.policyId) ?? 0) + 1);
+      if (v.learnedId) liveLearned.add(v.learnedId);
     }
     const grouped = new Map<number, { v4: Buffer[]; v6: Buffer[]; ports: Buffer[] }>();
     const group = (id: number) => {
@@ -511,10 +773,48 @@ export class Enforcer {
         ports: Buffer.concat(g.ports),
         refs: live.get(id) ?? 0,
         hash: '',
+        portSets: new Map(),
+        maxPortSet: Math.max(0, ...g.ports.map(readPortKeyPortSet)),
       });
       if (!live.has(id)) this.retired.push(id);
       if (id >= this.nextPolicyId) this.nextPolicyId = id + 1;
     }
+    // Learned entries of live computers wait for their computer's record (adoptRecord); others go.
+    const stale = { v4: [] as Buffer[], v6: [] as Buffer[] };
+    for (const [family, fd, size] of [
+      [4, this.obj.maps.learned_v4, LAYOUT.egress_learned_v4.size],
+      [6, this.obj.maps.learned_v6, LAYOUT.egress_learned_v6.size],
+    ] as const) {
+      for (const key of allKeys(fd, size)) {
+        const learnedId = key.readUInt32LE(0);
+        if (!liveLearned.has(learnedId)) {
+          (family === 4 ? stale.v4 : stale.v6).push(key);
+          continue;
+        }
+        const v = Buffer.alloc(LAYOUT.egress_learned.size);
+        if (!bpf.mapLookup(fd, key, v)) continue;
+        const entries = this.adoptedLearned.get(learnedId) ?? [];
+        entries.push({ names: [], bytes: [...key.subarray(4)], expiresNs: decodeLearned(v).expiresNs, key });
+        this.adoptedLearned.set(learnedId, entries);
+        if (learnedId >= this.nextLearnedId) this.nextLearnedId = learnedId + 1;
+      }
+    }
+    if (stale.v4.length + stale.v6.length > 0) this.retiredLearned.push(stale);
+  }
+
+  /** Takes over a computer attached by an earlier agent, with its learned entries, without rewriting anything. */
+  private adoptRecord(id: string, cgroupId: bigint, policy: Policy, value: ComputerValue): void {
+    const learned = new Map<string, LearnedEntry>();
+    for (const entry of this.adoptedLearned.get(value.learnedId) ?? [])
+      learned.set(learnedKey(entry.bytes), entry);
+    this.adoptedLearned.delete(value.learnedId);
+    this.records.set(id, {
+      cgroupId,
+      policyId: value.policyId,
+      learnedId: value.learnedId,
+      compiled: compile(policy),
+      learned,
+    });
   }
 
   private checkId(id: string): void {

@@ -49,7 +49,10 @@ test.serial(
       { op: 'attach', id: 'adopted', cgroup: cg.relative, policy: isolated, version: 1 },
     ]);
     t.false(first.adopted, 'the first loader loads the object');
-    t.deepEqual(attachedCounts(cg.path), [1, 1, 1, 1, 1]);
+    t.deepEqual(
+      attachedCounts(cg.path),
+      HOOKS.map(() => 1),
+    );
 
     // No loader process exists now: the pins keep the programs attached and the policy in force.
     t.deepEqual(
@@ -88,7 +91,11 @@ test.serial(
       after.find((c) => c.id === 'adopted'),
       { mode: 'allowlist', version: '2' },
     );
-    t.deepEqual(attachedCounts(cg.path), [1, 1, 1, 1, 1], 'exactly one attachment per hook');
+    t.deepEqual(
+      attachedCounts(cg.path),
+      HOOKS.map(() => 1),
+      'exactly one attachment per hook',
+    );
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
       'ok',
       'EPERM',
@@ -109,6 +116,9 @@ test.serial('a cgroup that is removed and made again under the same path is atta
     { op: 'attach', id: 'recreated', cgroup: again.relative, policy: isolated, version: 2 },
   ]);
   t.true((res.results[0] as { attached: boolean }).attached);
-  t.deepEqual(attachedCounts(again.path), [1, 1, 1, 1, 1]);
+  t.deepEqual(
+    attachedCounts(again.path),
+    HOOKS.map(() => 1),
+  );
   t.deepEqual(await world.probeResults({ cgroup: again.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
 });

@@ -5,6 +5,7 @@
  * and ping sockets, child cgroups, loopback).
  */
 import test from 'ava';
+import { HOOKS } from '../../daemon/src/bpf/loader.js';
 import { Enforcer } from '../../daemon/src/enforcer.js';
 import type { Policy } from '../../daemon/src/policy/types.js';
 import { createWorld, type World } from '../helpers/world.js';
@@ -195,17 +196,27 @@ test('a child cgroup created after the policy was applied is governed like its p
   t.deepEqual(await run(child.path, `tcp:${A4}:80`), ['EPERM']);
 });
 
-test('DNS (port 53) stays allowed in isolated and allowlist modes, and is judged like any port in denylist', async (t) => {
-  const iso = computer({ mode: 'isolated', rules: [] });
-  // Nothing listens on 53: ECONNREFUSED proves the connect was let through.
-  t.deepEqual(
-    await run(iso.cgroup, `udp-sendto:${B4}:53`, `tcp:${B4}:53`, `tcp:[${B6}]:53`, `tcp:${B4}:54`),
-    ['ok', 'ECONNREFUSED', 'ECONNREFUSED', 'EPERM'],
-  );
-  const allow = computer({ mode: 'allowlist', rules: [{ host: A4, protocol: 'any' }] });
-  t.deepEqual(await run(allow.cgroup, `udp-sendto:${B4}:53`), ['ok']);
-  const deny = computer({ mode: 'denylist', rules: [{ host: B4, protocol: 'any' }] });
-  t.deepEqual(await run(deny.cgroup, `udp-sendto:${B4}:53`), ['EPERM']);
+test('DNS (port 53) leaves only through the proxy: with no proxy port it is refused in every mode but unrestricted', async (t) => {
+  for (const policy of [
+    { mode: 'isolated', rules: [] },
+    { mode: 'allowlist', rules: [{ host: B4, protocol: 'any' }] },
+    { mode: 'denylist', rules: [{ host: A4, protocol: 'any' }] },
+  ] as Policy[]) {
+    const c = computer(policy);
+    t.deepEqual(
+      await run(
+        c.cgroup,
+        `udp-sendto:${B4}:53`,
+        `tcp:${B4}:53`,
+        `tcp:[${B6}]:53`,
+        `udp6-mapped-sendto:${B4}:53`,
+      ),
+      ['EPERM', 'EPERM', 'EPERM', 'EPERM'],
+      policy.mode,
+    );
+  }
+  const free = computer({ mode: 'unrestricted', rules: [] });
+  t.deepEqual(await run(free.cgroup, `udp-sendto:${B4}:53`, `tcp:${B4}:53`), ['ok', 'ECONNREFUSED']);
 });
 
 test('internal CIDRs are reachable in every mode', async (t) => {
@@ -252,13 +263,16 @@ test('detach restores the cgroup to no enforcement and leaves no attachment behi
 test('attaching twice does nothing the second time; list shows mode and version', (t) => {
   const cg = world.makeCgroup('twice');
   const first = enforcer.attach('twice', cg.relative, { mode: 'isolated', rules: [] }, 7n);
-  const second = enforcer.attach('twice', cg.relative, { mode: 'unrestricted', rules: [] }, 8n);
+  const second = enforcer.attach('twice', cg.relative, { mode: 'unrestricted', rules: [] }, 7n);
   t.true(first.attached);
   t.false(second.attached);
   const state = enforcer.list().find((s) => s.id === 'twice');
-  t.is(state?.mode, 'isolated');
+  t.is(state?.mode, 'isolated', 'the same version is not installed again');
   t.is(state?.version, 7n);
-  t.is(state?.hooks.length, 5);
+  t.is(state?.hooks.length, HOOKS.length);
+  const third = enforcer.attach('twice', cg.relative, { mode: 'unrestricted', rules: [] }, 8n);
+  t.false(third.attached);
+  t.like(enforcer.state('twice'), { mode: 'unrestricted', version: 8n });
 });
 
 test('operator errors say what to change', (t) => {

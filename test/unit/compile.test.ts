@@ -1,6 +1,6 @@
 import test from 'ava';
 import { MODE, PROTO } from '../../daemon/src/bpf/abi.js';
-import { type CompiledPolicy, compile } from '../../daemon/src/policy/compile.js';
+import { type CompiledPolicy, compile, nameMatches, nameVerdict } from '../../daemon/src/policy/compile.js';
 import type { Policy, Rule } from '../../daemon/src/policy/types.js';
 
 function prefix(c: CompiledPolicy, bytes: number[], len: number) {
@@ -101,7 +101,14 @@ test('hostname and wildcard rules compile to nothing in the tries and are listed
     ],
   });
   t.deepEqual(c.prefixes, []);
-  t.deepEqual(c.names, ['github.com', '*.githubusercontent.com']);
+  t.deepEqual(
+    c.names.map((n) => [n.pattern, n.anyPortProtos]),
+    [
+      ['github.com', 0],
+      ['*.githubusercontent.com', PROTO.any],
+    ],
+  );
+  t.deepEqual(portsOf(c, c.names[0]?.portSet ?? -1), ['443/1']);
 });
 
 test('duplicate rules merge', (t) => {
@@ -127,4 +134,31 @@ test('100,000 host rules under one block fold into three port entries', (t) => {
   const c = compile({ mode: 'allowlist', rules });
   t.is(c.prefixes.length, 100_001);
   t.is(c.ports.length, 3); // the /8's {53/udp} and the hosts' {53/udp, 443/tcp}
+});
+
+test('wildcards match names below, not the apex; matching patterns unite', (t) => {
+  const c = compile({
+    mode: 'allowlist',
+    rules: [
+      { host: '*.example.com', port: 443, protocol: 'tcp' },
+      { host: 'api.example.com', port: 8443, protocol: 'tcp' },
+      { host: 'example.com', protocol: 'udp' },
+    ],
+  });
+  t.true(nameMatches('*.example.com', 'a.example.com'));
+  t.true(nameMatches('*.example.com', 'a.b.example.com'));
+  t.false(nameMatches('*.example.com', 'example.com'));
+  t.false(nameMatches('*.example.com', 'badexample.com'));
+  t.deepEqual(nameVerdict(c, ['www.example.com']), { anyPortProtos: 0, codes: [443 * 8 + PROTO.tcp] });
+  t.deepEqual(nameVerdict(c, ['api.example.com']), {
+    anyPortProtos: 0,
+    codes: [443 * 8 + PROTO.tcp, 8443 * 8 + PROTO.tcp],
+  });
+  t.deepEqual(nameVerdict(c, ['example.com']), { anyPortProtos: PROTO.udp, codes: [] });
+  t.is(nameVerdict(c, ['example.org']), undefined);
+  // A CNAME chain matches if any name in it does.
+  t.deepEqual(nameVerdict(c, ['cdn.other.net', 'www.example.com']), {
+    anyPortProtos: 0,
+    codes: [443 * 8 + PROTO.tcp],
+  });
 });

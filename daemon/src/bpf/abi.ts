@@ -15,9 +15,20 @@ export const MODE = {
 
 export const PROTO = { tcp: 0x1, udp: 0x2, other: 0x4, any: 0x7 } as const;
 
-export const CONFIG_SLOT = { agentNetnsCookie: 0, abiVersion: 1, nextPolicyId: 2 } as const;
-export const CONFIG_SLOTS = 8;
-export const ABI_VERSION = 1;
+export const FLAG = { blockDns: 0x1 } as const;
+
+export const CONFIG_SLOT = {
+  agentNetnsCookie: 0,
+  abiVersion: 1,
+  nextPolicyId: 2,
+  dnsPorts: 3,
+  proxyV4: 4,
+  proxyV6Hi: 5,
+  proxyV6Lo: 6,
+  nextLearnedId: 7,
+} as const;
+export const CONFIG_SLOTS = 16;
+export const ABI_VERSION = 2;
 
 /** Names of the maps and programs in build/egress.bpf.o; nothing else spells them. */
 export const MAPS = {
@@ -27,6 +38,9 @@ export const MAPS = {
   rulePorts: 'rule_ports',
   internalV4: 'internal_v4',
   internalV6: 'internal_v6',
+  learnedV4: 'learned_v4',
+  learnedV6: 'learned_v6',
+  dnsOrigin: 'dns_origin',
   config: 'config',
   barrierInner: 'barrier_inner',
   rcuBarrier: 'rcu_barrier',
@@ -34,19 +48,29 @@ export const MAPS = {
 
 /** Byte layouts: size and member offsets, as in the header. */
 export const LAYOUT = {
-  egress_computer: { size: 16, offsets: { mode: 0, policy_id: 4, version: 8 } },
+  egress_computer: {
+    size: 24,
+    offsets: { mode: 0, policy_id: 4, version: 8, learned_id: 16, dns_port: 20, flags: 22 },
+  },
   egress_lpm_v4: { size: 12, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
   egress_lpm_v6: { size: 24, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
   egress_rule: { size: 8, offsets: { port_set: 0, any_port_protos: 4, pad: 5 } },
   egress_port_key: { size: 12, offsets: { policy_id: 0, port_set: 4, port: 8, proto: 10, pad: 11 } },
   egress_internal_v4: { size: 8, offsets: { prefixlen: 0, addr: 4 } },
   egress_internal_v6: { size: 20, offsets: { prefixlen: 0, addr: 4 } },
+  egress_learned_v4: { size: 8, offsets: { learned_id: 0, addr: 4 } },
+  egress_learned_v6: { size: 20, offsets: { learned_id: 0, addr: 4 } },
+  egress_learned: { size: 16, offsets: { expires_ns: 0, port_set: 8, any_port_protos: 12, pad: 13 } },
+  egress_dns_origin: { size: 20, offsets: { addr: 0, port: 16, family: 18 } },
 } as const;
 
 export interface ComputerValue {
   mode: number;
   policyId: number;
   version: bigint;
+  learnedId: number;
+  dnsPort: number;
+  flags: number;
 }
 
 const L = LAYOUT;
@@ -56,6 +80,9 @@ export function encodeComputer(v: ComputerValue): Buffer {
   b.writeUInt32LE(v.mode, L.egress_computer.offsets.mode);
   b.writeUInt32LE(v.policyId, L.egress_computer.offsets.policy_id);
   b.writeBigUInt64LE(v.version, L.egress_computer.offsets.version);
+  b.writeUInt32LE(v.learnedId, L.egress_computer.offsets.learned_id);
+  b.writeUInt16LE(v.dnsPort, L.egress_computer.offsets.dns_port);
+  b.writeUInt16LE(v.flags, L.egress_computer.offsets.flags);
   return b;
 }
 
@@ -64,6 +91,40 @@ export function decodeComputer(b: Buffer): ComputerValue {
     mode: b.readUInt32LE(L.egress_computer.offsets.mode),
     policyId: b.readUInt32LE(L.egress_computer.offsets.policy_id),
     version: b.readBigUInt64LE(L.egress_computer.offsets.version),
+    learnedId: b.readUInt32LE(L.egress_computer.offsets.learned_id),
+    dnsPort: b.readUInt16LE(L.egress_computer.offsets.dns_port),
+    flags: b.readUInt16LE(L.egress_computer.offsets.flags),
+  };
+}
+
+/** Learned map key for (learnedId, address bytes); the family follows bytes.length. */
+export function encodeLearnedKey(learnedId: number, bytes: readonly number[]): Buffer {
+  const layout = bytes.length === 4 ? L.egress_learned_v4 : L.egress_learned_v6;
+  const b = Buffer.alloc(layout.size);
+  b.writeUInt32LE(learnedId, layout.offsets.learned_id);
+  for (let i = 0; i < bytes.length; i++) b[layout.offsets.addr + i] = bytes[i] ?? 0;
+  return b;
+}
+
+export interface LearnedValue {
+  expiresNs: bigint;
+  portSet: number;
+  anyPortProtos: number;
+}
+
+export function encodeLearned(v: LearnedValue): Buffer {
+  const b = Buffer.alloc(L.egress_learned.size);
+  b.writeBigUInt64LE(v.expiresNs, L.egress_learned.offsets.expires_ns);
+  b.writeUInt32LE(v.portSet, L.egress_learned.offsets.port_set);
+  b[L.egress_learned.offsets.any_port_protos] = v.anyPortProtos;
+  return b;
+}
+
+export function decodeLearned(b: Buffer): LearnedValue {
+  return {
+    expiresNs: b.readBigUInt64LE(L.egress_learned.offsets.expires_ns),
+    portSet: b.readUInt32LE(L.egress_learned.offsets.port_set),
+    anyPortProtos: b[L.egress_learned.offsets.any_port_protos] ?? 0,
   };
 }
 
@@ -118,6 +179,10 @@ export function writePortKey(
 
 export function readPortKeyPolicyId(key: Buffer): number {
   return key.readUInt32LE(L.egress_port_key.offsets.policy_id);
+}
+
+export function readPortKeyPortSet(key: Buffer): number {
+  return key.readUInt32LE(L.egress_port_key.offsets.port_set);
 }
 
 export function encodeInternalKey(bytes: readonly number[], prefixLen: number): Buffer {

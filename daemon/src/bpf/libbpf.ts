@@ -102,6 +102,10 @@ export const ATTACH = {
   inet6Connect: 11,
   udp4Sendmsg: 14,
   udp6Sendmsg: 15,
+  udp4Recvmsg: 19,
+  udp6Recvmsg: 20,
+  inet4Getpeername: 29,
+  inet6Getpeername: 30,
 } as const;
 
 /** BPF_ANY / BPF_NOEXIST / BPF_EXIST flags of map updates. */

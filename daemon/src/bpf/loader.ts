@@ -21,6 +21,10 @@ export const HOOKS = [
   { name: 'connect6', program: 'egress_connect6', attachType: bpf.ATTACH.inet6Connect },
   { name: 'sendmsg4', program: 'egress_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
   { name: 'sendmsg6', program: 'egress_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+  { name: 'recvmsg4', program: 'egress_recvmsg4', attachType: bpf.ATTACH.udp4Recvmsg },
+  { name: 'recvmsg6', program: 'egress_recvmsg6', attachType: bpf.ATTACH.udp6Recvmsg },
+  { name: 'getpeername4', program: 'egress_getpeername4', attachType: bpf.ATTACH.inet4Getpeername },
+  { name: 'getpeername6', program: 'egress_getpeername6', attachType: bpf.ATTACH.inet6Getpeername },
 ] as const;
 
 export type HookName = (typeof HOOKS)[number]['name'];

@@ -10,7 +10,7 @@
  */
 import { MODE, PROTO } from '../bpf/abi.js';
 import { parseHost } from './host.js';
-import type { Mode, Policy, Protocol } from './types.js';
+import { type Mode, modeTakesRules, type Policy, type Protocol } from './types.js';
 
 export interface CompiledPrefix {
   family: 4 | 6;
@@ -34,8 +34,19 @@ export interface CompiledPolicy {
   mode: number;
   prefixes: CompiledPrefix[];
   ports: PortEntry[];
-  /** Hostname and wildcard rules: the DNS proxy fills their addresses; nothing in the tries yet. */
-  names: string[];
+  /**
+   * Hostname and wildcard rules, one entry per distinct pattern with the
+   * union of its rules' ports: the DNS proxy learns their addresses.
+   */
+  names: CompiledName[];
+}
+
+export interface CompiledName {
+  /** A hostname, or `*.` + hostname. */
+  pattern: string;
+  anyPortProtos: number;
+  /** 0 or an id of `ports`, as for prefixes. */
+  portSet: number;
 }
 
 const MODE_CODE: Record<Mode, number> = {
@@ -60,15 +71,20 @@ interface Node {
 
 export function compile(policy: Policy): CompiledPolicy {
   const mode = MODE_CODE[policy.mode];
-  if (policy.mode !== 'allowlist' && policy.mode !== 'denylist') {
+  if (!modeTakesRules(policy.mode)) {
     return { mode, prefixes: [], ports: [], names: [] };
   }
   const nodes = new Map<string, Node>();
-  const names = new Set<string>();
+  const names = new Map<string, { anyPortProtos: number; ports: number[] }>();
   for (const rule of policy.rules) {
     const host = parseHost(rule.host);
     if (host.kind !== 'cidr') {
-      names.add(host.normalised);
+      let name = names.get(host.normalised);
+      if (!name) {
+        name = { anyPortProtos: 0, ports: [] };
+        names.set(host.normalised, name);
+      }
+      addRule(name, rule);
       continue;
     }
     let node = nodes.get(host.normalised);
@@ -83,14 +99,7 @@ export function compile(policy: Policy): CompiledPolicy {
       };
       nodes.set(host.normalised, node);
     }
-    const protos = PROTO_BITS[rule.protocol];
-    if (rule.port === undefined) {
-      node.anyPortProtos |= protos;
-    } else {
-      if (protos & PROTO.tcp) node.ports.push(rule.port * 8 + PROTO.tcp);
-      if (protos & PROTO.udp) node.ports.push(rule.port * 8 + PROTO.udp);
-      if (protos & PROTO.other) node.ports.push(rule.port * 8 + PROTO.other);
-    }
+    addRule(node, rule);
   }
   const v4: Node[] = [];
   const v6: Node[] = [];
@@ -98,7 +107,52 @@ export function compile(policy: Policy): CompiledPolicy {
   const portSetIds = new Map<string, number>();
   const ports: PortEntry[] = [];
   const prefixes = [...fold(v4, portSetIds, ports), ...fold(v6, portSetIds, ports)];
-  return { mode, prefixes, ports, names: [...names] };
+  const compiledNames = [...names].map(([pattern, n]) => ({
+    pattern,
+    anyPortProtos: n.anyPortProtos,
+    portSet: portSetOf(mergePorts([], n.ports, n.anyPortProtos), portSetIds, ports),
+  }));
+  return { mode, prefixes, ports, names: compiledNames };
+}
+
+/** Adds a rule's protocols (every port) or port codes (port * 8 + PROTO bit) to a target. */
+function addRule(target: { anyPortProtos: number; ports: number[] }, rule: Policy['rules'][number]): void {
+  const protos = PROTO_BITS[rule.protocol];
+  if (rule.port === undefined) {
+    target.anyPortProtos |= protos;
+    return;
+  }
+  if (protos & PROTO.tcp) target.ports.push(rule.port * 8 + PROTO.tcp);
+  if (protos & PROTO.udp) target.ports.push(rule.port * 8 + PROTO.udp);
+  if (protos & PROTO.other) target.ports.push(rule.port * 8 + PROTO.other);
+}
+
+/** True when `name` (normalised) matches `pattern`: equal, or strictly below a `*.` suffix. */
+export function nameMatches(pattern: string, name: string): boolean {
+  if (pattern.startsWith('*.')) return name.endsWith(pattern.slice(1)) && name.length > pattern.length - 1;
+  return name === pattern;
+}
+
+/**
+ * The answer for a name: the union of every pattern that matches it, as
+ * protocols on every port plus port codes; undefined when none matches.
+ */
+export function nameVerdict(
+  compiled: CompiledPolicy,
+  names: readonly string[],
+): { anyPortProtos: number; codes: number[] } | undefined {
+  let anyPortProtos = 0;
+  const codes: number[] = [];
+  let matched = false;
+  for (const n of compiled.names) {
+    if (!names.some((name) => nameMatches(n.pattern, name))) continue;
+    matched = true;
+    anyPortProtos |= n.anyPortProtos;
+    for (const e of compiled.ports)
+      if (e.portSet === n.portSet && n.portSet !== 0) codes.push(e.port * 8 + e.proto);
+  }
+  if (!matched) return undefined;
+  return { anyPortProtos, codes: mergePorts([], codes, anyPortProtos) };
 }
 
 function sortKey(family: 4 | 6, bytes: number[], prefixLen: number): string | number {
@@ -161,13 +215,13 @@ function fold(nodes: Node[], portSetIds: Map<string, number>, ports: PortEntry[]
 }
 
 /** Sorted distinct port codes of both lists whose protocol is not already allowed on every port. */
-function mergePorts(inherited: number[], own: number[], anyPortProtos: number): number[] {
+export function mergePorts(inherited: number[], own: number[], anyPortProtos: number): number[] {
   if (inherited.length === 0 && own.length === 1) return anyPortProtos & own[0]! & 7 ? [] : own;
   const merged = inherited.concat(own).filter((code) => !(anyPortProtos & code & 7));
   return [...new Set(merged)].sort((a, b) => a - b);
 }
 
-function portSetOf(codes: number[], portSetIds: Map<string, number>, ports: PortEntry[]): number {
+export function portSetOf(codes: number[], portSetIds: Map<string, number>, ports: PortEntry[]): number {
   if (codes.length === 0) return 0;
   const signature = codes.join(',');
   const known = portSetIds.get(signature);
