@@ -133,3 +133,45 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
   t.is(r.status, 200);
   t.true(Date.now() - started < 5000);
 });
+
+test.serial(
+  'Redis killed under load and during a wait: every request ends with 200/202 or 503, none hangs',
+  async (t) => {
+    await register(h, 'midrun', { node: 'midrun-node' });
+    const waiting = h.call('PUT', '/api/v1/computers/midrun/network-policy?wait=10000', {
+      body: { mode: 'isolated' },
+    });
+    let stop = false;
+    const statuses: number[] = [];
+    const load = (async () => {
+      // Bounded: at most 2,000 requests.
+      for (let i = 0; i < 2000 && !stop; i++) {
+        const r = await h.call('GET', '/api/v1/computers/midrun/network-policy');
+        statuses.push(r.status);
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    const killedAt = Date.now();
+    await h.redis.stop();
+    const waited = await waiting;
+    t.is(waited.status, 202, 'the stored change is answered as pending when Redis goes away mid-wait');
+    t.is(waited.body.data.enforcement.state, 'pending');
+    t.true(Date.now() - killedAt < 5000);
+    await new Promise((r) => setTimeout(r, 200));
+    stop = true;
+    await load;
+    t.true(statuses.length > 0);
+    t.deepEqual(
+      [...new Set(statuses)].filter((s) => s !== 200 && s !== 503),
+      [],
+    );
+    t.true(statuses.includes(503));
+    await h.redis.restart();
+    let status = 0;
+    for (let i = 0; i < 100 && status !== 200; i++) {
+      status = (await h.call('GET', '/api/v1/computers/midrun/network-policy')).status;
+      if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    t.is(status, 200);
+  },
+);
