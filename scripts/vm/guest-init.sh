@@ -1,0 +1,68 @@
+#!/bin/bash
+# Runs inside the test VM as the child of PID 1 (/sbin/egressd-vm-init, which
+# mounted this tree at /opt/egressd). Sets up what systemd would (proc, sys,
+# cgroup2, bpffs, tmpfs, loopback), runs the test files named on the kernel
+# command line (egressd.tests=..., default: the whole suite) with ava, prints
+# "egressd-vm: N passed, N failed, N skipped" and "egressd-vm: exit N".
+export PATH=/opt/egressd/.vm-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 CI=true TERM=dumb
+set -u
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
+mountpoint -q /dev/shm || mount -t tmpfs tmpfs /dev/shm
+mountpoint -q /run || mount -t tmpfs -o mode=755 tmpfs /run
+mountpoint -q /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mkdir -p /run/netns /run/lock
+hostname egressd-vm
+ip link set lo up
+cd /opt/egressd
+tests=$(sed -n 's/.*egressd\.tests=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+# Default: the whole suite but test/vm (which checks the host's vagrant).
+[[ -n $tests ]] || tests=$(find dist/test -name '*.test.js' -not -path 'dist/test/vm/*' | sort | tr '\n' ' ')
+echo "egressd-vm: kernel $(uname -r), $(nproc) CPUs, node $(node -v)"
+
+# egressd itself first: start it all-in-one (embedded Redis), wait for its
+# API to answer, stop it. Its refusal message, if any, is the kernel verdict.
+healthy() {
+  node -e "fetch('http://127.0.0.1:18080/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
+}
+start=$(date +%s)
+node dist/daemon/src/cli.js all --state-dir /tmp/egressd-state --bpffs-dir /sys/fs/bpf/egressd-vm \
+  --listen 127.0.0.1:18080 >/tmp/egressd.log 2>&1 &
+egressd_pid=$!
+started=0
+for _ in $(seq 120); do
+  if healthy; then started=1; break; fi
+  kill -0 "$egressd_pid" 2>/dev/null || break
+  sleep 1
+done
+if ((started)); then
+  echo "egressd-vm: egressd started (API answered after $(($(date +%s) - start)) s)"
+else
+  echo "egressd-vm: egressd did not start; its last words:"
+  tail -5 /tmp/egressd.log | sed 's/^/egressd-vm:   /'
+fi
+kill "$egressd_pid" 2>/dev/null
+wait "$egressd_pid" 2>/dev/null
+rm -rf /sys/fs/bpf/egressd-vm /tmp/egressd-state
+
+start=$(date +%s)
+log=/tmp/ava.tap
+set +e
+# shellcheck disable=SC2086 # the test list is split on purpose
+node node_modules/ava/entrypoints/cli.mjs --tap ${tests} 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+pass=$(awk '/^# pass /{print $3}' "$log" | tail -1)
+fail=$(awk '/^# fail /{print $3}' "$log" | tail -1)
+skip=$(awk '/^# skip /{print $3}' "$log" | tail -1)
+if [[ $status -eq 0 && ${pass:-0} -eq 0 ]]; then status=1; fi
+if ((!started)); then status=1; fi
+echo "egressd-vm: suite took $(($(date +%s) - start)) s"
+echo "egressd-vm: ${pass:-0} passed, ${fail:-0} failed, ${skip:-0} skipped"
+echo "egressd-vm: exit $status"
