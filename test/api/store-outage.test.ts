@@ -175,3 +175,17 @@ test.serial(
     t.is(status, 200);
   },
 );
+
+test.serial('a Store connects by itself, even without connect()', async (t) => {
+  const store = new Store({ url: h.redis.url });
+  t.teardown(() => store.close());
+  let ok = false;
+  // Bounded: up to 5 s.
+  for (let i = 0; i < 100 && !ok; i++) {
+    ok = await store.ping();
+    if (!ok) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.true(ok);
+  await store.connect();
+  t.is(await store.getComputer('nobody'), undefined);
+});

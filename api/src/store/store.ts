@@ -175,7 +175,11 @@ export class Store {
 
   constructor(options: StoreOptions) {
     this.options = options;
-    this.redis = new Redis(redisOptions(options.url, options.commandTimeoutMs ?? 2000));
+    // Connects at once (a Store that nobody connect()s still comes up); connect() waits for it.
+    this.redis = new Redis({
+      ...redisOptions(options.url, options.commandTimeoutMs ?? 2000),
+      lazyConnect: false,
+    });
     // Errors surface on commands; without a listener ioredis would log each reconnect failure.
     this.redis.on('error', () => {});
     this.streamMaxLen = String(options.streamMaxLen ?? 10_000);
@@ -189,7 +193,25 @@ export class Store {
    */
   async connect(): Promise<void> {
     const subscribed = this.subscribe();
-    if (this.redis.status === 'wait') await this.redis.connect();
+    const redis = this.redis;
+    if (redis.status === 'wait') await redis.connect();
+    else if (redis.status !== 'ready') {
+      await new Promise<void>((resolve, reject) => {
+        const done = (err?: Error) => {
+          redis.off('ready', onReady);
+          redis.off('error', onError);
+          redis.off('end', onEnd);
+          if (err) reject(err);
+          else resolve();
+        };
+        const onReady = () => done();
+        const onError = (err: Error) => done(err);
+        const onEnd = () => done(new Error('Connection is closed.'));
+        redis.on('ready', onReady);
+        redis.on('error', onError);
+        redis.on('end', onEnd);
+      });
+    }
     await subscribed;
   }
 
