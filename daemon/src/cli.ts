@@ -24,6 +24,11 @@ options (flag, environment variable, default):
   --internal-cidr EGRESSD_INTERNAL_CIDRS  none (repeat the flag; comma-separated in the variable)
   --log-level     EGRESSD_LOG_LEVEL       info
   --api           EGRESSD_API             http://127.0.0.1:8080 (client commands)
+  --dns-upstream  EGRESSD_DNS_UPSTREAM    first nameserver of /etc/resolv.conf (host[:port], repeatable)
+  --dns-proxy-address EGRESSD_DNS_PROXY_ADDRESSES  none (this host's address that sandboxes with their own netns reach)
+  --dns-ports     EGRESSD_DNS_PORTS       42000-51999 (per-computer proxy ports)
+  --dns-ttl-min   EGRESSD_DNS_TTL_MIN     5 (seconds; learned addresses live for the clamped TTL)
+  --dns-ttl-max   EGRESSD_DNS_TTL_MAX     3600
   EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
   EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
 

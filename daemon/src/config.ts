@@ -4,6 +4,7 @@
  * then. The CLI is the only caller; it hands `env` over, so no other module
  * reads process.env.
  */
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { parseHost } from './policy/host.js';
 
@@ -49,6 +50,30 @@ export interface EgressdConfig {
    * @default 'http://127.0.0.1:8080' (--api, EGRESSD_API)
    */
   apiUrl: string;
+  /**
+   * Resolvers the DNS proxy forwards to, host or host:port ([v6]:port).
+   * @default the first nameserver of /etc/resolv.conf (--dns-upstream, repeated; EGRESSD_DNS_UPSTREAM, comma-separated)
+   */
+  dnsUpstreams: string[];
+  /**
+   * Addresses of this host that sandboxes in network namespaces of their own
+   * can reach (for example the bridge or veth gateway); the proxy listens
+   * there too and the hooks send their DNS there. Without one, such sandboxes
+   * get no DNS (fail closed). At most one IPv4 and one IPv6.
+   * @default [] (--dns-proxy-address, repeated; EGRESSD_DNS_PROXY_ADDRESSES, comma-separated)
+   */
+  dnsProxyAddresses: string[];
+  /**
+   * Range of the per-computer proxy ports, "min-max".
+   * @default '42000-51999' (--dns-ports, EGRESSD_DNS_PORTS)
+   */
+  dnsPorts: string;
+  /**
+   * Learned addresses live for the answer's TTL, clamped to [min, max] seconds.
+   * @default 5 and 3600 (--dns-ttl-min / --dns-ttl-max, EGRESSD_DNS_TTL_MIN / EGRESSD_DNS_TTL_MAX)
+   */
+  dnsTtlMin: string;
+  dnsTtlMax: string;
 }
 
 export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
@@ -60,6 +85,11 @@ export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
   internalCidrs: [],
   logLevel: 'info',
   apiUrl: 'http://127.0.0.1:8080',
+  dnsUpstreams: [],
+  dnsProxyAddresses: [],
+  dnsPorts: '42000-51999',
+  dnsTtlMin: '5',
+  dnsTtlMax: '3600',
 });
 
 const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
@@ -71,13 +101,20 @@ const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
   internalCidrs: { flag: 'internal-cidr', env: 'EGRESSD_INTERNAL_CIDRS' },
   logLevel: { flag: 'log-level', env: 'EGRESSD_LOG_LEVEL' },
   apiUrl: { flag: 'api', env: 'EGRESSD_API' },
+  dnsUpstreams: { flag: 'dns-upstream', env: 'EGRESSD_DNS_UPSTREAM' },
+  dnsProxyAddresses: { flag: 'dns-proxy-address', env: 'EGRESSD_DNS_PROXY_ADDRESSES' },
+  dnsPorts: { flag: 'dns-ports', env: 'EGRESSD_DNS_PORTS' },
+  dnsTtlMin: { flag: 'dns-ttl-min', env: 'EGRESSD_DNS_TTL_MIN' },
+  dnsTtlMax: { flag: 'dns-ttl-max', env: 'EGRESSD_DNS_TTL_MAX' },
 };
+
+const LISTS = new Set<keyof EgressdConfig>(['internalCidrs', 'dnsUpstreams', 'dnsProxyAddresses']);
 
 /** The flags of the options above, for node:util parseArgs. */
 export const CONFIG_FLAGS = Object.fromEntries(
   Object.entries(SOURCES).map(([name, s]) => [
     s.flag,
-    name === 'internalCidrs'
+    LISTS.has(name as keyof EgressdConfig)
       ? { type: 'string' as const, multiple: true as const }
       : { type: 'string' as const },
   ]),
@@ -99,27 +136,36 @@ export function resolveEgressdConfig(
     if (given !== undefined && typeof given !== 'boolean') return given;
     const fromEnv = env[variable];
     if (fromEnv === undefined || fromEnv === '') return undefined;
-    return name === 'internalCidrs'
+    return LISTS.has(name)
       ? fromEnv
           .split(',')
           .map((s) => s.trim())
           .filter(Boolean)
       : fromEnv;
   };
-  const text = (name: Exclude<keyof EgressdConfig, 'internalCidrs'>) => {
+  type ListName = 'internalCidrs' | 'dnsUpstreams' | 'dnsProxyAddresses';
+  const text = (name: Exclude<keyof EgressdConfig, ListName>) => {
     const v = pick(name);
     return typeof v === 'string' ? v : DEFAULT_CONFIG[name];
   };
-  const cidrs = pick('internalCidrs');
+  const list = (name: ListName) => {
+    const v = pick(name);
+    return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];
+  };
   const config: EgressdConfig = {
     listen: text('listen'),
     redisUrl: text('redisUrl'),
     stateDir: text('stateDir'),
     bpffsDir: text('bpffsDir'),
     node: text('node') || hostname(),
-    internalCidrs: Array.isArray(cidrs) ? cidrs : typeof cidrs === 'string' ? [cidrs] : [],
+    internalCidrs: list('internalCidrs'),
     logLevel: text('logLevel'),
     apiUrl: text('apiUrl'),
+    dnsUpstreams: list('dnsUpstreams'),
+    dnsProxyAddresses: list('dnsProxyAddresses'),
+    dnsPorts: text('dnsPorts'),
+    dnsTtlMin: text('dnsTtlMin'),
+    dnsTtlMax: text('dnsTtlMax'),
   };
   const where = (name: keyof EgressdConfig) => `--${SOURCES[name].flag} / ${SOURCES[name].env}`;
   if (!/^[^:]*:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$/.test(config.listen)) {
@@ -161,5 +207,54 @@ export function resolveEgressdConfig(
       `${where('apiUrl')}: "${config.apiUrl}" must be a URL such as http://127.0.0.1:8080`,
     );
   }
+  const ports = /^(\d{1,5})-(\d{1,5})$/.exec(config.dnsPorts);
+  if (!ports || Number(ports[1]) < 1024 || Number(ports[2]) > 65535 || Number(ports[1]) > Number(ports[2])) {
+    throw new ConfigError(
+      `${where('dnsPorts')}: "${config.dnsPorts}" must be "min-max" within 1024-65535, for example 42000-51999`,
+    );
+  }
+  for (const name of ['dnsTtlMin', 'dnsTtlMax'] as const) {
+    if (!/^\d{1,6}$/.test(config[name]))
+      throw new ConfigError(`${where(name)}: "${config[name]}" must be a number of seconds`);
+  }
+  if (Number(config.dnsTtlMin) > Number(config.dnsTtlMax)) {
+    throw new ConfigError(
+      `${where('dnsTtlMin')} (${config.dnsTtlMin}) must not exceed ${where('dnsTtlMax')} (${config.dnsTtlMax})`,
+    );
+  }
+  for (const upstream of config.dnsUpstreams) {
+    if (!parseHostPort(upstream, 53)) {
+      throw new ConfigError(
+        `${where('dnsUpstreams')}: "${upstream}" must be an IP address, optionally with :port ([v6]:port)`,
+      );
+    }
+  }
+  const families = config.dnsProxyAddresses.map((a) => (isIP(a) === 4 ? 4 : isIP(a) === 6 ? 6 : 0));
+  if (
+    families.includes(0) ||
+    families.filter((f) => f === 4).length > 1 ||
+    families.filter((f) => f === 6).length > 1
+  ) {
+    throw new ConfigError(
+      `${where('dnsProxyAddresses')}: give at most one IPv4 and one IPv6 address of this host (got ${config.dnsProxyAddresses.join(', ')})`,
+    );
+  }
   return config;
+}
+
+/** "1.2.3.4", "1.2.3.4:5353", "[2001:db8::1]:53" or "2001:db8::1" → host and port. */
+export function parseHostPort(text: string, defaultPort: number): { host: string; port: number } | undefined {
+  const bracket = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
+  const plain = /^([0-9.]+)(?::(\d{1,5}))?$/.exec(text);
+  const m = bracket ?? plain ?? (isIP(text) === 6 ? [text, text, undefined] : null);
+  if (!m || !isIP(m[1] ?? '')) return undefined;
+  const port = m[2] === undefined ? defaultPort : Number(m[2]);
+  return port >= 1 && port <= 65535 ? { host: m[1]!, port } : undefined;
+}
+
+/** The first nameserver of /etc/resolv.conf (the host's resolver). */
+export function systemResolvers(text: string): string[] {
+  return [...text.matchAll(/^\s*nameserver\s+(\S+)/gm)].map((m) =>
+    isIP(m[1] ?? '') === 6 ? `[${m[1]}]` : (m[1] ?? ''),
+  );
 }

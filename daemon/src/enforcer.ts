@@ -707,6 +707,26 @@ export class Enforcer {
     return state;
   }
 
+  /**
+   * Where the proxy can be reached: the port range computers' proxy ports
+   * come from, and the addresses the hooks use for sockets in other network
+   * namespaces than the agent's (none: DNS refused there).
+   */
+  setDnsConfig(ports: [number, number], proxyV4?: string, proxyV6?: string): void {
+    const config = this.obj.maps.config;
+    bpf.mapUpdate(
+      config,
+      encodeU32(CONFIG_SLOT.dnsPorts),
+      encodeU64(BigInt(ports[0]) | (BigInt(ports[1]) << 16n)),
+    );
+    const v4 = Buffer.alloc(8);
+    if (proxyV4) Buffer.from(ipaddr.IPv4.parse(proxyV4).toByteArray()).copy(v4, 0);
+    bpf.mapUpdate(config, encodeU32(CONFIG_SLOT.proxyV4), v4);
+    const v6 = Buffer.from(proxyV6 ? ipaddr.IPv6.parse(proxyV6).toByteArray() : Array(16).fill(0));
+    bpf.mapUpdate(config, encodeU32(CONFIG_SLOT.proxyV6Hi), v6.subarray(0, 8));
+    bpf.mapUpdate(config, encodeU32(CONFIG_SLOT.proxyV6Lo), v6.subarray(8, 16));
+  }
+
   /** Entries in the rule maps, counted by walking them (diagnostics and tests; O(entries)). */
   ruleEntryCounts(): { v4: number; v6: number; ports: number } {
     return {

@@ -97,6 +97,21 @@ const CGROUP_EMPTY_TIMEOUT_MS = 3000;
 export interface WorldOptions {
   /** Ports of the world's server. @default WORLD_PORTS */
   ports?: readonly number[];
+  /**
+   * A veth link between the host namespace and the world, like the gateway
+   * of a container: the host side is an address of this host that processes
+   * in the world can reach (the DNS proxy listens there). @default false
+   */
+  gateway?: boolean;
+}
+
+/** Addresses of the veth link of createWorld({ gateway: true }), unique per world. */
+export interface Gateway {
+  hostIf: string;
+  host4: string;
+  world4: string;
+  host6: string;
+  world6: string;
 }
 
 export interface ProbeOptions {
@@ -441,6 +456,38 @@ export class World {
     return this.destroying;
   }
 
+  /** The veth link to the host namespace, when createWorld({ gateway: true }). */
+  gateway: Gateway | undefined;
+
+  /** @internal Creates the veth pair; the world side goes with the netns, the host side is deleted in destroy(). */
+  async addGateway(): Promise<void> {
+    // One /30 of 192.0.2.128/26 and one /64 per world, from its id: concurrent worlds do not collide.
+    const k = Number.parseInt(this.id.slice(0, 4), 16) % 16;
+    const g: Gateway = {
+      hostIf: `egh${this.id}`,
+      host4: `192.0.2.${129 + 4 * k}`,
+      world4: `192.0.2.${130 + 4 * k}`,
+      host6: `2001:db8:53:${k.toString(16)}::1`,
+      world6: `2001:db8:53:${k.toString(16)}::2`,
+    };
+    const worldIf = `egw${this.id}`;
+    await this.ip(
+      ['link', 'add', g.hostIf, 'type', 'veth', 'peer', 'name', worldIf, 'netns', this.netnsName],
+      'ip link add veth',
+    );
+    this.gateway = g;
+    await this.ip(['addr', 'add', `${g.host4}/30`, 'dev', g.hostIf], 'ip addr add (gateway)');
+    await this.ip(['-6', 'addr', 'add', `${g.host6}/64`, 'dev', g.hostIf, 'nodad'], 'ip addr add (gateway)');
+    await this.ip(['link', 'set', g.hostIf, 'up'], 'ip link set up (gateway)');
+    const n = ['-n', this.netnsName];
+    await this.ip([...n, 'addr', 'add', `${g.world4}/30`, 'dev', worldIf], 'ip addr add (world side)');
+    await this.ip(
+      [...n, '-6', 'addr', 'add', `${g.world6}/64`, 'dev', worldIf, 'nodad'],
+      'ip addr add (world side)',
+    );
+    await this.ip([...n, 'link', 'set', worldIf, 'up'], 'ip link set up (world side)');
+  }
+
   // ---- setup (called by createWorld) ----
 
   /** @internal */
@@ -702,6 +749,14 @@ export class World {
         this.netnsCreated = false;
       });
     }
+    const hostIf = this.gateway?.hostIf;
+    if (hostIf) {
+      // Normally gone with the netns (a veth pair dies with either end).
+      await step('removing the gateway link', async () => {
+        const { stdout } = await execFileAsync('ip', ['-o', 'link', 'show']);
+        if (stdout.includes(`${hostIf}@`)) await execFileAsync('ip', ['link', 'del', hostIf]);
+      });
+    }
     process.off('exit', this.exitHook);
     if (!errors.length) {
       rmSync(path.join(OWNER_DIR, this.id), { force: true });
@@ -740,6 +795,7 @@ export async function createWorld(opts: WorldOptions = {}): Promise<World> {
   const world = new World(hex(3), mount, opts.ports ?? WORLD_PORTS);
   try {
     await world.setup();
+    if (opts.gateway) await world.addGateway();
   } catch (err) {
     await world.destroy().catch(() => {});
     throw err;

@@ -16,7 +16,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
 import type { Store } from '../../../api/src/store/store.js';
-import type { Enforcer } from '../enforcer.js';
+import type { DnsProxy } from '../dns/proxy.js';
+import type { DnsSettings, Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
 import type { Policy } from '../policy/types.js';
 import { CgroupWatcher } from './cgroup-watch.js';
@@ -49,6 +50,8 @@ export interface AgentOptions {
   maxBackoffMs?: number;
   /** How long one XREAD blocks before it is issued again. @default 5000 */
   blockMs?: number;
+  /** The DNS proxy; without one, governed computers get no DNS at all (fail closed). */
+  proxy?: DnsProxy;
 }
 
 export class Agent {
@@ -58,6 +61,8 @@ export class Agent {
   private readonly enforced = new Map<string, number>();
   private readonly failures = new Map<string, string>();
   private readonly unacked = new Set<string>();
+  private readonly reconciling = new Map<string, Promise<void>>();
+  private expiry: NodeJS.Timeout | undefined;
   private readonly watcher: CgroupWatcher;
   private streamId = '0-0';
   private seq = 0;
@@ -79,12 +84,14 @@ export class Agent {
 
   /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
   async start(): Promise<void> {
+    this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
     this.running ??= this.loop();
     await Promise.race([this.firstSync.promise, this.running]);
   }
 
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.expiry);
     this.wake?.();
     this.watcher.close();
     // A blocked XREAD ends when the store is closed after this; do not wait for it.
@@ -165,7 +172,7 @@ export class Agent {
     for (const c of snapshot.computers) {
       seen.add(c.id);
       this.desired.set(c.id, { cgroup: c.cgroup, policy: c.policy, version: c.version });
-      this.reconcile(c.id);
+      await this.reconcile(c.id);
     }
     for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
     for (const state of this.opts.enforcer.list()) if (!seen.has(state.id)) this.forget(state.id);
@@ -188,23 +195,28 @@ export class Agent {
       policy: policy ? { mode: policy.mode, rules: policy.rules } : { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
     });
-    this.reconcile(id);
+    await this.reconcile(id);
   }
 
   /** Makes the kernel hold the desired state of `id`; records what to acknowledge. */
-  private reconcile(id: string): void {
+  private reconcile(id: string): Promise<void> {
+    // One reconcile at a time per computer; later calls see the latest desired state.
+    const run = (this.reconciling.get(id) ?? Promise.resolve()).then(() => this.reconcileNow(id));
+    this.reconciling.set(id, run);
+    return run.finally(() => {
+      if (this.reconciling.get(id) === run) this.reconciling.delete(id);
+    });
+  }
+
+  private async reconcileNow(id: string): Promise<void> {
     const want = this.desired.get(id);
     if (!want) return;
     const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
     this.watcher.track(id, full);
     try {
-      const result = this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version));
-      if (!result.attached) {
-        const current = this.opts.enforcer.state(id);
-        if (current?.version !== BigInt(want.version)) {
-          this.opts.enforcer.apply(id, want.policy, BigInt(want.version));
-        }
-      }
+      const dns = await this.dnsSettings(id, want.policy);
+      if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
+      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns);
       this.failures.delete(id);
       if (this.enforced.get(id) !== want.version) {
         this.enforced.set(id, want.version);
@@ -227,6 +239,18 @@ export class Agent {
     }
   }
 
+  /** The computer's DNS proxy port: one while its mode redirects DNS, none when unrestricted. */
+  private async dnsSettings(id: string, policy: Policy): Promise<DnsSettings> {
+    const proxy = this.opts.proxy;
+    if (!proxy) return {};
+    if (policy.mode === 'unrestricted') {
+      proxy.release(id);
+      return { port: 0 };
+    }
+    const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0);
+    return { port, blockDns: policy.blockDns === true };
+  }
+
   /** Detaches a computer that Redis no longer has on this node. */
   private forget(id: string): void {
     this.desired.delete(id);
@@ -235,13 +259,14 @@ export class Agent {
     this.unacked.delete(id);
     this.watcher.untrack(id);
     this.opts.enforcer.detach(id);
+    this.opts.proxy?.release(id);
     this.log.info({ computer: id }, 'detached');
   }
 
   private onCgroupChange(id: string, exists: boolean): void {
     if (exists) {
       this.log.info({ computer: id }, 'cgroup appeared: attaching');
-      this.reconcile(id);
+      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
     } else {
       this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
       this.opts.enforcer.detach(id);

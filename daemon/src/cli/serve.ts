@@ -7,14 +7,15 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import { createServer } from 'node:net';
+import { createServer, isIP } from 'node:net';
 import path from 'node:path';
 import { type Logger, pino } from 'pino';
 import { createApp } from '../../../api/src/app.js';
 import { parseListen, resolveConfig } from '../../../api/src/config.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
-import type { EgressdConfig } from '../config.js';
+import { type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
+import { DnsProxy } from '../dns/proxy.js';
 import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
@@ -109,9 +110,11 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         { pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node },
         'BPF programs ready',
       );
+      const proxy = startDnsProxy(config, enforcer, log);
+      stoppers.push(() => proxy.close());
       const store = new Store({ url: redisUrl });
       stoppers.push(() => store.close());
-      const agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log });
+      const agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log, proxy });
       stoppers.push(() => agent.stop());
       // Connection failures are retried inside the agent; pins enforce meanwhile.
       await agent.start();
@@ -169,6 +172,39 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
     process.once('SIGINT', () => stop('SIGINT'));
   });
   await stopAll();
+}
+
+/** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */
+function startDnsProxy(config: EgressdConfig, enforcer: Enforcer, log: Logger): DnsProxy {
+  const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
+  if (upstreams.length === 0) {
+    throw new EgressdError(
+      'NO_DNS_UPSTREAM',
+      '/etc/resolv.conf names no nameserver: give the resolver to forward to with --dns-upstream / EGRESSD_DNS_UPSTREAM',
+    );
+  }
+  const [min = 0, max = 0] = config.dnsPorts.split('-').map(Number);
+  const proxyV4 = config.dnsProxyAddresses.find((a) => isIP(a) === 4);
+  const proxyV6 = config.dnsProxyAddresses.find((a) => isIP(a) === 6);
+  enforcer.setDnsConfig([min, max], proxyV4, proxyV6);
+  return new DnsProxy({
+    enforcer,
+    upstreams: upstreams.map((u) => parseHostPort(u, 53)!),
+    listen: ['127.0.0.1', '::1', ...config.dnsProxyAddresses],
+    portRange: [min, max],
+    ttlFloor: Number(config.dnsTtlMin),
+    ttlCeiling: Number(config.dnsTtlMax),
+    timeoutMs: 3000,
+    log: log.child({ component: 'dns' }),
+  });
+}
+
+function readResolvConf(): string {
+  try {
+    return readFileSync('/etc/resolv.conf', 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** Type=notify units: tell systemd we are ready (NotifyAccess=all lets systemd-notify do it). */

@@ -21,6 +21,8 @@ export interface Rule {
 export interface Policy {
   mode: Mode;
   rules: Rule[];
+  /** Isolated mode only: refuse DNS too (default: DNS is answered, as the seed says). */
+  blockDns?: boolean;
 }
 
 /** Modes whose rules decide; the others take no rules. */

@@ -1,0 +1,383 @@
+/**
+ * The DNS proxy. The kernel hooks send every governed computer's DNS (UDP
+ * and TCP to port 53, any resolver) to the computer's own proxy port, so the
+ * port says who asked; the proxy forwards to the upstream resolver and,
+ * before it releases an answer, writes the A/AAAA addresses of names the
+ * computer's policy lists into that computer's learned map. If that write
+ * fails, or the upstream does not answer in time, the answer is SERVFAIL:
+ * fail closed, and counted.
+ *
+ * - allowlist: listed names' addresses become reachable for the answer's TTL
+ *   (clamped to [ttlFloor, ttlCeiling]).
+ * - denylist: listed names are resolved (so their addresses can be denied)
+ *   and answered NXDOMAIN. Best effort: an application can hard-code
+ *   addresses.
+ * - isolated: answered, nothing learned (nothing connects anyway).
+ * A CNAME chain counts as listed when any name in it is. Addresses that
+ * would open loopback, unspecified, link-local or this host's own
+ * addresses are never learned (DNS rebinding).
+ */
+
+import { randomInt } from 'node:crypto';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import os from 'node:os';
+import dnsPacket from 'dns-packet';
+import ipaddr from 'ipaddr.js';
+import type { Logger } from 'pino';
+import type { Enforcer } from '../enforcer.js';
+
+export interface Upstream {
+  host: string;
+  port: number;
+}
+
+export interface DnsProxyOptions {
+  enforcer: Enforcer;
+  upstreams: Upstream[];
+  /** Addresses to listen on, per computer port: loopback for the host namespace, plus addresses reachable from sandboxes' own namespaces. */
+  listen: string[];
+  /** Ports the proxy may give computers, inclusive. */
+  portRange: [number, number];
+  /** TTL clamp for learned addresses, seconds. */
+  ttlFloor: number;
+  ttlCeiling: number;
+  /** Upstream answer deadline. */
+  timeoutMs: number;
+  log: Logger;
+}
+
+export interface DnsStats {
+  queries: number;
+  answered: number;
+  nxdomain: number;
+  /** Answers replaced by SERVFAIL because the map write failed or the upstream timed out. */
+  failClosed: number;
+  learned: number;
+}
+
+interface ComputerSockets {
+  port: number;
+  udp: dgram.Socket[];
+  tcp: net.Server[];
+}
+
+const RCODE = { SERVFAIL: 2, NXDOMAIN: 3, REFUSED: 5 } as const;
+const MAX_TCP_MESSAGE = 65535;
+
+export class DnsProxy {
+  readonly stats: DnsStats = { queries: 0, answered: 0, nxdomain: 0, failClosed: 0, learned: 0 };
+  private readonly computers = new Map<string, ComputerSockets>();
+  private readonly usedPorts = new Set<number>();
+  private readonly ownAddresses: Set<string>;
+  private readonly upstreamSockets: dgram.Socket[] = [];
+  private readonly pending = new Map<string, (answer: Buffer | undefined) => void>();
+  private closed = false;
+
+  constructor(private readonly opts: DnsProxyOptions) {
+    if (opts.upstreams.length === 0) throw new Error('the DNS proxy needs at least one upstream resolver');
+    this.ownAddresses = new Set(
+      Object.values(os.networkInterfaces())
+        .flat()
+        .map((i) => i?.address ?? '')
+        .filter((a) => a !== ''),
+    );
+  }
+
+  /** The computer's proxy port, with sockets bound on every listen address; `preferred` first (a restart keeps ports). */
+  async ensure(id: string, preferred = 0): Promise<number> {
+    const existing = this.computers.get(id);
+    if (existing) return existing.port;
+    const [min, max] = this.opts.portRange;
+    const candidates =
+      preferred >= min && preferred <= max && !this.usedPorts.has(preferred) ? [preferred] : [];
+    for (let tries = 0; tries < 50; tries++) candidates.push(min + randomInt(max - min + 1));
+    for (const port of candidates) {
+      if (this.usedPorts.has(port)) continue;
+      this.usedPorts.add(port);
+      try {
+        const sockets = await this.bind(id, port);
+        this.computers.set(id, sockets);
+        return port;
+      } catch (err) {
+        this.usedPorts.delete(port);
+        if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      }
+    }
+    throw new Error(`no free DNS proxy port in ${min}-${max}: widen --dns-ports`);
+  }
+
+  portOf(id: string): number | undefined {
+    return this.computers.get(id)?.port;
+  }
+
+  /** Closes the computer's sockets and frees its port. */
+  release(id: string): void {
+    const s = this.computers.get(id);
+    if (!s) return;
+    this.computers.delete(id);
+    this.usedPorts.delete(s.port);
+    for (const u of s.udp) u.close();
+    for (const t of s.tcp) t.close();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const id of [...this.computers.keys()]) this.release(id);
+    for (const u of this.upstreamSockets) u?.close();
+    for (const resolve of this.pending.values()) resolve(undefined);
+  }
+
+  private async bind(id: string, port: number): Promise<ComputerSockets> {
+    const sockets: ComputerSockets = { port, udp: [], tcp: [] };
+    try {
+      for (const address of this.opts.listen) {
+        const v6 = net.isIPv6(address);
+        const udp = dgram.createSocket(v6 ? { type: 'udp6', ipv6Only: true } : { type: 'udp4' });
+        sockets.udp.push(udp);
+        await new Promise<void>((resolve, reject) => {
+          udp.once('error', reject);
+          udp.bind(port, address, () => {
+            udp.off('error', reject);
+            resolve();
+          });
+        });
+        udp.on('message', (msg, rinfo) => {
+          void this.handle(id, msg, 'udp').then((reply) => {
+            if (reply && !this.closed) udp.send(reply, rinfo.port, rinfo.address);
+          });
+        });
+        udp.on('error', (err) =>
+          this.opts.log.warn({ computer: id, err: err.message }, 'DNS proxy socket error'),
+        );
+        const tcp = net.createServer((conn) => this.serveTcp(id, conn));
+        sockets.tcp.push(tcp);
+        await new Promise<void>((resolve, reject) => {
+          tcp.once('error', reject);
+          tcp.listen({ port, host: address, ...(v6 ? { ipv6Only: true } : {}) }, () => {
+            tcp.off('error', reject);
+            resolve();
+          });
+        });
+      }
+      return sockets;
+    } catch (err) {
+      for (const u of sockets.udp) u.close();
+      for (const t of sockets.tcp) t.close();
+      throw err;
+    }
+  }
+
+  /** DNS over TCP: 2-byte length-prefixed messages, answered in order. */
+  private serveTcp(id: string, conn: net.Socket): void {
+    let buffered = Buffer.alloc(0);
+    let chain = Promise.resolve();
+    conn.setTimeout(30_000, () => conn.destroy());
+    conn.on('error', () => conn.destroy());
+    conn.on('data', (chunk) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 2) {
+        const len = buffered.readUInt16BE(0);
+        if (buffered.length < 2 + len) break;
+        const msg = buffered.subarray(2, 2 + len);
+        buffered = buffered.subarray(2 + len);
+        chain = chain.then(async () => {
+          const reply = await this.handle(id, msg, 'tcp');
+          if (reply && !conn.destroyed) {
+            const frame = Buffer.alloc(2 + reply.length);
+            frame.writeUInt16BE(reply.length);
+            reply.copy(frame, 2);
+            conn.write(frame);
+          }
+        });
+      }
+    });
+  }
+
+  /** One query of computer `id`: the reply to send, or undefined to stay silent (garbage in). */
+  async handle(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    let query: dnsPacket.Packet;
+    try {
+      query = dnsPacket.decode(msg);
+    } catch {
+      return undefined;
+    }
+    const question = query.questions?.[0];
+    if (query.type !== 'query' || !question || query.questions?.length !== 1) return undefined;
+    this.stats.queries++;
+    const qname = normaliseName(question.name);
+    const mode = this.opts.enforcer.modeOf(id);
+    const answer = await this.forward(msg, transport);
+    if (!answer) {
+      this.stats.failClosed++;
+      this.opts.log.warn({ computer: id, name: qname }, 'upstream did not answer in time: SERVFAIL');
+      return errorReply(query, RCODE.SERVFAIL);
+    }
+    let response: dnsPacket.Packet;
+    try {
+      response = dnsPacket.decode(answer);
+    } catch {
+      this.stats.failClosed++;
+      return errorReply(query, RCODE.SERVFAIL);
+    }
+    const rq = response.questions?.[0];
+    if (!rq || normaliseName(rq.name) !== qname || rq.type !== question.type) {
+      this.stats.failClosed++;
+      return errorReply(query, RCODE.SERVFAIL);
+    }
+    if (mode === 'allowlist' || mode === 'denylist') {
+      const { names, addresses, ttl } = resolveChain(qname, response.answers ?? []);
+      if (this.opts.enforcer.listsName(id, names)) {
+        const safe = addresses.filter((a) => this.learnable(a));
+        const clamped = Math.min(Math.max(ttl, this.opts.ttlFloor), this.opts.ttlCeiling);
+        try {
+          if (safe.length > 0 && !this.opts.enforcer.learn(id, names, safe, clamped)) {
+            throw new Error('policy no longer lists the name');
+          }
+          this.stats.learned += safe.length;
+        } catch (err) {
+          // Fail closed: no answer without its map write.
+          this.stats.failClosed++;
+          this.opts.log.error(
+            { computer: id, name: qname, err: (err as Error).message },
+            'learned-map write failed: SERVFAIL',
+          );
+          return errorReply(query, RCODE.SERVFAIL);
+        }
+        if (mode === 'denylist') {
+          this.stats.nxdomain++;
+          return errorReply(query, RCODE.NXDOMAIN);
+        }
+      }
+    }
+    this.stats.answered++;
+    const reply = Buffer.from(answer);
+    reply.writeUInt16BE(query.id ?? 0, 0);
+    return reply;
+  }
+
+  private learnable(bytes: number[]): boolean {
+    const addr = ipaddr.fromByteArray(bytes);
+    const range = addr.range();
+    if (['loopback', 'unspecified', 'linkLocal', 'multicast', 'broadcast', 'ipv4Mapped'].includes(range))
+      return false;
+    return !this.ownAddresses.has(addr.toString());
+  }
+
+  /** Sends the query upstream under a fresh random id; the answer with that id, or undefined at the deadline. */
+  private forward(msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    const upstream = this.opts.upstreams[0]!;
+    return transport === 'tcp' ? this.forwardTcp(msg, upstream) : this.forwardUdp(msg, upstream);
+  }
+
+  private upstreamSocket(upstream: Upstream): dgram.Socket {
+    const index = randomInt(4);
+    let socket = this.upstreamSockets[index];
+    if (!socket) {
+      socket = dgram.createSocket(net.isIPv6(upstream.host) ? 'udp6' : 'udp4');
+      socket.on('message', (answer, rinfo) => {
+        if (rinfo.address !== upstream.host || rinfo.port !== upstream.port || answer.length < 2) return;
+        this.pending.get(`${index}:${answer.readUInt16BE(0)}`)?.(answer);
+      });
+      socket.on('error', (err) => this.opts.log.warn({ err: err.message }, 'upstream socket error'));
+      this.upstreamSockets[index] = socket;
+    }
+    return socket;
+  }
+
+  private forwardUdp(msg: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
+    const socket = this.upstreamSocket(upstream);
+    const index = this.upstreamSockets.indexOf(socket);
+    let id = randomInt(65536);
+    while (this.pending.has(`${index}:${id}`)) id = randomInt(65536);
+    const key = `${index}:${id}`;
+    const out = Buffer.from(msg);
+    out.writeUInt16BE(id, 0);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => finish(undefined), this.opts.timeoutMs);
+      const finish = (answer: Buffer | undefined) => {
+        clearTimeout(timer);
+        this.pending.delete(key);
+        resolve(answer);
+      };
+      this.pending.set(key, finish);
+      socket.send(out, upstream.port, upstream.host, (err) => {
+        if (err) finish(undefined);
+      });
+    });
+  }
+
+  private forwardTcp(msg: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
+    return new Promise((resolve) => {
+      const id = randomInt(65536);
+      const conn = net.connect({ host: upstream.host, port: upstream.port });
+      let buffered = Buffer.alloc(0);
+      const timer = setTimeout(() => finish(undefined), this.opts.timeoutMs);
+      const finish = (answer: Buffer | undefined) => {
+        clearTimeout(timer);
+        conn.destroy();
+        resolve(answer);
+      };
+      conn.on('error', () => finish(undefined));
+      conn.on('connect', () => {
+        const frame = Buffer.alloc(2 + msg.length);
+        frame.writeUInt16BE(msg.length);
+        msg.copy(frame, 2);
+        frame.writeUInt16BE(id, 2);
+        conn.write(frame);
+      });
+      conn.on('data', (chunk) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (buffered.length > 2 + MAX_TCP_MESSAGE) return finish(undefined);
+        if (buffered.length >= 2 && buffered.length >= 2 + buffered.readUInt16BE(0)) {
+          const answer = buffered.subarray(2, 2 + buffered.readUInt16BE(0));
+          finish(answer.length >= 2 && answer.readUInt16BE(0) === id ? answer : undefined);
+        }
+      });
+    });
+  }
+}
+
+export function normaliseName(name: string): string {
+  const lower = name.toLowerCase();
+  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
+}
+
+/** Follows CNAMEs from `qname`: every name of the chain, the A/AAAA bytes at its end, and the smallest TTL on the way. */
+export function resolveChain(
+  qname: string,
+  answers: dnsPacket.Answer[],
+): { names: string[]; addresses: number[][]; ttl: number } {
+  const names = [qname];
+  let ttl = Number.POSITIVE_INFINITY;
+  let current = qname;
+  for (let hops = 0; hops < 16; hops++) {
+    const cname = answers.find((a) => a.type === 'CNAME' && normaliseName(a.name) === current) as
+      | { ttl?: number; data: unknown }
+      | undefined;
+    if (!cname) break;
+    ttl = Math.min(ttl, cname.ttl ?? 0);
+    current = normaliseName(String(cname.data));
+    if (names.includes(current)) break;
+    names.push(current);
+  }
+  const addresses: number[][] = [];
+  for (const a of answers) {
+    if ((a.type !== 'A' && a.type !== 'AAAA') || !names.includes(normaliseName(a.name))) continue;
+    try {
+      addresses.push(ipaddr.parse(String((a as { data: unknown }).data)).toByteArray());
+      ttl = Math.min(ttl, (a as { ttl?: number }).ttl ?? 0);
+    } catch {}
+  }
+  return { names, addresses, ttl: Number.isFinite(ttl) ? ttl : 0 };
+}
+
+function errorReply(query: dnsPacket.Packet, rcode: number): Buffer {
+  const rd = (query.flags ?? 0) & dnsPacket.RECURSION_DESIRED;
+  return dnsPacket.encode({
+    type: 'response',
+    id: query.id ?? 0,
+    flags: rd | dnsPacket.RECURSION_AVAILABLE | rcode,
+    questions: query.questions ?? [],
+  });
+}

@@ -1,0 +1,68 @@
+/**
+ * A real upstream DNS server for tests: Debian's dnsmasq on 127.0.0.1 (UDP
+ * and TCP) serving the records given, nothing else (no upstream of its own,
+ * no /etc/hosts). Ended by its own PID in stop().
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+export interface Dnsmasq {
+  host: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+async function freeUdpPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
+  const port = s.address().port;
+  s.close();
+  return port;
+}
+
+/** `lines` are dnsmasq options such as "host-record=a.test,192.0.2.1,300" or "cname=b.test,a.test". */
+export async function startDnsmasq(lines: string[]): Promise<Dnsmasq> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'egressd-dnsmasq-'));
+  const port = await freeUdpPort();
+  const conf = path.join(dir, 'dnsmasq.conf');
+  writeFileSync(
+    conf,
+    [
+      'no-resolv',
+      'no-hosts',
+      'bind-interfaces',
+      'listen-address=127.0.0.1',
+      `port=${port}`,
+      'no-negcache',
+      ...lines,
+      '',
+    ].join('\n'),
+  );
+  const child: ChildProcess = spawn(
+    'dnsmasq',
+    [`--conf-file=${conf}`, '--keep-in-foreground', '--user=root', '--pid-file', '--log-facility=-'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (d) => {
+    stderr += d;
+  });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      const exited = new Promise((r) => child.once('exit', r));
+      process.kill(child.pid, 'SIGTERM');
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  for (let i = 0; i < 100; i++) {
+    if (stderr.includes('started')) return { host: '127.0.0.1', port, stop };
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await stop();
+  throw new Error(`dnsmasq did not start: ${stderr}`);
+}
