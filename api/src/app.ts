@@ -44,6 +44,7 @@ export function createApp(options: AppOptions): App {
     metrics,
   };
 
+  let lastUnavailableLog = 0;
   const router = new Router<ApiState>();
   healthRoutes(router, deps, metrics);
   policyRoutes(router, deps);
@@ -75,8 +76,17 @@ export function createApp(options: AppOptions): App {
       }
     } catch (err) {
       const e = toApiError(err);
-      if (e instanceof StoreUnavailableError) metrics.storeUnavailable.inc();
-      if (e.status >= 500) logger.error({ err, method: ctx.method, path: ctx.path }, e.message);
+      if (e instanceof StoreUnavailableError) {
+        metrics.storeUnavailable.inc();
+        // At most one line a second while Redis is away (the metric counts them all).
+        const now = Date.now();
+        if (now - lastUnavailableLog >= 1000) {
+          lastUnavailableLog = now;
+          logger.warn({ method: ctx.method, path: ctx.path }, e.message);
+        }
+      } else if (e.status >= 500) {
+        logger.error({ err, method: ctx.method, path: ctx.path }, e.message);
+      }
       ctx.status = e.status;
       ctx.body = {
         error: { code: e.code, message: e.message, ...(e.details ? { details: e.details } : {}) },
