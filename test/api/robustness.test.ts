@@ -108,3 +108,17 @@ test('a body larger than the limit without Content-Length (chunked) is 413', asy
   }).catch(() => 413); // the server may close the connection while we still send
   t.is(status, 413);
 });
+
+test('a bug answers 500 internal without details, and is not a store outage', async (t) => {
+  await register(h, 'rob-bug');
+  const original = h.store.getPolicy;
+  h.store.getPolicy = async () => {
+    throw new TypeError('boom: secret internals');
+  };
+  t.teardown(() => {
+    h.store.getPolicy = original;
+  });
+  const r = await h.call('GET', '/api/v1/computers/rob-bug/network-policy');
+  t.is(r.status, 500);
+  t.deepEqual(r.body, { error: { code: 'internal', message: 'internal error; the API logged it' } });
+});
