@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev iproute2 util-linux
-  redis-server dnsmasq-base dnsutils procps systemd
+  redis-server dnsmasq-base dnsutils dnsperf procps systemd
 )
 missing=()
 for p in "${packages[@]}"; do

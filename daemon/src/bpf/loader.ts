@@ -92,16 +92,20 @@ function programId(fd: number): number {
   return info.readUInt32LE(4);
 }
 
-function loadFresh(pinDir: string, objectPath: string): LoadedObject {
-  if (!existsSync(objectPath)) {
-    throw new EgressdError('NO_BPF_OBJECT', `BPF object ${objectPath} is missing: run npm run build`);
-  }
-  const obj = bpf.openObject(objectPath);
-  try {
+/**
+ * Opens and loads the object. The verifier gives up with EAGAIN when a signal
+ * arrives during its work (a profiler's SIGPROF, a child's SIGCHLD): retried.
+ */
+function openAndLoad(objectPath: string): bpf.BpfObject {
+  for (let attempt = 1; ; attempt++) {
+    const obj = bpf.openObject(objectPath);
     libbpfLog = [];
     try {
       bpf.loadObject(obj);
+      return obj;
     } catch (err) {
+      bpf.closeObject(obj);
+      if (err instanceof bpf.LibbpfError && err.errno === 11 && attempt < 5) continue;
       throw new EgressdError(
         'BPF_LOAD_FAILED',
         `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
@@ -111,6 +115,15 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
         { cause: err },
       );
     }
+  }
+}
+
+function loadFresh(pinDir: string, objectPath: string): LoadedObject {
+  if (!existsSync(objectPath)) {
+    throw new EgressdError('NO_BPF_OBJECT', `BPF object ${objectPath} is missing: run npm run build`);
+  }
+  const obj = openAndLoad(objectPath);
+  try {
     mkdirSync(path.join(pinDir, 'maps'), { recursive: true });
     mkdirSync(path.join(pinDir, 'progs'), { recursive: true });
     for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
