@@ -118,6 +118,8 @@ interface ComputerRecord {
   compiled: CompiledPolicy;
   /** learnedKey(bytes) → entry */
   learned: Map<string, LearnedEntry>;
+  /** Name chain → its verdict under `compiled` (the record is replaced on every install). */
+  verdicts: Map<string, ReturnType<typeof nameVerdict>>;
 }
 
 function learnedKey(bytes: number[]): string {
@@ -335,15 +337,12 @@ export class Enforcer {
         learnedId = this.allocateLearnedId();
         for (const [k, entry] of record?.learned ?? []) {
           if (entry.expiresNs <= process.hrtime.bigint() || entry.names.length === 0) continue;
-          const copied = this.writeLearned(
-            policyId,
-            compiled,
-            learnedId,
-            entry.names,
-            entry.bytes,
-            entry.expiresNs,
+          const verdict = nameVerdict(compiled, entry.names);
+          if (!verdict) continue;
+          learned.set(
+            k,
+            this.writeLearned(policyId, verdict, learnedId, entry.names, entry.bytes, entry.expiresNs),
           );
-          if (copied) learned.set(k, copied);
         }
       }
       const value: ComputerValue = {
@@ -363,7 +362,7 @@ export class Enforcer {
     }
     if (previous?.policyId) this.release(previous.policyId);
     if (record) this.retireLearned(record.learned);
-    this.records.set(id, { cgroupId, policyId, learnedId, compiled, learned });
+    this.records.set(id, { cgroupId, policyId, learnedId, compiled, learned, verdicts: new Map() });
   }
 
   /**
@@ -375,28 +374,20 @@ export class Enforcer {
   learn(id: string, names: string[], addresses: number[][], ttlSeconds: number): boolean {
     const record = this.records.get(id);
     if (!record?.learnedId) return false;
+    const verdict = cachedVerdict(record, names);
+    if (!verdict) return false;
     const expiresNs = process.hrtime.bigint() + BigInt(Math.round(ttlSeconds * 1e9));
-    let any = false;
     for (const bytes of addresses) {
-      const entry = this.writeLearned(
-        record.policyId,
-        record.compiled,
-        record.learnedId,
-        names,
-        bytes,
-        expiresNs,
-      );
-      if (!entry) return false;
+      const entry = this.writeLearned(record.policyId, verdict, record.learnedId, names, bytes, expiresNs);
       record.learned.set(learnedKey(bytes), entry);
-      any = true;
     }
-    return any;
+    return addresses.length > 0;
   }
 
   /** Whether the computer's policy lists one of `names` (allowlist: allowed; denylist: denied). */
   listsName(id: string, names: string[]): boolean {
     const record = this.records.get(id);
-    return record !== undefined && nameVerdict(record.compiled, names) !== undefined;
+    return record !== undefined && cachedVerdict(record, names) !== undefined;
   }
 
   /** The computer's mode as compiled by this process, if it knows the computer. */
@@ -440,14 +431,12 @@ export class Enforcer {
 
   private writeLearned(
     policyId: number,
-    compiled: CompiledPolicy,
+    verdict: NonNullable<ReturnType<typeof nameVerdict>>,
     learnedId: number,
     names: string[],
     bytes: number[],
     expiresNs: bigint,
-  ): LearnedEntry | undefined {
-    const verdict = nameVerdict(compiled, names);
-    if (!verdict) return undefined;
+  ): LearnedEntry {
     const portSet = verdict.codes.length === 0 ? 0 : this.ensurePortSet(policyId, verdict.codes);
     const key = encodeLearnedKey(learnedId, bytes);
     bpf.mapUpdate(
@@ -834,6 +823,7 @@ export class Enforcer {
       learnedId: value.learnedId,
       compiled: compile(policy),
       learned,
+      verdicts: new Map(),
     });
   }
 
@@ -852,6 +842,15 @@ export class Enforcer {
     this.closed = true;
     closeLoaded(this.obj);
   }
+}
+
+function cachedVerdict(record: ComputerRecord, names: string[]): ReturnType<typeof nameVerdict> {
+  const key = names.join(' ');
+  if (!record.verdicts.has(key)) {
+    if (record.verdicts.size > 10_000) record.verdicts.clear();
+    record.verdicts.set(key, nameVerdict(record.compiled, names));
+  }
+  return record.verdicts.get(key);
 }
 
 /** Identifies compiled entries independently of their policy id. */

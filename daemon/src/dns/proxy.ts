@@ -71,11 +71,20 @@ export class DnsProxy {
   private readonly usedPorts = new Set<number>();
   private readonly ownAddresses: Set<string>;
   private readonly upstreamSockets: dgram.Socket[] = [];
-  private readonly pending = new Map<string, (answer: Buffer | undefined) => void>();
+  private readonly pending = new Map<
+    string,
+    { finish: (answer: Buffer | undefined) => void; deadline: number }
+  >();
+  /** One timer for every upstream deadline (a timer per query costs more than the query). */
+  private readonly deadlines: NodeJS.Timeout;
   private closed = false;
 
   constructor(private readonly opts: DnsProxyOptions) {
     if (opts.upstreams.length === 0) throw new Error('the DNS proxy needs at least one upstream resolver');
+    this.deadlines = setInterval(() => {
+      const now = Date.now();
+      for (const p of this.pending.values()) if (p.deadline <= now) p.finish(undefined);
+    }, 100).unref();
     this.ownAddresses = new Set(
       Object.values(os.networkInterfaces())
         .flat()
@@ -124,8 +133,9 @@ export class DnsProxy {
   async close(): Promise<void> {
     this.closed = true;
     for (const id of [...this.computers.keys()]) this.release(id);
+    clearInterval(this.deadlines);
     for (const u of this.upstreamSockets) u?.close();
-    for (const resolve of this.pending.values()) resolve(undefined);
+    for (const p of this.pending.values()) p.finish(undefined);
   }
 
   private async bind(id: string, port: number): Promise<ComputerSockets> {
@@ -257,6 +267,11 @@ export class DnsProxy {
   }
 
   private learnable(bytes: number[]): boolean {
+    if (bytes.length === 4) {
+      const [a = 0, b = 0] = bytes;
+      if (a === 0 || a === 127 || (a === 169 && b === 254) || a >= 224) return false;
+      return !this.ownAddresses.has(bytes.join('.'));
+    }
     const addr = ipaddr.fromByteArray(bytes);
     const range = addr.range();
     if (['loopback', 'unspecified', 'linkLocal', 'multicast', 'broadcast', 'ipv4Mapped'].includes(range))
@@ -277,7 +292,7 @@ export class DnsProxy {
       socket = dgram.createSocket(net.isIPv6(upstream.host) ? 'udp6' : 'udp4');
       socket.on('message', (answer, rinfo) => {
         if (rinfo.address !== upstream.host || rinfo.port !== upstream.port || answer.length < 2) return;
-        this.pending.get(`${index}:${answer.readUInt16BE(0)}`)?.(answer);
+        this.pending.get(`${index}:${answer.readUInt16BE(0)}`)?.finish(answer);
       });
       socket.on('error', (err) => this.opts.log.warn({ err: err.message }, 'upstream socket error'));
       this.upstreamSockets[index] = socket;
@@ -294,13 +309,11 @@ export class DnsProxy {
     const out = Buffer.from(msg);
     out.writeUInt16BE(id, 0);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => finish(undefined), this.opts.timeoutMs);
       const finish = (answer: Buffer | undefined) => {
-        clearTimeout(timer);
         this.pending.delete(key);
         resolve(answer);
       };
-      this.pending.set(key, finish);
+      this.pending.set(key, { finish, deadline: Date.now() + this.opts.timeoutMs });
       socket.send(out, upstream.port, upstream.host, (err) => {
         if (err) finish(undefined);
       });
@@ -365,7 +378,8 @@ export function resolveChain(
   for (const a of answers) {
     if ((a.type !== 'A' && a.type !== 'AAAA') || !names.includes(normaliseName(a.name))) continue;
     try {
-      addresses.push(ipaddr.parse(String((a as { data: unknown }).data)).toByteArray());
+      const data = String((a as { data: unknown }).data);
+      addresses.push(a.type === 'A' ? data.split('.').map(Number) : ipaddr.parse(data).toByteArray());
       ttl = Math.min(ttl, (a as { ttl?: number }).ttl ?? 0);
     } catch {}
   }
