@@ -36,6 +36,12 @@ export interface ClientOptions {
   apiKey: string;
   /** @default globalThis.fetch */
   fetch?: typeof fetch;
+  /**
+   * Retries of an idempotent request (GET, PUT, DELETE) that got 503 or no
+   * answer at all, waiting Retry-After (at most 1 s) or 200 ms between tries.
+   * @default 0
+   */
+  retries?: number;
 }
 
 export class ApiClientError extends Error {
@@ -57,11 +63,13 @@ export class Client {
   private readonly baseUrl: string;
   private readonly apiKey: string;
   private readonly fetchFn: typeof fetch;
+  private readonly retries: number;
 
   constructor(options: ClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '');
     this.apiKey = options.apiKey;
     this.fetchFn = options.fetch ?? globalThis.fetch;
+    this.retries = options.retries ?? 0;
     this.networkPolicy = new NetworkPolicyApi(this);
     this.computers = new ComputersApi(this);
     this.keys = new KeysApi(this);
@@ -87,7 +95,22 @@ export class Client {
       headers['content-type'] = 'application/json';
       init.body = JSON.stringify(options.body);
     }
-    const res = await this.fetchFn(url, init);
+    const idempotent = method !== 'POST';
+    let res: Response | undefined;
+    for (let attempt = 0; ; attempt++) {
+      const last = !idempotent || attempt >= this.retries;
+      try {
+        res = await this.fetchFn(url, init);
+      } catch (err) {
+        if (last) throw err;
+        await delay(200);
+        continue;
+      }
+      if (res.status !== 503 || last) break;
+      await res.body?.cancel();
+      const after = Number(res.headers.get('retry-after'));
+      await delay(Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 1000) : 200);
+    }
     const text = await res.text();
     let parsed: unknown;
     try {
@@ -225,4 +248,8 @@ export class KeysApi {
 
 function ifMatch(options: ChangeOptions): Record<string, string> {
   return options.ifMatch === undefined ? {} : { 'if-match': `"${options.ifMatch}"` };
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

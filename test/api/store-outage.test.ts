@@ -6,7 +6,7 @@ import { createApp } from '../../api/src/app.js';
 import { resolveConfig } from '../../api/src/config.js';
 import { Store } from '../../api/src/store/store.js';
 import { startRedis } from '../helpers/redis.js';
-import { type Harness, register, startHarness } from './harness.js';
+import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;
 test.before(async () => {
@@ -188,4 +188,22 @@ test.serial('a Store connects by itself, even without connect()', async (t) => {
   t.true(ok);
   await store.connect();
   t.is(await store.getComputer('nobody'), undefined);
+});
+
+test.serial('the client retries an idempotent request through an outage', async (t) => {
+  const { Client, ApiClientError } = await import('../../api/src/client.js');
+  await register(h, 'retry-1');
+  const patient = new Client({ baseUrl: h.baseUrl, apiKey: ADMIN_KEY, retries: 50 });
+  const impatient = new Client({ baseUrl: h.baseUrl, apiKey: ADMIN_KEY });
+  await h.redis.stop();
+  const err = await t.throwsAsync(() => impatient.networkPolicy.get('retry-1'), {
+    instanceOf: ApiClientError,
+  });
+  t.is(err?.status, 503);
+  t.is(err?.code, 'store_unavailable');
+  const pending = patient.networkPolicy.get('retry-1');
+  await new Promise((r) => setTimeout(r, 300));
+  await h.redis.restart();
+  const policy = await pending;
+  t.is(policy.computer_id, 'retry-1');
 });
