@@ -855,12 +855,22 @@ function cachedVerdict(record: ComputerRecord, names: string[]): ReturnType<type
 
 /** Identifies compiled entries independently of their policy id. */
 function contentHash(compiled: CompiledPolicy): string {
-  const h = createHash('sha256');
-  for (const p of compiled.prefixes)
-    h.update(`${p.family}|${p.bytes.join('.')}|${p.prefixLen}|${p.anyPortProtos}|${p.portSet};`);
-  h.update('#');
-  for (const e of compiled.ports) h.update(`${e.portSet}|${e.port}|${e.proto};`);
-  return h.digest('base64');
+  // One flat buffer, hashed once: per prefix its family, bytes, length, protocols and port set.
+  const out = Buffer.alloc(compiled.prefixes.length * 24 + compiled.ports.length * 8);
+  let o = 0;
+  for (const p of compiled.prefixes) {
+    out[o++] = p.family;
+    for (const b of p.bytes) out[o++] = b;
+    out[o++] = p.prefixLen;
+    out[o++] = p.anyPortProtos;
+    o = out.writeUInt32LE(p.portSet, o);
+  }
+  for (const e of compiled.ports) {
+    o = out.writeUInt32LE(e.portSet, o);
+    o = out.writeUInt16LE(e.port, o);
+    out[o++] = e.proto;
+  }
+  return createHash('sha256').update(out.subarray(0, o)).digest('base64');
 }
 
 /** Every key of a map (get_next_key walk); for start-up and small maps. */

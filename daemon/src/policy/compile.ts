@@ -185,7 +185,8 @@ interface Folded {
 
 /** Nodes of one family; port sets are shared across families through `portSetIds`. */
 function fold(nodes: Node[], portSetIds: Map<string, number>, ports: PortEntry[]): CompiledPrefix[] {
-  nodes.sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0));
+  if (nodes[0]?.family === 4) nodes.sort((a, b) => (a.sortKey as number) - (b.sortKey as number));
+  else nodes.sort((a, b) => (a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0));
   const prefixes: CompiledPrefix[] = [];
   // Prefixes nest like brackets in this order: the stack holds the chain of
   // covering prefixes of the current one, each with its folded answer.
