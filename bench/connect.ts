@@ -6,12 +6,14 @@
  * 100,000 CIDR rules (the destination allowed, so every hook runs its full
  * path). Each round runs every variant once, in rotated order; figures are
  * min and median over rounds, as ratios to the no-program baseline of the
- * same run. Also: the time to apply 10,000- and 100,000-rule policies.
+ * same run, plus the mean run time of the hook itself from the kernel's BPF
+ * statistics (robust to the noise of a shared machine). Also: the time to
+ * apply 10,000- and 100,000-rule policies.
  *
  *   sudo node dist/bench/connect.js [--rounds N] [--tcp-iterations N] [--udp-iterations N]
  */
-import { execFile } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -57,6 +59,22 @@ interface Sample {
   variant: string;
   mode: 'tcp' | 'udp';
   nsPerOp: number;
+  /** Mean run time of the hook itself (kernel.bpf_stats_enabled), ns; NaN without a program. */
+  hookNs: number;
+}
+
+/** run_cnt and run_time_ns of a pinned program (kernel.bpf_stats_enabled must be 1). */
+function progStats(world: World, program: string): { runs: number; ns: number } {
+  const info = JSON.parse(
+    execFileSync('bpftool', [
+      '-j',
+      'prog',
+      'show',
+      'pinned',
+      path.join(world.pinDir, 'progs', program),
+    ]).toString(),
+  ) as { run_cnt?: number; run_time_ns?: number };
+  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
 }
 
 async function loop(world: World, cgroup: string, mode: 'tcp' | 'udp', iterations: number): Promise<number> {
@@ -100,6 +118,8 @@ function timeApply(enforcer: Enforcer, id: string, policy: Policy, times: number
 
 async function main(): Promise<void> {
   const world = await createWorld();
+  const statsWas = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
+  writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
   const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   try {
     const variants: { name: string; cgroup: string }[] = [
@@ -116,16 +136,21 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
       for (const v of order) {
-        samples.push({
-          variant: v.name,
-          mode: 'tcp',
-          nsPerOp: await loop(world, v.cgroup, 'tcp', TCP_ITERATIONS),
-        });
-        samples.push({
-          variant: v.name,
-          mode: 'udp',
-          nsPerOp: await loop(world, v.cgroup, 'udp', UDP_ITERATIONS),
-        });
+        for (const [mode, iterations, program] of [
+          ['tcp', TCP_ITERATIONS, 'egress_connect4'],
+          ['udp', UDP_ITERATIONS, 'egress_sendmsg4'],
+        ] as const) {
+          const before = progStats(world, program);
+          const nsPerOp = await loop(world, v.cgroup, mode, iterations);
+          const after = progStats(world, program);
+          const runs = after.runs - before.runs;
+          samples.push({
+            variant: v.name,
+            mode,
+            nsPerOp,
+            hookNs: runs > 0 ? (after.ns - before.ns) / runs : Number.NaN,
+          });
+        }
       }
     }
 
@@ -136,6 +161,9 @@ async function main(): Promise<void> {
       );
       for (const v of variants) {
         const s = stats(samples.filter((x) => x.mode === mode && x.variant === v.name).map((x) => x.nsPerOp));
+        const hook = stats(
+          samples.filter((x) => x.mode === mode && x.variant === v.name).map((x) => x.hookNs),
+        );
         rows.push({
           op: mode === 'tcp' ? 'tcp connect+close' : 'udp sendto',
           variant: v.name,
@@ -143,6 +171,7 @@ async function main(): Promise<void> {
           median_ns: Math.round(s.median),
           ratio_min: +(s.min / base.min).toFixed(3),
           ratio_median: +(s.median / base.median).toFixed(3),
+          hook_ns_median: Number.isNaN(hook.median) ? '-' : Math.round(hook.median),
         });
       }
     }
@@ -175,6 +204,7 @@ async function main(): Promise<void> {
       `${JSON.stringify({ machine, rounds: ROUNDS, tcpIterations: TCP_ITERATIONS, udpIterations: UDP_ITERATIONS, rows, applies }, null, 2)}\n`,
     );
   } finally {
+    writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
     enforcer.close();
     await world.destroy();
   }

@@ -94,9 +94,15 @@ function clearHostBits(bytes: number[], prefixLen: number): void {
 }
 
 function parseAddress(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text);
-  if (text.includes(':') && !text.includes('%') && ipaddr.IPv6.isValid(text)) return ipaddr.IPv6.parse(text);
-  return undefined;
+  // Only IPv4 text goes to the IPv4 check: it throws (slowly) inside on anything else.
+  if (!text.includes(':'))
+    return ipaddr.IPv4.isValidFourPartDecimal(text) ? ipaddr.IPv4.parse(text) : undefined;
+  if (text.includes('%')) return undefined;
+  try {
+    return ipaddr.IPv6.parse(text);
+  } catch {
+    return undefined;
+  }
 }
 
 function parseCidr(host: string): ParsedHost {
@@ -114,9 +120,11 @@ function parseCidr(host: string): ParsedHost {
 
 function cidrOf(address: ipaddr.IPv4 | ipaddr.IPv6, prefixLen: number): ParsedHost {
   const family = address.kind() === 'ipv4' ? 4 : 6;
-  const bytes = address.toByteArray();
+  const original = address.toByteArray();
+  const bytes = [...original];
   clearHostBits(bytes, prefixLen);
-  const cleared = ipaddr.fromByteArray(bytes);
+  const same = bytes.every((b, i) => b === original[i]);
+  const cleared = same ? address : ipaddr.fromByteArray(bytes);
   const text = family === 4 ? cleared.toString() : (cleared as ipaddr.IPv6).toRFC5952String();
   const full = prefixLen === bytes.length * 8;
   return { kind: 'cidr', family, bytes, prefixLen, normalised: full ? text : `${text}/${prefixLen}` };
