@@ -362,7 +362,14 @@ export class Enforcer {
     }
     if (previous?.policyId) this.release(previous.policyId);
     if (record) this.retireLearned(record.learned);
-    this.records.set(id, { cgroupId, policyId, learnedId, compiled, learned, verdicts: new Map() });
+    this.records.set(id, {
+      cgroupId,
+      policyId,
+      learnedId,
+      compiled: forNames(compiled),
+      learned,
+      verdicts: new Map(),
+    });
   }
 
   /**
@@ -821,7 +828,7 @@ export class Enforcer {
       cgroupId,
       policyId: value.policyId,
       learnedId: value.learnedId,
-      compiled: compile(policy),
+      compiled: forNames(compile(policy)),
       learned,
       verdicts: new Map(),
     });
@@ -842,6 +849,13 @@ export class Enforcer {
     this.closed = true;
     closeLoaded(this.obj);
   }
+}
+
+/** What a computer's record keeps of its compiled policy: the mode and what name verdicts need (not the prefixes). */
+function forNames(compiled: CompiledPolicy): CompiledPolicy {
+  return compiled.names.length === 0
+    ? { mode: compiled.mode, prefixes: [], ports: [], names: [] }
+    : { mode: compiled.mode, prefixes: [], ports: compiled.ports, names: compiled.names };
 }
 
 function cachedVerdict(record: ComputerRecord, names: string[]): ReturnType<typeof nameVerdict> {
