@@ -21,6 +21,8 @@ export interface RuleInput {
 export interface PolicyInput {
   mode: Mode;
   rules?: RuleInput[];
+  /** isolated only: refuse DNS too. */
+  block_dns?: boolean;
 }
 
 export interface ChangeOptions {

@@ -117,6 +117,10 @@ const schemas: Json = {
     additionalProperties: false,
     properties: {
       mode: { type: 'string', enum: [...MODES] },
+      block_dns: {
+        type: 'boolean',
+        description: 'isolated mode only: refuse DNS too (default false: DNS is answered)',
+      },
       rules: {
         type: 'array',
         items: ref('RuleInput'),
@@ -126,11 +130,12 @@ const schemas: Json = {
   },
   Policy: {
     type: 'object',
-    required: ['computer_id', 'mode', 'rules', 'version', 'updated_at', 'enforcement'],
+    required: ['computer_id', 'mode', 'block_dns', 'rules', 'version', 'updated_at', 'enforcement'],
     additionalProperties: false,
     properties: {
       computer_id: { type: 'string' },
       mode: { type: 'string', enum: [...MODES] },
+      block_dns: { type: 'boolean' },
       rules: { type: 'array', items: ref('Rule') },
       version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
       updated_at: timestamp,

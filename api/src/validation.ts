@@ -61,6 +61,7 @@ const rule = z.strictObject({
 const policyBody = z.strictObject({
   mode: z.enum(MODES, { error: `must be one of ${MODES.join(', ')}` }),
   rules: z.array(rule, { error: 'must be an array of rules' }).optional(),
+  block_dns: z.boolean({ error: 'must be true or false' }).optional(),
 });
 
 /** Validates and normalises a PUT network-policy body. */
@@ -74,7 +75,14 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
   }
   const parsed = policyBody.safeParse(body);
   if (!parsed.success) throw invalid(parsed.error.issues);
-  const { mode, rules = [] } = parsed.data;
+  const { mode, rules = [], block_dns: blockDns } = parsed.data;
+  if (blockDns && mode !== 'isolated') {
+    throw new ApiError(
+      400,
+      'invalid_request',
+      `block_dns: only isolated mode refuses DNS; leave it out or use "mode": "isolated"`,
+    );
+  }
   if (modeTakesRules(mode) && rules.length === 0) {
     throw new ApiError(400, 'rules_required', RULES_REQUIRED);
   }
@@ -91,7 +99,7 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
       ? { host: r.host, protocol: r.protocol }
       : { host: r.host, port: r.port, protocol: r.protocol },
   );
-  return { mode, rules: normalised };
+  return { mode, rules: normalised, ...(blockDns ? { blockDns: true } : {}) };
 }
 
 const cgroup = z

@@ -5,6 +5,8 @@ import type { ApiKeyRecord, Computer, PolicyRecord } from './store/store.js';
 export interface PolicyView {
   computer_id: string;
   mode: string;
+  /** Isolated mode only: DNS refused too. */
+  block_dns: boolean;
   rules: Rule[];
   version: number;
   updated_at: string;
@@ -23,6 +25,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
   return {
     computer_id: r.computerId,
     mode: r.mode,
+    block_dns: r.blockDns === true,
     rules,
     version: r.version,
     updated_at: r.updatedAt,
@@ -40,7 +43,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
  */
 export function policyReplyJson(r: PolicyRecord): string {
   const text = JSON.stringify({ data: viewOf(r, RULES_MARK) });
-  // `"rules":"<mark>"` cannot occur earlier: computer_id and mode hold no double quote.
+  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode and block_dns hold no double quote.
   return text.replace(`"rules":"${RULES_MARK}"`, () => `"rules":${r.rulesJson}`);
 }
 const RULES_MARK = 'RULES';

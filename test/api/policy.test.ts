@@ -80,6 +80,33 @@ test('PUT isolated without rules; rules with isolated or unrestricted are refuse
   }
 });
 
+test('block_dns: isolated may refuse DNS too; other modes are told to leave it out', async (t) => {
+  await register(h, 'bdns-1');
+  const on = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body: { mode: 'isolated', block_dns: true } });
+  t.is(on.status, 202);
+  t.is(on.body.data.block_dns, true);
+  const got = await h.call('GET', path('bdns-1'));
+  t.like(got.body.data, { mode: 'isolated', block_dns: true, version: on.body.data.version });
+  const snapshot = await h.store.listComputersOfNode('node-a');
+  t.like(snapshot.computers.find((c) => c.id === 'bdns-1')?.policy, { mode: 'isolated', blockDns: true });
+  const off = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body: { mode: 'isolated' } });
+  t.is(off.body.data.block_dns, false);
+  t.true(off.body.data.version > on.body.data.version, 'switching the option is a change');
+  for (const body of [
+    { mode: 'allowlist', rules: [{ host: 'a.example' }], block_dns: true },
+    { mode: 'unrestricted', block_dns: true },
+  ]) {
+    const bad = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body });
+    t.is(bad.status, 400);
+    t.regex(bad.body.error.message, /^block_dns: only isolated mode refuses DNS/);
+  }
+  const wrong = await h.call('PUT', `${path('bdns-1')}?wait=0`, {
+    body: { mode: 'isolated', block_dns: 'yes' },
+  });
+  t.is(wrong.status, 400);
+  t.regex(wrong.body.error.message, /block_dns: must be true or false/);
+});
+
 test('allowlist and denylist without rules: 400 with the seed text', async (t) => {
   await register(h, 'req-1');
   for (const body of [{ mode: 'allowlist' }, { mode: 'denylist', rules: [] }]) {

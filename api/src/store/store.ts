@@ -162,6 +162,22 @@ export function redisOptions(url: string, commandTimeoutMs: number): RedisOption
   };
 }
 
+/**
+ * The policy hash's `mode` field: the mode, or "isolated+block_dns" for an
+ * isolated policy that refuses DNS too (so that the Lua scripts' "unchanged"
+ * check and the change records cover the option without a field of its own).
+ */
+const BLOCK_DNS_MODE = 'isolated+block_dns';
+
+function storedMode(policy: Policy): string {
+  return policy.blockDns ? BLOCK_DNS_MODE : policy.mode;
+}
+
+function readMode(stored: string | undefined): { mode: Mode; blockDns?: true } {
+  if (stored === BLOCK_DNS_MODE) return { mode: 'isolated', blockDns: true };
+  return { mode: (stored ?? 'unrestricted') as Mode };
+}
+
 export class Store {
   readonly redis: Redis;
   private subscriber: Redis | undefined;
@@ -288,7 +304,7 @@ export class Store {
     let parsed: Rule[] | undefined;
     return {
       computerId: id,
-      mode: mode as Mode,
+      ...readMode(mode),
       rulesJson,
       // Parsed only when asked for: a GET answers with rulesJson as it is.
       get rules(): Rule[] {
@@ -318,7 +334,7 @@ export class Store {
       [
         options.scope ?? '',
         id,
-        policy.mode,
+        storedMode(policy),
         rulesJson,
         options.ifMatch === undefined ? '' : String(options.ifMatch),
         now,
@@ -335,6 +351,7 @@ export class Store {
       record: {
         computerId: id,
         mode: policy.mode,
+        ...(policy.blockDns ? { blockDns: true } : {}),
         rules: policy.rules,
         rulesJson,
         version: Number(version),
@@ -541,7 +558,7 @@ export class Store {
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
-        policy: { mode: mode as Mode, rules: JSON.parse(rules) as Rule[] },
+        policy: { ...readMode(mode), rules: JSON.parse(rules) as Rule[] },
         version: Number(version),
         updatedAt,
       });

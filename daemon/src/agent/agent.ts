@@ -192,7 +192,9 @@ export class Agent {
     const policy = await this.opts.store.getPolicy(id);
     this.desired.set(id, {
       cgroup: computer.cgroup,
-      policy: policy ? { mode: policy.mode, rules: policy.rules } : { mode: 'unrestricted', rules: [] },
+      policy: policy
+        ? { mode: policy.mode, rules: policy.rules, ...(policy.blockDns ? { blockDns: true } : {}) }
+        : { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
     });
     await this.reconcile(id);
