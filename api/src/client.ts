@@ -164,6 +164,16 @@ export class NetworkPolicyApi {
   }
 
   /** Resets to unrestricted (idempotent). */
+  /** Hostname → address pairs that the computer's DNS lookups taught it. */
+  async learned(computerId: string): Promise<{ name: string; address: string; expires_at: string }[]> {
+    return (
+      await this.client.request<{ data: { name: string; address: string; expires_at: string }[] }>(
+        'GET',
+        `/api/v1/computers/${enc(computerId)}/network-policy/learned`,
+      )
+    ).body.data;
+  }
+
   async delete(computerId: string, options: ChangeOptions = {}): Promise<PolicyView> {
     return (
       await this.client.request<{ data: PolicyView }>(

@@ -157,6 +157,30 @@ const schemas: Json = {
     additionalProperties: false,
     properties: { data: ref('Policy') },
   },
+  LearnedResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'array',
+        description: "What the computer's DNS lookups through the agent's proxy taught it, unexpired",
+        items: {
+          type: 'object',
+          required: ['name', 'address', 'expires_at'],
+          additionalProperties: false,
+          properties: {
+            name: { type: 'string', description: 'The hostname asked' },
+            address: {
+              type: 'string',
+              description: 'An address it resolved to, now reachable as its rules say',
+            },
+            expires_at: timestamp,
+          },
+        },
+      },
+    },
+  },
   ComputerInput: {
     type: 'object',
     required: ['cgroup'],
@@ -288,6 +312,18 @@ export function openApiDocument(): Json {
           summary: 'Reset to unrestricted (idempotent)',
           parameters: [waitParam, ifMatchParam],
           responses: { ...policyChanged, ...common },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/learned': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getLearnedAddresses',
+          summary: "Hostname → address pairs learned from the computer's DNS lookups",
+          responses: {
+            '200': json(ref('LearnedResponse'), 'The learned addresses'),
+            '404': error('computer not found'),
+            ...common,
+          },
         },
       },
       '/api/v1/computers': {

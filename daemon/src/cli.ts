@@ -11,7 +11,7 @@ import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, agent and API in one process)
-       egressd policy get|set|reset ID [--mode MODE] [--rule host[:port][/proto]]... [--file F] [--json]
+       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--block-dns] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]
 
@@ -48,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
       tenant: { type: 'string' },
       computer: { type: 'string' },
       create: { type: 'boolean' },
+      'block-dns': { type: 'boolean' },
     },
   });
   if (values.help) {

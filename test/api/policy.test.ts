@@ -107,6 +107,24 @@ test('block_dns: isolated may refuse DNS too; other modes are told to leave it o
   t.regex(wrong.body.error.message, /block_dns: must be true or false/);
 });
 
+test('learned: what the agent published, unexpired, sorted; 404 for unknown computers', async (t) => {
+  await register(h, 'learn-1');
+  const soon = Date.now() + 60_000;
+  await h.store.putLearned('learn-1', [
+    { name: 'b.example', address: '2001:db8::2', expiresAt: soon },
+    { name: 'a.example', address: '192.0.2.1', expiresAt: soon },
+    { name: 'old.example', address: '192.0.2.9', expiresAt: Date.now() - 1000 },
+  ]);
+  const got = await h.call('GET', `${path('learn-1')}/learned`);
+  t.is(got.status, 200);
+  t.deepEqual(
+    got.body.data.map((l: { name: string; address: string }) => `${l.name} ${l.address}`),
+    ['a.example 192.0.2.1', 'b.example 2001:db8::2'],
+  );
+  t.is(got.body.data[0].expires_at, new Date(soon).toISOString());
+  t.is((await h.call('GET', `${path('nobody-here')}/learned`)).status, 404);
+});
+
 test('allowlist and denylist without rules: 400 with the seed text', async (t) => {
   await register(h, 'req-1');
   for (const body of [{ mode: 'allowlist' }, { mode: 'denylist', rules: [] }]) {

@@ -10,8 +10,10 @@ import { pino } from 'pino';
 import { keys } from '../../api/src/store/keys.js';
 import { Store } from '../../api/src/store/store.js';
 import { Agent } from '../../daemon/src/agent/agent.js';
+import { DnsProxy } from '../../daemon/src/dns/proxy.js';
 import { Enforcer } from '../../daemon/src/enforcer.js';
 import { type Harness, startHarness } from '../api/harness.js';
+import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;
@@ -19,13 +21,27 @@ let api: Harness;
 let enforcer: Enforcer;
 let store: Store;
 let agent: Agent;
+let proxy: DnsProxy;
+let dnsmasq: Dnsmasq;
 
 const log = pino({ level: process.env['EGRESSD_TEST_LOG'] ?? 'silent' });
 
 async function startAgent(): Promise<void> {
   enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  enforcer.setDnsConfig([44000, 44999]);
   store = new Store({ url: api.redis.url });
   await store.connect();
+  proxy = new DnsProxy({
+    enforcer,
+    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
+    listen: ['127.0.0.1', '::1'],
+    portRange: [44000, 44999],
+    ttlFloor: 5,
+    ttlCeiling: 3600,
+    timeoutMs: 2000,
+    log,
+    onLearned: (...args) => agent.learned(...args),
+  });
   agent = new Agent({
     store,
     enforcer,
@@ -34,18 +50,21 @@ async function startAgent(): Promise<void> {
     log,
     maxBackoffMs: 200,
     blockMs: 1000,
+    proxy,
   });
   await agent.start();
 }
 
 async function stopAgent(): Promise<void> {
   await agent?.stop();
+  await proxy?.close();
   await store?.close();
   enforcer?.close();
 }
 
 test.before(async () => {
   world = await createWorld();
+  dnsmasq = await startDnsmasq(['host-record=learned.test,203.0.113.77,300']);
   api = await startHarness({ defaultNode: 'node-a' });
   await startAgent();
 });
@@ -53,6 +72,7 @@ test.before(async () => {
 test.after.always(async () => {
   await stopAgent();
   await api?.close();
+  await dnsmasq?.stop();
   await world?.destroy();
 });
 
@@ -343,3 +363,28 @@ test.serial(
     }
   },
 );
+
+test.serial('what a computer learns from DNS is visible through the API', async (t) => {
+  const cg = await register('learns');
+  const put = await api.call('PUT', '/api/v1/computers/learns/network-policy', {
+    body: { mode: 'allowlist', rules: [{ host: 'learned.test', port: 443, protocol: 'tcp' }] },
+  });
+  t.is(put.status, 200);
+  // dig in the host namespace (a loopback resolver: redirected to the proxy on 127.0.0.1).
+  const child = world.spawn('dig', ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test', 'A'], {
+    cgroup: cg,
+    netns: false,
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
+  await new Promise((r) => child.once('exit', r));
+  t.is(out.trim(), '203.0.113.77');
+  const learned = await waitFor('the learned name in the API', async () => {
+    const r = await api.call('GET', '/api/v1/computers/learns/network-policy/learned');
+    return r.body.data.length > 0 ? r.body.data : undefined;
+  });
+  t.like(learned[0], { name: 'learned.test', address: '203.0.113.77' });
+});

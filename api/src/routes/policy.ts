@@ -30,6 +30,20 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
     await change(ctx, deps, id, policy);
   });
 
+  // What the computer's DNS lookups taught it: hostname → address, until when.
+  router.get(`${POLICY_PATH}/learned`, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    const learned = await deps.store.getLearned(id, scopeOf(ctx.state.principal));
+    if (!learned) throw computerNotFound();
+    ctx.body = {
+      data: learned.map((e) => ({
+        name: e.name,
+        address: e.address,
+        expires_at: new Date(e.expiresAt).toISOString(),
+      })),
+    };
+  });
+
   router.delete(POLICY_PATH, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
     await change(ctx, deps, id, UNRESTRICTED);

@@ -361,6 +361,51 @@ export class Store {
     };
   }
 
+  /**
+   * The agent records what the computer's DNS lookups taught it (hostname →
+   * address, until when); expired fields are dropped as new ones come, and
+   * the key itself expires with its last field.
+   */
+  async putLearned(
+    id: string,
+    entries: { name: string; address: string; expiresAt: number }[],
+  ): Promise<void> {
+    if (entries.length === 0) return;
+    const key = keys.learned(id);
+    const fields: string[] = [];
+    for (const e of entries) fields.push(`${e.name} ${e.address}`, String(e.expiresAt));
+    const last = Math.max(...entries.map((e) => e.expiresAt));
+    await this.guard(async () => {
+      const now = Date.now();
+      const current = await this.redis.hgetall(key);
+      const stale = Object.entries(current)
+        .filter(([, at]) => Number(at) <= now)
+        .map(([field]) => field);
+      const tx = this.redis.multi().hset(key, ...fields);
+      if (stale.length > 0) tx.hdel(key, ...stale);
+      await tx.pexpireat(key, Math.max(last, ...Object.values(current).map(Number))).exec();
+    });
+  }
+
+  /** Unexpired learned hostnames of a computer visible under `scope`; undefined when the computer is not. */
+  async getLearned(
+    id: string,
+    scope: Scope = '',
+  ): Promise<{ name: string; address: string; expiresAt: number }[] | undefined> {
+    const [computer, fields] = await this.guard(() =>
+      Promise.all([this.redis.hget(keys.computer(id), 'tenant'), this.redis.hgetall(keys.learned(id))]),
+    );
+    if (computer === null || (scope !== '' && computer !== scope)) return undefined;
+    const now = Date.now();
+    return Object.entries(fields)
+      .map(([field, at]) => {
+        const space = field.indexOf(' ');
+        return { name: field.slice(0, space), address: field.slice(space + 1), expiresAt: Number(at) };
+      })
+      .filter((e) => e.expiresAt > now)
+      .sort((a, b) => a.name.localeCompare(b.name) || a.address.localeCompare(b.address));
+  }
+
   /** The agent's acknowledgement for a computer, if any. */
   async getEnforced(id: string): Promise<Enforced | undefined> {
     const [version, at] = await this.guard(() => this.redis.hmget(keys.enforced(id), 'version', 'at'));

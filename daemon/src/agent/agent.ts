@@ -13,6 +13,7 @@
  *   removed (inotify, no polling).
  */
 import path from 'node:path';
+import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
 import type { Store } from '../../../api/src/store/store.js';
@@ -62,6 +63,9 @@ export class Agent {
   private readonly failures = new Map<string, string>();
   private readonly unacked = new Set<string>();
   private readonly reconciling = new Map<string, Promise<void>>();
+  /** Learned hostnames not yet published to Redis, per computer. */
+  private learnedOut = new Map<string, { name: string; address: string; expiresAt: number }[]>();
+  private publishing: NodeJS.Timeout | undefined;
   private expiry: NodeJS.Timeout | undefined;
   private readonly watcher: CgroupWatcher;
   private streamId = '0-0';
@@ -83,6 +87,32 @@ export class Agent {
   }
 
   /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
+  /** What the proxy learned for a computer: published to Redis within a second (for the API and deny events). */
+  learned(id: string, name: string, addresses: number[][], ttlSeconds: number): void {
+    const expiresAt = Date.now() + ttlSeconds * 1000;
+    const list = this.learnedOut.get(id) ?? [];
+    for (const bytes of addresses)
+      list.push({ name, address: ipaddr.fromByteArray(bytes).toString(), expiresAt });
+    this.learnedOut.set(id, list);
+    this.publishing ??= setTimeout(() => {
+      this.publishing = undefined;
+      void this.publishLearned();
+    }, 500);
+  }
+
+  private async publishLearned(): Promise<void> {
+    const batch = this.learnedOut;
+    this.learnedOut = new Map();
+    for (const [id, entries] of batch) {
+      try {
+        await this.opts.store.putLearned(id, entries);
+      } catch {
+        // Redis away: keep them for the next try; the kernel has them either way.
+        this.learnedOut.set(id, [...(this.learnedOut.get(id) ?? []), ...entries]);
+      }
+    }
+  }
+
   async start(): Promise<void> {
     this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
     this.running ??= this.loop();
@@ -92,6 +122,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.expiry);
+    clearTimeout(this.publishing);
     this.wake?.();
     this.watcher.close();
     // A blocked XREAD ends when the store is closed after this; do not wait for it.

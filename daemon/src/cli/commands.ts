@@ -78,11 +78,19 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     const p = await api.networkPolicy.get(id);
     return print(ctx, p, () => describePolicy(p));
   }
+  if (action === 'learned') {
+    const learned = await api.networkPolicy.learned(id);
+    return print(ctx, learned, () =>
+      learned.length === 0
+        ? [`${id}: nothing learned from DNS (or all of it expired)`]
+        : learned.map((l) => `${l.name.padEnd(40)} ${l.address.padEnd(39)} until ${l.expires_at}`),
+    );
+  }
   if (action === 'reset') {
     const p = await api.networkPolicy.delete(id);
     return print(ctx, p, () => [`${id}: reset to unrestricted (${p.enforcement.state})`]);
   }
-  let body: { mode: Mode; rules?: RuleInput[] };
+  let body: { mode: Mode; rules?: RuleInput[]; block_dns?: boolean };
   if (typeof flags['file'] === 'string') {
     try {
       body = JSON.parse(readFileSync(flags['file'], 'utf8'));
@@ -98,7 +106,11 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
       throw new EgressdError('USAGE', `--mode must be one of ${MODES.join(', ')} (or give --file)`);
     }
     const rules = ((flags['rule'] as string[] | undefined) ?? []).map(parseCliRule);
-    body = { mode: mode as Mode, ...(rules.length > 0 ? { rules } : {}) };
+    body = {
+      mode: mode as Mode,
+      ...(rules.length > 0 ? { rules } : {}),
+      ...(flags['block-dns'] === true ? { block_dns: true } : {}),
+    };
   }
   const p = await api.networkPolicy.update(id, body);
   print(ctx, p, () => describePolicy(p));

@@ -15,7 +15,7 @@ import { parseListen, resolveConfig } from '../../../api/src/config.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
 import { type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
-import { DnsProxy } from '../dns/proxy.js';
+import { DnsProxy, type DnsProxyOptions } from '../dns/proxy.js';
 import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
@@ -110,11 +110,12 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         { pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node },
         'BPF programs ready',
       );
-      const proxy = startDnsProxy(config, enforcer, log);
+      let agent: Agent | undefined;
+      const proxy = startDnsProxy(config, enforcer, log, (...args) => agent?.learned(...args));
       stoppers.push(() => proxy.close());
       const store = new Store({ url: redisUrl });
       stoppers.push(() => store.close());
-      const agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log, proxy });
+      agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log, proxy });
       stoppers.push(() => agent.stop());
       // Connection failures are retried inside the agent; pins enforce meanwhile.
       await agent.start();
@@ -175,7 +176,12 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
 }
 
 /** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */
-function startDnsProxy(config: EgressdConfig, enforcer: Enforcer, log: Logger): DnsProxy {
+function startDnsProxy(
+  config: EgressdConfig,
+  enforcer: Enforcer,
+  log: Logger,
+  onLearned: DnsProxyOptions['onLearned'],
+): DnsProxy {
   const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
   if (upstreams.length === 0) {
     throw new EgressdError(
@@ -196,6 +202,7 @@ function startDnsProxy(config: EgressdConfig, enforcer: Enforcer, log: Logger): 
     ttlCeiling: Number(config.dnsTtlMax),
     timeoutMs: 3000,
     log: log.child({ component: 'dns' }),
+    onLearned,
   });
 }
 

@@ -45,6 +45,8 @@ export interface DnsProxyOptions {
   /** Upstream answer deadline. */
   timeoutMs: number;
   log: Logger;
+  /** Told of every learned name after its map write (the agent publishes them). */
+  onLearned?: (id: string, name: string, addresses: number[][], ttlSeconds: number) => void;
 }
 
 export interface DnsStats {
@@ -245,6 +247,7 @@ export class DnsProxy {
             throw new Error('policy no longer lists the name');
           }
           this.stats.learned += safe.length;
+          if (safe.length > 0) this.opts.onLearned?.(id, qname, safe, clamped);
         } catch (err) {
           // Fail closed: no answer without its map write.
           this.stats.failClosed++;
