@@ -147,7 +147,7 @@ boot() {
   local ver=$1 acc=$2 log=$3 err=$3.$2.err limit=$timeout
   local cpu=max
   local cmdline="console=ttyS0 root=/dev/vda rw init=/sbin/egressd-vm-init panic=-1 quiet loglevel=4"
-  cmdline+=" systemd.unified_cgroup_hierarchy=1"
+  cmdline+=" systemd.unified_cgroup_hierarchy=1 egressd.accel=$acc"
   ((${#tests[@]})) && cmdline+=" egressd.tests=$(IFS=,; echo "${tests[*]}")"
   local args=(-machine q35 -m "${VM_MEMORY:-4096}" -smp "${VM_CPUS:-$(nproc)}" -cpu "$cpu"
     -kernel "$kdir/vmlinuz-$ver" -initrd "$kdir/initrd.img-$ver" -append "$cmdline"
@@ -211,6 +211,7 @@ for ver in "${selected[@]}"; do
   rc=$?
   if ((rc == 3)) && [[ $accel == auto ]]; then
     acc=tcg
+    accel=tcg # and for the kernels after this one
     s=$(date +%s)
     boot "$ver" "$acc" "$log"
     rc=$?
