@@ -35,20 +35,8 @@ async function dnsperf(
   port: number,
   args: string[],
 ): Promise<string> {
-  const child = world.spawn('dnsperf', ['-s', server, '-p', String(port), ...args], {
-    cgroup,
-    netns: false,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  child.stderr?.on('data', (d) => {
-    out += d;
-  });
-  await new Promise((resolve) => child.once('exit', resolve));
-  return out;
+  return (await world.run('dnsperf', ['-s', server, '-p', String(port), ...args], { cgroup, netns: false }))
+    .out;
 }
 
 function percentile(values: number[], p: number): number {

@@ -425,6 +425,20 @@ export class World {
     return child;
   }
 
+  /** Runs a command like spawn() to its end: exit code and stdout and stderr together. */
+  async run(command: string, args: readonly string[], opts: Omit<SpawnInWorldOptions, 'stdio'> = {}) {
+    const child = this.spawn(command, args, { ...opts, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout?.on('data', (d) => {
+      out += d;
+    });
+    child.stderr?.on('data', (d) => {
+      out += d;
+    });
+    const code: number = await new Promise((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
+    return { code, out };
+  }
+
   /** Connections and datagrams seen by the world's servers so far (at most the last 10000). */
   serverEvents(): ServerEvent[] {
     return [...this.events];

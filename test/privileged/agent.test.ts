@@ -371,16 +371,14 @@ test.serial('what a computer learns from DNS is visible through the API', async 
   });
   t.is(put.status, 200);
   // dig in the host namespace (a loopback resolver: redirected to the proxy on 127.0.0.1).
-  const child = world.spawn('dig', ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test', 'A'], {
-    cgroup: cg,
-    netns: false,
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  let out = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  await new Promise((r) => child.once('exit', r));
+  const { out } = await world.run(
+    'dig',
+    ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test', 'A'],
+    {
+      cgroup: cg,
+      netns: false,
+    },
+  );
   t.is(out.trim(), '203.0.113.77');
   const learned = await waitFor('the learned name in the API', async () => {
     const r = await api.call('GET', '/api/v1/computers/learns/network-policy/learned');

@@ -80,19 +80,7 @@ async function dig(
   // Any resolver address will do (the hooks redirect it); in the host namespace a loopback one,
   // so that nothing could leave this host even if the redirect failed.
   const server = netns ? '@192.0.2.53' : '@127.0.0.53';
-  const child = world.spawn('dig', [server, '+tries=1', '+time=2', ...args], {
-    cgroup,
-    netns,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  child.stderr?.on('data', (d) => {
-    out += d;
-  });
-  const code: number = await new Promise((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
+  const { code, out } = await world.run('dig', [server, '+tries=1', '+time=2', ...args], { cgroup, netns });
   return { code, out, lines: out.split('\n').filter((l) => l.trim() !== '') };
 }
 
