@@ -10,16 +10,7 @@
  * that read the old id can see a half-deleted policy.
  */
 import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  rmdirSync,
-  statSync,
-  unlinkSync,
-} from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import {
@@ -927,9 +918,4 @@ function updateMany(fd: number, keys: Buffer, values: Buffer, keySize: number, v
 function deleteMany(fd: number, keys: Buffer, keySize: number): void {
   for (let i = 0; i < keys.length / keySize; i++)
     bpf.mapDelete(fd, keys.subarray(i * keySize, (i + 1) * keySize));
-}
-
-/** Exposed for tests: the cgroup id that the kernel uses for a directory. */
-export function cgroupIdOf(dir: string): bigint {
-  return statSync(dir, { bigint: true }).ino;
 }
