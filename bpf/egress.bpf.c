@@ -113,6 +113,14 @@ struct {
 } dns_origin SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EGRESS_EVENTS_BYTES);
+} deny_events SEC(".maps");
+
+/* Never used: puts struct egress_deny_event into the object's BTF (a ring buffer has no value type). */
+const struct egress_deny_event deny_event_layout __attribute__((unused)) = {};
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, EGRESS_CONFIG_SLOTS);
 	__type(key, __u32);
@@ -216,18 +224,25 @@ static __always_inline int learned_matches(const struct egress_learned *l, __u32
 	       port_matches(policy_id, l->port_set, l->any_port_protos, proto, port);
 }
 
+/*
+ * The verdict functions below return 0 to let a call through, else the
+ * EGRESS_REASON_* of the refusal; the hooks turn that into SYS_REJECT plus a
+ * deny event.
+ */
+#define ALLOW 0
+
 /* Step 5 of the precedence, once the address checks are done. */
-static __always_inline int mode_verdict(__u32 mode, int matched)
+static __always_inline __u32 mode_verdict(__u32 mode, int matched)
 {
 	switch (mode) {
 	case EGRESS_MODE_UNRESTRICTED:
-		return SYS_PROCEED;
+		return ALLOW;
 	case EGRESS_MODE_ALLOWLIST:
-		return matched ? SYS_PROCEED : SYS_REJECT;
+		return matched ? ALLOW : EGRESS_REASON_MODE;
 	case EGRESS_MODE_DENYLIST:
-		return matched ? SYS_REJECT : SYS_PROCEED;
+		return matched ? EGRESS_REASON_RULE : ALLOW;
 	default:
-		return SYS_REJECT;
+		return EGRESS_REASON_MODE;
 	}
 }
 
@@ -259,29 +274,29 @@ static __always_inline int is_v4_proxy(struct bpf_sock_addr *ctx, __u32 ip4)
 }
 
 /* Redirects an IPv4 DNS message to the proxy; the verdict. */
-static __always_inline int sock4_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4)
+static __always_inline __u32 sock4_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4)
 {
 	struct egress_dns_origin origin = {.family = 4};
 	__u32 proxy = bpf_htonl(0x7f000001); /* 127.0.0.1 */
 
 	if (!dns_allowed(c))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	if (!in_agent_netns(ctx)) {
 		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
 		if (!proxy)
-			return SYS_REJECT;
+			return EGRESS_REASON_DNS;
 	}
 	origin.addr[0] = ip4;
 	origin.port = (__u16)ctx->user_port;
 	if (!remember_origin(ctx, &origin))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	ctx->user_ip4 = proxy;
 	ctx->user_port = bpf_htons(c->dns_port);
-	return SYS_PROCEED;
+	return ALLOW;
 }
 
 /* ip4 in network byte order, port in host byte order. */
-static __always_inline int sock4_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4,
+static __always_inline __u32 sock4_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4,
 					 __u16 port)
 {
 	__u8 proto = proto_bit(ctx->protocol);
@@ -295,12 +310,12 @@ static __always_inline int sock4_verdict(struct bpf_sock_addr *ctx, const struct
 	if (is_dns(proto, port))
 		return sock4_dns(ctx, c, ip4);
 	if (is_proxy_port(port) && is_v4_proxy(ctx, ip4))
-		return SYS_REJECT;
+		return EGRESS_REASON_PROXY_PORT;
 	if (loopback && !in_agent_netns(ctx))
-		return SYS_PROCEED;
+		return ALLOW;
 	__builtin_memcpy(ikey.addr, &ip4, 4);
 	if (bpf_map_lookup_elem(&internal_v4, &ikey))
-		return SYS_PROCEED;
+		return ALLOW;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, &ip4, 4);
 	matched = rule_matches(bpf_map_lookup_elem(&rules_v4, &key), c->policy_id, proto, port);
@@ -328,18 +343,18 @@ static __always_inline int is_v6_proxy(struct bpf_sock_addr *ctx, const __u32 ip
 }
 
 /* Redirects an IPv6 DNS message to the proxy; the verdict. */
-static __always_inline int sock6_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, const __u32 ip6[4])
+static __always_inline __u32 sock6_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, const __u32 ip6[4])
 {
 	struct egress_dns_origin origin = {.family = 6};
 	__u32 proxy[4] = {0, 0, 0, bpf_htonl(1)}; /* ::1 */
 
 	if (!dns_allowed(c))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	if (!in_agent_netns(ctx)) {
 		__u64 hi = config_get(EGRESS_CONFIG_PROXY_V6_HI), lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
 
 		if (!hi && !lo)
-			return SYS_REJECT;
+			return EGRESS_REASON_DNS;
 		proxy[0] = (__u32)hi;
 		proxy[1] = (__u32)(hi >> 32);
 		proxy[2] = (__u32)lo;
@@ -351,29 +366,29 @@ static __always_inline int sock6_dns(struct bpf_sock_addr *ctx, const struct egr
 	origin.addr[3] = ip6[3];
 	origin.port = (__u16)ctx->user_port;
 	if (!remember_origin(ctx, &origin))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	/* Verifier: user_ip6 is written one 32-bit word at a time. */
 	ctx->user_ip6[0] = proxy[0];
 	ctx->user_ip6[1] = proxy[1];
 	ctx->user_ip6[2] = proxy[2];
 	ctx->user_ip6[3] = proxy[3];
 	ctx->user_port = bpf_htons(c->dns_port);
-	return SYS_PROCEED;
+	return ALLOW;
 }
 
 /* Redirects DNS sent to an IPv4-mapped address on an IPv6 socket, to the mapped 127.0.0.1 or proxy. */
-static __always_inline int sock6_mapped_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+static __always_inline __u32 sock6_mapped_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c,
 					    const __u32 ip6[4])
 {
 	struct egress_dns_origin origin = {.family = 6};
 	__u32 proxy = bpf_htonl(0x7f000001);
 
 	if (!dns_allowed(c))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	if (!in_agent_netns(ctx)) {
 		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
 		if (!proxy)
-			return SYS_REJECT;
+			return EGRESS_REASON_DNS;
 	}
 	origin.addr[0] = ip6[0];
 	origin.addr[1] = ip6[1];
@@ -381,17 +396,17 @@ static __always_inline int sock6_mapped_dns(struct bpf_sock_addr *ctx, const str
 	origin.addr[3] = ip6[3];
 	origin.port = (__u16)ctx->user_port;
 	if (!remember_origin(ctx, &origin))
-		return SYS_REJECT;
+		return EGRESS_REASON_DNS;
 	ctx->user_ip6[0] = 0;
 	ctx->user_ip6[1] = 0;
 	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
 	ctx->user_ip6[3] = proxy;
 	ctx->user_port = bpf_htons(c->dns_port);
-	return SYS_PROCEED;
+	return ALLOW;
 }
 
 /* ip6 in network byte order, port in host byte order. */
-static __always_inline int sock6_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+static __always_inline __u32 sock6_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c,
 					 const __u32 ip6[4], __u16 port)
 {
 	__u8 proto = proto_bit(ctx->protocol);
@@ -409,12 +424,12 @@ static __always_inline int sock6_verdict(struct bpf_sock_addr *ctx, const struct
 	if (is_dns(proto, port))
 		return sock6_dns(ctx, c, ip6);
 	if (is_proxy_port(port) && is_v6_proxy(ctx, ip6))
-		return SYS_REJECT;
+		return EGRESS_REASON_PROXY_PORT;
 	if (loopback && !in_agent_netns(ctx))
-		return SYS_PROCEED;
+		return ALLOW;
 	__builtin_memcpy(ikey.addr, ip6, 16);
 	if (bpf_map_lookup_elem(&internal_v6, &ikey))
-		return SYS_PROCEED;
+		return ALLOW;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, ip6, 16);
 	matched = rule_matches(bpf_map_lookup_elem(&rules_v6, &key), c->policy_id, proto, port);
@@ -426,13 +441,41 @@ static __always_inline int sock6_verdict(struct bpf_sock_addr *ctx, const struct
 	return mode_verdict(c->mode, matched);
 }
 
+/* Writes a deny event; the ring buffer being full only costs the event (counted by the agent's gaps). */
+static __always_inline void report(const struct egress_computer *c, __u32 reason, __u8 family, __u8 protocol,
+				   const __u32 addr[4], __u16 port)
+{
+	struct egress_deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+
+	if (!e)
+		return;
+	e->time_ns = bpf_ktime_get_ns();
+	e->cgroup_id = c->cgroup_id;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->reason = reason;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	__builtin_memcpy(e->addr, addr, 16);
+	e->port = port;
+	e->family = family;
+	e->protocol = protocol;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline int sock4_judge(struct bpf_sock_addr *ctx)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
+	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 reason;
 
 	if (c->mode == EGRESS_MODE_UNRESTRICTED)
 		return SYS_PROCEED;
-	return sock4_verdict(ctx, c, ctx->user_ip4, bpf_ntohs((__u16)ctx->user_port));
+	reason = sock4_verdict(ctx, c, addr[0], port);
+	if (reason == ALLOW)
+		return SYS_PROCEED;
+	report(c, reason, 4, ctx->protocol, addr, port);
+	return SYS_REJECT;
 }
 
 static __always_inline void read_ip6(struct bpf_sock_addr *ctx, __u32 ip6[4])
@@ -447,12 +490,17 @@ static __always_inline void read_ip6(struct bpf_sock_addr *ctx, __u32 ip6[4])
 static __always_inline int sock6_judge(struct bpf_sock_addr *ctx)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
-	__u32 ip6[4];
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 ip6[4], reason;
 
 	if (c->mode == EGRESS_MODE_UNRESTRICTED)
 		return SYS_PROCEED;
 	read_ip6(ctx, ip6);
-	return sock6_verdict(ctx, c, ip6, bpf_ntohs((__u16)ctx->user_port));
+	reason = sock6_verdict(ctx, c, ip6, port);
+	if (reason == ALLOW)
+		return SYS_PROCEED;
+	report(c, reason, 6, ctx->protocol, ip6, port);
+	return SYS_REJECT;
 }
 
 /*
@@ -565,12 +613,15 @@ int egress_sock_create(struct bpf_sock *sk)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
 
+	__u32 none[4] = {};
+
 	if (c->mode == EGRESS_MODE_UNRESTRICTED)
 		return SYS_PROCEED;
 	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)
 		return SYS_PROCEED;
 	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
 		return SYS_PROCEED;
+	report(c, EGRESS_REASON_SOCKET, 0, sk->protocol, none, 0);
 	return SYS_REJECT;
 }
 

@@ -67,7 +67,14 @@
 #define EGRESS_CONFIG_SLOTS 16
 
 /* Bumped whenever a layout or a map definition below changes. */
-#define EGRESS_ABI_VERSION 2
+#define EGRESS_ABI_VERSION 3
+
+/* Reasons of struct egress_deny_event. */
+#define EGRESS_REASON_MODE 1       /* allowlist: nothing matched; isolated; no policy yet */
+#define EGRESS_REASON_RULE 2       /* denylist: a rule or a learned address matched */
+#define EGRESS_REASON_SOCKET 3     /* a socket other than TCP or UDP */
+#define EGRESS_REASON_DNS 4        /* DNS refused: no proxy reachable, or block_dns */
+#define EGRESS_REASON_PROXY_PORT 5 /* a proxy port reached directly */
 
 /* Capacities. LPM tries and the port hash allocate on demand (no prealloc). */
 #define EGRESS_MAX_RULE_ENTRIES (1 << 21)
@@ -75,6 +82,7 @@
 #define EGRESS_MAX_COMPUTERS 65536
 #define EGRESS_MAX_LEARNED (1 << 20)
 #define EGRESS_MAX_DNS_SOCKETS 65536
+#define EGRESS_EVENTS_BYTES (1 << 20) /* deny-event ring buffer */
 
 /* Value of the "computers" cgroup storage; written whole by user space. */
 struct egress_computer {
@@ -84,6 +92,24 @@ struct egress_computer {
 	__u32 learned_id; /* learned map key of this computer; 0: none */
 	__u16 dns_port;   /* the computer's proxy port (host byte order); 0: DNS refused */
 	__u16 flags;      /* EGRESS_FLAG_* */
+	__u64 cgroup_id;  /* the attach point's cgroup id, for deny events */
+};
+
+/*
+ * A refused connect, sendmsg or socket creation, in the "deny_events" ring
+ * buffer. Only the refusing path writes one: allowed traffic pays nothing.
+ */
+struct egress_deny_event {
+	__u64 time_ns;   /* CLOCK_MONOTONIC */
+	__u64 cgroup_id; /* the computer's cgroup (struct egress_computer.cgroup_id) */
+	__u32 pid;       /* thread group id */
+	__u32 reason;    /* EGRESS_REASON_* */
+	__u8 comm[16];
+	__u8 addr[16];   /* network byte order; IPv4 in the first 4 bytes */
+	__u16 port;      /* host byte order */
+	__u8 family;     /* 4 or 6; 0 for a socket creation */
+	__u8 protocol;   /* IPPROTO_* */
+	__u32 pad;
 };
 
 /* Key of "rules_v4". prefixlen counts from policy_id: 32 + CIDR length. */

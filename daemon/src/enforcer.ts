@@ -177,6 +177,11 @@ export class Enforcer {
     return enforcer;
   }
 
+  /** A map's fd, for readers beside the enforcer (the deny-event ring buffer). */
+  mapFd(name: 'deny_events'): number {
+    return this.obj.maps[name];
+  }
+
   get adopted(): boolean {
     return this.obj.adopted;
   }
@@ -344,6 +349,7 @@ export class Enforcer {
         dnsPort: dns.port ?? previous?.dnsPort ?? 0,
         flags:
           (dns.blockDns ?? (previous ? (previous.flags & FLAG.blockDns) !== 0 : false)) ? FLAG.blockDns : 0,
+        cgroupId,
       };
       bpf.mapUpdate(this.obj.maps.computers, key, encodeComputer(value));
     } catch (err) {
@@ -392,6 +398,17 @@ export class Enforcer {
   modeOf(id: string): Policy['mode'] | undefined {
     const mode = this.records.get(id)?.compiled.mode;
     return mode === undefined ? undefined : (MODE_NAMES[mode] as Policy['mode'] | undefined);
+  }
+
+  /** The computer attached at cgroup `cgroupId`, as this process knows it (deny events). */
+  computerAt(cgroupId: bigint): string | undefined {
+    for (const [id, record] of this.records) if (record.cgroupId === cgroupId) return id;
+    return undefined;
+  }
+
+  /** The hostname whose DNS answer taught computer `id` the address, if any. */
+  nameOf(id: string, bytes: number[]): string | undefined {
+    return this.records.get(id)?.learned.get(learnedKey(bytes))?.names[0];
   }
 
   /** Hostname → addresses that the computer's DNS lookups taught it, unexpired. */

@@ -28,7 +28,10 @@ export const CONFIG_SLOT = {
   nextLearnedId: 7,
 } as const;
 export const CONFIG_SLOTS = 16;
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
+
+/** Reasons of a deny event (EGRESS_REASON_*), by their code. */
+export const REASON = { mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5 } as const;
 
 /** Names of the maps and programs in build/egress.bpf.o; nothing else spells them. */
 export const MAPS = {
@@ -41,6 +44,7 @@ export const MAPS = {
   learnedV4: 'learned_v4',
   learnedV6: 'learned_v6',
   dnsOrigin: 'dns_origin',
+  denyEvents: 'deny_events',
   config: 'config',
   barrierInner: 'barrier_inner',
   rcuBarrier: 'rcu_barrier',
@@ -49,8 +53,23 @@ export const MAPS = {
 /** Byte layouts: size and member offsets, as in the header. */
 export const LAYOUT = {
   egress_computer: {
-    size: 24,
-    offsets: { mode: 0, policy_id: 4, version: 8, learned_id: 16, dns_port: 20, flags: 22 },
+    size: 32,
+    offsets: { mode: 0, policy_id: 4, version: 8, learned_id: 16, dns_port: 20, flags: 22, cgroup_id: 24 },
+  },
+  egress_deny_event: {
+    size: 64,
+    offsets: {
+      time_ns: 0,
+      cgroup_id: 8,
+      pid: 16,
+      reason: 20,
+      comm: 24,
+      addr: 40,
+      port: 56,
+      family: 58,
+      protocol: 59,
+      pad: 60,
+    },
   },
   egress_lpm_v4: { size: 12, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
   egress_lpm_v6: { size: 24, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
@@ -71,6 +90,7 @@ export interface ComputerValue {
   learnedId: number;
   dnsPort: number;
   flags: number;
+  cgroupId: bigint;
 }
 
 const L = LAYOUT;
@@ -83,6 +103,7 @@ export function encodeComputer(v: ComputerValue): Buffer {
   b.writeUInt32LE(v.learnedId, L.egress_computer.offsets.learned_id);
   b.writeUInt16LE(v.dnsPort, L.egress_computer.offsets.dns_port);
   b.writeUInt16LE(v.flags, L.egress_computer.offsets.flags);
+  b.writeBigUInt64LE(v.cgroupId, L.egress_computer.offsets.cgroup_id);
   return b;
 }
 
@@ -94,6 +115,41 @@ export function decodeComputer(b: Buffer): ComputerValue {
     learnedId: b.readUInt32LE(L.egress_computer.offsets.learned_id),
     dnsPort: b.readUInt16LE(L.egress_computer.offsets.dns_port),
     flags: b.readUInt16LE(L.egress_computer.offsets.flags),
+    cgroupId: b.readBigUInt64LE(L.egress_computer.offsets.cgroup_id),
+  };
+}
+
+export interface DenyEvent {
+  timeNs: bigint;
+  cgroupId: bigint;
+  pid: number;
+  reason: number;
+  comm: string;
+  /** Address bytes: 4 for IPv4, 16 for IPv6, none for a socket creation. */
+  address: number[];
+  port: number;
+  protocol: number;
+}
+
+export function decodeDenyEvent(b: Buffer): DenyEvent {
+  const o = L.egress_deny_event.offsets;
+  const family = b[o.family] ?? 0;
+  const comm = b.subarray(o.comm, o.comm + 16);
+  const end = comm.indexOf(0);
+  return {
+    timeNs: b.readBigUInt64LE(o.time_ns),
+    cgroupId: b.readBigUInt64LE(o.cgroup_id),
+    pid: b.readUInt32LE(o.pid),
+    reason: b.readUInt32LE(o.reason),
+    comm: comm.toString('utf8', 0, end < 0 ? 16 : end),
+    address:
+      family === 4
+        ? [...b.subarray(o.addr, o.addr + 4)]
+        : family === 6
+          ? [...b.subarray(o.addr, o.addr + 16)]
+          : [],
+    port: b.readUInt16LE(o.port),
+    protocol: b[o.protocol] ?? 0,
   };
 }
 

@@ -53,6 +53,8 @@ koffi.opaque('bpf_object');
 koffi.opaque('bpf_program');
 koffi.opaque('bpf_map');
 const printFn = koffi.proto('int egressd_libbpf_print_fn(int level, const char *fmt, void *ap)');
+koffi.opaque('ring_buffer');
+const sampleFn = koffi.proto('int egressd_ring_buffer_sample_fn(void *ctx, void *data, size_t size)');
 
 const sym = {
   libbpf_set_print: lib.func('void *libbpf_set_print(egressd_libbpf_print_fn *fn)'),
@@ -89,6 +91,11 @@ const sym = {
   bpf_map_delete_batch: lib.func(
     'int bpf_map_delete_batch(int fd, const void *keys, void *count, void *opts)',
   ),
+  ring_buffer__new: lib.func(
+    'ring_buffer *ring_buffer__new(int map_fd, egressd_ring_buffer_sample_fn *cb, void *ctx, void *opts)',
+  ),
+  ring_buffer__consume: lib.func('int ring_buffer__consume(ring_buffer *rb)'),
+  ring_buffer__free: lib.func('void ring_buffer__free(ring_buffer *rb)'),
   vsnprintf: libc.func('int vsnprintf(char *buf, size_t size, const char *fmt, void *ap)'),
   socket: libc.func('int socket(int domain, int type, int protocol)'),
   getsockopt: libc.func('int getsockopt(int fd, int level, int name, void *value, void *len)'),
@@ -262,6 +269,29 @@ export function mapDeleteBatch(fd: number, keys: Buffer, count: number): void {
   const n = Buffer.alloc(4);
   n.writeUInt32LE(count);
   check('bpf_map_delete_batch', sym.bpf_map_delete_batch(fd, keys, n, null));
+}
+
+/** A BPF ring buffer read by ring_buffer__consume: `onSample` gets a copy of each record. */
+export function openRingBuffer(mapFd: number, onSample: (data: Buffer) => void) {
+  const cb = koffi.register((_ctx: unknown, data: unknown, size: number | bigint) => {
+    onSample(Buffer.from(koffi.view(data, Number(size)).slice(0)));
+    return 0;
+  }, koffi.pointer(sampleFn));
+  const rb = sym.ring_buffer__new(mapFd, cb, null, null);
+  if (!rb) {
+    koffi.unregister(cb);
+    throw new LibbpfError('ring_buffer__new', koffi.errno());
+  }
+  return {
+    /** Reads every record ready now; returns how many. */
+    consume(): number {
+      return check('ring_buffer__consume', sym.ring_buffer__consume(rb));
+    },
+    close(): void {
+      sym.ring_buffer__free(rb);
+      koffi.unregister(cb);
+    },
+  };
 }
 
 export function closeFd(fd: number): void {
