@@ -164,6 +164,20 @@ export class NetworkPolicyApi {
   }
 
   /** Resets to unrestricted (idempotent). */
+  /** The computer's deny events, newest first. */
+  async events(
+    computerId: string,
+    options: { limit?: number; since?: string } = {},
+  ): Promise<Record<string, unknown>[]> {
+    return (
+      await this.client.request<{ data: Record<string, unknown>[] }>(
+        'GET',
+        `/api/v1/computers/${enc(computerId)}/network-policy/events`,
+        { query: { limit: options.limit, since: options.since } },
+      )
+    ).body.data;
+  }
+
   /** Hostname → address pairs that the computer's DNS lookups taught it. */
   async learned(computerId: string): Promise<{ name: string; address: string; expires_at: string }[]> {
     return (

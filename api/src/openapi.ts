@@ -157,6 +157,47 @@ const schemas: Json = {
     additionalProperties: false,
     properties: { data: ref('Policy') },
   },
+  EventsResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: [
+            'computer',
+            'at',
+            'pid',
+            'comm',
+            'family',
+            'protocol',
+            'address',
+            'port',
+            'hostname',
+            'reason',
+          ],
+          additionalProperties: false,
+          properties: {
+            computer: { type: 'string' },
+            at: timestamp,
+            pid: { type: 'integer' },
+            comm: { type: 'string', description: 'The command name of the process' },
+            family: { type: ['string', 'null'], enum: ['ipv4', 'ipv6', null] },
+            protocol: { type: 'string' },
+            address: { type: ['string', 'null'] },
+            port: { type: ['integer', 'null'] },
+            hostname: {
+              type: ['string', 'null'],
+              description: "The name the computer's DNS lookups mapped the address to",
+            },
+            reason: { type: 'string', enum: ['mode', 'rule', 'socket', 'dns', 'proxy_port'] },
+          },
+        },
+      },
+    },
+  },
   LearnedResponse: {
     type: 'object',
     required: ['data'],
@@ -321,6 +362,22 @@ export function openApiDocument(): Json {
           summary: "Hostname → address pairs learned from the computer's DNS lookups",
           responses: {
             '200': json(ref('LearnedResponse'), 'The learned addresses'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/events': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getDenyEvents',
+          summary: "The computer's deny events, newest first",
+          parameters: [
+            { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000 } },
+            { name: 'since', in: 'query', schema: { type: 'string', description: 'RFC 3339 time' } },
+          ],
+          responses: {
+            '200': json(ref('EventsResponse'), 'The events'),
             '404': error('computer not found'),
             ...common,
           },

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError as ApiConfigError } from '../../api/src/config.js';
-import { computersCommand, describeError, policyCommand, runCommand } from './cli/commands.js';
+import { computersCommand, describeError, eventsCommand, policyCommand, runCommand } from './cli/commands.js';
 import type { ServeMode } from './cli/serve.js';
 import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
@@ -14,6 +14,7 @@ const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (defaul
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--block-dns] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]
+       egressd events ID [--follow] [--json]
 
 options (flag, environment variable, default):
   --listen        EGRESSD_LISTEN          127.0.0.1:8080
@@ -49,6 +50,7 @@ async function main(argv: string[]): Promise<number> {
       computer: { type: 'string' },
       create: { type: 'boolean' },
       'block-dns': { type: 'boolean' },
+      follow: { type: 'boolean' },
     },
   });
   if (values.help) {
@@ -74,6 +76,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'run':
       return runCommand(ctx, rest, values);
+    case 'events':
+      await eventsCommand(ctx, rest, values);
+      return 0;
     default:
       throw new EgressdError('USAGE', `unknown command "${command}"\n${USAGE}`);
   }

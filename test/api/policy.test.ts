@@ -125,6 +125,40 @@ test('learned: what the agent published, unexpired, sorted; 404 for unknown comp
   t.is((await h.call('GET', `${path('nobody-here')}/learned`)).status, 404);
 });
 
+test('events: newest first, limit and since; 404 for unknown computers', async (t) => {
+  await register(h, 'events-1');
+  const event = (port: number) => ({
+    computer: 'events-1',
+    at: new Date().toISOString(),
+    pid: 42,
+    comm: 'curl',
+    family: 'ipv4',
+    protocol: 'tcp',
+    address: '192.0.2.9',
+    port,
+    hostname: null,
+    reason: 'mode',
+  });
+  await h.store.appendEvents('events-1', [event(1), event(2), event(3)]);
+  const all = await h.call('GET', `${path('events-1')}/events`);
+  t.is(all.status, 200);
+  t.deepEqual(
+    all.body.data.map((e: { port: number }) => e.port),
+    [3, 2, 1],
+  );
+  const one = await h.call('GET', `${path('events-1')}/events?limit=1`);
+  t.deepEqual(
+    one.body.data.map((e: { port: number }) => e.port),
+    [3],
+  );
+  const future = await h.call('GET', `${path('events-1')}/events?since=2999-01-01T00:00:00Z`);
+  t.deepEqual(future.body.data, []);
+  const bad = await h.call('GET', `${path('events-1')}/events?since=yesterday`);
+  t.is(bad.status, 400);
+  t.regex(bad.body.error.message, /^since: must be an RFC 3339 time/);
+  t.is((await h.call('GET', `${path('nobody-here')}/events`)).status, 404);
+});
+
 test('allowlist and denylist without rules: 400 with the seed text', async (t) => {
   await register(h, 'req-1');
   for (const body of [{ mode: 'allowlist' }, { mode: 'denylist', rules: [] }]) {

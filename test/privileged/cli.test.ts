@@ -212,3 +212,27 @@ test.serial(
     t.is(list.find((c) => c.id === 'cli-kill')?.state, 'enforced');
   },
 );
+
+test.serial('a denied connect shows up in egressd events (JSON log and Redis stream)', async (t) => {
+  const cg = world.makeCgroup('cli-events');
+  t.is((await cli('computers', 'add', 'cli-events', '--cgroup', cg.relative)).code, 0);
+  t.is((await cli('policy', 'set', 'cli-events', '--mode', 'isolated')).code, 0);
+  t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:8080'), ['EPERM']);
+  let lines: string[] = [];
+  for (let i = 0; i < 50 && lines.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await cli('events', 'cli-events', '--json');
+    lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
+  }
+  t.is(lines.length, 1, 'exactly one event');
+  t.like(JSON.parse(lines[0] ?? '{}'), {
+    computer: 'cli-events',
+    comm: 'probe',
+    address: '192.0.2.1',
+    port: 8080,
+    protocol: 'tcp',
+    reason: 'mode',
+  });
+  const readable = await cli('events', 'cli-events');
+  t.regex(readable.stdout, /cli-events probe\[\d+\] denied 192\.0\.2\.1:8080\/tcp \(mode\)/);
+});

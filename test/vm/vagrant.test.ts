@@ -1,7 +1,8 @@
 /**
  * The VM tooling stays valid without booting anything: `vagrant validate` for
- * the public box and the offline box (it reads the Vagrantfile and checks every
- * installed provider's settings; nothing is downloaded), and `bash -n` for the
+ * the public box and the offline box (it reads the Vagrantfile and checks the
+ * libvirt provider's settings, so vagrant-libvirt must be installed: without any
+ * provider vagrant validate fails; nothing is downloaded), and `bash -n` for the
  * VM scripts. Running the VMs themselves is `npm run test:vm`.
  */
 import { spawnSync } from 'node:child_process';
@@ -28,7 +29,7 @@ for (const box of ['debian/bookworm64', 'egressd/bookworm-local']) {
         VAGRANT_CHECKPOINT_DISABLE: '1',
       },
     });
-    t.is(r.error, undefined, 'vagrant must be installed (Debian package vagrant)');
+    t.is(r.error, undefined, 'vagrant must be installed (Debian packages vagrant and vagrant-libvirt)');
     t.is(r.status, 0, `${r.stdout}${r.stderr}`);
     t.regex(r.stdout, /Vagrantfile validated successfully/);
   });

@@ -44,6 +44,27 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
     };
   });
 
+  // The computer's deny events, newest first (?limit=1..1000, default 100; ?since=RFC 3339 time).
+  router.get(`${POLICY_PATH}/events`, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    const limit = queryInt(ctx.query['limit'], 'limit', 1, 1000) ?? 100;
+    const sinceText = ctx.query['since'];
+    let since = 0;
+    if (sinceText !== undefined) {
+      since = typeof sinceText === 'string' ? Date.parse(sinceText) : Number.NaN;
+      if (Number.isNaN(since)) {
+        throw new ApiError(
+          400,
+          'invalid_request',
+          'since: must be an RFC 3339 time, for example 2026-01-01T00:00:00Z',
+        );
+      }
+    }
+    const events = await deps.store.getEvents(id, scopeOf(ctx.state.principal), limit, since);
+    if (!events) throw computerNotFound();
+    ctx.body = { data: events };
+  });
+
   router.delete(POLICY_PATH, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
     await change(ctx, deps, id, UNRESTRICTED);

@@ -14,6 +14,8 @@ export const keys = {
   computer: (id: string) => `${PREFIX}computer:${id}`,
   /** Hash: mode, rules (JSON of normalised rules), version, updated_at. */
   policy: (id: string) => `${PREFIX}computer:${id}:policy`,
+  /** Capped stream of a computer's deny events (field `event`: JSON), written by the agent. */
+  events: (id: string) => `${PREFIX}computer:${id}:events`,
   /** Hash written by the agent: "<name> <address>" → expiry (ms since the epoch) of what the computer's DNS taught it. */
   learned: (id: string) => `${PREFIX}computer:${id}:learned`,
   /** Hash written by the agent (`Store.ackEnforced`): version, at, node. */

@@ -361,6 +361,29 @@ export class Store {
     };
   }
 
+  /** Appends deny events (JSON-ready objects) to the computer's capped stream (about the last 1,000). */
+  async appendEvents(id: string, events: object[]): Promise<void> {
+    if (events.length === 0) return;
+    await this.guard(async () => {
+      const tx = this.redis.multi();
+      for (const e of events)
+        tx.xadd(keys.events(id), 'MAXLEN', '~', '1000', '*', 'event', JSON.stringify(e));
+      await tx.exec();
+    });
+  }
+
+  /** A computer's deny events, newest first, visible under `scope`; undefined when the computer is not. */
+  async getEvents(id: string, scope: Scope, limit: number, sinceMs = 0): Promise<unknown[] | undefined> {
+    const [tenant, entries] = await this.guard(() =>
+      Promise.all([
+        this.redis.hget(keys.computer(id), 'tenant'),
+        this.redis.xrevrange(keys.events(id), '+', sinceMs > 0 ? String(sinceMs) : '-', 'COUNT', limit),
+      ]),
+    );
+    if (tenant === null || (scope !== '' && tenant !== scope)) return undefined;
+    return entries.map(([, fields]) => JSON.parse(fields[1] ?? '{}'));
+  }
+
   /**
    * The agent records what the computer's DNS lookups taught it (hostname →
    * address, until when); expired fields are dropped as new ones come, and

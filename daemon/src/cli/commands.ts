@@ -122,6 +122,37 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   }
 }
 
+/** egressd events ID [--follow]: the computer's deny events, oldest of the page first; --follow keeps printing. */
+export async function eventsCommand(ctx: CommandContext, args: string[], flags: Record<string, unknown>) {
+  const [id] = args;
+  if (!id) throw new EgressdError('USAGE', 'usage: egressd events ID [--follow] [--json]');
+  const api = client(ctx);
+  const show = (e: Record<string, unknown>) => {
+    if (ctx.json) return ctx.out(JSON.stringify(e));
+    const where = e['address']
+      ? `${e['hostname'] ? `${e['hostname']} ` : ''}${e['address']}:${e['port']}/${e['protocol']}`
+      : `socket ${e['protocol']}`;
+    ctx.out(`${e['at']} ${id} ${e['comm']}[${e['pid']}] denied ${where} (${e['reason']})`);
+  };
+  let last = '';
+  const page = async () => {
+    const events = (
+      await api.networkPolicy.events(id, { limit: 1000, ...(last ? { since: last } : {}) })
+    ).reverse();
+    for (const e of events) {
+      if (last && String(e['at']) <= last) continue;
+      show(e);
+      last = String(e['at']);
+    }
+  };
+  await page();
+  if (flags['follow'] !== true) return;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1000));
+    await page();
+  }
+}
+
 export async function computersCommand(ctx: CommandContext, args: string[], flags: Record<string, unknown>) {
   const [action, id] = args;
   const api = client(ctx);

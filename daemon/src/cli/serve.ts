@@ -19,6 +19,7 @@ import { DnsProxy, type DnsProxyOptions } from '../dns/proxy.js';
 import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
+import { DenyEvents, type DenyRecord } from '../events.js';
 import { preflight } from '../system.js';
 
 export type ServeMode = 'all' | 'agent' | 'api';
@@ -116,6 +117,8 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
       const store = new Store({ url: redisUrl });
       stoppers.push(() => store.close());
       agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log, proxy });
+      const events = startDenyEvents(enforcer, store, log);
+      stoppers.push(() => events.close());
       stoppers.push(() => agent.stop());
       // Connection failures are retried inside the agent; pins enforce meanwhile.
       await agent.start();
@@ -212,6 +215,39 @@ function readResolvConf(): string {
   } catch {
     return '';
   }
+}
+
+/** Deny events: one JSON log line each, and batched into the computer's capped Redis stream. */
+function startDenyEvents(enforcer: Enforcer, store: Store, log: Logger): { close(): void } {
+  const eventLog = log.child({ component: 'deny' });
+  let pending = new Map<string, DenyRecord[]>();
+  const flush = async () => {
+    const batch = pending;
+    pending = new Map();
+    for (const [id, records] of batch) {
+      await store.appendEvents(id, records).catch((err: Error) => {
+        eventLog.warn(
+          { computer: id, lost: records.length, err: err.message },
+          'deny events not stored (Redis)',
+        );
+      });
+    }
+  };
+  const timer = setInterval(() => void flush(), 250).unref();
+  const events = new DenyEvents({
+    enforcer,
+    sink: (record) => {
+      eventLog.info({ event: record }, 'denied');
+      pending.set(record.computer, [...(pending.get(record.computer) ?? []), record]);
+    },
+  });
+  return {
+    close() {
+      clearInterval(timer);
+      events.close();
+      void flush();
+    },
+  };
 }
 
 /** Type=notify units: tell systemd we are ready (NotifyAccess=all lets systemd-notify do it). */
