@@ -74,6 +74,11 @@ export interface EgressdConfig {
    */
   dnsTtlMin: string;
   dnsTtlMax: string;
+  /**
+   * host:port of `egressd agent`'s Prometheus /metrics (in `egressd all` the API's /metrics has them).
+   * @default '127.0.0.1:9464' (--metrics-listen, EGRESSD_METRICS_LISTEN)
+   */
+  metricsListen: string;
 }
 
 export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
@@ -90,6 +95,7 @@ export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
   dnsPorts: '42000-51999',
   dnsTtlMin: '5',
   dnsTtlMax: '3600',
+  metricsListen: '127.0.0.1:9464',
 });
 
 const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
@@ -106,6 +112,7 @@ const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
   dnsPorts: { flag: 'dns-ports', env: 'EGRESSD_DNS_PORTS' },
   dnsTtlMin: { flag: 'dns-ttl-min', env: 'EGRESSD_DNS_TTL_MIN' },
   dnsTtlMax: { flag: 'dns-ttl-max', env: 'EGRESSD_DNS_TTL_MAX' },
+  metricsListen: { flag: 'metrics-listen', env: 'EGRESSD_METRICS_LISTEN' },
 };
 
 const LISTS = new Set<keyof EgressdConfig>(['internalCidrs', 'dnsUpstreams', 'dnsProxyAddresses']);
@@ -166,6 +173,7 @@ export function resolveEgressdConfig(
     dnsPorts: text('dnsPorts'),
     dnsTtlMin: text('dnsTtlMin'),
     dnsTtlMax: text('dnsTtlMax'),
+    metricsListen: text('metricsListen'),
   };
   const where = (name: keyof EgressdConfig) => `--${SOURCES[name].flag} / ${SOURCES[name].env}`;
   if (!/^[^:]*:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$/.test(config.listen)) {
@@ -205,6 +213,11 @@ export function resolveEgressdConfig(
   } catch {
     throw new ConfigError(
       `${where('apiUrl')}: "${config.apiUrl}" must be a URL such as http://127.0.0.1:8080`,
+    );
+  }
+  if (!/^[^:]*:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$/.test(config.metricsListen)) {
+    throw new ConfigError(
+      `${where('metricsListen')}: "${config.metricsListen}" must be host:port, for example 127.0.0.1:9464`,
     );
   }
   const ports = /^(\d{1,5})-(\d{1,5})$/.exec(config.dnsPorts);

@@ -9,6 +9,7 @@ import ipaddr from 'ipaddr.js';
 import { decodeDenyEvent, REASON } from './bpf/abi.js';
 import * as bpf from './bpf/libbpf.js';
 import type { Enforcer } from './enforcer.js';
+import type { AgentMetrics } from './metrics.js';
 
 export interface DenyRecord {
   computer: string;
@@ -29,6 +30,7 @@ export interface DenyEventsOptions {
   ratePerSecond?: number;
   burst?: number;
   sink: (record: DenyRecord) => void;
+  metrics?: AgentMetrics;
 }
 
 const REASON_NAMES = Object.fromEntries(Object.entries(REASON).map(([k, v]) => [v, k])) as Record<
@@ -72,8 +74,13 @@ export class DenyEvents {
   private onEvent(data: Buffer): void {
     const e = decodeDenyEvent(data);
     const computer = this.opts.enforcer.computerAt(e.cgroupId) ?? `cgroup:${e.cgroupId}`;
+    const reason = (
+      REASON_NAMES[e.reason] === 'proxyPort' ? 'proxy_port' : REASON_NAMES[e.reason]
+    ) as DenyRecord['reason'];
+    this.opts.metrics?.denials.inc({ computer, reason });
     if (!this.take(computer)) {
       this.dropped.set(computer, (this.dropped.get(computer) ?? 0) + 1);
+      this.opts.metrics?.eventsDropped.inc({ computer });
       return;
     }
     this.delivered.set(computer, (this.delivered.get(computer) ?? 0) + 1);

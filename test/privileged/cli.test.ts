@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { parsePrometheus } from '../helpers/prometheus.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { createWorld, PROBE_PATH, REPO_ROOT, type World } from '../helpers/world.js';
 
@@ -235,4 +236,14 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
   });
   const readable = await cli('events', 'cli-events');
   t.regex(readable.stdout, /cli-events probe\[\d+\] denied 192\.0\.2\.1:8080\/tcp \(mode\)/);
+  // The agent's metrics are in the all-in-one /metrics, as valid Prometheus text.
+  const metrics = parsePrometheus(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
+  t.is(metrics.get('egressd_denials_total{computer="cli-events",reason="mode"}'), 1);
+  t.is(metrics.get('egressd_agent_redis_connected'), 1);
+  t.true((metrics.get('egressd_policy_apply_seconds_count') ?? 0) > 0);
+  t.true(
+    (metrics.get(
+      'egressd_api_requests_total{method="PUT",route="/api/v1/computers/:id/network-policy",status="200"}',
+    ) ?? 0) > 0,
+  );
 });

@@ -20,6 +20,7 @@ import type { Store } from '../../../api/src/store/store.js';
 import type { DnsProxy } from '../dns/proxy.js';
 import type { DnsSettings, Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
+import type { AgentMetrics } from '../metrics.js';
 import type { Policy } from '../policy/types.js';
 import { CgroupWatcher } from './cgroup-watch.js';
 
@@ -53,6 +54,7 @@ export interface AgentOptions {
   blockMs?: number;
   /** The DNS proxy; without one, governed computers get no DNS at all (fail closed). */
   proxy?: DnsProxy;
+  metrics?: AgentMetrics;
 }
 
 export class Agent {
@@ -131,6 +133,7 @@ export class Agent {
   }
 
   private setStatus(status: AgentStatus): void {
+    this.opts.metrics?.redisConnected.set(status === 'following' || status === 'syncing' ? 1 : 0);
     if (this.status === status) return;
     this.log.info({ from: this.status, to: status }, 'agent status');
     this.status = status;
@@ -157,7 +160,9 @@ export class Agent {
           blockMs: this.opts.blockMs ?? 5000,
         });
         const ids = new Set<string>();
+        const written = new Map<string, number>();
         for (const change of changes) {
+          written.set(change.computerId, Date.parse(change.at));
           if (change.seq !== this.seq + 1) {
             // Records between were trimmed (MAXLEN) before we read them.
             this.log.warn({ expected: this.seq + 1, got: change.seq }, 'missed change records: resyncing');
@@ -168,7 +173,13 @@ export class Agent {
           this.streamId = change.streamId;
           this.seq = change.seq;
         }
-        for (const id of ids) await this.refresh(id);
+        for (const id of ids) {
+          await this.refresh(id);
+          const at = written.get(id);
+          if (at !== undefined && !Number.isNaN(at)) {
+            this.opts.metrics?.enforcementLagSeconds.observe(Math.max(0, Date.now() - at) / 1000);
+          }
+        }
         backoff = 100;
       } catch (err) {
         if (this.stopping) break;
@@ -249,7 +260,9 @@ export class Agent {
     try {
       const dns = await this.dnsSettings(id, want.policy);
       if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
+      const started = process.hrtime.bigint();
       this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns);
+      this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
       if (this.enforced.get(id) !== want.version) {
         this.enforced.set(id, want.version);

@@ -271,11 +271,18 @@ export function mapDeleteBatch(fd: number, keys: Buffer, count: number): void {
   check('bpf_map_delete_batch', sym.bpf_map_delete_batch(fd, keys, n, null));
 }
 
-/** A BPF ring buffer read by ring_buffer__consume: `onSample` gets a copy of each record. */
-export function openRingBuffer(mapFd: number, onSample: (data: Buffer) => void) {
+/**
+ * A BPF ring buffer read by ring_buffer__consume: `onSample` gets a copy of
+ * each record. libbpf reads for as long as records keep coming, which a busy
+ * producer can make endless, so one consume() takes at most `budget` records
+ * (the callback's negative return stops libbpf after the current record).
+ */
+export function openRingBuffer(mapFd: number, onSample: (data: Buffer) => void, budget = 2000) {
+  const STOP = -11; // EAGAIN: "more next time", not an error
+  let taken = 0;
   const cb = koffi.register((_ctx: unknown, data: unknown, size: number | bigint) => {
     onSample(Buffer.from(koffi.view(data, Number(size)).slice(0)));
-    return 0;
+    return ++taken >= budget ? STOP : 0;
   }, koffi.pointer(sampleFn));
   const rb = sym.ring_buffer__new(mapFd, cb, null, null);
   if (!rb) {
@@ -283,9 +290,12 @@ export function openRingBuffer(mapFd: number, onSample: (data: Buffer) => void) 
     throw new LibbpfError('ring_buffer__new', koffi.errno());
   }
   return {
-    /** Reads every record ready now; returns how many. */
+    /** Reads the records ready now, at most the budget; returns how many. */
     consume(): number {
-      return check('ring_buffer__consume', sym.ring_buffer__consume(rb));
+      taken = 0;
+      const rc = sym.ring_buffer__consume(rb);
+      if (rc === STOP) return taken;
+      return check('ring_buffer__consume', rc);
     },
     close(): void {
       sym.ring_buffer__free(rb);

@@ -10,8 +10,10 @@ import type { Server } from 'node:http';
 import { createServer, isIP } from 'node:net';
 import path from 'node:path';
 import { type Logger, pino } from 'pino';
+import { Registry } from 'prom-client';
 import { createApp } from '../../../api/src/app.js';
 import { parseListen, resolveConfig } from '../../../api/src/config.js';
+import { createMetrics } from '../../../api/src/metrics.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
 import { type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
@@ -20,6 +22,7 @@ import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
 import { DenyEvents, type DenyRecord } from '../events.js';
+import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../metrics.js';
 import { preflight } from '../system.js';
 
 export type ServeMode = 'all' | 'agent' | 'api';
@@ -73,6 +76,9 @@ export function adminKey(
 
 export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<string, string | undefined>) {
   const log = pino({ level: config.logLevel });
+  // One registry: in `egressd all` the API's /metrics shows the agent's metrics too.
+  const registry = new Registry();
+  const agentMetrics = createAgentMetrics(registry);
   const stoppers: Stopper[] = [];
   const stopAll = async () => {
     for (const stop of stoppers.reverse()) {
@@ -112,13 +118,31 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         'BPF programs ready',
       );
       let agent: Agent | undefined;
-      const proxy = startDnsProxy(config, enforcer, log, (...args) => agent?.learned(...args));
+      const proxy = startDnsProxy(config, enforcer, log, agentMetrics, (...args) => agent?.learned(...args));
       stoppers.push(() => proxy.close());
       const store = new Store({ url: redisUrl });
       stoppers.push(() => store.close());
-      agent = new Agent({ store, enforcer, node: config.node, cgroupRoot: cgroupMount, log, proxy });
-      const events = startDenyEvents(enforcer, store, log);
+      agent = new Agent({
+        store,
+        enforcer,
+        node: config.node,
+        cgroupRoot: cgroupMount,
+        log,
+        proxy,
+        metrics: agentMetrics,
+      });
+      const events = startDenyEvents(enforcer, store, log, agentMetrics);
       stoppers.push(() => events.close());
+      const gauges = setInterval(() => {
+        for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
+          agentMetrics.mapEntries.set({ map }, n);
+      }, 10_000).unref();
+      stoppers.push(() => clearInterval(gauges));
+      if (mode === 'agent') {
+        const { host, port } = parseListen(config.metricsListen);
+        const metricsServer = await serveMetrics(registry, host, port);
+        stoppers.push(() => new Promise<void>((resolve) => metricsServer.close(() => resolve())));
+      }
       stoppers.push(() => agent.stop());
       // Connection failures are retried inside the agent; pins enforce meanwhile.
       await agent.start();
@@ -138,7 +162,12 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
       const store = new Store({ url: redisUrl, streamMaxLen: apiConfig.streamMaxLen });
       await store.connect();
       stoppers.push(() => store.close());
-      const app = createApp({ store, config: apiConfig, logger: log.child({ component: 'api' }) });
+      const app = createApp({
+        store,
+        config: apiConfig,
+        logger: log.child({ component: 'api' }),
+        metrics: createMetrics(registry),
+      });
       const { host, port } = parseListen(apiConfig.listen);
       const server: Server = await new Promise((resolve, reject) => {
         const s = app.listen(port, host, () => resolve(s));
@@ -183,6 +212,7 @@ function startDnsProxy(
   config: EgressdConfig,
   enforcer: Enforcer,
   log: Logger,
+  metrics: AgentMetrics,
   onLearned: DnsProxyOptions['onLearned'],
 ): DnsProxy {
   const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
@@ -205,6 +235,7 @@ function startDnsProxy(
     ttlCeiling: Number(config.dnsTtlMax),
     timeoutMs: 3000,
     log: log.child({ component: 'dns' }),
+    metrics,
     onLearned,
   });
 }
@@ -218,7 +249,12 @@ function readResolvConf(): string {
 }
 
 /** Deny events: one JSON log line each, and batched into the computer's capped Redis stream. */
-function startDenyEvents(enforcer: Enforcer, store: Store, log: Logger): { close(): void } {
+function startDenyEvents(
+  enforcer: Enforcer,
+  store: Store,
+  log: Logger,
+  metrics: AgentMetrics,
+): { close(): void } {
   const eventLog = log.child({ component: 'deny' });
   let pending = new Map<string, DenyRecord[]>();
   const flush = async () => {
@@ -236,6 +272,7 @@ function startDenyEvents(enforcer: Enforcer, store: Store, log: Logger): { close
   const timer = setInterval(() => void flush(), 250).unref();
   const events = new DenyEvents({
     enforcer,
+    metrics,
     sink: (record) => {
       eventLog.info({ event: record }, 'denied');
       pending.set(record.computer, [...(pending.get(record.computer) ?? []), record]);

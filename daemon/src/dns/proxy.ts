@@ -26,6 +26,7 @@ import dnsPacket from 'dns-packet';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { Enforcer } from '../enforcer.js';
+import type { AgentMetrics } from '../metrics.js';
 
 export interface Upstream {
   host: string;
@@ -45,6 +46,7 @@ export interface DnsProxyOptions {
   /** Upstream answer deadline. */
   timeoutMs: number;
   log: Logger;
+  metrics?: AgentMetrics;
   /** Told of every learned name after its map write (the agent publishes them). */
   onLearned?: (id: string, name: string, addresses: number[][], ttlSeconds: number) => void;
 }
@@ -208,6 +210,19 @@ export class DnsProxy {
 
   /** One query of computer `id`: the reply to send, or undefined to stay silent (garbage in). */
   async handle(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    const started = process.hrtime.bigint();
+    const failedBefore = this.stats.failClosed;
+    const reply = await this.answer(id, msg, transport);
+    const m = this.opts.metrics;
+    if (m && reply) {
+      m.dnsQueries.inc();
+      m.dnsSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+      if (this.stats.failClosed > failedBefore) m.dnsFailClosed.inc(this.stats.failClosed - failedBefore);
+    }
+    return reply;
+  }
+
+  private async answer(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
     let query: dnsPacket.Packet;
     try {
       query = dnsPacket.decode(msg);
