@@ -102,6 +102,11 @@ export function createApp(options: AppOptions): App {
   app.use(router.allowedMethods());
   app.router = router;
   app.metrics = metrics;
+  // Koa reports errors after the response started here: a client leaving an event stream is no error.
+  app.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'ERR_STREAM_PREMATURE_CLOSE' || err.code === 'ECONNRESET') return;
+    logger.error({ err }, 'error after the response started');
+  });
   return app;
 }
 

@@ -383,6 +383,22 @@ export function openApiDocument(): Json {
           },
         },
       },
+      '/api/v1/computers/{id}/network-policy/events/stream': {
+        parameters: [idParam],
+        get: {
+          operationId: 'streamDenyEvents',
+          summary:
+            'New deny events as Server-Sent Events: one `data:` line with an event (as in /events) each',
+          responses: {
+            '200': {
+              description: 'An event stream until the client goes away',
+              content: { 'text/event-stream': {} },
+            },
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+      },
       '/api/v1/computers': {
         get: {
           operationId: 'listComputers',

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { type Harness, register, startHarness } from './harness.js';
+import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;
 test.before(async () => {
@@ -157,6 +157,38 @@ test('events: newest first, limit and since; 404 for unknown computers', async (
   t.is(bad.status, 400);
   t.regex(bad.body.error.message, /^since: must be an RFC 3339 time/);
   t.is((await h.call('GET', `${path('nobody-here')}/events`)).status, 404);
+});
+
+test('events/stream delivers new events live as Server-Sent Events; 404 for unknown computers', async (t) => {
+  await register(h, 'events-live');
+  const abort = new AbortController();
+  const res = await fetch(`${h.baseUrl}${path('events-live')}/events/stream`, {
+    headers: { authorization: `Bearer ${ADMIN_KEY}` },
+    signal: abort.signal,
+  });
+  t.is(res.status, 200);
+  t.regex(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  const readUntil = async (what: RegExp) => {
+    const deadline = Date.now() + 5000;
+    while (!what.test(text) && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+  };
+  await readUntil(/: connected/);
+  await h.store.appendEvents('events-live', [{ computer: 'events-live', port: 7, reason: 'mode' }]);
+  await readUntil(/^data: .*\n\n/m);
+  abort.abort();
+  const line = text.split('\n').find((l) => l.startsWith('data: '));
+  t.like(JSON.parse(line?.slice(6) ?? '{}'), { computer: 'events-live', port: 7, reason: 'mode' });
+  const missing = await fetch(`${h.baseUrl}${path('nobody-here')}/events/stream`, {
+    headers: { authorization: `Bearer ${ADMIN_KEY}` },
+  });
+  t.is(missing.status, 404);
 });
 
 test('allowlist and denylist without rules: 400 with the seed text', async (t) => {

@@ -1,4 +1,5 @@
 /** GET, PUT, DELETE /api/v1/computers/{id}/network-policy: the seed's endpoints. */
+import { PassThrough } from 'node:stream';
 import type { Context } from 'koa';
 import type { Policy } from '../../../daemon/src/policy/types.js';
 import { UNRESTRICTED } from '../../../daemon/src/policy/types.js';
@@ -63,6 +64,38 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
     const events = await deps.store.getEvents(id, scopeOf(ctx.state.principal), limit, since);
     if (!events) throw computerNotFound();
     ctx.body = { data: events };
+  });
+
+  // The same events live, as Server-Sent Events (one `data:` line of JSON each), from now on.
+  router.get(`${POLICY_PATH}/events/stream`, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    if (!(await deps.store.getEvents(id, scopeOf(ctx.state.principal), 1))) throw computerNotFound();
+    const from = await deps.store.eventsCursor(id);
+    const abort = new AbortController();
+    const out = new PassThrough();
+    const end = () => {
+      abort.abort();
+      out.end();
+    };
+    ctx.req.on('close', end);
+    ctx.req.socket.setTimeout(0);
+    ctx.status = 200;
+    ctx.type = 'text/event-stream';
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = out;
+    out.write(': connected\n\n');
+    const heartbeat = setInterval(() => out.write(': keep-alive\n\n'), 15_000);
+    (async () => {
+      try {
+        for await (const event of deps.store.followEvents(id, from, abort.signal))
+          out.write(`data: ${JSON.stringify(event)}\n\n`);
+      } catch {
+        // Redis went away: end the stream; the client reconnects.
+      } finally {
+        clearInterval(heartbeat);
+        out.end();
+      }
+    })();
   });
 
   router.delete(POLICY_PATH, auth, async (ctx) => {

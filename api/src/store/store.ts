@@ -372,6 +372,46 @@ export class Store {
     });
   }
 
+  /**
+   * Deny events of a computer after `from` (eventsCursor), as they come
+   * (XREAD BLOCK on a connection of its own), until `signal` aborts.
+   */
+  /** The id of a computer's newest event ('0-0' when none): follow from here to see only new ones. */
+  async eventsCursor(id: string): Promise<string> {
+    const last = await this.guard(() => this.redis.xrevrange(keys.events(id), '+', '-', 'COUNT', 1));
+    return last[0]?.[0] ?? '0-0';
+  }
+
+  async *followEvents(id: string, from: string, signal: AbortSignal): AsyncGenerator<unknown> {
+    const client = this.redis.duplicate({
+      enableOfflineQueue: true,
+      commandTimeout: undefined,
+      maxRetriesPerRequest: null,
+    });
+    client.on('error', () => {});
+    const stop = () => client.disconnect();
+    signal.addEventListener('abort', stop);
+    try {
+      let last = from;
+      while (!signal.aborted) {
+        let reply: [string, [string, string[]][]][] | null;
+        try {
+          reply = (await client.xread('BLOCK', 5000, 'STREAMS', keys.events(id), last)) as typeof reply;
+        } catch (err) {
+          if (signal.aborted) return;
+          throw new StoreUnavailableError(err);
+        }
+        for (const [entryId, fields] of reply?.[0]?.[1] ?? []) {
+          last = entryId;
+          yield JSON.parse(fields[1] ?? '{}');
+        }
+      }
+    } finally {
+      signal.removeEventListener('abort', stop);
+      client.disconnect();
+    }
+  }
+
   /** A computer's deny events, newest first, visible under `scope`; undefined when the computer is not. */
   async getEvents(id: string, scope: Scope, limit: number, sinceMs = 0): Promise<unknown[] | undefined> {
     const [tenant, entries] = await this.guard(() =>
