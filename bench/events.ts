@@ -1,0 +1,114 @@
+/**
+ * Deny events: refused connects per second from an isolated computer with
+ * the agent's event reader running (events read, named, rate-limited) and
+ * without it (the kernel still writes the ring buffer until it is full), and
+ * the refused-path hook run time from the kernel's BPF statistics. Allowed
+ * calls never reach the event code (see bench/connect.ts for their cost).
+ *
+ *   sudo node dist/bench/events.js [--rounds 5] [--iterations 50000]
+ */
+import { execFile, execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Enforcer } from '../daemon/src/enforcer.js';
+import { DenyEvents } from '../daemon/src/events.js';
+import { CONNECT_LOOP_PATH, createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
+
+const execFileAsync = promisify(execFile);
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+const ROUNDS = arg('rounds', 5);
+const ITERATIONS = arg('iterations', 50_000);
+
+async function deniedLoop(world: World, cgroup: string): Promise<number> {
+  const { stdout } = await execFileAsync(CONNECT_LOOP_PATH, [
+    '--cgroup',
+    cgroup,
+    '--netns',
+    world.netnsPath,
+    'tcp',
+    '192.0.2.1',
+    '80',
+    String(ITERATIONS),
+  ]);
+  const r = JSON.parse(stdout) as { ns_per_op: number; errors: Record<string, number> };
+  if ((r.errors['EPERM'] ?? 0) !== ITERATIONS) throw new Error(`expected every connect refused: ${stdout}`);
+  return r.ns_per_op;
+}
+
+function hookStats(world: World): { runs: number; ns: number } {
+  const info = JSON.parse(
+    execFileSync('bpftool', [
+      '-j',
+      'prog',
+      'show',
+      'pinned',
+      path.join(world.pinDir, 'progs', 'egress_connect4'),
+    ]).toString(),
+  ) as { run_cnt?: number; run_time_ns?: number };
+  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
+}
+
+async function main(): Promise<void> {
+  const world = await createWorld();
+  const statsWas = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
+  writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
+  const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  try {
+    const cg = world.makeCgroup('denied');
+    enforcer.attach('denied', cg.relative, { mode: 'isolated', rules: [] }, 1n);
+    const samples: Record<string, { ns: number[]; hook: number[] }> = {
+      'without the event reader': { ns: [], hook: [] },
+      'with the event reader': { ns: [], hook: [] },
+    };
+    let delivered = 0;
+    for (let round = 0; round < ROUNDS; round++) {
+      const order = round % 2 ? ['with the event reader', 'without the event reader'] : Object.keys(samples);
+      for (const variant of order) {
+        const reader =
+          variant === 'with the event reader'
+            ? new DenyEvents({ enforcer, ratePerSecond: 1e9, burst: 1e9, sink: () => delivered++ })
+            : undefined;
+        const before = hookStats(world);
+        const ns = await deniedLoop(world, cg.path);
+        const after = hookStats(world);
+        reader?.poll();
+        reader?.close();
+        samples[variant]!.ns.push(ns);
+        samples[variant]!.hook.push((after.ns - before.ns) / Math.max(1, after.runs - before.runs));
+      }
+    }
+    const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)] ?? Number.NaN;
+    const base = median(samples['without the event reader']!.ns);
+    const rows = Object.entries(samples).map(([variant, s]) => ({
+      variant,
+      refused_connects_per_s: Math.round(1e9 / median(s.ns)),
+      ns_per_refused_connect: Math.round(median(s.ns)),
+      ratio: +(median(s.ns) / base).toFixed(3),
+      hook_ns_median: Math.round(median(s.hook)),
+    }));
+    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
+    console.log(
+      `refused connects, ${ROUNDS} rounds of ${ITERATIONS}; machine: ${machine}; events delivered: ${delivered}`,
+    );
+    console.table(rows);
+    const out = path.join(REPO_ROOT, 'bench/results');
+    mkdirSync(out, { recursive: true });
+    writeFileSync(
+      path.join(out, 'events.json'),
+      `${JSON.stringify({ machine, rows, delivered }, null, 2)}\n`,
+    );
+  } finally {
+    writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
+    enforcer.close();
+    await world.destroy();
+  }
+}
+
+await main();
