@@ -10,7 +10,16 @@
  * that read the old id can see a half-deleted policy.
  */
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  unlinkSync,
+} from 'node:fs';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import {
@@ -729,6 +738,18 @@ export class Enforcer {
     const v6 = Buffer.from(proxyV6 ? ipaddr.IPv6.parse(proxyV6).toByteArray() : Array(16).fill(0));
     bpf.mapUpdate(config, encodeU32(CONFIG_SLOT.proxyV6Hi), v6.subarray(0, 8));
     bpf.mapUpdate(config, encodeU32(CONFIG_SLOT.proxyV6Lo), v6.subarray(8, 16));
+  }
+
+  /** Kernel memory of each map, from /proc/self/fdinfo (memlock). */
+  mapMemory(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [name, fd] of Object.entries(this.obj.maps)) {
+      try {
+        const m = /^memlock:\s+(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+        if (m) out[name] = Number(m[1]);
+      } catch {}
+    }
+    return out;
   }
 
   /** Entries this process installed, from its own index (cheap; for metrics). */

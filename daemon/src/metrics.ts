@@ -16,6 +16,7 @@ export interface AgentMetrics {
   dnsSeconds: Histogram;
   redisConnected: Gauge;
   mapEntries: Gauge<'map'>;
+  mapMemory: Gauge<'map'>;
 }
 
 export function createAgentMetrics(registry = new Registry()): AgentMetrics {
@@ -70,6 +71,12 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
     mapEntries: new Gauge({
       name: 'egressd_map_entries',
       help: 'Entries this agent installed in the rule maps, by map',
+      labelNames: ['map'],
+      registers,
+    }),
+    mapMemory: new Gauge({
+      name: 'egressd_map_memory_bytes',
+      help: "The kernel's memory figure for each BPF map (memlock in fdinfo; 0 for LPM tries, which allocate as they grow)",
       labelNames: ['map'],
       registers,
     }),
