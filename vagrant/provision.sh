@@ -36,7 +36,8 @@ echo "provision: node $(node -v), kernel $(uname -r)"
 # Installs missing Debian packages and npm dependencies, builds, installs the
 # units and /opt/egressd.
 bash scripts/install-systemd.sh
-systemctl enable --now egressd
+# A failed start is reported below, with the journal.
+systemctl enable --now egressd || true
 healthy() {
   node -e "fetch('http://127.0.0.1:8080/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
 }

@@ -75,6 +75,9 @@ install -m 0600 "$key" "$rootfs/home/vagrant/.ssh/authorized_keys"
 chroot "$rootfs" chown -R vagrant:vagrant /home/vagrant/.ssh
 printf 'auto lo\niface lo inet loopback\nallow-hotplug eth0\niface eth0 inet dhcp\n' >"$rootfs/etc/network/interfaces"
 printf 'UseDNS no\n' >"$rootfs/etc/ssh/sshd_config.d/vagrant.conf"
+# qemu user-mode networking's resolver (egressd refuses to start without a
+# nameserver to forward DNS to; with restrict=on it answers nothing outside).
+printf 'nameserver 10.0.2.3\n' >"$rootfs/etc/resolv.conf"
 
 box="$work/box"
 mkdir -p "$box"
