@@ -4,6 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { EgressdError } from './errors.js';
 
@@ -81,8 +82,23 @@ export async function preflight(pinDir: string): Promise<{ cgroupMount: string }
   }
   ensureBpffs(pinDir);
   // Loading libbpf throws NO_LIBBPF with the package to install.
-  await import('./bpf/libbpf.js');
+  const bpf = await import('./bpf/libbpf.js');
+  checkKernel(() => bpf.currentNetnsCookie());
   return { cgroupMount };
+}
+
+/** Linux 5.14 brought SO_NETNS_COOKIE; without it egressd cannot tell a computer's own loopback from the host's. */
+export function checkKernel(netnsCookie: () => bigint, release = os.release()): void {
+  try {
+    netnsCookie();
+  } catch (err) {
+    if ((err as { errno?: number }).errno !== 92) throw err; // ENOPROTOOPT
+    throw new EgressdError(
+      'KERNEL_TOO_OLD',
+      `this kernel (${release}) lacks SO_NETNS_COOKIE (Linux 5.14+), which egressd needs to tell a computer's own ` +
+        `loopback from the host's: run Linux 5.15 or newer (Debian 12's 6.1, Ubuntu 22.04's 5.15)`,
+    );
+  }
 }
 
 export function requireRoot(uid = process.getuid?.() ?? 0): void {

@@ -57,14 +57,18 @@ async function startEgressd(): Promise<ChildProcess> {
   child.stderr?.on('data', (d) => {
     stderr += d;
   });
-  const deadline = Date.now() + 15_000;
+  // Slower machines (a VM under emulation) scale every wait here.
+  const deadline = Date.now() + 15_000 * Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
   for (;;) {
     if (child.exitCode !== null) throw new Error(`egressd exited (${child.exitCode}): ${stderr}`);
     try {
       const r = await fetch(`http://127.0.0.1:${port}/readyz`);
       if (r.status === 200 && stderr.includes('running')) return child;
     } catch {}
-    if (Date.now() > deadline) throw new Error(`egressd did not become ready: ${stderr}`);
+    if (Date.now() > deadline) {
+      if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGKILL');
+      throw new Error(`egressd did not become ready: ${stderr}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }

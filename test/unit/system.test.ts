@@ -1,5 +1,11 @@
 import test from 'ava';
-import { findCgroup2Mount, parseMountInfo, requireRoot, resolveCgroup } from '../../daemon/src/system.js';
+import {
+  checkKernel,
+  findCgroup2Mount,
+  parseMountInfo,
+  requireRoot,
+  resolveCgroup,
+} from '../../daemon/src/system.js';
 
 const HYBRID = [
   '24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw',
@@ -31,4 +37,24 @@ test('not root: the agent refuses to start and says why', (t) => {
   const err = t.throws(() => requireRoot(65534));
   t.regex(err?.message ?? '', /run it as root/);
   t.notThrows(() => requireRoot(0));
+});
+
+test('a kernel without SO_NETNS_COOKIE is refused with the version to run', (t) => {
+  const err = t.throws(() =>
+    checkKernel(() => {
+      throw Object.assign(new Error('getsockopt'), { errno: 92 });
+    }, '5.10.0-32-amd64'),
+  );
+  t.regex(
+    err?.message ?? '',
+    /this kernel \(5\.10\.0-32-amd64\) lacks SO_NETNS_COOKIE .* run Linux 5\.15 or newer/,
+  );
+  t.notThrows(() => checkKernel(() => 1n));
+  t.throws(
+    () =>
+      checkKernel(() => {
+        throw Object.assign(new Error('other'), { errno: 1 });
+      }),
+    { message: 'other' },
+  );
 });
