@@ -50,7 +50,14 @@ export async function startDnsmasq(lines: string[]): Promise<Dnsmasq> {
   child.stderr?.on('data', (d) => {
     stderr += d;
   });
+  // If the test or benchmark dies before stop(), its dnsmasq goes with it.
+  const onExit = () => {
+    if (child.exitCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('exit', onExit);
   const stop = async () => {
+    process.off('exit', onExit);
     if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
       const exited = new Promise((r) => child.once('exit', r));
       process.kill(child.pid, 'SIGTERM');

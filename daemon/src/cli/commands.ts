@@ -257,6 +257,9 @@ export async function runCommand(
         await new Promise((r) => setTimeout(r, 20));
       }
     }
+    try {
+      rmdirSync(path.dirname(cgroupDir)); // egressd-run/, when no other run uses it
+    } catch {}
   };
   try {
     if (typeof flags['mode'] === 'string') {
