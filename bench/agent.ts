@@ -9,12 +9,10 @@
  *
  *   sudo node dist/bench/agent.js [--puts 300] [--computers 10000]
  */
+
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { pino } from 'pino';
 import { createApp } from '../api/src/app.js';
 import { resolveConfig } from '../api/src/config.js';
@@ -23,12 +21,8 @@ import { Agent } from '../daemon/src/agent/agent.js';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import type { Rule } from '../daemon/src/policy/types.js';
 import { startRedis } from '../test/helpers/redis.js';
-import { createWorld, REPO_ROOT } from '../test/helpers/world.js';
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-}
+import { createWorld } from '../test/helpers/world.js';
+import { arg, machine, writeResults } from './common.js';
 
 const PUTS = arg('puts', 300);
 const COMPUTERS = arg('computers', 10_000);
@@ -155,15 +149,13 @@ async function main(): Promise<void> {
     for (const c of enforcer.list()) enforcer.detach(c.id);
     await enforcer.sweep();
 
-    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
-    console.log(`agent benchmarks; machine: ${machine}`);
+    const host = machine();
+    console.log(`agent benchmarks; machine: ${host}`);
     console.log('PUT of a 100-rule policy, ms: answered when enforced (200) vs stored only (?wait=0, 202)');
     console.table([latency]);
     console.log('cold resync');
     console.table([resync]);
-    const out = path.join(REPO_ROOT, 'bench/results');
-    mkdirSync(out, { recursive: true });
-    writeFileSync(path.join(out, 'agent.json'), `${JSON.stringify({ machine, latency, resync }, null, 2)}\n`);
+    writeResults('agent', { machine: host, latency, resync });
   } finally {
     await agent.stop();
     await agentStore.close();

@@ -12,21 +12,16 @@
  *
  *   sudo node dist/bench/connect.js [--rounds N] [--tcp-iterations N] [--udp-iterations N]
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import type { Policy, Rule } from '../daemon/src/policy/types.js';
-import { CONNECT_LOOP_PATH, createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
+import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
+import { arg, machine, progStats, writeResults } from './common.js';
 
 const execFileAsync = promisify(execFile);
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-}
 
 const ROUNDS = arg('rounds', 7);
 const TCP_ITERATIONS = arg('tcp-iterations', 20_000);
@@ -61,20 +56,6 @@ interface Sample {
   nsPerOp: number;
   /** Mean run time of the hook itself (kernel.bpf_stats_enabled), ns; NaN without a program. */
   hookNs: number;
-}
-
-/** run_cnt and run_time_ns of a pinned program (kernel.bpf_stats_enabled must be 1). */
-function progStats(world: World, program: string): { runs: number; ns: number } {
-  const info = JSON.parse(
-    execFileSync('bpftool', [
-      '-j',
-      'prog',
-      'show',
-      'pinned',
-      path.join(world.pinDir, 'progs', program),
-    ]).toString(),
-  ) as { run_cnt?: number; run_time_ns?: number };
-  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
 }
 
 async function loop(world: World, cgroup: string, mode: 'tcp' | 'udp', iterations: number): Promise<number> {
@@ -192,17 +173,19 @@ async function main(): Promise<void> {
       });
     }
 
-    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
-    console.log(`connect() cost, ${ROUNDS} rounds, rotated order; machine: ${machine}`);
+    const host = machine();
+    console.log(`connect() cost, ${ROUNDS} rounds, rotated order; machine: ${host}`);
     console.table(rows);
     console.log('policy apply (compile + map writes + switch), ms');
     console.table(applies);
-    const out = path.join(REPO_ROOT, 'bench/results');
-    mkdirSync(out, { recursive: true });
-    writeFileSync(
-      path.join(out, 'connect.json'),
-      `${JSON.stringify({ machine, rounds: ROUNDS, tcpIterations: TCP_ITERATIONS, udpIterations: UDP_ITERATIONS, rows, applies }, null, 2)}\n`,
-    );
+    writeResults('connect', {
+      machine: host,
+      rounds: ROUNDS,
+      tcpIterations: TCP_ITERATIONS,
+      udpIterations: UDP_ITERATIONS,
+      rows,
+      applies,
+    });
   } finally {
     writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
     enforcer.close();

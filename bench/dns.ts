@@ -9,19 +9,16 @@
  *
  *   sudo node dist/bench/dns.js [--rounds 3] [--seconds 5]
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { DnsProxy } from '../daemon/src/dns/proxy.js';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import { startDnsmasq } from '../test/helpers/dnsmasq.js';
-import { createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-}
+import { createWorld, type World } from '../test/helpers/world.js';
+import { arg, machine, writeResults } from './common.js';
 
 const ROUNDS = arg('rounds', 3);
 const SECONDS = arg('seconds', 5);
@@ -128,13 +125,11 @@ async function main(): Promise<void> {
       learned_writes: proxy.stats.learned,
       fail_closed: proxy.stats.failClosed,
     };
-    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
-    console.log(`DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s; machine: ${machine}`);
+    const host = machine();
+    console.log(`DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s; machine: ${host}`);
     console.table(rows);
     console.table([added]);
-    const out = path.join(REPO_ROOT, 'bench/results');
-    mkdirSync(out, { recursive: true });
-    writeFileSync(path.join(out, 'dns.json'), `${JSON.stringify({ machine, rows, added }, null, 2)}\n`);
+    writeResults('dns', { machine: host, rows, added });
   } finally {
     await proxy.close();
     enforcer.close();

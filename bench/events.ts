@@ -7,21 +7,16 @@
  *
  *   sudo node dist/bench/events.js [--rounds 5] [--iterations 50000]
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import { DenyEvents } from '../daemon/src/events.js';
-import { CONNECT_LOOP_PATH, createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
+import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
+import { arg, machine, progStats, writeResults } from './common.js';
 
 const execFileAsync = promisify(execFile);
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : fallback;
-}
 
 const ROUNDS = arg('rounds', 5);
 const ITERATIONS = arg('iterations', 50_000);
@@ -40,19 +35,6 @@ async function deniedLoop(world: World, cgroup: string): Promise<number> {
   const r = JSON.parse(stdout) as { ns_per_op: number; errors: Record<string, number> };
   if ((r.errors['EPERM'] ?? 0) !== ITERATIONS) throw new Error(`expected every connect refused: ${stdout}`);
   return r.ns_per_op;
-}
-
-function hookStats(world: World): { runs: number; ns: number } {
-  const info = JSON.parse(
-    execFileSync('bpftool', [
-      '-j',
-      'prog',
-      'show',
-      'pinned',
-      path.join(world.pinDir, 'progs', 'egress_connect4'),
-    ]).toString(),
-  ) as { run_cnt?: number; run_time_ns?: number };
-  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
 }
 
 async function main(): Promise<void> {
@@ -75,9 +57,9 @@ async function main(): Promise<void> {
           variant === 'with the event reader'
             ? new DenyEvents({ enforcer, ratePerSecond: 1e9, burst: 1e9, sink: () => delivered++ })
             : undefined;
-        const before = hookStats(world);
+        const before = progStats(world, 'egress_connect4');
         const ns = await deniedLoop(world, cg.path);
-        const after = hookStats(world);
+        const after = progStats(world, 'egress_connect4');
         reader?.poll();
         reader?.close();
         samples[variant]!.ns.push(ns);
@@ -93,17 +75,12 @@ async function main(): Promise<void> {
       ratio: +(median(s.ns) / base).toFixed(3),
       hook_ns_median: Math.round(median(s.hook)),
     }));
-    const machine = `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
+    const host = machine();
     console.log(
-      `refused connects, ${ROUNDS} rounds of ${ITERATIONS}; machine: ${machine}; events delivered: ${delivered}`,
+      `refused connects, ${ROUNDS} rounds of ${ITERATIONS}; machine: ${host}; events delivered: ${delivered}`,
     );
     console.table(rows);
-    const out = path.join(REPO_ROOT, 'bench/results');
-    mkdirSync(out, { recursive: true });
-    writeFileSync(
-      path.join(out, 'events.json'),
-      `${JSON.stringify({ machine, rows, delivered }, null, 2)}\n`,
-    );
+    writeResults('events', { machine: host, rows, delivered });
   } finally {
     writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
     enforcer.close();

@@ -1,0 +1,38 @@
+/** What the benchmarks share: options, the machine line, results files, BPF program statistics. */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO_ROOT, type World } from '../test/helpers/world.js';
+
+/** A numeric `--name N` option. */
+export function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** Which machine the figures came from, for the table and the JSON. */
+export function machine(): string {
+  return `${os.cpus()[0]?.model ?? 'cpu'} × ${os.cpus().length}, Linux ${os.release()}`;
+}
+
+/** Writes bench/results/<name>.json. */
+export function writeResults(name: string, data: object): void {
+  const out = path.join(REPO_ROOT, 'bench/results');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(path.join(out, `${name}.json`), `${JSON.stringify(data, null, 2)}\n`);
+}
+
+/** run_cnt and run_time_ns of a pinned program (kernel.bpf_stats_enabled must be 1). */
+export function progStats(world: World, program: string): { runs: number; ns: number } {
+  const info = JSON.parse(
+    execFileSync('bpftool', [
+      '-j',
+      'prog',
+      'show',
+      'pinned',
+      path.join(world.pinDir, 'progs', program),
+    ]).toString(),
+  ) as { run_cnt?: number; run_time_ns?: number };
+  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
+}
