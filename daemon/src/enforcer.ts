@@ -102,6 +102,12 @@ export interface DnsSettings {
   blockDns?: boolean;
 }
 
+/** A hostname and one address it resolved to (as the agent publishes them to Redis). */
+export interface LearnedName {
+  name: string;
+  address: string;
+}
+
 interface LearnedEntry {
   /** The DNS chain it was learned from (question first); [] when adopted from pins. */
   names: string[];
@@ -204,6 +210,11 @@ export class Enforcer {
    * mount) with `policy` in force from the first connect judged. A computer
    * already attached to that cgroup keeps its attachment (no second one) and
    * gets `policy` unless it already enforces `version`.
+   *
+   * `learnedNames` names the learned entries an earlier agent left (see
+   * awaitsLearnedNames): entries still listed by `policy` are carried over to
+   * it; those without a name are not (fail closed: the application resolves
+   * again).
    */
   attach(
     id: string,
@@ -211,6 +222,7 @@ export class Enforcer {
     policy: Policy,
     version = 0n,
     dns: DnsSettings = {},
+    learnedNames?: readonly LearnedName[],
   ): { cgroupId: bigint; attached: boolean } {
     this.checkId(id);
     const target = resolveCgroup(cgroup, this.cgroupRoot);
@@ -221,12 +233,9 @@ export class Enforcer {
       const sameDns =
         (dns.port === undefined || dns.port === value?.dnsPort) &&
         (dns.blockDns === undefined || dns.blockDns === ((value?.flags ?? 0) & FLAG.blockDns) > 0);
-      if (value && value.version === version && sameDns) {
-        // Already in force (an adopted computer): keep every entry, learned ones included.
-        if (!this.records.has(id)) this.adoptRecord(id, target.id, policy, value);
-      } else {
-        this.install(id, target.id, policy, version, dns);
-      }
+      // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
+      if (value && !this.records.has(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
+      if (!value || value.version !== version || !sameDns) this.install(id, target.id, policy, version, dns);
       return { cgroupId: target.id, attached: false };
     }
     // Attached elsewhere (the cgroup was recreated, or the computer moved): start over.
@@ -862,11 +871,41 @@ export class Enforcer {
     if (stale.v4.length + stale.v6.length > 0) this.retiredLearned.push(stale);
   }
 
-  /** Takes over a computer attached by an earlier agent, with its learned entries, without rewriting anything. */
-  private adoptRecord(id: string, cgroupId: bigint, policy: Policy, value: ComputerValue): void {
+  /**
+   * Whether computer `id` has learned entries that an earlier agent left and
+   * whose names this process does not know yet: the kernel keeps addresses,
+   * not names, and a policy change needs the names to carry them over.
+   */
+  awaitsLearnedNames(id: string): boolean {
+    if (this.adoptedLearned.size === 0 || this.records.has(id)) return false;
+    const linked = this.linkedCgroup(id);
+    const value = linked && this.storage(linked.cgroupId);
+    return value !== undefined && this.adoptedLearned.has(value.learnedId);
+  }
+
+  /** Takes over a computer attached by an earlier agent, with its learned entries (named by `names`), without rewriting anything. */
+  private adoptRecord(
+    id: string,
+    cgroupId: bigint,
+    policy: Policy,
+    value: ComputerValue,
+    names: readonly LearnedName[] = [],
+  ): void {
+    const namesOf = new Map<string, string[]>();
+    for (const { name, address } of names) {
+      let key: string;
+      try {
+        key = learnedKey(ipaddr.process(address).toByteArray());
+      } catch {
+        continue; // not an address: nothing to name
+      }
+      namesOf.set(key, [...(namesOf.get(key) ?? []), name]);
+    }
     const learned = new Map<string, LearnedEntry>();
-    for (const entry of this.adoptedLearned.get(value.learnedId) ?? [])
-      learned.set(learnedKey(entry.bytes), entry);
+    for (const entry of this.adoptedLearned.get(value.learnedId) ?? []) {
+      const key = learnedKey(entry.bytes);
+      learned.set(key, entry.names.length === 0 ? { ...entry, names: namesOf.get(key) ?? [] } : entry);
+    }
     this.adoptedLearned.delete(value.learnedId);
     this.records.set(id, {
       cgroupId,

@@ -260,8 +260,13 @@ export class Agent {
     try {
       const dns = await this.dnsSettings(id, want.policy);
       if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
+      // After a restart the kernel still has the learned addresses but not their names: Redis has them.
+      const names = this.opts.enforcer.awaitsLearnedNames(id)
+        ? await this.opts.store.getLearned(id).catch(() => undefined)
+        : undefined;
+      if (this.desired.get(id) !== want) return;
       const started = process.hrtime.bigint();
-      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns);
+      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns, names);
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
       if (this.enforced.get(id) !== want.version) {
