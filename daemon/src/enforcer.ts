@@ -690,10 +690,14 @@ export class Enforcer {
     this.records.delete(id);
   }
 
+  /** The ids of every computer with pins (cheap: no syscall per hook, unlike list()). */
+  pinnedIds(): string[] {
+    return readdirSync(this.computersDir).sort();
+  }
+
   /** Every computer with pins, with what the kernel holds for it. */
   list(): ComputerState[] {
-    return readdirSync(this.computersDir)
-      .sort()
+    return this.pinnedIds()
       .map((id) => this.state(id))
       .filter((s) => s !== undefined);
   }

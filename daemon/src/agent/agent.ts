@@ -217,7 +217,7 @@ export class Agent {
       await this.reconcile(c.id);
     }
     for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
-    for (const state of this.opts.enforcer.list()) if (!seen.has(state.id)) this.forget(state.id);
+    for (const id of this.opts.enforcer.pinnedIds()) if (!seen.has(id)) this.forget(id);
     this.streamId = snapshot.streamId;
     this.seq = snapshot.seq;
     await this.flushAcks();
