@@ -128,6 +128,23 @@ interface ComputerRecord {
   verdicts: Map<string, ReturnType<typeof nameVerdict>>;
 }
 
+/** Distinct policies whose compiled name rules and content hash install() remembers. */
+const COMPILED_CACHE_SIZE = 1024;
+
+interface CachedPolicy {
+  /** forNames() of the compiled policy: what name verdicts need. */
+  compiled: CompiledPolicy;
+  /** contentHash() of the whole compiled policy. */
+  hash: string;
+  /** Whether it has rule-map entries (prefixes or names) at all. */
+  hasEntries: boolean;
+}
+
+/** A policy's mode and rules, hashed (a cache key that stays small for large policies). */
+function policyKey(policy: Policy): string {
+  return createHash('sha256').update(policy.mode).update(JSON.stringify(policy.rules)).digest('base64');
+}
+
 function learnedKey(bytes: number[]): string {
   return bytes.join('.');
 }
@@ -151,6 +168,13 @@ export class Enforcer {
   private readonly installed = new Map<number, Installed>();
   /** Content hash → policy id: computers with the same rules share one set of entries. */
   private readonly byHash = new Map<string, number>();
+  /**
+   * What install() needs of recently compiled policies, by a hash of their
+   * rules: platforms give many computers the same policy, and a resync would
+   * compile it for each. Entries keep no prefixes: a policy whose entries
+   * are no longer installed is compiled again.
+   */
+  private readonly compiledCache = new Map<string, CachedPolicy>();
   private retired: number[] = [];
   private nextPolicyId: number;
   private nextLearnedId: number;
@@ -327,18 +351,18 @@ export class Enforcer {
    * fresh learned id, then switches the computer to both in one write.
    */
   private install(id: string, cgroupId: bigint, policy: Policy, version: bigint, dns: DnsSettings): void {
-    const compiled = compile(policy);
+    const { cached, full } = this.compileCached(policy, true);
+    const { compiled, hash } = cached;
     const key = encodeCgroupKey(cgroupId);
     const previous = this.storage(cgroupId);
     let policyId = 0;
-    if (compiled.prefixes.length > 0 || compiled.names.length > 0) {
-      const hash = contentHash(compiled);
+    if (cached.hasEntries) {
       const shared = this.byHash.get(hash);
       if (shared !== undefined) {
         policyId = shared;
       } else {
         policyId = this.allocatePolicyId();
-        this.writeEntries(policyId, compiled, hash);
+        this.writeEntries(policyId, full ?? compile(policy), hash);
         this.byHash.set(hash, policyId);
       }
       this.installed.get(policyId)!.refs++;
@@ -381,10 +405,37 @@ export class Enforcer {
       cgroupId,
       policyId,
       learnedId,
-      compiled: forNames(compiled),
+      compiled,
       learned,
       verdicts: new Map(),
     });
+  }
+
+  /**
+   * The policy's cached compilation; with `forInstall`, also the whole
+   * compiled policy when its entries are not installed (to write them).
+   */
+  private compileCached(
+    policy: Policy,
+    forInstall: boolean,
+  ): { cached: CachedPolicy; full?: CompiledPolicy } {
+    const rulesKey = policyKey(policy);
+    let cached = this.compiledCache.get(rulesKey);
+    let full: CompiledPolicy | undefined;
+    if (!cached || (forInstall && cached.hasEntries && !this.byHash.has(cached.hash))) {
+      full = compile(policy);
+      cached = {
+        compiled: forNames(full),
+        hash: contentHash(full),
+        hasEntries: full.prefixes.length > 0 || full.names.length > 0,
+      };
+    }
+    this.compiledCache.delete(rulesKey); // most recently used last: the first key is evicted first
+    this.compiledCache.set(rulesKey, cached);
+    if (this.compiledCache.size > COMPILED_CACHE_SIZE) {
+      this.compiledCache.delete(this.compiledCache.keys().next().value!);
+    }
+    return full ? { cached, full } : { cached };
   }
 
   /**
@@ -915,7 +966,7 @@ export class Enforcer {
       cgroupId,
       policyId: value.policyId,
       learnedId: value.learnedId,
-      compiled: forNames(compile(policy)),
+      compiled: this.compileCached(policy, false).cached.compiled,
       learned,
       verdicts: new Map(),
     });
