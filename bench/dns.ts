@@ -1,16 +1,48 @@
 /**
- * DNS proxy cost: dnsperf (Debian) asking dnsmasq directly, against the
- * same queries from a governed computer (allowlist of *.bench.test, so every
- * answer is learned into the kernel map before it is released) whose DNS the
- * hooks redirect to the proxy. Everything on loopback in the host namespace.
- * Rounds rotate the order; latency from dnsperf -v at a fixed rate,
- * throughput at 500 outstanding queries. The proxy runs in this process: one
- * core.
+ * DNS proxy cost: Debian's dnsperf and resperf asking dnsmasq directly,
+ * against the same queries from a governed computer (allowlist of
+ * *.bench.test, so every answer is learned into the kernel map before it is
+ * released) whose DNS the hooks redirect to the proxy. Everything on
+ * loopback in the host namespace. Each round runs every measurement for
+ * both variants, the variants' order rotated between rounds. The proxy runs
+ * in this process: one core. resperf busy-waits on a core while it sends,
+ * so on a 2-core machine the proxy and dnsmasq share the other.
+ *
+ * Figures, per variant (first table):
+ * - queries_timed, p50_ms, p99_ms: dnsperf -v at a fixed 2000 queries/s for
+ *   --seconds: every query's latency, pooled over the rounds.
+ * - qps_max, qps_median: dnsperf -q 500 for --seconds, self-paced (500
+ *   queries kept in flight, a new one sent per answer): its "Queries per
+ *   second", best and median round.
+ * - resperf_max_qps, resperf_median_qps: resperf ramps its send rate
+ *   linearly from 0 to --resperf-max-qps over --resperf-ramp seconds and
+ *   counts each answer in the plot interval (0.1 s) its query was sent in;
+ *   its "Maximum throughput" is the highest answer rate of any interval.
+ *   Best and median round.
+ * - lost_at_max_pct: resperf's "Lost at that point": the share of the
+ *   queries sent in that interval that got no answer within 1 s (median).
+ * - loss_onset_qps: the send rate of the first interval from which at least
+ *   1 % of the queries sent went unanswered within 1 s or were answered
+ *   SERVFAIL, for 0.5 s in a row (or to the end of the ramp): where the
+ *   variant starts to drop.
+ *   Median of the rounds that lost; null when none did (it kept up with
+ *   the whole ramp).
+ * - ramp_end: why resperf stopped sending, per round: "max" (reached
+ *   --resperf-max-qps: the variant is faster than the ramp, its figures are
+ *   lower bounds), "outstanding" (5000 queries unanswered: overloaded, the
+ *   usual end) or "fell behind" (resperf itself could not keep its
+ *   schedule: the sender, not the variant, was the limit; a lower bound
+ *   again).
+ * Second table: the proxy's added p50/p99 latency (ms) over direct; the
+ * ratios proxied/direct of qps_max (dnsperf), resperf_max_qps and
+ * loss_onset_qps; the proxy's learned-map address writes and fail-closed
+ * SERVFAILs over the whole run. The JSON has every round's figures.
  *
  *   sudo node dist/bench/dns.js [--rounds 3] [--seconds 5]
+ *                               [--resperf-max-qps 60000] [--resperf-ramp 20]
  */
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -22,17 +54,31 @@ import { arg, machine, writeResults } from './common.js';
 
 const ROUNDS = arg('rounds', 3);
 const SECONDS = arg('seconds', 5);
+/** resperf's ramp: 0 to this many queries per second... */
+const RESPERF_MAX_QPS = arg('resperf-max-qps', 60000);
+/** ...over this many seconds (3000 q/s more each second by default, 300 per plot interval). */
+const RESPERF_RAMP = arg('resperf-ramp', 20);
+/** resperf stops ramping at this many unanswered queries: well past the point of overload. */
+const RESPERF_OUTSTANDING = 5000;
+/** Seconds after which resperf counts a query as lost. */
+const RESPERF_TIMEOUT = 1;
+const PLOT_INTERVAL = 0.1;
+/** Share of an interval's queries unanswered (or SERVFAIL) that counts as losing... */
+const ONSET_LOSS = 0.01;
+/** ...for this many intervals in a row (0.5 s: a pause of the busy machine's scheduler is not the limit). */
+const ONSET_INTERVALS = 5;
 const NAMES = 1000;
 const PORTS: [number, number] = [43000, 43999];
 
-async function dnsperf(
+async function tool(
   world: World,
+  command: 'dnsperf' | 'resperf',
   cgroup: string,
   server: string,
   port: number,
   args: string[],
 ): Promise<string> {
-  return (await world.run('dnsperf', ['-s', server, '-p', String(port), ...args], { cgroup, netns: false }))
+  return (await world.run(command, ['-s', server, '-p', String(port), ...args], { cgroup, netns: false }))
     .out;
 }
 
@@ -41,12 +87,78 @@ function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? Number.NaN;
 }
 
+interface Resperf {
+  maxQps: number;
+  lostAtMaxPct: number;
+  /** Send rate where losing began; undefined when it never did. */
+  onsetQps: number | undefined;
+  /** Highest send rate reached. */
+  sentQps: number;
+  end: 'max' | 'outstanding' | 'fell behind';
+}
+
+/** One resperf ramp: its summary, and from its plot file where answers began to go missing. */
+async function resperf(
+  world: World,
+  cgroup: string,
+  server: string,
+  port: number,
+  queries: string,
+  plot: string,
+): Promise<Resperf> {
+  rmSync(plot, { force: true });
+  const out = await tool(world, 'resperf', cgroup, server, port, [
+    '-d',
+    queries,
+    '-R',
+    '-m',
+    String(RESPERF_MAX_QPS),
+    '-r',
+    String(RESPERF_RAMP),
+    '-t',
+    String(RESPERF_TIMEOUT),
+    '-q',
+    String(RESPERF_OUTSTANDING),
+    '-i',
+    String(PLOT_INTERVAL),
+    '-P',
+    plot,
+  ]);
+  const max = /Maximum throughput:\s+([0-9.]+) qps/.exec(out);
+  const lost = /Lost at that point:\s+([0-9.]+)%/.exec(out);
+  if (!max || !lost) throw new Error(`resperf gave no figures: ${out.slice(-400)}`);
+  // time target_qps actual_qps responses_per_sec failures_per_sec avg_latency ...
+  const rows = readFileSync(plot, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
+    .map((l) => l.trim().split(/\s+/).map(Number))
+    .map(([, , sent = 0, answered = 0, failed = 0]) => ({
+      sent,
+      losing: sent - answered + failed > sent * ONSET_LOSS,
+    }))
+    .filter((r) => r.sent > 0);
+  const onset = rows.findIndex((_, i) => rows.slice(i, i + ONSET_INTERVALS).every((r) => r.losing));
+  return {
+    maxQps: Number(max[1]),
+    lostAtMaxPct: Number(lost[1]),
+    onsetQps: onset >= 0 ? rows[onset]?.sent : undefined,
+    sentQps: Math.max(0, ...rows.map((r) => r.sent)),
+    end: out.includes('Fell behind')
+      ? 'fell behind'
+      : out.includes('outstanding queries')
+        ? 'outstanding'
+        : 'max',
+  };
+}
+
 async function main(): Promise<void> {
   const world = await createWorld();
   const dnsmasq = await startDnsmasq(
     Array.from({ length: NAMES }, (_, i) => `host-record=n${i}.bench.test,203.0.113.${i % 250},300`),
   );
-  const queries = path.join(mkdtempSync(path.join(os.tmpdir(), 'egressd-dnsperf-')), 'queries.txt');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'egressd-dnsperf-'));
+  const queries = path.join(dir, 'queries.txt');
+  const plot = path.join(dir, 'resperf.plot');
   writeFileSync(queries, Array.from({ length: NAMES }, (_, i) => `n${i}.bench.test A`).join('\n'));
   const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   enforcer.setDnsConfig(PORTS);
@@ -77,13 +189,14 @@ async function main(): Promise<void> {
       { name: 'direct to dnsmasq', cgroup: plain.path, server: dnsmasq.host, port: dnsmasq.port },
       { name: 'through the proxy', cgroup: governed.path, server: '127.0.0.53', port: 53 },
     ];
-    const results = new Map<string, { lat: number[]; qps: number[] }>(
-      variants.map((v) => [v.name, { lat: [], qps: [] }]),
-    );
+    const results = new Map<
+      string,
+      { lat: number[]; qps: number[]; ramps: Resperf[]; rounds: Record<string, unknown>[] }
+    >(variants.map((v) => [v.name, { lat: [], qps: [], ramps: [], rounds: [] }]));
     for (let round = 0; round < ROUNDS; round++) {
       for (const v of round % 2 ? [...variants].reverse() : variants) {
         const r = results.get(v.name)!;
-        const verbose = await dnsperf(world, v.cgroup, v.server, v.port, [
+        const verbose = await tool(world, 'dnsperf', v.cgroup, v.server, v.port, [
           '-d',
           queries,
           '-l',
@@ -92,8 +205,9 @@ async function main(): Promise<void> {
           '2000',
           '-v',
         ]);
-        for (const m of verbose.matchAll(/^> NOERROR \S+ A ([0-9.]+)$/gm)) r.lat.push(Number(m[1]) * 1000);
-        const load = await dnsperf(world, v.cgroup, v.server, v.port, [
+        const lat = [...verbose.matchAll(/^> NOERROR \S+ A ([0-9.]+)$/gm)].map((m) => Number(m[1]) * 1000);
+        r.lat.push(...lat);
+        const load = await tool(world, 'dnsperf', v.cgroup, v.server, v.port, [
           '-d',
           queries,
           '-l',
@@ -104,10 +218,20 @@ async function main(): Promise<void> {
         const qps = /Queries per second:\s+([0-9.]+)/.exec(load);
         if (!qps) throw new Error(`dnsperf gave no figures for ${v.name}: ${load.slice(-400)}`);
         r.qps.push(Number(qps[1]));
+        const ramp = await resperf(world, v.cgroup, v.server, v.port, queries, plot);
+        r.ramps.push(ramp);
+        r.rounds.push({
+          round,
+          p50_ms: +percentile(lat, 50).toFixed(3),
+          p99_ms: +percentile(lat, 99).toFixed(3),
+          dnsperf_qps: Math.round(Number(qps[1])),
+          resperf: ramp,
+        });
       }
     }
     const rows = variants.map((v) => {
       const r = results.get(v.name)!;
+      const onsets = r.ramps.flatMap((x) => (x.onsetQps === undefined ? [] : [x.onsetQps]));
       return {
         variant: v.name,
         queries_timed: r.lat.length,
@@ -115,6 +239,19 @@ async function main(): Promise<void> {
         p99_ms: +percentile(r.lat, 99).toFixed(3),
         qps_max: Math.round(Math.max(...r.qps)),
         qps_median: Math.round(percentile(r.qps, 50)),
+        resperf_max_qps: Math.round(Math.max(...r.ramps.map((x) => x.maxQps))),
+        resperf_median_qps: Math.round(
+          percentile(
+            r.ramps.map((x) => x.maxQps),
+            50,
+          ),
+        ),
+        lost_at_max_pct: +percentile(
+          r.ramps.map((x) => x.lostAtMaxPct),
+          50,
+        ).toFixed(2),
+        loss_onset_qps: onsets.length > 0 ? Math.round(percentile(onsets, 50)) : null,
+        ramp_end: r.ramps.map((x) => x.end).join(', '),
       };
     });
     const [direct, proxied] = rows as [(typeof rows)[0], (typeof rows)[0]];
@@ -122,20 +259,43 @@ async function main(): Promise<void> {
       added_p50_ms: +(proxied.p50_ms - direct.p50_ms).toFixed(3),
       added_p99_ms: +(proxied.p99_ms - direct.p99_ms).toFixed(3),
       qps_ratio: +(proxied.qps_max / direct.qps_max).toFixed(2),
+      resperf_ratio: +(proxied.resperf_max_qps / direct.resperf_max_qps).toFixed(2),
+      onset_ratio:
+        proxied.loss_onset_qps !== null && direct.loss_onset_qps !== null
+          ? +(proxied.loss_onset_qps / direct.loss_onset_qps).toFixed(2)
+          : null,
       learned_writes: proxy.stats.learned,
       fail_closed: proxy.stats.failClosed,
     };
     const host = machine();
-    console.log(`DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s; machine: ${host}`);
+    console.log(
+      `DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s dnsperf and a resperf ramp to ${RESPERF_MAX_QPS} q/s over ${RESPERF_RAMP} s; machine: ${host}`,
+    );
     console.table(rows);
     console.table([added]);
-    writeResults('dns', { machine: host, rows, added });
+    writeResults('dns', {
+      machine: host,
+      options: {
+        rounds: ROUNDS,
+        seconds: SECONDS,
+        resperf_max_qps: RESPERF_MAX_QPS,
+        resperf_ramp_s: RESPERF_RAMP,
+        resperf_timeout_s: RESPERF_TIMEOUT,
+        resperf_max_outstanding: RESPERF_OUTSTANDING,
+        resperf_plot_interval_s: PLOT_INTERVAL,
+        onset_loss_pct: ONSET_LOSS * 100,
+        onset_intervals: ONSET_INTERVALS,
+      },
+      rows,
+      added,
+      rounds: Object.fromEntries(variants.map((v) => [v.name, results.get(v.name)!.rounds])),
+    });
   } finally {
     await proxy.close();
     enforcer.close();
     await dnsmasq.stop();
     await world.destroy();
-    rmSync(path.dirname(queries), { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
