@@ -768,7 +768,11 @@ export class World {
       // Normally gone with the netns (a veth pair dies with either end).
       await step('removing the gateway link', async () => {
         const { stdout } = await execFileAsync('ip', ['-o', 'link', 'show']);
-        if (stdout.includes(`${hostIf}@`)) await execFileAsync('ip', ['link', 'del', hostIf]);
+        if (!stdout.includes(`${hostIf}@`)) return;
+        // The kernel may finish removing it between the two commands.
+        await execFileAsync('ip', ['link', 'del', hostIf]).catch((err: { stderr?: string }) => {
+          if (!/Cannot find device/.test(err.stderr ?? '')) throw err;
+        });
       });
     }
     process.off('exit', this.exitHook);
