@@ -48,6 +48,7 @@ test.before(async () => {
     'cname=mid.test,target.test,60',
     'host-record=target.test,203.0.113.10,120',
     'host-record=short.test,203.0.113.20,1',
+    'host-record=long.test,203.0.113.21,86400',
     `host-record=rebind.test,${gw.host4},300`,
     ...Array.from({ length: 60 }, (_, i) => `host-record=big.test,203.0.113.${100 + i}`),
   ]);
@@ -152,6 +153,17 @@ test.serial('learned addresses expire with the TTL (clamped to the floor)', asyn
   await new Promise((r) => setTimeout(r, 1500));
   t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.20:80'), ['EPERM']);
   t.true(enforcer.expireLearned() >= 1);
+});
+
+test.serial('no answer is cached longer than its addresses are learned (the TTL ceiling)', async (t) => {
+  const c = await computer({ mode: 'allowlist', rules: [{ host: 'long.test', protocol: 'tcp' }] });
+  const { lines } = await dig(c.cgroup, ['+noall', '+answer', 'long.test', 'A']);
+  t.is(lines.length, 1);
+  const ttl = Number(lines[0]!.split(/\s+/)[1]);
+  t.is(ttl, 3600, `the upstream said 86400; the proxy's ceiling is 3600: ${lines[0]}`);
+  const learned = enforcer.learnedNames(c.id).find((l) => l.name === 'long.test');
+  t.truthy(learned);
+  t.true(learned!.expiresInS > 3590 && learned!.expiresInS <= 3600);
 });
 
 test.serial('two computers with different policies asking for the same name', async (t) => {

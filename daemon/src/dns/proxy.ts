@@ -281,6 +281,8 @@ export class DnsProxy {
     this.stats.answered++;
     const reply = Buffer.from(answer);
     reply.writeUInt16BE(query.id ?? 0, 0);
+    // No client may cache an answer longer than the kernel keeps its addresses (the TTL ceiling).
+    if (mode === 'allowlist') capAnswerTtls(reply, this.opts.ttlCeiling);
     return reply;
   }
 
@@ -402,6 +404,42 @@ export function resolveChain(
     } catch {}
   }
   return { names, addresses, ttl: Number.isFinite(ttl) ? ttl : 0 };
+}
+
+/**
+ * Lowers every answer-section TTL of a wire-format DNS message above `max`
+ * to `max`, in place. A message it cannot walk is left alone (it was
+ * decoded already; the addresses came from the decoded answers).
+ */
+export function capAnswerTtls(msg: Buffer, max: number): void {
+  if (msg.length < 12) return;
+  const questions = msg.readUInt16BE(4);
+  const answers = msg.readUInt16BE(6);
+  let o = 12;
+  const skipName = (): boolean => {
+    while (o < msg.length) {
+      const len = msg[o]!;
+      if (len === 0) {
+        o += 1;
+        return true;
+      }
+      if ((len & 0xc0) === 0xc0) {
+        o += 2; // a compression pointer ends the name
+        return true;
+      }
+      o += 1 + len;
+    }
+    return false;
+  };
+  for (let i = 0; i < questions; i++) {
+    if (!skipName()) return;
+    o += 4;
+  }
+  for (let i = 0; i < answers; i++) {
+    if (!skipName() || o + 10 > msg.length) return;
+    if (msg.readUInt32BE(o + 4) > max) msg.writeUInt32BE(max, o + 4);
+    o += 10 + msg.readUInt16BE(o + 8);
+  }
 }
 
 function errorReply(query: dnsPacket.Packet, rcode: number): Buffer {
