@@ -1,33 +1,79 @@
 /**
- * Agent benchmarks, with real components (redis-server, the API, BPF,
- * cgroups) on this host:
- *  1. PUT → 200 (enforced) latency of a 100-rule policy, p50/p99, against
- *     PUT ?wait=0 (stored, not waited for) measured in the same run.
- *  2. Cold resync: N computers × 100 rules registered in Redis, then a fresh
- *     agent with no pins starts; time to the end of its first full resync,
- *     its RSS, and the kernel memory of the maps.
+ * Agent benchmarks at scale, with real components (redis-server with its
+ * append-only file fsynced every second, BPF, cgroups of the test world):
  *
- *   sudo node dist/bench/agent.js [--puts 300] [--computers 10000]
+ *  1. Sustained policy changes: the real `egressd all` in a process of its
+ *     own; RATE PUTs per second for SECONDS, each rate of --rates in turn on
+ *     the same process, open loop (each request is sent on its schedule,
+ *     whatever the answers before it did), spread round-robin over N
+ *     computers with R-rule allowlists, every PUT a real change, each waiting
+ *     for enforcement (?wait=10000: 200 once the agent acknowledged, 202 if
+ *     not within 10 s). Reported: the rate offered and the rate enforced, the
+ *     enforcement lag measured client-side as the time from a request's
+ *     scheduled send to its 200 (so a client or server falling behind shows
+ *     up in the figure), p50/p99/max, against the same PUT on an idle egressd
+ *     in the same run; non-200 answers, errors and timeouts; the agent's own
+ *     egressd_enforcement_lag_seconds histogram (change record written →
+ *     enforced) from /metrics over the load; the CPU time of egressd,
+ *     redis-server and this load generator, egressd's event-loop delay, and
+ *     Redis commands per second: what limits the rate when it is not reached.
+ *     --profile runs egressd with --cpu-prof and prints where its time went.
+ *  2. Cold resync: N computers × 100 rules registered in Redis, then a fresh
+ *     agent (in this process) with no pins starts; time to the end of its
+ *     first full resync, its RSS, and the kernel memory of the maps.
+ *
+ *   sudo node dist/bench/agent.js [--rates 250,500,1000] [--seconds 10] [--load-computers 100]
+ *                                 [--load-rules 100] [--idle-puts 100] [--profile]
+ *                                 [--computers 10000]
+ *   (--rates 0 or --computers 0 skips that part)
  */
 
 import { execFileSync } from 'node:child_process';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { pino } from 'pino';
-import { createApp } from '../api/src/app.js';
-import { resolveConfig } from '../api/src/config.js';
 import { Store } from '../api/src/store/store.js';
 import { Agent } from '../daemon/src/agent/agent.js';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import type { Rule } from '../daemon/src/policy/types.js';
-import { startRedis } from '../test/helpers/redis.js';
-import { createWorld } from '../test/helpers/world.js';
+import { startRedis, type TestRedis } from '../test/helpers/redis.js';
+import { createWorld, type World } from '../test/helpers/world.js';
 import { arg, machine, writeResults } from './common.js';
+import {
+  Client,
+  cpuSeconds,
+  histogramDelta,
+  metrics,
+  percentile,
+  type Reply,
+  type RunningEgressd,
+  round,
+  startEgressd,
+} from './egressd.js';
 
-const PUTS = arg('puts', 300);
+const RATES = stringArg('rates', '250,500,1000')
+  .split(',')
+  .map(Number)
+  .filter((n) => Number.isInteger(n) && n > 0);
+const SECONDS = arg('seconds', 10);
+const LOAD_COMPUTERS = arg('load-computers', 100);
+const LOAD_RULES = arg('load-rules', 100);
+const IDLE_PUTS = arg('idle-puts', 100);
+const PROFILE = process.argv.includes('--profile');
 const COMPUTERS = arg('computers', 10_000);
-const KEY = 'bench-admin-key-0123456789';
+/** How long each PUT of the sustained load waits for enforcement (then 202). */
+const WAIT_MS = 10_000;
+/** The client gives up on an answer after this long. */
+const CLIENT_TIMEOUT_MS = 30_000;
+/** At most this many connections to egressd; further requests queue in the client (and their lag counts it). */
+const MAX_SOCKETS = 512;
 const log = pino({ level: 'silent' });
+
+function stringArg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
 
 function rules(seed: number): Rule[] {
   return Array.from({ length: 100 }, (_, i) => ({
@@ -37,9 +83,13 @@ function rules(seed: number): Rule[] {
   }));
 }
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? Number.NaN;
+/** `n` rules of computer `c`; `change` makes every request's policy differ (the first rule's port). */
+function loadRules(c: number, n: number, change: number): Rule[] {
+  return Array.from({ length: n }, (_, i) => ({
+    host: `10.${c & 255}.${(i >>> 8) & 255}.${i & 255}/32`,
+    protocol: 'tcp',
+    port: i === 0 ? 1 + (change % 65535) : 443,
+  }));
 }
 
 function mapMemoryBytes(pinDir: string): number {
@@ -61,73 +111,331 @@ function mapMemoryBytes(pinDir: string): number {
   return total;
 }
 
-async function main(): Promise<void> {
-  const world = await createWorld();
-  const redis = await startRedis();
-  const config = resolveConfig({ adminKey: KEY, redisUrl: redis.url, defaultNode: 'bench' }, {});
-  const apiStore = new Store({ url: redis.url });
-  await apiStore.connect();
-  const server = createServer(createApp({ store: apiStore, config }).callback()).listen(0, '127.0.0.1');
-  await new Promise((r) => server.once('listening', r));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/v1`;
-  const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-  let enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
-  let agentStore = new Store({ url: redis.url });
-  await agentStore.connect();
-  let agent = new Agent({ store: agentStore, enforcer, node: 'bench', cgroupRoot: world.cgroupMount, log });
-  await agent.start();
-  try {
-    // 1. PUT → 200 latency.
-    const cg = world.makeCgroup('put-latency');
-    await fetch(`${base}/computers/lat`, {
-      method: 'PUT',
-      headers,
-      body: JSON.stringify({ cgroup: cg.relative }),
-    });
-    const time = async (query: string, i: number) => {
-      const body = JSON.stringify({ mode: 'allowlist', rules: rules(i) });
-      const start = process.hrtime.bigint();
-      const r = await fetch(`${base}/computers/lat/network-policy${query}`, { method: 'PUT', headers, body });
-      await r.arrayBuffer();
-      const ms = Number(process.hrtime.bigint() - start) / 1e6;
-      const expected = query ? 202 : 200;
-      if (r.status !== expected && !(query && r.status === 200)) throw new Error(`PUT answered ${r.status}`);
-      return ms;
-    };
-    const enforced: number[] = [];
-    const stored: number[] = [];
-    for (let i = 0; i < PUTS; i++) {
-      // Alternate the order, so neither variant always runs on a warmer process.
-      if (i % 2) {
-        enforced.push(await time('', i));
-        stored.push(await time('?wait=0', i + 100_000));
-      } else {
-        stored.push(await time('?wait=0', i + 100_000));
-        enforced.push(await time('', i));
-      }
-    }
-    const latency = {
-      puts: PUTS,
-      enforced_p50_ms: +percentile(enforced, 50).toFixed(2),
-      enforced_p99_ms: +percentile(enforced, 99).toFixed(2),
-      stored_p50_ms: +percentile(stored, 50).toFixed(2),
-      stored_p99_ms: +percentile(stored, 99).toFixed(2),
-    };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const msSince = (t: bigint) => Number(process.hrtime.bigint() - t) / 1e6;
 
-    // 2. Cold resync of many computers.
-    await agent.stop();
-    await agentStore.close();
-    enforcer.close();
-    const prepStart = Date.now();
-    for (let i = 0; i < COMPUTERS; i++) {
-      const c = world.makeCgroup(`many/c${i}`);
-      await apiStore.putComputer(`c${i}`, { cgroup: c.relative, node: 'bench' });
-      await apiStore.putPolicy(`c${i}`, { mode: 'allowlist', rules: rules(i) });
+interface Outcome {
+  /** ms from the scheduled send to the answer's headers */
+  lagMs: number;
+  /** ms the request went out later than scheduled (the client's own lag) */
+  lateMs: number;
+  status: number;
+  /** ms from the start of the load to the answer */
+  atMs: number;
+  /** ms from the start of the load to the scheduled send */
+  scheduledMs: number;
+}
+
+/** Self time of a .cpuprofile: the top functions, and by part (API, agent, packages, Node, GC, idle), in %. */
+function profileSummary(file: string, top: number) {
+  const profile = JSON.parse(readFileSync(file, 'utf8')) as {
+    nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[];
+    samples: number[];
+  };
+  const byId = new Map(profile.nodes.map((n) => [n.id, n.callFrame]));
+  const fns = new Map<string, number>();
+  const parts = new Map<string, number>();
+  const add = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+  for (const id of profile.samples) {
+    const f = byId.get(id);
+    const url = f?.url ?? '';
+    const where = url.replace(/^.*\/(dist|node_modules)\//, '$1/');
+    add(fns, `${f?.functionName || '(anonymous)'}${url ? ` ${where}:${(f?.lineNumber ?? 0) + 1}` : ''}`);
+    let part: string;
+    if (where.startsWith('dist/api/')) part = 'API (dist/api)';
+    else if (where.startsWith('dist/daemon/')) part = 'agent (dist/daemon)';
+    else if (/^node_modules\/(ioredis|redis-parser|denque|standard-as-callback)\//.test(where))
+      part = 'ioredis (packages)';
+    else if (/^node_modules\/zod\//.test(where)) part = 'zod (package)';
+    else if (where.startsWith('node_modules/')) part = 'other packages (koa, prom-client, ...)';
+    else if (url.startsWith('node:')) part = 'Node.js library (node:*)';
+    else if (f?.functionName === '(idle)') part = 'idle';
+    else if (f?.functionName === '(garbage collector)') part = 'garbage collector';
+    else part = 'native and V8 (JSON, string writes, syscalls, program)';
+    add(parts, part);
+  }
+  const pct = (n: number) => round((100 * n) / profile.samples.length, 1);
+  const sorted = (m: Map<string, number>) => [...m.entries()].sort((a, b) => b[1] - a[1]);
+  return {
+    parts: sorted(parts).map(([part, n]) => ({ self_pct: pct(n), part })),
+    functions: sorted(fns)
+      .slice(0, top)
+      .map(([fn, n]) => ({ self_pct: pct(n), function: fn })),
+  };
+}
+
+/** Calls per Redis command so far (INFO commandstats). */
+async function commandCalls(store: Store): Promise<Map<string, number>> {
+  const calls = new Map<string, number>();
+  for (const m of (await store.redis.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm))
+    calls.set(m[1]!, Number(m[2]));
+  return calls;
+}
+
+interface Load {
+  egressd: RunningEgressd;
+  store: Store;
+  redisPid: number;
+  put: (i: number, payload: string, wait: number) => Promise<Reply>;
+  body: (i: number, change: number) => string;
+  idleP50: number;
+}
+
+/** RATE PUTs per second for SECONDS, open loop; figures for one row of each table. */
+async function loadAt(l: Load, rate: number, firstChange: number) {
+  // Request k goes out at start + k / rate seconds. Bodies are made before.
+  const total = rate * SECONDS;
+  const bodies = Array.from({ length: total }, (_, k) => l.body(k % LOAD_COMPUTERS, firstChange + k));
+  const outcomes: Outcome[] = [];
+  const failures = new Map<string, number>();
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const before = await metrics(l.egressd.origin);
+  const callsBefore = await commandCalls(l.store);
+  const cpuBefore = {
+    egressd: cpuSeconds(l.egressd.pid),
+    redis: cpuSeconds(l.redisPid),
+    bench: process.cpuUsage(),
+  };
+  const start = process.hrtime.bigint();
+  const pending: Promise<void>[] = [];
+  const issue = (k: number) => {
+    const scheduled = start + BigInt(Math.round((k * 1e9) / rate));
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    pending.push(
+      l.put(k % LOAD_COMPUTERS, bodies[k]!, WAIT_MS).then(
+        (r) => {
+          inFlight--;
+          outcomes.push({
+            lagMs: Number(r.headersAt - scheduled) / 1e6,
+            lateMs: Number(r.sentAt - scheduled) / 1e6,
+            status: r.status,
+            atMs: Number(r.headersAt - start) / 1e6,
+            scheduledMs: Number(scheduled - start) / 1e6,
+          });
+        },
+        (err: Error) => {
+          inFlight--;
+          const key = /timed out/.test(err.message) ? 'timeout' : err.message;
+          failures.set(key, (failures.get(key) ?? 0) + 1);
+        },
+      ),
+    );
+  };
+  let issued = 0;
+  while (issued < total) {
+    const due = Math.min(total, Math.floor((msSince(start) * rate) / 1000) + 1);
+    while (issued < due) issue(issued++);
+    await sleep(1);
+  }
+  const issueSeconds = msSince(start) / 1000;
+  const cpuIssued = {
+    egressd: cpuSeconds(l.egressd.pid),
+    redis: cpuSeconds(l.redisPid),
+    bench: process.cpuUsage(cpuBefore.bench),
+  };
+  const callsIssued = await commandCalls(l.store);
+  // egressd's event-loop delay over the window (prom-client resets it at each scrape).
+  const mid = await metrics(l.egressd.origin);
+  const loopDelay = (q: string) =>
+    round((mid.get(`egressd_api_process_nodejs_eventloop_lag_${q}_seconds`) ?? Number.NaN) * 1000);
+  await Promise.all(pending);
+  const allSeconds = msSince(start) / 1000;
+  const after = await metrics(l.egressd.origin);
+
+  const ok = outcomes.filter((o) => o.status === 200);
+  // Answers that arrived from the end of the first second to the end of sending: the rate enforced
+  // once the load runs (≈ the offered rate when egressd keeps up; its service rate when a backlog grows).
+  const steady = ok.filter((o) => o.atMs >= 1000 && o.atMs <= issueSeconds * 1000).length;
+  const statuses: Record<string, number> = {};
+  for (const o of outcomes) statuses[o.status] = (statuses[o.status] ?? 0) + 1;
+  const agentLag = histogramDelta(before, after, 'egressd_enforcement_lag_seconds', [0.5, 0.99]);
+  const apply = histogramDelta(before, after, 'egressd_policy_apply_seconds', [0.5, 0.99]);
+  const benchCpu = (cpuIssued.bench.user + cpuIssued.bench.system) / 1e6;
+  const load = {
+    target_per_s: rate,
+    seconds: SECONDS,
+    issued,
+    offered_per_s: round(issued / issueSeconds, 0),
+    enforced_200: ok.length,
+    enforced_per_s_steady: round(steady / (issueSeconds - 1), 0),
+    enforced_per_s_overall: round(ok.length / allSeconds, 0),
+    pending_202: statuses['202'] ?? 0,
+    other_status: outcomes.length - ok.length - (statuses['202'] ?? 0),
+    errors: [...failures.entries()].filter(([k]) => k !== 'timeout').reduce((s, [, n]) => s + n, 0),
+    timeouts: failures.get('timeout') ?? 0,
+    max_in_flight: maxInFlight,
+    client_late_p99_ms: round(
+      percentile(
+        outcomes.map((o) => o.lateMs),
+        99,
+      ),
+    ),
+  };
+  const row = (measure: string, lags: number[]) => ({
+    measure,
+    n: lags.length,
+    p50_ms: round(percentile(lags, 50)),
+    p99_ms: round(percentile(lags, 99)),
+    max_ms: round(Math.max(...lags)),
+    p50_ratio: round(percentile(lags, 50) / l.idleP50),
+  });
+  const histogramRow = (measure: string, h: ReturnType<typeof histogramDelta>, digits: number) => ({
+    measure,
+    n: h.count,
+    p50_ms: round(h.quantiles[0]! * 1000, digits),
+    p99_ms: round(h.quantiles[1]! * 1000, digits),
+    max_ms: Number.NaN,
+    p50_ratio: Number.NaN,
+    mean_ms: round(h.mean * 1000, digits),
+  });
+  const lag = [
+    row(
+      `${rate}/s: scheduled send → 200`,
+      ok.map((o) => o.lagMs),
+    ),
+    row(
+      `${rate}/s:   of those scheduled in the first second`,
+      ok.filter((o) => o.scheduledMs < 1000).map((o) => o.lagMs),
+    ),
+    row(
+      `${rate}/s:   of those scheduled in the last second`,
+      ok.filter((o) => o.scheduledMs >= (SECONDS - 1) * 1000).map((o) => o.lagMs),
+    ),
+    histogramRow(`${rate}/s: agent histogram, change record → enforced`, agentLag, 2),
+    histogramRow(`${rate}/s: agent histogram, kernel apply per computer`, apply, 3),
+  ];
+  const cpu = {
+    target_per_s: rate,
+    window_s: round(issueSeconds, 1),
+    egressd_pct_of_a_core: round((100 * (cpuIssued.egressd - cpuBefore.egressd)) / issueSeconds, 0),
+    redis_pct_of_a_core: round((100 * (cpuIssued.redis - cpuBefore.redis)) / issueSeconds, 0),
+    load_generator_pct_of_a_core: round((100 * benchCpu) / issueSeconds, 0),
+    egressd_event_loop_delay_p50_ms: loopDelay('p50'),
+    egressd_event_loop_delay_p99_ms: loopDelay('p99'),
+    egressd_event_loop_delay_max_ms: loopDelay('max'),
+  };
+  const redisCommands = new Map<string, number>();
+  for (const [command, n] of callsIssued) {
+    const perS = round((n - (callsBefore.get(command) ?? 0)) / issueSeconds, 0);
+    if (perS > 0) redisCommands.set(command, perS);
+  }
+  return { load, lag, cpu, redisCommands, failures: Object.fromEntries(failures) };
+}
+
+async function sustained(world: World, redis: TestRedis, store: Store, redisPid: number) {
+  const profDir = PROFILE ? mkdtempSync(path.join(tmpdir(), 'egressd-bench-prof-')) : undefined;
+  let egressd: RunningEgressd | undefined;
+  let client: Client | undefined;
+  try {
+    const options = { world, redisUrl: redis.url, node: 'bench-load' };
+    egressd = await startEgressd(options);
+    client = new Client(egressd.origin, MAX_SOCKETS);
+    const body = (i: number, change: number) =>
+      JSON.stringify({ mode: 'allowlist', rules: loadRules(i, LOAD_RULES, change) });
+    const put = (i: number, payload: string, wait: number) =>
+      client!.send(
+        'PUT',
+        `/api/v1/computers/load-${i}/network-policy?wait=${wait}`,
+        payload,
+        CLIENT_TIMEOUT_MS,
+      );
+    for (let i = 0; i < LOAD_COMPUTERS; i++) {
+      const cg = world.makeCgroup(`load/c${i}`);
+      const r = await client.send(
+        'PUT',
+        `/api/v1/computers/load-${i}`,
+        JSON.stringify({ cgroup: cg.relative }),
+      );
+      if (r.status !== 200 && r.status !== 201) throw new Error(`register load-${i}: ${r.status} ${r.body}`);
+      const p = await put(i, body(i, 0), WAIT_MS);
+      if (p.status !== 200) throw new Error(`first policy of load-${i}: ${p.status} ${p.body}`);
     }
-    const prepMs = Date.now() - prepStart;
-    const coldPins = `${world.pinDir}/cold`;
-    enforcer = Enforcer.open({ pinDir: coldPins, cgroupRoot: world.cgroupMount });
-    agentStore = new Store({ url: redis.url });
+    let change = 1;
+    if (profDir) {
+      // Profiled from here on. Not from the start: the profiler's signals would keep interrupting the
+      // BPF verifier (EAGAIN); this second egressd adopts the programs the first one pinned.
+      client.close();
+      await egressd.stop();
+      egressd = await startEgressd({ ...options, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] });
+      client = new Client(egressd.origin, MAX_SOCKETS);
+    }
+
+    // Baseline: the same PUT, one at a time, on an otherwise idle egressd.
+    const idle: number[] = [];
+    for (let k = 0; k < IDLE_PUTS; k++) {
+      const i = k % LOAD_COMPUTERS;
+      const r = await put(i, body(i, change++), WAIT_MS);
+      if (r.status !== 200) throw new Error(`idle PUT answered ${r.status}`);
+      idle.push(Number(r.headersAt - r.sentAt) / 1e6);
+    }
+    const idleP50 = percentile(idle, 50);
+    const l: Load = { egressd, store, redisPid, put, body, idleP50 };
+    const runs: Awaited<ReturnType<typeof loadAt>>[] = [];
+    for (const rate of RATES) {
+      runs.push(await loadAt(l, rate, change));
+      change += rate * SECONDS;
+      await sleep(1000);
+    }
+    await egressd.stop();
+    let profile: ReturnType<typeof profileSummary> | undefined;
+    if (profDir) {
+      const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
+      if (file) profile = profileSummary(path.join(profDir, file), 15);
+    }
+    const commands = new Set(runs.flatMap((r) => [...r.redisCommands.keys()]));
+    const last = runs.at(-1)?.redisCommands;
+    const redisCommands = [...commands]
+      .sort((a, b) => (last?.get(b) ?? 0) - (last?.get(a) ?? 0))
+      .slice(0, 10)
+      .map((command) => ({
+        command,
+        ...Object.fromEntries(
+          runs.map((r) => [`${r.load.target_per_s}/s`, r.redisCommands.get(command) ?? 0]),
+        ),
+      }));
+    return {
+      computers: LOAD_COMPUTERS,
+      rules_each: LOAD_RULES,
+      wait_ms: WAIT_MS,
+      load: runs.map((r) => r.load),
+      lag: [
+        {
+          measure: 'idle: PUT → 200, one at a time (baseline)',
+          n: idle.length,
+          p50_ms: round(idleP50),
+          p99_ms: round(percentile(idle, 99)),
+          max_ms: round(Math.max(...idle)),
+          p50_ratio: 1,
+        },
+        ...runs.flatMap((r) => r.lag),
+      ],
+      cpu: runs.map((r) => r.cpu),
+      redisCommands,
+      failures: runs.map((r) => r.failures),
+      profile,
+    };
+  } finally {
+    client?.close();
+    await egressd?.stop();
+    if (profDir) rmSync(profDir, { recursive: true, force: true });
+  }
+}
+
+async function coldResync(world: World, apiStore: Store, redisUrl: string) {
+  const prepStart = Date.now();
+  for (let i = 0; i < COMPUTERS; i++) {
+    const c = world.makeCgroup(`many/c${i}`);
+    await apiStore.putComputer(`c${i}`, { cgroup: c.relative, node: 'bench' });
+    await apiStore.putPolicy(`c${i}`, { mode: 'allowlist', rules: rules(i) });
+  }
+  const prepMs = Date.now() - prepStart;
+  const coldPins = `${world.pinDir}/cold`;
+  const enforcer = Enforcer.open({ pinDir: coldPins, cgroupRoot: world.cgroupMount });
+  const agentStore = new Store({ url: redisUrl });
+  let agent: Agent | undefined;
+  try {
     await agentStore.connect();
     agent = new Agent({ store: agentStore, enforcer, node: 'bench', cgroupRoot: world.cgroupMount, log });
     const rssBefore = process.memoryUsage().rss;
@@ -148,24 +456,73 @@ async function main(): Promise<void> {
     // Detach everything before the world goes (its cgroups are removed with the world).
     for (const c of enforcer.list()) enforcer.detach(c.id);
     await enforcer.sweep();
-
-    const host = machine();
-    console.log(`agent benchmarks; machine: ${host}`);
-    console.log('PUT of a 100-rule policy, ms: answered when enforced (200) vs stored only (?wait=0, 202)');
-    console.table([latency]);
-    console.log('cold resync');
-    console.table([resync]);
-    writeResults('agent', { machine: host, latency, resync });
+    return resync;
   } finally {
-    await agent.stop();
+    await agent?.stop();
     await agentStore.close();
     enforcer.close();
-    server.closeAllConnections();
-    server.close();
-    await apiStore.close();
-    await redis.cleanup();
-    await world.destroy();
   }
 }
 
+async function main(): Promise<void> {
+  let world: World | undefined;
+  let redis: TestRedis | undefined;
+  let apiStore: Store | undefined;
+  try {
+    world = await createWorld();
+    redis = await startRedis({ appendfsync: 'everysec' });
+    apiStore = new Store({ url: redis.url });
+    await apiStore.connect();
+    const redisPid = Number(/process_id:(\d+)/.exec(await apiStore.redis.info('server'))?.[1]);
+    const load = RATES.length > 0 ? await sustained(world, redis, apiStore, redisPid) : undefined;
+    const resync = COMPUTERS > 0 ? await coldResync(world, apiStore, redis.url) : undefined;
+
+    const host = machine();
+    console.log(`agent benchmarks; machine: ${host}; redis-server appendfsync everysec`);
+    if (load) {
+      console.log(
+        `sustained policy changes: egressd all in its own process; ${RATES.join(', ')} PUT/s, ${SECONDS} s each, open loop over ${LOAD_COMPUTERS} computers, ${LOAD_RULES}-rule allowlists, each PUT ?wait=${WAIT_MS} (200 = enforced)`,
+      );
+      console.table(load.load);
+      for (const r of load.load) {
+        const { target_per_s: target, offered_per_s: offered, enforced_per_s_steady: enforced } = r;
+        const all = r.enforced_200 === r.issued;
+        console.log(
+          enforced >= 0.98 * target && offered >= 0.98 * target && all
+            ? `${target}/s: sustained (${enforced}/s answered 200 from 1 s to the end of sending, every PUT answered 200)`
+            : `${target}/s: NOT sustained: ${offered}/s offered, ${enforced}/s answered 200 (enforced) from 1 s to the end of sending${all ? '' : `, ${r.issued - r.enforced_200} PUTs not answered 200`}; see CPU, Redis and profile below`,
+        );
+      }
+      console.log(
+        'enforcement lag, ms (p50_ratio: against the idle baseline of this run; histogram quantiles interpolated within buckets, as histogram_quantile() does)',
+      );
+      console.table(load.lag);
+      console.log(
+        "CPU during the load window, % of one core (the machine has 2), and the delay of egressd's event loop (API and agent share it)",
+      );
+      console.table(load.cpu);
+      console.log('Redis commands per second during the load window');
+      console.table(load.redisCommands);
+      if (load.failures.some((f) => Object.keys(f).length)) console.log('request failures:', load.failures);
+      if (load.profile) {
+        console.log('egressd CPU profile (idle baseline and every load), self time');
+        console.table(load.profile.parts);
+        console.table(load.profile.functions);
+      }
+    }
+    if (resync) {
+      console.log('cold resync');
+      console.table([resync]);
+    }
+    writeResults('agent', { machine: host, sustained: load, resync });
+  } finally {
+    await apiStore?.close();
+    await redis?.cleanup();
+    await world?.destroy();
+  }
+}
+
+// Interrupted: exit through the exit hooks, which remove the world and end egressd and redis-server.
+process.once('SIGINT', () => process.exit(130));
+process.once('SIGTERM', () => process.exit(143));
 await main();

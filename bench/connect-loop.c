@@ -2,7 +2,8 @@
  * connect-loop: measures the cost of connect()/sendto() (and so of the
  * egressd hooks on them) in a tight loop.
  *
- *   connect-loop [--cgroup DIR] [--netns PATH] [--max-seconds S] MODE ADDR PORT ITERATIONS
+ *   connect-loop [--cgroup DIR] [--netns PATH] [--max-seconds S]
+ *                [--until-errno NAME] [--ready] [--interval-us N] MODE ADDR PORT ITERATIONS
  *
  * Joins the cgroup and the netns like test/helpers/probe.c, then:
  *   tcp       socket + blocking connect + close (SO_LINGER 0: no TIME_WAIT), each
@@ -17,6 +18,21 @@
  *
  * The loop also stops after S seconds (default 60), whatever ITERATIONS says.
  *
+ * For timing when a policy change takes effect (bench/apply.ts):
+ *   --until-errno NAME  stop at the first iteration that fails with NAME
+ *                       (EPERM, ...); the JSON line then also has
+ *                       "until_errno":NAME, "errno_at_ns": the CLOCK_MONOTONIC
+ *                       time at which that call returned (null if it never
+ *                       came), and "last_ok_ns": the time at which the last
+ *                       completed iteration before it was started (null if none)
+ *   --ready             print a line `ready` (flushed) once the first iteration
+ *                       has completed, so a caller knows the loop is running
+ *   --interval-us N     sleep N µs between iterations (timer slack 1 ns) rather
+ *                       than spin, leaving the CPU to others (ns_per_op then
+ *                       includes the sleeps); default 0
+ * CLOCK_MONOTONIC is what Node's process.hrtime.bigint() reads on Linux, so
+ * the times compare with a caller's.
+ *
  * Prints one JSON line: {"mode":"tcp","iterations":N,"ns_per_op":X,
  * "completed":C,"errors":{"ECONNREFUSED":..,"EPERM":..},"timed_out":false}
  * where N is the iterations actually run, completed counts ok and
@@ -27,6 +43,7 @@
 #define _GNU_SOURCE
 #include "../test/helpers/join.h"
 
+#include <sys/prctl.h>
 #include <time.h>
 
 #define MAX_ERRORS 32
@@ -50,7 +67,8 @@ static void count_error(int err) {
 static void usage(const char *msg) {
   fprintf(stderr,
           "connect-loop: %s\n"
-          "usage: connect-loop [--cgroup DIR] [--netns PATH] [--max-seconds S] tcp|udp|tcp-vary|udp-vary ADDR PORT ITERATIONS\n",
+          "usage: connect-loop [--cgroup DIR] [--netns PATH] [--max-seconds S] [--until-errno NAME] [--ready]\n"
+          "                    [--interval-us N] tcp|udp|tcp-vary|udp-vary ADDR PORT ITERATIONS\n",
           msg);
   exit(EXIT_USAGE);
 }
@@ -82,9 +100,17 @@ static long long now_ns(void) {
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* The errno value named `name` ("EPERM"), or 0 if no value up to 4095 has that name. */
+static int errno_by_name(const char *name) {
+  for (int e = 1; e < 4096; e++)
+    if (strcmp(errno_name(e), name) == 0) return e;
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *cgroup = NULL, *netns = NULL;
-  long long max_seconds = 60;
+  long long max_seconds = 60, interval_us = 0;
+  int until_errno = 0, ready = 0;
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--cgroup") == 0 && i + 1 < argc)
@@ -93,6 +119,12 @@ int main(int argc, char **argv) {
       netns = argv[++i];
     else if (strcmp(argv[i], "--max-seconds") == 0 && i + 1 < argc) {
       if (parse_num(argv[++i], 1, 86400, &max_seconds)) usage("bad --max-seconds");
+    } else if (strcmp(argv[i], "--until-errno") == 0 && i + 1 < argc) {
+      if (!(until_errno = errno_by_name(argv[++i]))) usage("bad --until-errno (an errno name such as EPERM)");
+    } else if (strcmp(argv[i], "--ready") == 0)
+      ready = 1;
+    else if (strcmp(argv[i], "--interval-us") == 0 && i + 1 < argc) {
+      if (parse_num(argv[++i], 0, 1000000, &interval_us)) usage("bad --interval-us");
     } else
       usage("unknown option or missing argument");
   }
@@ -120,12 +152,15 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  long long completed = 0;
+  /* Sleeps of a few µs should last about that long, not the default 50 µs slack more. */
+  if (interval_us) prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+  struct timespec pause = {.tv_sec = interval_us / 1000000, .tv_nsec = (interval_us % 1000000) * 1000};
+  long long completed = 0, errno_at = -1, last_ok = -1;
   unsigned char b = 1;
   long long start = now_ns(), deadline = start + max_seconds * 1000000000LL, n = 0;
   int timed_out = 0;
   for (; n < iterations; n++) {
-    if ((n & 63) == 0 && now_ns() >= deadline) {
+    if ((until_errno || interval_us || (n & 63) == 0) && now_ns() >= deadline) {
       timed_out = 1;
       break;
     }
@@ -133,13 +168,27 @@ int main(int argc, char **argv) {
       set_last_byte(&ss, b);
       b = b == 254 ? 1 : b + 1;
     }
+    long long began = until_errno ? now_ns() : 0;
     int err;
     if (tcp)
       err = tcp_once(&ss, len);
     else
       err = sendto(udp_fd, "x", 1, 0, (const struct sockaddr *)&ss, len) < 0 ? errno : 0;
     if (err) count_error(err);
-    if (!err || err == ECONNREFUSED) completed++;
+    if (until_errno && err == until_errno) {
+      errno_at = now_ns();
+      n++;
+      break;
+    }
+    if (!err || err == ECONNREFUSED) {
+      completed++;
+      last_ok = began;
+      if (ready && completed == 1) {
+        printf("ready\n");
+        fflush(stdout);
+      }
+    }
+    if (interval_us) clock_nanosleep(CLOCK_MONOTONIC, 0, &pause, NULL);
   }
   long long elapsed = now_ns() - start;
   if (udp_fd >= 0) close(udp_fd);
@@ -147,6 +196,18 @@ int main(int argc, char **argv) {
   printf("{\"mode\":\"%s\",\"iterations\":%lld,\"ns_per_op\":%.1f,\"completed\":%lld,\"errors\":{", mode, n,
          n ? (double)elapsed / (double)n : 0.0, completed);
   for (int k = 0; k < n_errors; k++) printf("%s\"%s\":%lld", k ? "," : "", errno_name(errors[k].err), errors[k].n);
-  printf("},\"timed_out\":%s}\n", timed_out ? "true" : "false");
+  printf("},\"timed_out\":%s", timed_out ? "true" : "false");
+  if (until_errno) {
+    printf(",\"until_errno\":\"%s\"", errno_name(until_errno));
+    if (errno_at >= 0)
+      printf(",\"errno_at_ns\":%lld", errno_at);
+    else
+      printf(",\"errno_at_ns\":null");
+    if (last_ok >= 0)
+      printf(",\"last_ok_ns\":%lld", last_ok);
+    else
+      printf(",\"last_ok_ns\":null");
+  }
+  printf("}\n");
   return 0;
 }
