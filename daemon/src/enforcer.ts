@@ -145,6 +145,10 @@ function policyKey(policy: Policy): string {
   return createHash('sha256').update(policy.mode).update(JSON.stringify(policy.rules)).digest('base64');
 }
 
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((name, i) => name === b[i]);
+}
+
 function learnedKey(bytes: number[]): string {
   return bytes.join('.');
 }
@@ -441,20 +445,46 @@ export class Enforcer {
   /**
    * Records what a DNS answer taught computer `id`: `names` is the chain
    * (question first, then CNAME targets), `addresses` the A/AAAA bytes. Only
-   * names that the policy lists are learned. Returns false when none matched.
+   * names that the policy lists are learned; undefined when none matched.
+   * Else how long, in seconds, every address is now learned for (at most
+   * `ttlSeconds`: the answer's TTLs must not exceed it), and which addresses
+   * were written: an address learned for the same names with at most a
+   * second less to live is not written again (repeated lookups of one name).
    * Throws when the maps refuse the write (the proxy then answers SERVFAIL).
    */
-  learn(id: string, names: string[], addresses: number[][], ttlSeconds: number): boolean {
+  learn(
+    id: string,
+    names: string[],
+    addresses: number[][],
+    ttlSeconds: number,
+  ): { lifetimeS: number; written: number[][] } | undefined {
     const record = this.records.get(id);
-    if (!record?.learnedId) return false;
+    if (!record?.learnedId) return undefined;
     const verdict = cachedVerdict(record, names);
-    if (!verdict) return false;
-    const expiresNs = process.hrtime.bigint() + BigInt(Math.round(ttlSeconds * 1e9));
+    if (!verdict) return undefined;
+    const now = process.hrtime.bigint();
+    const wanted = now + BigInt(Math.round(ttlSeconds * 1e9));
+    let until = wanted;
+    const written: number[][] = [];
     for (const bytes of addresses) {
-      const entry = this.writeLearned(record.policyId, verdict, record.learnedId, names, bytes, expiresNs);
-      record.learned.set(learnedKey(bytes), entry);
+      const key = learnedKey(bytes);
+      const known = record.learned.get(key);
+      if (
+        ttlSeconds >= 2 &&
+        known !== undefined &&
+        known.expiresNs + 1_000_000_000n >= wanted &&
+        sameNames(known.names, names)
+      ) {
+        if (known.expiresNs < until) until = known.expiresNs;
+        continue;
+      }
+      record.learned.set(
+        key,
+        this.writeLearned(record.policyId, verdict, record.learnedId, names, bytes, wanted),
+      );
+      written.push(bytes);
     }
-    return addresses.length > 0;
+    return { lifetimeS: Number(until - now) / 1e9, written };
   }
 
   /** Whether the computer's policy lists one of `names` (allowlist: allowed; denylist: denied). */

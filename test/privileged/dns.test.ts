@@ -166,6 +166,23 @@ test.serial('no answer is cached longer than its addresses are learned (the TTL 
   t.true(learned!.expiresInS > 3590 && learned!.expiresInS <= 3600);
 });
 
+test.serial(
+  'a name asked again within its lifetime is not written again; its TTL counts down instead',
+  async (t) => {
+    const c = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
+    const ttlOf = async () => {
+      const { lines } = await dig(c.cgroup, ['+noall', '+answer', 'allowed.test', 'A']);
+      return Number(lines[0]?.split(/\s+/)[1]);
+    };
+    t.is(await ttlOf(), 300);
+    const writes = proxy.stats.learned;
+    const again = await ttlOf();
+    t.true(again === 299 || again === 300, `TTL ${again}`);
+    t.is(proxy.stats.learned, writes, 'no second map write');
+    t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
+  },
+);
+
 test.serial('two computers with different policies asking for the same name', async (t) => {
   const a = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
   const b = await computer({ mode: 'allowlist', rules: [{ host: 'other.test', protocol: 'tcp' }] });

@@ -57,6 +57,7 @@ export interface DnsStats {
   nxdomain: number;
   /** Answers replaced by SERVFAIL because the map write failed or the upstream timed out. */
   failClosed: number;
+  /** Learned-map writes (an address learned again within its lifetime is not written again). */
   learned: number;
 }
 
@@ -252,17 +253,21 @@ export class DnsProxy {
       this.stats.failClosed++;
       return errorReply(query, RCODE.SERVFAIL);
     }
+    // No client may cache the answer longer than the kernel keeps its addresses.
+    let ttlCap = this.opts.ttlCeiling;
     if (mode === 'allowlist' || mode === 'denylist') {
       const { names, addresses, ttl } = resolveChain(qname, response.answers ?? []);
       if (this.opts.enforcer.listsName(id, names)) {
         const safe = addresses.filter((a) => this.learnable(a));
         const clamped = Math.min(Math.max(ttl, this.opts.ttlFloor), this.opts.ttlCeiling);
         try {
-          if (safe.length > 0 && !this.opts.enforcer.learn(id, names, safe, clamped)) {
-            throw new Error('policy no longer lists the name');
+          if (safe.length > 0) {
+            const learned = this.opts.enforcer.learn(id, names, safe, clamped);
+            if (!learned) throw new Error('policy no longer lists the name');
+            ttlCap = Math.min(ttlCap, Math.floor(learned.lifetimeS));
+            this.stats.learned += learned.written.length;
+            if (learned.written.length > 0) this.opts.onLearned?.(id, qname, learned.written, clamped);
           }
-          this.stats.learned += safe.length;
-          if (safe.length > 0) this.opts.onLearned?.(id, qname, safe, clamped);
         } catch (err) {
           // Fail closed: no answer without its map write.
           this.stats.failClosed++;
@@ -281,8 +286,7 @@ export class DnsProxy {
     this.stats.answered++;
     const reply = Buffer.from(answer);
     reply.writeUInt16BE(query.id ?? 0, 0);
-    // No client may cache an answer longer than the kernel keeps its addresses (the TTL ceiling).
-    if (mode === 'allowlist') capAnswerTtls(reply, this.opts.ttlCeiling);
+    if (mode === 'allowlist') capAnswerTtls(reply, ttlCap);
     return reply;
   }
 
