@@ -18,9 +18,9 @@
  *     redis-server and this load generator, egressd's event-loop delay, and
  *     Redis commands per second: what limits the rate when it is not reached.
  *     --profile runs egressd with --cpu-prof and prints where its time went.
- *  2. Cold resync: N computers × 100 rules registered in Redis, then a fresh
- *     agent (in this process) with no pins starts; time to the end of its
- *     first full resync, its RSS, and the kernel memory of the maps.
+ *  2. Cold resync (run first): N computers × 100 rules registered in Redis,
+ *     then a fresh agent (in this process) with no pins starts; time to the
+ *     end of its first full resync, its RSS, and the kernel memory of the maps.
  *
  *   sudo node dist/bench/agent.js [--rates 250,500,1000] [--seconds 10] [--load-computers 100]
  *                                 [--load-rules 100] [--idle-puts 100] [--profile]
@@ -474,8 +474,9 @@ async function main(): Promise<void> {
     apiStore = new Store({ url: redis.url });
     await apiStore.connect();
     const redisPid = Number(/process_id:(\d+)/.exec(await apiStore.redis.info('server'))?.[1]);
-    const load = RATES.length > 0 ? await sustained(world, redis, apiStore, redisPid) : undefined;
+    // The resync first, while this process is fresh (its RSS is one of the figures).
     const resync = COMPUTERS > 0 ? await coldResync(world, apiStore, redis.url) : undefined;
+    const load = RATES.length > 0 ? await sustained(world, redis, apiStore, redisPid) : undefined;
 
     const host = machine();
     console.log(`agent benchmarks; machine: ${host}; redis-server appendfsync everysec`);
