@@ -190,14 +190,10 @@ export class Client {
   }
 }
 
-/**
- * /metrics of egressd as name{labels} → value. prom-client writes NaN as
- * `Nan` (Prometheus reads it, case-insensitively; the strict test parser
- * does not), e.g. the event-loop delay when two scrapes come close together.
- */
+/** /metrics of egressd as name{labels} → value. */
 export async function metrics(origin: string): Promise<Map<string, number>> {
   const r = await fetch(`${origin}/metrics`);
-  return parsePrometheus((await r.text()).replace(/ Nan$/gm, ' NaN'));
+  return parsePrometheus(await r.text());
 }
 
 /**
