@@ -255,7 +255,12 @@ export class Enforcer {
     this.checkId(id);
     const target = resolveCgroup(cgroup, this.cgroupRoot);
     const dir = path.join(this.computersDir, id);
-    const current = this.linkedCgroup(id);
+    // A computer this process attached or adopted at this very cgroup has every hook: no need to
+    // read its pins again (nine links each) on every policy change.
+    const current =
+      this.records.get(id)?.cgroupId === target.id
+        ? { cgroupId: target.id, hooks: HOOKS.map((h) => h.name) }
+        : this.linkedCgroup(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
       const value = this.storage(target.id);
       const sameDns =

@@ -139,14 +139,15 @@ return {'ok', tostring(v)}
 
 /**
  * KEYS: computer, enforced. ARGV: id, version, at, node, channel.
- * Never moves the acknowledged version back; publishes "<id> <version>".
+ * Never moves the acknowledged version back; publishes "<id> <version> <at>"
+ * (all a waiting PUT answers with: it need not read the key again).
  */
 export const ACK_ENFORCED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return 1
 `;
 

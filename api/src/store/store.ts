@@ -35,8 +35,9 @@ export interface StoreOptions {
   commandTimeoutMs?: number;
   /**
    * How often a waiter re-reads the acknowledgement even without a
-   * notification (a safety net for a lost pub/sub message), in milliseconds.
-   * @default 500
+   * notification (a safety net for a lost pub/sub message; after the
+   * subscriber reconnects every waiter reads at once), in milliseconds.
+   * @default 2000
    */
   waitPollMs?: number;
 }
@@ -187,7 +188,7 @@ export class Store {
   private readonly waitPollMs: number;
   private readonly options: StoreOptions;
   /** Per computer id, the wake-up functions of the requests waiting for its acknowledgement. */
-  private readonly waiters = new Map<string, Set<() => void>>();
+  private readonly waiters = new Map<string, Set<(ack?: Enforced) => void>>();
 
   constructor(options: StoreOptions) {
     this.options = options;
@@ -199,7 +200,7 @@ export class Store {
     // Errors surface on commands; without a listener ioredis would log each reconnect failure.
     this.redis.on('error', () => {});
     this.streamMaxLen = String(options.streamMaxLen ?? 10_000);
-    this.waitPollMs = options.waitPollMs ?? 500;
+    this.waitPollMs = options.waitPollMs ?? 2000;
   }
 
   /**
@@ -243,9 +244,18 @@ export class Store {
       lazyConnect: false,
     });
     sub.on('error', () => {});
+    // Notifications published while the subscriber was away are lost: every waiter reads.
+    sub.on('ready', () => {
+      for (const set of this.waiters.values()) for (const wake of set) wake();
+    });
     sub.on('message', (_channel: string, message: string) => {
-      const id = message.slice(0, message.indexOf(' '));
-      for (const wake of this.waiters.get(id) ?? []) wake();
+      const [id = '', version, at] = message.split(' ');
+      // "<id> <version> <at>"; an older writer's "<id> <version>" makes waiters read the key.
+      const ack =
+        at !== undefined && Number.isSafeInteger(Number(version))
+          ? { version: Number(version), at }
+          : undefined;
+      for (const wake of this.waiters.get(id) ?? []) wake(ack);
     });
     this.subscriber = sub;
     this.subscribed = sub.subscribe(channels.enforced);
@@ -484,7 +494,13 @@ export class Store {
     const deadline = Date.now() + timeoutMs;
     let notified = false;
     let wakeNow: (() => void) | undefined;
-    const wake = () => {
+    /** An acknowledgement of `version` or later that the notification carried. */
+    let pushed: Enforced | undefined;
+    const wake = (ack?: Enforced) => {
+      if (ack !== undefined) {
+        if (ack.version < version) return; // an earlier version: nothing to read
+        pushed = ack;
+      }
       notified = true;
       wakeNow?.();
     };
@@ -498,6 +514,7 @@ export class Store {
     try {
       for (;;) {
         notified = false;
+        if (pushed) return pushed;
         try {
           last = await this.getEnforced(id);
         } catch {
@@ -505,6 +522,7 @@ export class Store {
           return last;
         }
         if (last && last.version >= version) return last;
+        if (pushed) return pushed;
         const left = deadline - Date.now();
         if (left <= 0) return last;
         if (notified) continue;

@@ -173,13 +173,18 @@ export class Agent {
           this.streamId = change.streamId;
           this.seq = change.seq;
         }
-        for (const id of ids) {
-          await this.refresh(id);
-          const at = written.get(id);
-          if (at !== undefined && !Number.isNaN(at)) {
-            this.opts.metrics?.enforcementLagSeconds.observe(Math.max(0, Date.now() - at) / 1000);
-          }
-        }
+        // Together: their Redis reads share round trips (auto-pipelining). All settle before a
+        // failure leads to a resync, so that no refresh from before it lands after it.
+        const refreshed = await Promise.allSettled(
+          [...ids].map(async (id) => {
+            await this.refresh(id);
+            const at = written.get(id);
+            if (at !== undefined && !Number.isNaN(at)) {
+              this.opts.metrics?.enforcementLagSeconds.observe(Math.max(0, Date.now() - at) / 1000);
+            }
+          }),
+        );
+        for (const r of refreshed) if (r.status === 'rejected') throw r.reason;
         backoff = 100;
       } catch (err) {
         if (this.stopping) break;
