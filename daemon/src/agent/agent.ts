@@ -231,12 +231,15 @@ export class Agent {
 
   /** Re-reads one computer from Redis and enforces it (or forgets it when it is gone or moved away). */
   private async refresh(id: string): Promise<void> {
-    const computer = await this.opts.store.getComputer(id);
+    // Both in one round trip (auto-pipelining); the policy is ignored when the computer is not ours.
+    const [computer, policy] = await Promise.all([
+      this.opts.store.getComputer(id),
+      this.opts.store.getPolicy(id),
+    ]);
     if (!computer || computer.node !== this.opts.node) {
       this.forget(id);
       return;
     }
-    const policy = await this.opts.store.getPolicy(id);
     this.desired.set(id, {
       cgroup: computer.cgroup,
       policy: policy
