@@ -28,7 +28,7 @@
  */
 
 import { execFile, execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Enforcer } from '../daemon/src/enforcer.js';
@@ -139,9 +139,13 @@ function nftTable(rules: Rule[]): string {
   );
 }
 
+/** Debian's nft by its path: under `npm run`, node_modules/.bin (an unrelated `nft`) comes first in PATH. */
+const NFT = '/usr/sbin/nft';
+
 /** nft in the world's network namespace; nsenter, not `ip netns exec`, which would hide /sys/fs/cgroup. */
 function nft(world: World, script: string): void {
-  execFileSync('nsenter', [`--net=${world.netnsPath}`, 'nft', '-f', '-'], { input: script, stdio: 'pipe' });
+  if (!existsSync(NFT)) throw new Error(`${NFT} is missing: install nftables (scripts/setup.sh does)`);
+  execFileSync('nsenter', [`--net=${world.netnsPath}`, NFT, '-f', '-'], { input: script, stdio: 'pipe' });
 }
 
 /** The base chain sending the cgroup's packets to the policy; added only while the nftables variant runs. */
