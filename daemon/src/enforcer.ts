@@ -140,9 +140,10 @@ interface CachedPolicy {
   hasEntries: boolean;
 }
 
-/** A policy's mode and rules, hashed (a cache key that stays small for large policies). */
+/** A policy's mode and rules: as they are up to 8 KiB, hashed beyond (the cache stays small). */
 function policyKey(policy: Policy): string {
-  return createHash('sha256').update(policy.mode).update(JSON.stringify(policy.rules)).digest('base64');
+  const text = `${policy.mode}\n${policy.rulesJson ?? JSON.stringify(policy.rules)}`;
+  return text.length <= 8192 ? text : createHash('sha256').update(text).digest('base64');
 }
 
 function sameNames(a: readonly string[], b: readonly string[]): boolean {

@@ -129,8 +129,16 @@ test('node snapshot: every computer of a node with policy and version, and the s
   t.deepEqual(
     snap.computers.map((c) => [c.id, c.cgroup, c.policy]),
     [
-      ['snap-1', 'egressd/snap-1', { mode: 'unrestricted', rules: [] }],
-      ['snap-2', 'egressd/snap-2', { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'udp' }] }],
+      ['snap-1', 'egressd/snap-1', { mode: 'unrestricted', rules: [], rulesJson: '[]' }],
+      [
+        'snap-2',
+        'egressd/snap-2',
+        {
+          mode: 'denylist',
+          rules: [{ host: '192.0.2.0/24', protocol: 'udp' }],
+          rulesJson: JSON.stringify([{ host: '192.0.2.0/24', protocol: 'udp' }]),
+        },
+      ],
     ],
   );
   const changes = await h.store.readChanges('snap', '0-0');

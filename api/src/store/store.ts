@@ -684,7 +684,7 @@ export class Store {
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
-        policy: { ...readMode(mode), rules: JSON.parse(rules) as Rule[] },
+        policy: { ...readMode(mode), rules: JSON.parse(rules) as Rule[], rulesJson: rules },
         version: Number(version),
         updatedAt,
       });

@@ -243,7 +243,12 @@ export class Agent {
     this.desired.set(id, {
       cgroup: computer.cgroup,
       policy: policy
-        ? { mode: policy.mode, rules: policy.rules, ...(policy.blockDns ? { blockDns: true } : {}) }
+        ? {
+            mode: policy.mode,
+            rules: policy.rules,
+            rulesJson: policy.rulesJson,
+            ...(policy.blockDns ? { blockDns: true } : {}),
+          }
         : { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
     });

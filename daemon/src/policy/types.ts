@@ -23,6 +23,12 @@ export interface Policy {
   rules: Rule[];
   /** Isolated mode only: refuse DNS too (default: DNS is answered, as the seed says). */
   blockDns?: boolean;
+  /**
+   * `rules` as JSON, when the reader has it already (the agent reads it from
+   * Redis): the enforcer keys its compile cache by it without serialising
+   * the rules again. It must be exactly what `rules` was parsed from.
+   */
+  rulesJson?: string;
 }
 
 /** Modes whose rules decide; the others take no rules. */
