@@ -316,7 +316,7 @@ export class Store {
       computerId: id,
       ...readMode(mode),
       rulesJson,
-      // Parsed only when asked for: a GET answers with rulesJson as it is.
+      // Parsed only when asked for (never spread this object: that would parse them).
       get rules(): Rule[] {
         parsed ??= JSON.parse(rulesJson) as Rule[];
         return parsed;
@@ -684,7 +684,7 @@ export class Store {
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
-        policy: { ...readMode(mode), rules: JSON.parse(rules) as Rule[], rulesJson: rules },
+        policy: storedPolicy(mode, rules),
         version: Number(version),
         updatedAt,
       });
@@ -764,6 +764,23 @@ export class Store {
     const r = await this.guard(() => this.redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).exec());
     return r?.[0]?.[1] === 1;
   }
+}
+
+/**
+ * A policy as Redis holds it, its rules parsed only when asked for: the
+ * agent's compile cache is keyed by the JSON, so a policy it has compiled
+ * before is not parsed again (never spread it: that would parse them).
+ */
+function storedPolicy(mode: string | undefined, rulesJson: string): Policy & { rulesJson: string } {
+  let parsed: Rule[] | undefined;
+  return {
+    ...readMode(mode),
+    rulesJson,
+    get rules(): Rule[] {
+      parsed ??= JSON.parse(rulesJson) as Rule[];
+      return parsed;
+    },
+  };
 }
 
 function enforced(version: string | undefined, at: string | undefined): Enforced | undefined {

@@ -243,12 +243,7 @@ export class Agent {
     this.desired.set(id, {
       cgroup: computer.cgroup,
       policy: policy
-        ? {
-            mode: policy.mode,
-            rules: policy.rules,
-            rulesJson: policy.rulesJson,
-            ...(policy.blockDns ? { blockDns: true } : {}),
-          }
+        ? policy // the stored record: its rules are parsed only if the enforcer must compile them
         : { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
     });
