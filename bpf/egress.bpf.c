@@ -217,10 +217,15 @@ static __always_inline int rule_matches(const struct egress_rule *rule, __u32 po
 	return rule && port_matches(policy_id, rule->port_set, rule->any_port_protos, proto, port);
 }
 
+/*
+ * The coarse clock (CLOCK_MONOTONIC_COARSE, the agent's clock at tick
+ * resolution) is enough for TTLs of seconds, and costs far less than
+ * bpf_ktime_get_ns() on this hot path: an entry may outlive its TTL by one tick.
+ */
 static __always_inline int learned_matches(const struct egress_learned *l, __u32 policy_id, __u8 proto,
 					   __u16 port)
 {
-	return l && l->expires_ns > bpf_ktime_get_ns() &&
+	return l && l->expires_ns > bpf_ktime_get_coarse_ns() &&
 	       port_matches(policy_id, l->port_set, l->any_port_protos, proto, port);
 }
 
