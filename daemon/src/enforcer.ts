@@ -146,8 +146,11 @@ function policyKey(policy: Policy): string {
   return text.length <= 8192 ? text : createHash('sha256').update(text).digest('base64');
 }
 
-function sameNames(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((name, i) => name === b[i]);
+/** Names one learned address keeps at most: the newest answer's chain first. */
+const MAX_NAMES_PER_ADDRESS = 8;
+
+function mergeNames(newest: string[], older: readonly string[]): string[] {
+  return [...newest, ...older.filter((n) => !newest.includes(n))].slice(0, MAX_NAMES_PER_ADDRESS);
 }
 
 function learnedKey(bytes: number[]): string {
@@ -456,6 +459,7 @@ export class Enforcer {
    * `ttlSeconds`: the answer's TTLs must not exceed it), and which addresses
    * were written: an address learned for the same names with at most a
    * second less to live is not written again (repeated lookups of one name).
+   * An address that other names taught keeps them, and the later expiry.
    * Throws when the maps refuse the write (the proxy then answers SERVFAIL).
    */
   learn(
@@ -475,18 +479,32 @@ export class Enforcer {
     for (const bytes of addresses) {
       const key = learnedKey(bytes);
       const known = record.learned.get(key);
+      const live = known !== undefined && known.expiresNs > now ? known : undefined;
       if (
+        live !== undefined &&
         ttlSeconds >= 2 &&
-        known !== undefined &&
-        known.expiresNs + 1_000_000_000n >= wanted &&
-        sameNames(known.names, names)
+        live.expiresNs + 1_000_000_000n >= wanted &&
+        names.every((n) => live.names.includes(n))
       ) {
-        if (known.expiresNs < until) until = known.expiresNs;
+        // Already learned for these names, for long enough: no write (repeated lookups of a name).
+        if (live.expiresNs < until) until = live.expiresNs;
         continue;
       }
+      // An address several names share (a CDN, virtual hosts) stays learned for all of them, as
+      // long as the longest-lived answer: each client may use its own cached answer until then.
+      const merged = live ? mergeNames(names, live.names) : names;
+      const mergedVerdict = merged === names ? verdict : cachedVerdict(record, merged);
+      const expiresNs = live !== undefined && live.expiresNs > wanted ? live.expiresNs : wanted;
       record.learned.set(
         key,
-        this.writeLearned(record.policyId, verdict, record.learnedId, names, bytes, wanted),
+        this.writeLearned(
+          record.policyId,
+          mergedVerdict ?? verdict,
+          record.learnedId,
+          merged,
+          bytes,
+          expiresNs,
+        ),
       );
       written.push(bytes);
     }

@@ -49,6 +49,8 @@ test.before(async () => {
     'host-record=target.test,203.0.113.10,120',
     'host-record=short.test,203.0.113.20,1',
     'host-record=long.test,203.0.113.21,86400',
+    'host-record=shared-a.test,203.0.113.40,3000',
+    'host-record=shared-b.test,203.0.113.40,60',
     `host-record=rebind.test,${gw.host4},300`,
     ...Array.from({ length: 60 }, (_, i) => `host-record=big.test,203.0.113.${100 + i}`),
   ]);
@@ -180,6 +182,55 @@ test.serial(
     t.true(again === 299 || again === 300, `TTL ${again}`);
     t.is(proxy.stats.learned, writes, 'no second map write');
     t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
+  },
+);
+
+test.serial(
+  'an address two names share stays learned for both, as long as the longer-lived answer',
+  async (t) => {
+    const both = {
+      mode: 'allowlist' as const,
+      rules: [
+        { host: 'shared-a.test', protocol: 'tcp' as const },
+        { host: 'shared-b.test', protocol: 'tcp' as const },
+      ],
+    };
+    const c = await computer(both);
+    t.deepEqual(await short(c.cgroup, 'shared-a.test'), ['203.0.113.40']);
+    const { lines } = await dig(c.cgroup, ['+noall', '+answer', 'shared-b.test', 'A']);
+    t.is(Number(lines[0]?.split(/\s+/)[1]), 60, "shared-b's own TTL");
+    const entry = enforcer.learnedNames(c.id).find((l) => l.address === '203.0.113.40');
+    t.true(
+      (entry?.expiresInS ?? 0) > 2900,
+      "not shortened to shared-b's 60 s: a client of shared-a may use it",
+    );
+    // A policy without shared-b keeps the address: shared-a taught it too.
+    enforcer.attach(c.id, world.cgroupRelative(c.id), { mode: 'allowlist', rules: [both.rules[0]!] }, 2n, {
+      port: proxy.portOf(c.id) ?? 0,
+    });
+    t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.40:80'), ['ok']);
+    enforcer.attach(c.id, world.cgroupRelative(c.id), { mode: 'allowlist', rules: [both.rules[1]!] }, 3n, {
+      port: proxy.portOf(c.id) ?? 0,
+    });
+    t.deepEqual(
+      await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.40:80'),
+      ['ok'],
+      'nor without shared-a',
+    );
+    enforcer.attach(
+      c.id,
+      world.cgroupRelative(c.id),
+      { mode: 'allowlist', rules: [{ host: 'other.test', protocol: 'tcp' }] },
+      4n,
+      {
+        port: proxy.portOf(c.id) ?? 0,
+      },
+    );
+    t.deepEqual(
+      await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.40:80'),
+      ['EPERM'],
+      'but with neither',
+    );
   },
 );
 
