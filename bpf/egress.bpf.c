@@ -310,6 +310,7 @@ static __always_inline __u32 sock4_verdict(struct bpf_sock_addr *ctx, const stru
 	struct egress_learned_v4 lkey = {};
 	__u32 host = bpf_ntohl(ip4);
 	int loopback = (host >> 24) == 127 || (host >> 24) == 0;
+	__u32 verdict;
 	int matched;
 
 	if (is_dns(proto, port))
@@ -318,18 +319,20 @@ static __always_inline __u32 sock4_verdict(struct bpf_sock_addr *ctx, const stru
 		return EGRESS_REASON_PROXY_PORT;
 	if (loopback && !in_agent_netns(ctx))
 		return ALLOW;
-	__builtin_memcpy(ikey.addr, &ip4, 4);
-	if (bpf_map_lookup_elem(&internal_v4, &ikey))
-		return ALLOW;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, &ip4, 4);
-	matched = rule_matches(bpf_map_lookup_elem(&rules_v4, &key), c->policy_id, proto, port);
+	matched = c->policy_id && rule_matches(bpf_map_lookup_elem(&rules_v4, &key), c->policy_id, proto, port);
 	if (!matched && c->learned_id) {
 		lkey.learned_id = c->learned_id;
 		__builtin_memcpy(lkey.addr, &ip4, 4);
 		matched = learned_matches(bpf_map_lookup_elem(&learned_v4, &lkey), c->policy_id, proto, port);
 	}
-	return mode_verdict(c->mode, matched);
+	verdict = mode_verdict(c->mode, matched);
+	if (verdict == ALLOW)
+		return ALLOW;
+	/* Step 4 comes first in the precedence but only changes a refusal: looked up only for one. */
+	__builtin_memcpy(ikey.addr, &ip4, 4);
+	return bpf_map_lookup_elem(&internal_v4, &ikey) ? ALLOW : verdict;
 }
 
 /* Where the proxy listens for this socket: ::1 in the agent's namespace, else the configured address. */
@@ -419,6 +422,7 @@ static __always_inline __u32 sock6_verdict(struct bpf_sock_addr *ctx, const stru
 	struct egress_lpm_v6 key = {.prefixlen = 160};
 	struct egress_learned_v6 lkey = {};
 	int loopback = is_v6_loopback_or_any(ip6);
+	__u32 verdict;
 	int matched;
 
 	if (is_v4_mapped(ip6)) {
@@ -432,18 +436,20 @@ static __always_inline __u32 sock6_verdict(struct bpf_sock_addr *ctx, const stru
 		return EGRESS_REASON_PROXY_PORT;
 	if (loopback && !in_agent_netns(ctx))
 		return ALLOW;
-	__builtin_memcpy(ikey.addr, ip6, 16);
-	if (bpf_map_lookup_elem(&internal_v6, &ikey))
-		return ALLOW;
 	key.policy_id = c->policy_id;
 	__builtin_memcpy(key.addr, ip6, 16);
-	matched = rule_matches(bpf_map_lookup_elem(&rules_v6, &key), c->policy_id, proto, port);
+	matched = c->policy_id && rule_matches(bpf_map_lookup_elem(&rules_v6, &key), c->policy_id, proto, port);
 	if (!matched && c->learned_id) {
 		lkey.learned_id = c->learned_id;
 		__builtin_memcpy(lkey.addr, ip6, 16);
 		matched = learned_matches(bpf_map_lookup_elem(&learned_v6, &lkey), c->policy_id, proto, port);
 	}
-	return mode_verdict(c->mode, matched);
+	verdict = mode_verdict(c->mode, matched);
+	if (verdict == ALLOW)
+		return ALLOW;
+	/* Step 4 comes first in the precedence but only changes a refusal: looked up only for one. */
+	__builtin_memcpy(ikey.addr, ip6, 16);
+	return bpf_map_lookup_elem(&internal_v6, &ikey) ? ALLOW : verdict;
 }
 
 /* Writes a deny event; the ring buffer being full only costs the event (counted by the agent's gaps). */
