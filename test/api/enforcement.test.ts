@@ -3,6 +3,7 @@
  * agent uses (change stream, snapshot, ackEnforced), with a stand-in agent.
  */
 import test from 'ava';
+import { channels, keys } from '../../api/src/store/keys.js';
 import { Store } from '../../api/src/store/store.js';
 import { type Harness, register, startHarness } from './harness.js';
 
@@ -117,6 +118,27 @@ test('a waiting request wakes when the ack comes in while it waits', async (t) =
   const r = await pending;
   t.is(r.status, 200);
   t.true(Date.now() - started < 2000);
+});
+
+test('a waiting request answers from the notification alone, and still wakes on an older agent\'s "<id> <version>"', async (t) => {
+  await register(h, 'enf-5', { node: 'late' });
+  const redis = h.store.redis;
+  // A store that never polls within the test: only a notification can answer.
+  const store = new Store({ url: h.redis.url, waitPollMs: 60_000 });
+  await store.connect();
+  t.teardown(() => store.close());
+  // The notification carries what the answer needs: no key to read (none was written here).
+  const first = store.waitEnforced('enf-5', 7, 5000);
+  await new Promise((r) => setTimeout(r, 50));
+  await redis.publish(channels.enforced, 'enf-5 6 2026-01-01T00:00:00.000Z');
+  await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.000Z');
+  t.deepEqual(await first, { version: 7, at: '2026-01-01T00:00:01.000Z' });
+  // An older agent's message carries no time: the waiter reads the key.
+  const second = store.waitEnforced('enf-5', 8, 5000);
+  await new Promise((r) => setTimeout(r, 50));
+  await redis.hset(keys.enforced('enf-5'), 'version', '8', 'at', '2026-01-01T00:00:02.000Z');
+  await redis.publish(channels.enforced, 'enf-5 8');
+  t.deepEqual(await second, { version: 8, at: '2026-01-01T00:00:02.000Z' });
 });
 
 test('node snapshot: every computer of a node with policy and version, and the stream id to follow', async (t) => {

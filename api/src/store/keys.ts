@@ -41,7 +41,10 @@ export const keys = {
 } as const;
 
 export const channels = {
-  /** Pub/sub channel: the agent publishes "<computer id> <version>" after each acknowledgement. */
+  /**
+   * Pub/sub channel: each acknowledgement publishes "<computer id> <version> <at>"
+   * (earlier builds published "<computer id> <version>": waiters then read the key).
+   */
   enforced: `${PREFIX}enforced`,
 } as const;
 
