@@ -984,11 +984,17 @@ export class Enforcer {
    * Whether computer `id` has learned entries that an earlier agent left and
    * whose names this process does not know yet: the kernel keeps addresses,
    * not names, and a policy change needs the names to carry them over.
+   * `cgroup` is where attach() will look (a stat, not the nine pins).
    */
-  awaitsLearnedNames(id: string): boolean {
+  awaitsLearnedNames(id: string, cgroup: string): boolean {
     if (this.adoptedLearned.size === 0 || this.records.has(id)) return false;
-    const linked = this.linkedCgroup(id);
-    const value = linked && this.storage(linked.cgroupId);
+    let cgroupId: bigint;
+    try {
+      cgroupId = resolveCgroup(cgroup, this.cgroupRoot).id;
+    } catch {
+      return false; // attach() says what is wrong with the cgroup
+    }
+    const value = this.storage(cgroupId);
     return value !== undefined && this.adoptedLearned.has(value.learnedId);
   }
 

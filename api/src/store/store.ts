@@ -311,20 +311,13 @@ export class Store {
     )) as string[];
     if (r[0] !== 'ok') return undefined;
     const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt] = r;
-    let parsed: Rule[] | undefined;
-    return {
+    // Onto the stored policy, not spread from it: spreading would parse its rules.
+    return Object.assign(storedPolicy(mode, rulesJson), {
       computerId: id,
-      ...readMode(mode),
-      rulesJson,
-      // Parsed only when asked for (never spread this object: that would parse them).
-      get rules(): Rule[] {
-        parsed ??= JSON.parse(rulesJson) as Rule[];
-        return parsed;
-      },
       version: Number(version),
       updatedAt: updatedAt ?? '',
       enforced: enforced(ackVersion, ackAt),
-    };
+    });
   }
 
   /**
@@ -767,9 +760,10 @@ export class Store {
 }
 
 /**
- * A policy as Redis holds it, its rules parsed only when asked for: the
- * agent's compile cache is keyed by the JSON, so a policy it has compiled
- * before is not parsed again (never spread it: that would parse them).
+ * A policy as Redis holds it, its rules parsed only when asked for: a GET
+ * answers with the JSON as it is, and the agent's compile cache is keyed by
+ * it, so a policy compiled before is not parsed again (never spread it:
+ * that would parse them).
  */
 function storedPolicy(mode: string | undefined, rulesJson: string): Policy & { rulesJson: string } {
   let parsed: Rule[] | undefined;

@@ -242,9 +242,8 @@ export class Agent {
     }
     this.desired.set(id, {
       cgroup: computer.cgroup,
-      policy: policy
-        ? policy // the stored record: its rules are parsed only if the enforcer must compile them
-        : { mode: 'unrestricted', rules: [] },
+      // The stored record: its rules are parsed only if the enforcer must compile them.
+      policy: policy ?? { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
     });
     await this.reconcile(id);
@@ -269,7 +268,7 @@ export class Agent {
       const dns = await this.dnsSettings(id, want.policy);
       if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
       // After a restart the kernel still has the learned addresses but not their names: Redis has them.
-      const names = this.opts.enforcer.awaitsLearnedNames(id)
+      const names = this.opts.enforcer.awaitsLearnedNames(id, want.cgroup)
         ? await this.opts.store.getLearned(id).catch(() => undefined)
         : undefined;
       if (this.desired.get(id) !== want) return;
