@@ -391,8 +391,10 @@ test.serial(
   'learned addresses keep their names across an agent restart: a later policy still listing the name keeps them',
   async (t) => {
     const cg = await register('relearn');
-    const policy = (rules: object[]) =>
-      api.call('PUT', '/api/v1/computers/relearn/network-policy', { body: { mode: 'allowlist', rules } });
+    const policy = (rules: object[], query = '') =>
+      api.call('PUT', `/api/v1/computers/relearn/network-policy${query}`, {
+        body: { mode: 'allowlist', rules },
+      });
     t.is((await policy([{ host: 'learned.test', port: 443, protocol: 'tcp' }])).status, 200);
     const { out } = await world.run('dig', ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test'], {
       cgroup: cg,
@@ -417,14 +419,7 @@ test.serial(
 
     // 2. The policy changes while no agent runs: the new agent carries the entry over to it (ports included).
     await stopAgent();
-    t.is(
-      (
-        await api.call('PUT', '/api/v1/computers/relearn/network-policy?wait=0', {
-          body: { mode: 'allowlist', rules: [{ host: '*.test', protocol: 'tcp' }] },
-        })
-      ).status,
-      202,
-    );
+    t.is((await policy([{ host: '*.test', protocol: 'tcp' }], '?wait=0')).status, 202);
     await startAgent();
     t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:203.0.113.77:443', 'tcp:203.0.113.77:80'), [
       'ok',
@@ -434,14 +429,7 @@ test.serial(
     // 3. Without the name in Redis the entry is not carried over: fail closed, the application resolves again.
     await stopAgent();
     await api.store.redis.del(keys.learned('relearn'));
-    t.is(
-      (
-        await api.call('PUT', '/api/v1/computers/relearn/network-policy?wait=0', {
-          body: { mode: 'allowlist', rules: [{ host: 'learned.test', protocol: 'tcp' }] },
-        })
-      ).status,
-      202,
-    );
+    t.is((await policy([{ host: 'learned.test', protocol: 'tcp' }], '?wait=0')).status, 202);
     await startAgent();
     t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:203.0.113.77:443'), ['EPERM']);
     t.deepEqual(enforcer.learnedNames('relearn'), []);
