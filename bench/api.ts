@@ -60,6 +60,19 @@ interface Load {
   errors: number;
 }
 
+function row(name: string, workers: number, l: Load): Result {
+  return {
+    name,
+    workers,
+    requests_per_second: Math.round(l.requests / l.seconds),
+    latency_p50_ms: Math.round(l.p50Ms * 100) / 100,
+    latency_p99_ms: Math.round(l.p99Ms * 100) / 100,
+    requests: l.requests,
+    non_2xx: l.non2xx,
+    errors: l.errors,
+  };
+}
+
 type Autocannon = (options: Record<string, unknown>) => Promise<{
   requests: { average: number; total: number };
   duration: number;
@@ -256,16 +269,7 @@ async function main(): Promise<void> {
       const base = `http://127.0.0.1:${port}`;
       await load(base, 'get', 2);
       const l = await load(base, 'get', DURATION);
-      results.push({
-        name: 'baseline: bare node:http, fixed JSON (no Koa, no Redis)',
-        workers: 1,
-        requests_per_second: Math.round(l.requests / l.seconds),
-        latency_p50_ms: Math.round(l.p50Ms * 100) / 100,
-        latency_p99_ms: Math.round(l.p99Ms * 100) / 100,
-        requests: l.requests,
-        non_2xx: l.non2xx,
-        errors: l.errors,
-      });
+      results.push(row('baseline: bare node:http, fixed JSON (no Koa, no Redis)', 1, l));
       await stopServer(bare);
       server = undefined;
     }
@@ -295,16 +299,7 @@ async function main(): Promise<void> {
         ['put', 'PUT /computers/{id}/network-policy?wait=0'],
       ] as const) {
         const l = await load(base, kind, DURATION);
-        results.push({
-          name,
-          workers,
-          requests_per_second: Math.round(l.requests / l.seconds),
-          latency_p50_ms: Math.round(l.p50Ms * 100) / 100,
-          latency_p99_ms: Math.round(l.p99Ms * 100) / 100,
-          requests: l.requests,
-          non_2xx: l.non2xx,
-          errors: l.errors,
-        });
+        results.push(row(name, workers, l));
       }
       await stopServer(server);
       server = undefined;

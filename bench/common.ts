@@ -1,9 +1,10 @@
 /** What the benchmarks share: options, the machine line, results files, BPF program statistics. */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { REPO_ROOT, type World } from '../test/helpers/world.js';
+import { promisify } from 'node:util';
+import { CONNECT_LOOP_PATH, REPO_ROOT, type World } from '../test/helpers/world.js';
 
 /** A numeric `--name N` option. */
 export function arg(name: string, fallback: number): number {
@@ -35,4 +36,32 @@ export function progStats(world: World, program: string): { runs: number; ns: nu
     ]).toString(),
   ) as { run_cnt?: number; run_time_ns?: number };
   return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
+}
+
+/** The JSON line of bench/connect-loop.c. */
+export interface LoopResult {
+  ns_per_op: number;
+  completed: number;
+  errors: Record<string, number>;
+}
+
+/** One run of bench/connect-loop.c from `cgroup` in the world's namespace, to ADDR:80. */
+export async function connectLoop(
+  world: World,
+  cgroup: string,
+  mode: string,
+  addr: string,
+  iterations: number,
+): Promise<{ stdout: string; result: LoopResult }> {
+  const { stdout } = await promisify(execFile)(CONNECT_LOOP_PATH, [
+    '--cgroup',
+    cgroup,
+    '--netns',
+    world.netnsPath,
+    mode,
+    addr,
+    '80',
+    String(iterations),
+  ]);
+  return { stdout, result: JSON.parse(stdout) as LoopResult };
 }

@@ -28,16 +28,13 @@
  *   sudo node dist/bench/connect.js [--rounds N] [--tcp-iterations N] [--udp-iterations N]
  */
 
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import type { Policy, Rule } from '../daemon/src/policy/types.js';
-import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
-import { arg, machine, progStats, writeResults } from './common.js';
-
-const execFileAsync = promisify(execFile);
+import { createWorld, type World } from '../test/helpers/world.js';
+import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
 
 const ROUNDS = arg('rounds', 7);
 const TCP_ITERATIONS = arg('tcp-iterations', 20_000);
@@ -186,28 +183,8 @@ const MODES: { mode: Mode; op: string; program: string }[] = [
   { mode: 'udp-vary', op: 'udp sendto, varied', program: 'egress_sendmsg4' },
 ];
 
-interface LoopResult {
-  ns_per_op: number;
-  completed: number;
-  errors: Record<string, number>;
-}
-
-async function runLoop(world: World, cgroup: string, mode: string, addr: string, iterations: number) {
-  const { stdout } = await execFileAsync(CONNECT_LOOP_PATH, [
-    '--cgroup',
-    cgroup,
-    '--netns',
-    world.netnsPath,
-    mode,
-    addr,
-    '80',
-    String(iterations),
-  ]);
-  return { stdout, result: JSON.parse(stdout) as LoopResult };
-}
-
 async function loop(world: World, cgroup: string, mode: Mode, iterations: number): Promise<number> {
-  const { stdout, result } = await runLoop(
+  const { stdout, result } = await connectLoop(
     world,
     cgroup,
     mode,
@@ -224,7 +201,7 @@ async function loop(world: World, cgroup: string, mode: Mode, iterations: number
 
 /** A benchmark of a policy that is not in force proves nothing: each variant must refuse REFUSED. */
 async function checkRefuses(world: World, v: Variant): Promise<void> {
-  const { stdout, result } = await runLoop(world, v.cgroup, 'udp', REFUSED, 10);
+  const { stdout, result } = await connectLoop(world, v.cgroup, 'udp', REFUSED, 10);
   if (result.completed !== 0) throw new Error(`${v.name} let udp to ${REFUSED} through: ${stdout}`);
 }
 

@@ -8,33 +8,20 @@
  *   sudo node dist/bench/events.js [--rounds 5] [--iterations 50000]
  */
 
-import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { promisify } from 'node:util';
 import { Enforcer } from '../daemon/src/enforcer.js';
 import { DenyEvents } from '../daemon/src/events.js';
-import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
-import { arg, machine, progStats, writeResults } from './common.js';
-
-const execFileAsync = promisify(execFile);
+import { createWorld, type World } from '../test/helpers/world.js';
+import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
 
 const ROUNDS = arg('rounds', 5);
 const ITERATIONS = arg('iterations', 50_000);
 
 async function deniedLoop(world: World, cgroup: string): Promise<number> {
-  const { stdout } = await execFileAsync(CONNECT_LOOP_PATH, [
-    '--cgroup',
-    cgroup,
-    '--netns',
-    world.netnsPath,
-    'tcp',
-    '192.0.2.1',
-    '80',
-    String(ITERATIONS),
-  ]);
-  const r = JSON.parse(stdout) as { ns_per_op: number; errors: Record<string, number> };
-  if ((r.errors['EPERM'] ?? 0) !== ITERATIONS) throw new Error(`expected every connect refused: ${stdout}`);
-  return r.ns_per_op;
+  const { stdout, result } = await connectLoop(world, cgroup, 'tcp', '192.0.2.1', ITERATIONS);
+  if ((result.errors['EPERM'] ?? 0) !== ITERATIONS)
+    throw new Error(`expected every connect refused: ${stdout}`);
+  return result.ns_per_op;
 }
 
 async function main(): Promise<void> {
