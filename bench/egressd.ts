@@ -70,6 +70,7 @@ export async function startEgressd(opts: EgressdOptions): Promise<RunningEgressd
       EGRESSD_BPFFS_DIR: opts.world.pinDir,
       EGRESSD_LISTEN: `127.0.0.1:${port}`,
       EGRESSD_NODE: opts.node,
+      EGRESSD_CGROUP_ROOTS: opts.world.cgroupRelative(),
       EGRESSD_LOG_LEVEL: 'warn',
       EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',
       ...opts.env,

@@ -20,6 +20,10 @@
  * Sockets other than TCP and UDP (raw, ICMP ping, SCTP, MPTCP, ...) cannot be
  * created in any mode but unrestricted: no connect or sendmsg hook sees
  * their packets.
+ *
+ * Under a sandbox root the guard programs (egress_guard_*, attached to the
+ * root) run after the computer's own and refuse every call from a cgroup that
+ * no attached computer covers (see "governed" in the ABI header).
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -111,6 +115,20 @@ struct {
 	__type(key, __u64);
 	__type(value, struct egress_dns_origin);
 } dns_origin SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_COMPUTERS);
+	__type(key, __u64);  /* cgroup id of an attached computer */
+	__type(value, __u8); /* always 1 */
+} governed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64); /* cgroup id of the governed computer the socket was made in */
+} socket_owner SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -633,6 +651,118 @@ int egress_sock_create(struct bpf_sock *sk)
 	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
 		return SYS_PROCEED;
 	report(c, EGRESS_REASON_SOCKET, 0, sk->protocol, none, 0);
+	return SYS_REJECT;
+}
+
+/*
+ * The guard, attached to a sandbox root. A socket may be created when the
+ * caller's cgroup, or an ancestor of it, is a governed computer; the socket
+ * remembers that computer ("socket_owner"), and its later calls pass only
+ * while that computer is still governed. Judging connects by the calling
+ * task's cgroup instead would let a socket made in a computer whose cgroup
+ * was removed since (its programs detached) through from a governed one: the
+ * kernel picks the programs that run by the socket's cgroup, not the task's.
+ * The caller's own cgroup is looked up first (where a sandbox's processes
+ * almost always are), then the ancestors from the top down.
+ */
+static __always_inline __u64 governing_computer(void)
+{
+	__u64 id = bpf_get_current_cgroup_id();
+	int level;
+
+	if (bpf_map_lookup_elem(&governed, &id))
+		return id;
+	for (level = 1; level < EGRESS_GUARD_MAX_DEPTH; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return 0;
+		if (bpf_map_lookup_elem(&governed, &id))
+			return id;
+	}
+	return 0;
+}
+
+static __always_inline int governed_socket(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u64 *owner;
+
+	if (!sk)
+		return 0;
+	owner = bpf_sk_storage_get(&socket_owner, sk, 0, 0);
+	/* No owner: a socket made before the guard was attached; its caller decides. */
+	if (!owner)
+		return governing_computer() != 0;
+	return *owner && bpf_map_lookup_elem(&governed, owner);
+}
+
+static __always_inline void report_ungoverned(__u8 family, __u8 protocol, const __u32 addr[4], __u16 port)
+{
+	struct egress_computer none = {.cgroup_id = bpf_get_current_cgroup_id()};
+
+	report(&none, EGRESS_REASON_UNGOVERNED, family, protocol, addr, port);
+}
+
+static __always_inline int guard4(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+
+	if (governed_socket(ctx))
+		return SYS_PROCEED;
+	report_ungoverned(4, ctx->protocol, addr, bpf_ntohs((__u16)ctx->user_port));
+	return SYS_REJECT;
+}
+
+static __always_inline int guard6(struct bpf_sock_addr *ctx)
+{
+	__u32 ip6[4];
+
+	if (governed_socket(ctx))
+		return SYS_PROCEED;
+	read_ip6(ctx, ip6);
+	report_ungoverned(6, ctx->protocol, ip6, bpf_ntohs((__u16)ctx->user_port));
+	return SYS_REJECT;
+}
+
+SEC("cgroup/connect4")
+int egress_guard_connect4(struct bpf_sock_addr *ctx)
+{
+	return guard4(ctx);
+}
+
+SEC("cgroup/connect6")
+int egress_guard_connect6(struct bpf_sock_addr *ctx)
+{
+	return guard6(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int egress_guard_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return guard4(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int egress_guard_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return guard6(ctx);
+}
+
+SEC("cgroup/sock_create")
+int egress_guard_sock_create(struct bpf_sock *sk)
+{
+	__u64 owner = governing_computer();
+	__u32 none[4] = {};
+	__u64 *slot;
+
+	if (owner) {
+		slot = bpf_sk_storage_get(&socket_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (slot) {
+			*slot = owner;
+			return SYS_PROCEED;
+		}
+	}
+	report_ungoverned(0, sk->protocol, none, 0);
 	return SYS_REJECT;
 }
 

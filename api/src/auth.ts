@@ -9,7 +9,15 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { ApiError } from './errors.js';
 import type { Store } from './store/store.js';
 
-export type Principal = { kind: 'admin' } | { kind: 'tenant'; tenant: string; keyId: string };
+export type Principal =
+  | { kind: 'admin' }
+  | {
+      kind: 'tenant';
+      tenant: string;
+      keyId: string;
+      /** The cgroup subtree its computers must lie below ('' for a key made before prefixes: see keyPrefix). */
+      cgroupPrefix: string;
+    };
 
 const KEY_RE = /^egk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$/;
 
@@ -51,7 +59,7 @@ export class Authenticator {
       const keyId = parts[1] ?? '';
       const record = await this.store.getApiKey(keyId);
       if (record && timingSafeEqual(givenHash, Buffer.from(record.hash, 'hex'))) {
-        return { kind: 'tenant', tenant: record.tenant, keyId };
+        return { kind: 'tenant', tenant: record.tenant, keyId, cgroupPrefix: record.cgroupPrefix };
       }
     }
     throw unauthorized('unknown or revoked API key: check the key, or ask the admin for a new one');

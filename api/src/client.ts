@@ -255,7 +255,11 @@ export class KeysApi {
   constructor(private readonly client: Client) {}
 
   /** Creates a tenant key (admin only). `key` is returned only here. */
-  async create(input: { tenant: string; name?: string }): Promise<ApiKeyView & { key: string }> {
+  async create(input: {
+    tenant: string;
+    name?: string;
+    cgroup_prefix?: string;
+  }): Promise<ApiKeyView & { key: string }> {
     return (
       await this.client.request<{ data: ApiKeyView & { key: string } }>('POST', '/api/v1/keys', {
         body: input,

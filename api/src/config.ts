@@ -27,6 +27,15 @@ export interface ApiConfig {
    */
   defaultNode: string;
   /**
+   * Sandbox roots: cgroup subtrees (relative to the cgroup2 mount) that
+   * computers must lie strictly below; a tenant key's cgroup prefix lies
+   * below one too (default `<first root>/<tenant>`). Give the agents' roots
+   * (`egressd all` passes its own). '' (no root) accepts any cgroup: only for
+   * tests of the API alone; agents still refuse cgroups outside their roots.
+   * @default ['egressd'] (env EGRESSD_CGROUP_ROOTS, comma-separated)
+   */
+  cgroupRoots: string[];
+  /**
    * How long PUT and DELETE of a policy wait for the agent's acknowledgement
    * when the request has no `?wait=`.
    * @default 5000 (env EGRESSD_WAIT_TIMEOUT_MS)
@@ -71,6 +80,7 @@ export const DEFAULT_API_CONFIG: Readonly<ApiConfig> = Object.freeze({
   redisUrl: 'redis://127.0.0.1:6379',
   adminKey: '',
   defaultNode: '',
+  cgroupRoots: ['egressd'],
   waitTimeoutMs: 5000,
   maxWaitMs: 60_000,
   bodyLimitBytes: 1024 * 1024,
@@ -85,6 +95,7 @@ const ENV: Record<keyof ApiConfig, string> = {
   redisUrl: 'REDIS_URL',
   adminKey: 'EGRESSD_ADMIN_KEY',
   defaultNode: 'EGRESSD_DEFAULT_NODE',
+  cgroupRoots: 'EGRESSD_CGROUP_ROOTS',
   waitTimeoutMs: 'EGRESSD_WAIT_TIMEOUT_MS',
   maxWaitMs: 'EGRESSD_MAX_WAIT_MS',
   bodyLimitBytes: 'EGRESSD_BODY_LIMIT',
@@ -109,7 +120,15 @@ export function resolveConfig(
     let value: unknown = fallback;
     if (given !== undefined) value = given;
     else if (fromEnv !== undefined && fromEnv !== '') {
-      value = typeof fallback === 'number' ? parseCount(fromEnv, ENV[name]) : fromEnv;
+      value =
+        typeof fallback === 'number'
+          ? parseCount(fromEnv, ENV[name])
+          : Array.isArray(fallback)
+            ? fromEnv
+                .split(',')
+                .map((s) => s.trim())
+                .filter(Boolean)
+            : fromEnv;
     }
     out[name] = value;
   }
@@ -118,6 +137,12 @@ export function resolveConfig(
     throw new ConfigError(`listen "${config.listen}" must be host:port, for example 127.0.0.1:8080`);
   }
   if (config.workers < 1) throw new ConfigError('workers must be at least 1');
+  config.cgroupRoots = config.cgroupRoots.map((r) => r.replace(/^\/+/, '').replace(/\/+$/, ''));
+  if (config.cgroupRoots.length === 0) {
+    throw new ConfigError(
+      'cgroupRoots (EGRESSD_CGROUP_ROOTS): give at least one sandbox root, for example egressd',
+    );
+  }
   const adminKey = config.adminKey;
   Object.defineProperty(config, 'adminKey', { value: adminKey, enumerable: false, writable: false });
   return config;

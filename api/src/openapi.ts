@@ -4,6 +4,7 @@
  * and every response the tests see validates against its schema.
  */
 import { MODES, PROTOCOLS } from '../../daemon/src/policy/types.js';
+import { AGENT_STATES } from './store/store.js';
 import { ID_PATTERN, NODE_PATTERN } from './validation.js';
 
 type Json = Record<string, unknown>;
@@ -144,7 +145,14 @@ const schemas: Json = {
         required: ['state', 'enforced_version', 'enforced_at'],
         additionalProperties: false,
         properties: {
-          state: { type: 'string', enum: ['enforced', 'pending'] },
+          state: {
+            type: 'string',
+            enum: ['enforced', 'pending', ...AGENT_STATES.filter((s) => s !== 'enforced')],
+            description:
+              'enforced: in force. dns_ports_exhausted: in force with DNS refused (the agent had no free DNS proxy port). ' +
+              'pending: the agent has not reported on this version yet. cgroup_missing: the cgroup does not exist, nothing is attached. ' +
+              'cgroup_forbidden: the agent refuses to attach there (its own cgroup or an ancestor, the cgroup of its Redis, or outside its sandbox roots).',
+          },
           enforced_version: { type: ['integer', 'null'] },
           enforced_at: { type: ['string', 'null'] },
         },
@@ -271,15 +279,24 @@ const schemas: Json = {
     type: 'object',
     required: ['tenant'],
     additionalProperties: false,
-    properties: { tenant: { type: 'string', pattern: ID_PATTERN }, name: { type: 'string', maxLength: 200 } },
+    properties: {
+      tenant: { type: 'string', pattern: ID_PATTERN },
+      name: { type: 'string', maxLength: 200 },
+      cgroup_prefix: {
+        type: 'string',
+        description:
+          "The cgroup subtree (relative to the cgroup2 mount, below a sandbox root) the key's computers must lie below. Default: <first sandbox root>/<tenant>",
+      },
+    },
   },
   ApiKey: {
     type: 'object',
-    required: ['id', 'tenant', 'name', 'created_at'],
+    required: ['id', 'tenant', 'cgroup_prefix', 'name', 'created_at'],
     additionalProperties: false,
     properties: {
       id: { type: 'string' },
       tenant: { type: 'string' },
+      cgroup_prefix: { type: 'string' },
       name: { type: ['string', 'null'] },
       created_at: timestamp,
     },
@@ -291,11 +308,12 @@ const schemas: Json = {
     properties: {
       data: {
         type: 'object',
-        required: ['id', 'tenant', 'name', 'created_at', 'key'],
+        required: ['id', 'tenant', 'cgroup_prefix', 'name', 'created_at', 'key'],
         additionalProperties: false,
         properties: {
           id: { type: 'string' },
           tenant: { type: 'string' },
+          cgroup_prefix: { type: 'string' },
           name: { type: ['string', 'null'] },
           created_at: timestamp,
           key: { type: 'string', description: 'The bearer key; shown only in this response' },
@@ -434,8 +452,13 @@ export function openApiDocument(): Json {
           responses: {
             '200': json(ref('ComputerResponse'), 'Updated'),
             '201': json(ref('ComputerResponse'), 'Created'),
+            '403': error(
+              'cgroup_outside_prefix: a tenant key registers cgroups below its cgroup prefix only',
+            ),
             '404': error('computer not found (it belongs to another tenant)'),
-            '409': error('The cgroup already belongs to another computer on the node'),
+            '409': error(
+              "cgroup_in_use: the cgroup already belongs to another computer on the node; cgroup_nested: it is an ancestor or a descendant of another computer's cgroup",
+            ),
             ...common,
             ...withBody,
           },

@@ -143,6 +143,7 @@ export function parseComputer(body: unknown): ComputerBody {
 
 const keyBody = z.strictObject({
   tenant: z.string({ error: 'must be a string' }).regex(ID_RE, { error: ID_MESSAGE }),
+  cgroup_prefix: cgroup.optional(),
   name: z
     .string({ error: 'must be a string' })
     .max(200, { error: 'must be at most 200 characters' })
@@ -155,6 +156,21 @@ export function parseKeyBody(body: unknown): KeyBody {
   const parsed = keyBody.safeParse(body);
   if (!parsed.success) throw invalid(parsed.error.issues);
   return parsed.data;
+}
+
+/** `child` lies strictly below `parent` ('' is the mount's root). */
+export function isBelow(child: string, parent: string): boolean {
+  return parent === '' ? child !== '' : child.startsWith(`${parent}/`);
+}
+
+/** Checks that a cgroup (normalised) lies strictly below one of the roots; 400 naming them otherwise. */
+export function checkUnderRoots(cgroup: string, roots: readonly string[], field: string): void {
+  if (roots.some((r) => isBelow(cgroup, r))) return;
+  throw new ApiError(
+    400,
+    'cgroup_outside_roots',
+    `${field}: "${cgroup}" is not below a sandbox root of this service (${roots.map((r) => `"${r}"`).join(', ')}); put the computer's cgroup below one, for example "${roots[0] ? `${roots[0]}/` : ''}sandbox-1"`,
+  );
 }
 
 /** Checks a computer id from the path. */

@@ -1,6 +1,15 @@
 /** The JSON shapes the API answers with (snake_case, as in the seed). */
 import type { Rule } from '../../daemon/src/policy/types.js';
-import type { ApiKeyRecord, Computer, PolicyRecord } from './store/store.js';
+import {
+  type AgentState,
+  type ApiKeyRecord,
+  type Computer,
+  inForce,
+  type PolicyRecord,
+} from './store/store.js';
+
+/** A policy's enforcement state: what the agent reported of this version, else `pending`. */
+export type EnforcementState = AgentState | 'pending';
 
 export interface PolicyView {
   computer_id: string;
@@ -10,11 +19,17 @@ export interface PolicyView {
   rules: Rule[];
   version: number;
   updated_at: string;
-  enforcement: { state: 'enforced' | 'pending'; enforced_version: number | null; enforced_at: string | null };
+  enforcement: { state: EnforcementState; enforced_version: number | null; enforced_at: string | null };
 }
 
+export function enforcementState(r: PolicyRecord): EnforcementState {
+  return r.enforced !== undefined && r.enforced.version >= r.version ? r.enforced.state : 'pending';
+}
+
+/** True when this version of the policy is in force in the kernel (the PUT's 200). */
 export function isEnforced(r: PolicyRecord): boolean {
-  return r.enforced !== undefined && r.enforced.version >= r.version;
+  const state = enforcementState(r);
+  return state !== 'pending' && inForce(state);
 }
 
 export function policyView(r: PolicyRecord): PolicyView {
@@ -30,9 +45,10 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
     version: r.version,
     updated_at: r.updatedAt,
     enforcement: {
-      state: isEnforced(r) ? ('enforced' as const) : ('pending' as const),
-      enforced_version: r.enforced?.version ?? null,
-      enforced_at: r.enforced?.at ?? null,
+      state: enforcementState(r),
+      // The last version in force: a report of a cgroup missing or forbidden enforces nothing.
+      enforced_version: r.enforced && inForce(r.enforced.state) ? r.enforced.version : null,
+      enforced_at: r.enforced && inForce(r.enforced.state) ? r.enforced.at : null,
     },
   };
 }
@@ -71,10 +87,11 @@ export function computerView(c: Computer): ComputerView {
 export interface ApiKeyView {
   id: string;
   tenant: string;
+  cgroup_prefix: string;
   name: string | null;
   created_at: string;
 }
 
 export function apiKeyView(k: ApiKeyRecord): ApiKeyView {
-  return { id: k.id, tenant: k.tenant, name: k.name, created_at: k.createdAt };
+  return { id: k.id, tenant: k.tenant, cgroup_prefix: k.cgroupPrefix, name: k.name, created_at: k.createdAt };
 }

@@ -33,6 +33,13 @@
  *   policy names, keyed by the computer's learned_id (one per computer and
  *   policy generation, never shared), with an expiry in CLOCK_MONOTONIC ns and
  *   the same port semantics as a rule entry (port_set of the policy_id).
+ * - Sandbox roots: the guard programs are attached to each cgroup subtree
+ *   that computers live under (the agent's --cgroup-root). "governed" holds
+ *   the cgroup id of every computer whose policy is written; the guard lets a
+ *   socket call through only when the caller's cgroup or one of its
+ *   ancestors is there (its own programs then judge it), and refuses
+ *   everything else under the root. So a cgroup removed and made again at a
+ *   computer's path (a new id) has no network until the agent attaches it.
  */
 #ifndef EGRESS_ABI_H
 #define EGRESS_ABI_H
@@ -67,7 +74,7 @@
 #define EGRESS_CONFIG_SLOTS 16
 
 /* Bumped whenever a layout or a map definition below changes. */
-#define EGRESS_ABI_VERSION 3
+#define EGRESS_ABI_VERSION 4
 
 /* Reasons of struct egress_deny_event. */
 #define EGRESS_REASON_MODE 1       /* allowlist: nothing matched; isolated; no policy yet */
@@ -75,11 +82,13 @@
 #define EGRESS_REASON_SOCKET 3     /* a socket other than TCP or UDP */
 #define EGRESS_REASON_DNS 4        /* DNS refused: no proxy reachable, or block_dns */
 #define EGRESS_REASON_PROXY_PORT 5 /* a proxy port reached directly */
+#define EGRESS_REASON_UNGOVERNED 6 /* under a sandbox root, in no attached computer (guard) */
 
 /* Capacities. LPM tries and the port hash allocate on demand (no prealloc). */
 #define EGRESS_MAX_RULE_ENTRIES (1 << 21)
 #define EGRESS_MAX_INTERNAL_ENTRIES 1024
 #define EGRESS_MAX_COMPUTERS 65536
+#define EGRESS_GUARD_MAX_DEPTH 16 /* cgroup levels the guard walks from the top */
 #define EGRESS_MAX_LEARNED (1 << 20)
 #define EGRESS_MAX_DNS_SOCKETS 65536
 #define EGRESS_EVENTS_BYTES (1 << 20) /* deny-event ring buffer */

@@ -36,6 +36,15 @@ export interface EgressdConfig {
    */
   node: string;
   /**
+   * Sandbox roots: the cgroup subtrees (relative to the cgroup2 mount) that
+   * computers live under. A computer's cgroup must lie strictly below one;
+   * the agent makes them when missing and guards each (a cgroup below a root
+   * that no attached computer covers has no network), and refuses anything
+   * else. egressd itself and its Redis must run outside them.
+   * @default ['egressd'] (--cgroup-root, repeated; EGRESSD_CGROUP_ROOTS, comma-separated)
+   */
+  cgroupRoots: string[];
+  /**
    * CIDRs reachable from every computer in every mode (platform services).
    * @default [] (--internal-cidr, repeated; EGRESSD_INTERNAL_CIDRS, comma-separated)
    */
@@ -87,6 +96,7 @@ export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
   stateDir: '/var/lib/egressd',
   bpffsDir: '/sys/fs/bpf/egressd',
   node: '',
+  cgroupRoots: ['egressd'],
   internalCidrs: [],
   logLevel: 'info',
   apiUrl: 'http://127.0.0.1:8080',
@@ -104,6 +114,7 @@ const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
   stateDir: { flag: 'state-dir', env: 'EGRESSD_STATE_DIR' },
   bpffsDir: { flag: 'bpffs-dir', env: 'EGRESSD_BPFFS_DIR' },
   node: { flag: 'node', env: 'EGRESSD_NODE' },
+  cgroupRoots: { flag: 'cgroup-root', env: 'EGRESSD_CGROUP_ROOTS' },
   internalCidrs: { flag: 'internal-cidr', env: 'EGRESSD_INTERNAL_CIDRS' },
   logLevel: { flag: 'log-level', env: 'EGRESSD_LOG_LEVEL' },
   apiUrl: { flag: 'api', env: 'EGRESSD_API' },
@@ -115,7 +126,12 @@ const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
   metricsListen: { flag: 'metrics-listen', env: 'EGRESSD_METRICS_LISTEN' },
 };
 
-const LISTS = new Set<keyof EgressdConfig>(['internalCidrs', 'dnsUpstreams', 'dnsProxyAddresses']);
+const LISTS = new Set<keyof EgressdConfig>([
+  'cgroupRoots',
+  'internalCidrs',
+  'dnsUpstreams',
+  'dnsProxyAddresses',
+]);
 
 /** The flags of the options above, for node:util parseArgs. */
 export const CONFIG_FLAGS = Object.fromEntries(
@@ -150,7 +166,7 @@ export function resolveEgressdConfig(
           .filter(Boolean)
       : fromEnv;
   };
-  type ListName = 'internalCidrs' | 'dnsUpstreams' | 'dnsProxyAddresses';
+  type ListName = 'cgroupRoots' | 'internalCidrs' | 'dnsUpstreams' | 'dnsProxyAddresses';
   const text = (name: Exclude<keyof EgressdConfig, ListName>) => {
     const v = pick(name);
     return typeof v === 'string' ? v : DEFAULT_CONFIG[name];
@@ -165,6 +181,7 @@ export function resolveEgressdConfig(
     stateDir: text('stateDir'),
     bpffsDir: text('bpffsDir'),
     node: text('node') || hostname(),
+    cgroupRoots: pick('cgroupRoots') === undefined ? [...DEFAULT_CONFIG.cgroupRoots] : list('cgroupRoots'),
     internalCidrs: list('internalCidrs'),
     logLevel: text('logLevel'),
     apiUrl: text('apiUrl'),
@@ -194,6 +211,17 @@ export function resolveEgressdConfig(
     throw new ConfigError(
       `${where('node')}: "${config.node}" must be 1 to 128 letters, digits, ".", "_" or "-", starting with a letter or digit`,
     );
+  }
+  config.cgroupRoots = config.cgroupRoots.map((r) => r.replace(/^\/+/, '').replace(/\/+$/, ''));
+  for (const root of config.cgroupRoots) {
+    if (root === '' || root.split('/').some((s) => s === '' || s === '.' || s === '..')) {
+      throw new ConfigError(
+        `${where('cgroupRoots')}: "${root}" must name a cgroup below the cgroup2 mount's root, for example egressd (the root itself would guard the whole host)`,
+      );
+    }
+  }
+  if (config.cgroupRoots.length === 0) {
+    throw new ConfigError(`${where('cgroupRoots')}: give at least one sandbox root, for example egressd`);
   }
   for (const cidr of config.internalCidrs) {
     let ok = false;

@@ -55,6 +55,7 @@ import {
   loadOrAdopt,
 } from './bpf/loader.js';
 import { EgressdError } from './errors.js';
+import { SandboxGuard } from './guard.js';
 import { type CompiledPolicy, compile, nameVerdict } from './policy/compile.js';
 import { parseHost } from './policy/host.js';
 import { COMPUTER_ID_PATTERN, type Policy } from './policy/types.js';
@@ -194,6 +195,8 @@ export class Enforcer {
   private retiredLearned: { v4: Buffer[]; v6: Buffer[] }[] = [];
   private sweeping: Promise<void> | undefined;
   private closed = false;
+  /** The sandbox-root guard; attach() and detach() keep its governed map. */
+  readonly guard: SandboxGuard;
 
   private constructor(
     private readonly obj: LoadedObject,
@@ -202,6 +205,7 @@ export class Enforcer {
     this.computersDir = path.join(obj.pinDir, 'computers');
     mkdirSync(this.computersDir, { recursive: true });
     this.cgroupRoot = cgroupRoot;
+    this.guard = new SandboxGuard(obj, cgroupRoot);
     const next = Buffer.alloc(8);
     bpf.mapLookup(obj.maps.config, encodeU32(CONFIG_SLOT.nextPolicyId), next);
     this.nextPolicyId = Math.max(1, Number(next.readBigUInt64LE()));
@@ -273,6 +277,7 @@ export class Enforcer {
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
       if (value && !this.records.has(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
       if (!value || value.version !== version || !sameDns) this.install(id, target.id, policy, version, dns);
+      this.guard.govern(target.id);
       return { cgroupId: target.id, attached: false };
     }
     // Attached elsewhere (the cgroup was recreated, or the computer moved): start over.
@@ -292,6 +297,8 @@ export class Enforcer {
       throw err;
     }
     closeSync(cgroupFd);
+    // Past the guard only now that every hook holds the policy.
+    this.guard.govern(target.id);
     return { cgroupId: target.id, attached: true };
   }
 
@@ -767,6 +774,9 @@ export class Enforcer {
     if (!existsSync(dir)) return;
     let oldPolicyId = 0;
     const linked = this.linkedCgroup(id);
+    // The guard refuses the cgroup before its own hooks go.
+    this.guard.ungovern(this.records.get(id)?.cgroupId ?? 0n);
+    this.guard.ungovern(linked?.cgroupId ?? 0n);
     if (linked && linked.cgroupId !== 0n) {
       const value = Buffer.alloc(LAYOUT.egress_computer.size);
       if (bpf.mapLookup(this.obj.maps.computers, encodeCgroupKey(linked.cgroupId), value)) {
@@ -793,6 +803,21 @@ export class Enforcer {
     const record = this.records.get(id);
     if (record) this.retireLearned(record.learned);
     this.records.delete(id);
+  }
+
+  /** The cgroup id this process attached (or adopted) the computer at; undefined when it holds none. */
+  attachedCgroupId(id: string): bigint | undefined {
+    return this.records.get(id)?.cgroupId;
+  }
+
+  /** Drops governed cgroup ids that no pinned computer is attached to (cgroups gone while no agent ran). */
+  pruneGoverned(): number {
+    const keep = new Set<bigint>();
+    for (const id of this.pinnedIds()) {
+      const cgroupId = this.records.get(id)?.cgroupId ?? this.linkedCgroup(id)?.cgroupId ?? 0n;
+      if (cgroupId !== 0n) keep.add(cgroupId);
+    }
+    return this.guard.prune(keep);
   }
 
   /** The ids of every computer with pins (cheap: no syscall per hook, unlike list()). */

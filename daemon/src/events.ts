@@ -21,7 +21,7 @@ export interface DenyRecord {
   address: string | null;
   port: number | null;
   hostname: string | null;
-  reason: 'mode' | 'rule' | 'socket' | 'dns' | 'proxy_port';
+  reason: 'mode' | 'rule' | 'socket' | 'dns' | 'proxy_port' | 'ungoverned';
 }
 
 export interface DenyEventsOptions {

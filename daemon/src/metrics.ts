@@ -17,6 +17,9 @@ export interface AgentMetrics {
   redisConnected: Gauge;
   mapEntries: Gauge<'map'>;
   mapMemory: Gauge<'map'>;
+  computerStates: Gauge<'state'>;
+  attachmentRepairs: Counter;
+  dnsPortsExhausted: Counter;
 }
 
 export function createAgentMetrics(registry = new Registry()): AgentMetrics {
@@ -78,6 +81,22 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
       name: 'egressd_map_memory_bytes',
       help: "The kernel's memory figure for each BPF map (memlock in fdinfo; 0 for LPM tries, which allocate as they grow)",
       labelNames: ['map'],
+      registers,
+    }),
+    computerStates: new Gauge({
+      name: 'egressd_computers',
+      help: 'Computers of this node by the state the agent reports (enforced, dns_ports_exhausted, cgroup_missing, cgroup_forbidden)',
+      labelNames: ['state'],
+      registers,
+    }),
+    attachmentRepairs: new Counter({
+      name: 'egressd_attachment_repairs_total',
+      help: "Attachments the periodic check found on another cgroup than the one at the computer's path, and repaired",
+      registers,
+    }),
+    dnsPortsExhausted: new Counter({
+      name: 'egressd_dns_ports_exhausted_total',
+      help: 'Computers enforced with DNS refused because no DNS proxy port was free (widen --dns-ports)',
       registers,
     }),
   };

@@ -10,7 +10,10 @@ test.after.always(async () => {
 });
 
 async function tenantKey(tenant: string): Promise<{ id: string; key: string }> {
-  const r = await h.call('POST', '/api/v1/keys', { body: { tenant, name: `${tenant} ci` } });
+  // Prefix "egressd" (below the harness's root ''): these tests are about keys, not prefixes.
+  const r = await h.call('POST', '/api/v1/keys', {
+    body: { tenant, name: `${tenant} ci`, cgroup_prefix: 'egressd' },
+  });
   if (r.status !== 201) throw new Error(`key: ${r.status} ${r.text}`);
   return r.body.data;
 }
@@ -39,7 +42,7 @@ test('keys: created once, stored only as a hash, listed without secrets, revoked
   t.regex(stored['hash'] ?? '', /^[0-9a-f]{64}$/);
   const list = await h.call('GET', '/api/v1/keys');
   const mine = list.body.data.find((k: { id: string }) => k.id === id);
-  t.deepEqual(Object.keys(mine).sort(), ['created_at', 'id', 'name', 'tenant']);
+  t.deepEqual(Object.keys(mine).sort(), ['cgroup_prefix', 'created_at', 'id', 'name', 'tenant']);
   t.is((await h.call('GET', '/api/v1/computers', { key })).status, 200);
   t.is((await h.call('DELETE', `/api/v1/keys/${id}`)).status, 204);
   t.is((await h.call('GET', '/api/v1/computers', { key })).status, 401);
@@ -75,7 +78,7 @@ test('tenant isolation: other tenants computers answer 404, and lists hold only 
     ['PUT', '/api/v1/computers/globex-1/network-policy', { mode: 'isolated' }],
     ['DELETE', '/api/v1/computers/globex-1/network-policy', undefined],
     ['DELETE', '/api/v1/computers/globex-1', undefined],
-    ['PUT', '/api/v1/computers/globex-1', { cgroup: 'stolen' }],
+    ['PUT', '/api/v1/computers/globex-1', { cgroup: 'egressd/stolen' }],
     ['GET', '/api/v1/computers/untenanted', undefined],
     ['GET', '/api/v1/computers/does-not-exist', undefined],
   ] as const) {

@@ -71,7 +71,7 @@ test('failures are ApiClientError with status and code', async (t) => {
 
 test('computers and keys through the client; a tenant client sees only its own', async (t) => {
   await client.computers.put('sdk-admin-only', { cgroup: 'egressd/sdk-admin-only' });
-  const key = await client.keys.create({ tenant: 'sdk-tenant', name: 'ci' });
+  const key = await client.keys.create({ tenant: 'sdk-tenant', name: 'ci', cgroup_prefix: 'egressd' });
   t.is(key.tenant, 'sdk-tenant');
   t.true((await client.keys.list()).some((k) => k.id === key.id));
   const tenant = new Client({ baseUrl: `${h.baseUrl}/`, apiKey: key.key });

@@ -192,3 +192,56 @@ test('healthz, readyz, metrics', async (t) => {
   t.regex(after.text, /egressd_api_policy_changes_total\{result="pending"\} [1-9]/);
   t.regex(after.text, /egressd_api_enforcement_wait_seconds_count\{result="pending"\} [1-9]/);
 });
+
+test('sandbox roots, key prefixes and nesting: a key governs only cgroups below its prefix, computers never nest', async (t) => {
+  const h = await startHarness({ cgroupRoots: ['sbx'] });
+  t.teardown(() => h.close());
+  // Admin: strictly below a root.
+  for (const cgroup of ['sbx', 'other/x', 'system.slice']) {
+    const r = await h.call('PUT', '/api/v1/computers/root-bad', { body: { cgroup } });
+    t.is(r.status, 400, cgroup);
+    t.is(r.body.error.code, 'cgroup_outside_roots');
+    t.regex(r.body.error.message, /below a sandbox root .*"sbx"/);
+  }
+  t.is((await h.call('PUT', '/api/v1/computers/a1', { body: { cgroup: 'sbx/a/one' } })).status, 201);
+  // Nesting: an ancestor, a descendant; a sibling is fine.
+  const ancestor = await h.call('PUT', '/api/v1/computers/a2', { body: { cgroup: 'sbx/a' } });
+  t.is(ancestor.status, 409);
+  t.is(ancestor.body.error.code, 'cgroup_nested');
+  const descendant = await h.call('PUT', '/api/v1/computers/a3', { body: { cgroup: 'sbx/a/one/child' } });
+  t.is(descendant.status, 409);
+  t.is(descendant.body.error.code, 'cgroup_nested');
+  t.is((await h.call('PUT', '/api/v1/computers/a4', { body: { cgroup: 'sbx/a/one-more' } })).status, 201);
+  // Keys: the default prefix is <root>/<tenant>; a prefix outside the roots is refused.
+  const made = await h.call('POST', '/api/v1/keys', { body: { tenant: 'acme' } });
+  t.is(made.status, 201);
+  t.is(made.body.data.cgroup_prefix, 'sbx/acme');
+  const badPrefix = await h.call('POST', '/api/v1/keys', {
+    body: { tenant: 'acme', cgroup_prefix: 'elsewhere' },
+  });
+  t.is(badPrefix.status, 400);
+  t.is(badPrefix.body.error.code, 'cgroup_outside_roots');
+  const key = made.body.data.key;
+  // A tenant: only below its prefix; not another tenant's next path, not the prefix itself.
+  for (const cgroup of ['sbx/globex/next', 'sbx/acme', 'sbx', 'system.slice/egressd.service', 'sbx/a']) {
+    const r = await h.call('PUT', '/api/v1/computers/t-bad', { body: { cgroup }, key });
+    t.is(r.status, 403, cgroup);
+    t.is(r.body.error.code, 'cgroup_outside_prefix');
+    t.regex(r.body.error.message, /below "sbx\/acme"/);
+  }
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/t-ok', { body: { cgroup: 'sbx/acme/box' }, key })).status,
+    201,
+  );
+  // Another tenant's computer cannot be wrapped by the admin or nested into: the message names no other computer for a tenant.
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/t-in', { body: { cgroup: 'sbx/acme/box/in' }, key })).status,
+    409,
+  );
+  const listed = await h.call('GET', '/api/v1/keys');
+  t.is(listed.body.data.find((k: { tenant: string }) => k.tenant === 'acme')?.cgroup_prefix, 'sbx/acme');
+  // Nothing was stored by the refusals.
+  for (const id of ['root-bad', 'a2', 'a3', 't-bad', 't-in']) {
+    t.is((await h.call('GET', `/api/v1/computers/${id}`)).status, 404, id);
+  }
+});

@@ -132,13 +132,20 @@ test('a waiting request answers from the notification alone, and still wakes on 
   await new Promise((r) => setTimeout(r, 50));
   await redis.publish(channels.enforced, 'enf-5 6 2026-01-01T00:00:00.000Z');
   await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.000Z');
-  t.deepEqual(await first, { version: 7, at: '2026-01-01T00:00:01.000Z' });
+  // A three-word message is an older agent's: it acknowledged only what it enforced.
+  t.deepEqual(await first, { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced' });
+  // A report of another state carries it; cgroup_missing is waited past, cgroup_forbidden is not.
+  const forbidden = store.waitEnforced('enf-5', 7, 5000);
+  await new Promise((r) => setTimeout(r, 50));
+  await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.500Z cgroup_missing');
+  await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.600Z cgroup_forbidden');
+  t.deepEqual(await forbidden, { version: 7, at: '2026-01-01T00:00:01.600Z', state: 'cgroup_forbidden' });
   // An older agent's message carries no time: the waiter reads the key.
   const second = store.waitEnforced('enf-5', 8, 5000);
   await new Promise((r) => setTimeout(r, 50));
   await redis.hset(keys.enforced('enf-5'), 'version', '8', 'at', '2026-01-01T00:00:02.000Z');
   await redis.publish(channels.enforced, 'enf-5 8');
-  t.deepEqual(await second, { version: 8, at: '2026-01-01T00:00:02.000Z' });
+  t.deepEqual(await second, { version: 8, at: '2026-01-01T00:00:02.000Z', state: 'enforced' });
 });
 
 test('node snapshot: every computer of a node with policy and version, and the stream id to follow', async (t) => {

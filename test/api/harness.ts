@@ -52,7 +52,8 @@ const DOC = openApiDocument();
 export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<Harness> {
   const redis = await startRedis();
   const config = resolveConfig(
-    { adminKey: ADMIN_KEY, redisUrl: redis.url, defaultNode: 'node-a', ...overrides },
+    // Sandbox root '' (any cgroup): most API tests are not about roots; those that are say so.
+    { adminKey: ADMIN_KEY, redisUrl: redis.url, defaultNode: 'node-a', cgroupRoots: [''], ...overrides },
     {},
   );
   const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });

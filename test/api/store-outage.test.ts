@@ -118,7 +118,7 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
     if (status !== 200) await new Promise((r) => setTimeout(r, 100));
   }
   t.is(status, 200);
-  t.is((await call('PUT', '/api/v1/computers/late', { cgroup: 'late' })).status, 201);
+  t.is((await call('PUT', '/api/v1/computers/late', { cgroup: 'egressd/late' })).status, 201);
   // The ack subscription was queued while Redis was down: a waiter is woken by it
   // (waitPollMs is a minute, so only the notification can end this wait in time).
   const pending = call('PUT', '/api/v1/computers/late/network-policy?wait=10000', { mode: 'isolated' });

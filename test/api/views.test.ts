@@ -1,6 +1,6 @@
 import test from 'ava';
 import type { PolicyRecord } from '../../api/src/store/store.js';
-import { policyReplyJson, policyView } from '../../api/src/views.js';
+import { isEnforced, policyReplyJson, policyView } from '../../api/src/views.js';
 
 function record(over: Partial<PolicyRecord>): PolicyRecord {
   const rules = over.rules ?? [];
@@ -24,20 +24,47 @@ test('the spliced reply equals the serialised view', (t) => {
     record({
       computerId: 'a_RULES_b',
       mode: 'isolated',
-      enforced: { version: 7, at: '2026-01-01T00:00:01.000Z' },
+      enforced: { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced' },
     }),
-    record({ rules: [{ host: 'x.example', protocol: 'udp' }], enforced: { version: 6, at: 'RULES' } }),
+    record({
+      rules: [{ host: 'x.example', protocol: 'udp' }],
+      enforced: { version: 6, at: 'RULES', state: 'enforced' },
+    }),
   ];
   for (const r of cases) {
     t.deepEqual(JSON.parse(policyReplyJson(r)), { data: policyView(r) }, r.computerId);
   }
 });
 
+test('enforcement state: what the agent reported of this version; in force only when enforced (or with DNS refused)', (t) => {
+  const of = (state: 'dns_ports_exhausted' | 'cgroup_missing' | 'cgroup_forbidden') =>
+    policyView(record({ enforced: { version: 7, at: 't', state } })).enforcement;
+  t.deepEqual(of('dns_ports_exhausted'), {
+    state: 'dns_ports_exhausted',
+    enforced_version: 7,
+    enforced_at: 't',
+  });
+  t.deepEqual(of('cgroup_missing'), { state: 'cgroup_missing', enforced_version: null, enforced_at: null });
+  t.deepEqual(of('cgroup_forbidden'), {
+    state: 'cgroup_forbidden',
+    enforced_version: null,
+    enforced_at: null,
+  });
+  t.true(isEnforced(record({ enforced: { version: 7, at: 't', state: 'dns_ports_exhausted' } })));
+  t.false(isEnforced(record({ enforced: { version: 7, at: 't', state: 'cgroup_forbidden' } })));
+});
+
 test('enforcement state: enforced once the acknowledged version reaches the policy version', (t) => {
   t.is(policyView(record({})).enforcement.state, 'pending');
-  t.is(policyView(record({ enforced: { version: 6, at: 't' } })).enforcement.state, 'pending');
-  t.is(policyView(record({ enforced: { version: 7, at: 't' } })).enforcement.state, 'enforced');
-  t.deepEqual(policyView(record({ enforced: { version: 8, at: 't' } })).enforcement, {
+  t.is(
+    policyView(record({ enforced: { version: 6, at: 't', state: 'enforced' } })).enforcement.state,
+    'pending',
+  );
+  t.is(
+    policyView(record({ enforced: { version: 7, at: 't', state: 'enforced' } })).enforcement.state,
+    'enforced',
+  );
+  t.deepEqual(policyView(record({ enforced: { version: 8, at: 't', state: 'enforced' } })).enforcement, {
     state: 'enforced',
     enforced_version: 8,
     enforced_at: 't',

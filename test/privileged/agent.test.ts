@@ -51,6 +51,7 @@ async function startAgent(): Promise<void> {
     maxBackoffMs: 200,
     blockMs: 1000,
     proxy,
+    roots: [world.cgroupRelative()],
   });
   await agent.start();
 }
@@ -133,7 +134,9 @@ test.serial('deleting a computer detaches it', async (t) => {
   t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['EPERM']);
   t.is((await api.call('DELETE', '/api/v1/computers/to-delete')).status, 204);
   await waitFor('detach', () => enforcer.state('to-delete') === undefined);
-  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['ok']);
+  // Its cgroup is still below the sandbox root, where no computer governs it now: no network.
+  t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:192.0.2.1:80'), ['EPERM']);
+  t.false(enforcer.guard.isGoverned(enforcer.attachedCgroupId('to-delete') ?? 0n));
 });
 
 test.serial(
@@ -228,7 +231,9 @@ test.serial(
       'ok',
       'EPERM',
     ]);
-    t.deepEqual(await world.probeResults({ cgroup: gone }, 'tcp:192.0.2.1:80'), ['ok']);
+    // Detached by the resync; below the sandbox root, a cgroup no computer governs has no network.
+    t.is(enforcer.state('gone-while-down'), undefined);
+    t.deepEqual(await world.probeResults({ cgroup: gone }, 'tcp:192.0.2.1:80'), ['EPERM']);
     const report = agent.report().find((c) => c.id === 'restart');
     t.is(report?.state, 'enforced');
     t.is(report?.enforcedVersion, pending.body.data.version);

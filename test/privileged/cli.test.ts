@@ -44,6 +44,7 @@ function env(): NodeJS.ProcessEnv {
     EGRESSD_LISTEN: `127.0.0.1:${port}`,
     EGRESSD_API: `http://127.0.0.1:${port}`,
     EGRESSD_NODE: 'cli-node',
+    EGRESSD_CGROUP_ROOTS: world.cgroupRelative(),
     EGRESSD_LOG_LEVEL: 'warn',
     // Never the host's resolver: nothing in these tests asks DNS, and nothing may leave this host.
     EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',

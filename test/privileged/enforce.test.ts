@@ -4,6 +4,7 @@
  * rules, and the escape attempts of issue 2 (sendmmsg, TCP Fast Open, raw
  * and ping sockets, child cgroups, loopback).
  */
+import { rmdirSync } from 'node:fs';
 import test from 'ava';
 import { HOOKS } from '../../daemon/src/bpf/loader.js';
 import { Enforcer } from '../../daemon/src/enforcer.js';
@@ -285,4 +286,35 @@ test('operator errors say what to change', (t) => {
   const outside = t.throws(() => enforcer.attach('esc', '../../etc', { mode: 'isolated', rules: [] }));
   t.regex(outside?.message ?? '', /does not exist under/);
   t.throws(() => enforcer.setInternalCidrs(['example.com']), { message: /not an address or CIDR/ });
+});
+
+test('under a sandbox root, a cgroup that no attached computer covers has no network; a recreated one stays refused until attached', async (t) => {
+  const root = world.makeCgroup('sandboxes');
+  enforcer.guard.attachRoots([root.relative]);
+  // Attaching again keeps the same links (no second attachment).
+  enforcer.guard.attachRoots([root.relative]);
+  const stray = world.makeCgroup('sandboxes/stray');
+  t.deepEqual(
+    await run(stray.path, `tcp:${A4}:80`, `udp-sendto:[${A6}]:80`, `tcp6-mapped:${A4}:80`, 'raw4'),
+    ['EPERM', 'EPERM', 'EPERM', 'EPERM'],
+  );
+  // A computer under the root is judged by its own policy, its child cgroups too.
+  const box = world.makeCgroup('sandboxes/tenant/box');
+  enforcer.attach('guarded', box.relative, { mode: 'unrestricted', rules: [] }, 1n);
+  const child = world.makeCgroup('sandboxes/tenant/box/child');
+  t.deepEqual(await run(box.path, `tcp:${A4}:80`, `tcp:[${A6}]:80`), ['ok', 'ok']);
+  t.deepEqual(await run(child.path, `udp-sendto:${B4}:80`), ['ok']);
+  // The same path made again is another cgroup: refused until it is attached.
+  rmdirSync(child.path);
+  rmdirSync(box.path);
+  world.makeCgroup('sandboxes/tenant/box');
+  t.deepEqual(await run(box.path, `tcp:${A4}:80`, `udp-sendto:${A4}:80`), ['EPERM', 'EPERM']);
+  enforcer.attach('guarded', box.relative, { mode: 'allowlist', rules: [{ host: A4, protocol: 'tcp' }] }, 2n);
+  t.deepEqual(await run(box.path, `tcp:${A4}:80`, `tcp:${B4}:80`), ['ok', 'EPERM']);
+  // Detached: refused again. Outside the root nothing changes.
+  enforcer.detach('guarded');
+  t.deepEqual(await run(box.path, `tcp:${A4}:80`), ['EPERM']);
+  t.deepEqual(await run(world.makeCgroup('outside').path, `tcp:${A4}:80`), ['ok']);
+  enforcer.guard.attachRoots([]);
+  t.deepEqual(await run(stray.path, `tcp:${A4}:80`), ['ok']);
 });

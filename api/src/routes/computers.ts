@@ -2,9 +2,17 @@
 import { scopeOf } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
-import { checkComputerId, checkNode, parseComputer, queryInt } from '../validation.js';
+import {
+  checkComputerId,
+  checkNode,
+  checkUnderRoots,
+  isBelow,
+  parseComputer,
+  queryInt,
+} from '../validation.js';
 import { computerView } from '../views.js';
 import { type ApiRouter, type RouteDeps, requireKey } from './deps.js';
+import { keyPrefix } from './keys.js';
 
 export const COMPUTER_PATH = '/api/v1/computers/:id';
 export const COMPUTERS_PATH = '/api/v1/computers';
@@ -53,6 +61,17 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
         );
       }
       tenant = principal.tenant;
+      // A key made before prefixes governs the default prefix of its tenant.
+      const prefix = principal.cgroupPrefix || keyPrefix(deps.config.cgroupRoots, principal.tenant);
+      if (!isBelow(body.cgroup, prefix)) {
+        throw new ApiError(
+          403,
+          'cgroup_outside_prefix',
+          `cgroup: "${body.cgroup}" is not below "${prefix}", the cgroup prefix of this key; register computers below it, for example "${prefix}/sandbox-1"`,
+        );
+      }
+    } else {
+      checkUnderRoots(body.cgroup, deps.config.cgroupRoots, 'cgroup');
     }
     const result = await deps.store.putComputer(
       id,
@@ -67,6 +86,14 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
           400,
           'node_required',
           'node required: this service has no default node (EGRESSD_DEFAULT_NODE); send "node" with the computer',
+        );
+      case 'cgroup_nested':
+        throw new ApiError(
+          409,
+          'cgroup_nested',
+          `cgroup: "${body.cgroup}" is an ancestor or a descendant of another computer's cgroup on this node` +
+            (principal.kind === 'admin' ? ` (${result.owner})` : '') +
+            '; computers may not nest: choose a sibling path',
         );
       case 'cgroup_in_use':
         throw new ApiError(

@@ -2,7 +2,7 @@
 import { generateApiKey } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError } from '../errors.js';
-import { parseKeyBody } from '../validation.js';
+import { checkUnderRoots, parseKeyBody } from '../validation.js';
 import { apiKeyView } from '../views.js';
 import { type ApiRouter, type RouteDeps, requireAdmin, requireKey } from './deps.js';
 
@@ -15,10 +15,13 @@ export function keyRoutes(router: ApiRouter, deps: RouteDeps): void {
   router.post(KEYS_PATH, auth, requireAdmin, async (ctx) => {
     const body = parseKeyBody(await readJson(ctx, deps.config.bodyLimitBytes));
     const { id, key, hash } = generateApiKey();
+    const cgroupPrefix = body.cgroup_prefix ?? keyPrefix(deps.config.cgroupRoots, body.tenant);
+    checkUnderRoots(cgroupPrefix, deps.config.cgroupRoots, 'cgroup_prefix');
     const record = {
       id,
       hash,
       tenant: body.tenant,
+      cgroupPrefix,
       name: body.name ?? null,
       createdAt: new Date().toISOString(),
     };
@@ -42,4 +45,10 @@ export function keyRoutes(router: ApiRouter, deps: RouteDeps): void {
     }
     ctx.status = 204;
   });
+}
+
+/** The default cgroup prefix of a tenant's key: `<first root>/<tenant>`. */
+export function keyPrefix(roots: readonly string[], tenant: string): string {
+  const root = roots[0] ?? '';
+  return root === '' ? tenant : `${root}/${tenant}`;
 }

@@ -8,7 +8,7 @@ import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
 import type { PolicyRecord } from '../store/store.js';
 import { checkComputerId, parsePolicy, queryInt } from '../validation.js';
-import { isEnforced, policyReplyJson } from '../views.js';
+import { enforcementState, isEnforced, policyReplyJson } from '../views.js';
 import { type ApiRouter, type ApiState, type RouteDeps, requireKey } from './deps.js';
 
 export const POLICY_PATH = '/api/v1/computers/:id/network-policy';
@@ -127,11 +127,11 @@ async function change(
   }
   const record: PolicyRecord = result.record;
   const started = process.hrtime.bigint();
-  if (!isEnforced(record) && waitMs > 0) {
+  if (!isEnforced(record) && enforcementState(record) !== 'cgroup_forbidden' && waitMs > 0) {
     record.enforced = (await deps.store.waitEnforced(id, record.version, waitMs)) ?? record.enforced;
   }
   const state = isEnforced(record) ? 'enforced' : 'pending';
-  deps.metrics.policyChanges.inc({ result: state });
+  deps.metrics.policyChanges.inc({ result: enforcementState(record) });
   deps.metrics.enforcementWait.observe({ result: state }, Number(process.hrtime.bigint() - started) / 1e9);
   ctx.status = state === 'enforced' ? 200 : 202;
   ctx.set('ETag', `"${record.version}"`);

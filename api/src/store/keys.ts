@@ -26,6 +26,8 @@ export const keys = {
   nodeComputers: (node: string) => `${PREFIX}node:${node}:computers`,
   /** Hash cgroup path → computer id, one per node: a cgroup belongs to one computer. */
   nodeCgroups: (node: string) => `${PREFIX}node:${node}:cgroups`,
+  /** Sorted set (scores 0) of the cgroup paths of one node's computers: finds nested ones by prefix. */
+  nodeCgroupPaths: (node: string) => `${PREFIX}node:${node}:cgroup-paths`,
   /** Stream of change records for one node's agent (see ChangeRecord in store.ts). */
   nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
   /** Counter: the `seq` of the node's last change record (the Lua scripts derive it as `<stream>:seq`). */
@@ -34,7 +36,7 @@ export const keys = {
   tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
   /** Counter: the one sequence that every version is drawn from, so versions never go back. */
   version: () => `${PREFIX}version`,
-  /** Hash: hash (sha256 hex of the whole key), tenant, name, created_at. */
+  /** Hash: hash (sha256 hex of the whole key), tenant, name, created_at, cgroup_prefix. */
   apiKey: (keyId: string) => `${PREFIX}apikey:${keyId}`,
   /** Sorted set of every API key id. */
   apiKeys: () => `${PREFIX}apikeys`,
@@ -54,6 +56,7 @@ export const templates = {
   policy: keys.policy('%s'),
   nodeComputers: keys.nodeComputers('%s'),
   nodeCgroups: keys.nodeCgroups('%s'),
+  nodeCgroupPaths: keys.nodeCgroupPaths('%s'),
   nodeChanges: keys.nodeChanges('%s'),
   tenantComputers: keys.tenantComputers('%s'),
 } as const;

@@ -22,13 +22,40 @@ local function appendChange(stream, maxlen, id, kind, v, cgroup, at)
 end
 `;
 
+/**
+ * Lua prelude of the scripts that place a computer's cgroup: the node's
+ * path index (a sorted set beside the path → id hash, built from the hash
+ * the first time: stores written before it existed), and the nesting check.
+ */
+const CGROUP_PATHS = `
+local function pathIndex(hashKey, setKey)
+  if redis.call('EXISTS', setKey) == 0 then
+    for _, p in ipairs(redis.call('HKEYS', hashKey)) do redis.call('ZADD', setKey, 0, p) end
+  end
+end
+-- The id of another computer whose cgroup is an ancestor or a descendant of cgroup, or nil.
+local function nestedOwner(hashKey, setKey, cgroup, id)
+  for i = 1, #cgroup do
+    if string.sub(cgroup, i, i) == '/' then
+      local owner = redis.call('HGET', hashKey, string.sub(cgroup, 1, i - 1))
+      if owner and owner ~= id then return owner end
+    end
+  end
+  for _, p in ipairs(redis.call('ZRANGEBYLEX', setKey, '[' .. cgroup .. '/', '(' .. cgroup .. '0', 'LIMIT', 0, 2)) do
+    local owner = redis.call('HGET', hashKey, p)
+    if owner and owner ~= id then return owner end
+  end
+  return nil
+end
+`;
+
 /** KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any). */
 export const GET_POLICY = `
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
-local e = redis.call('HMGET', KEYS[3], 'version', 'at')
-return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or ''}
+local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state')
+return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or '', e[3] or ''}
 `;
 
 /**
@@ -43,27 +70,30 @@ if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
 local curVersion = cur[3] or '0'
 if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
-local e = redis.call('HMGET', KEYS[3], 'version', 'at')
+local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state')
 if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
-  return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or ''}
+  return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or ''}
 end
 local v = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'version', v, 'updated_at', ARGV[6])
 appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])
-return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or ''}
+return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or ''}
 `;
 
 /**
  * KEYS: computer, policy, enforced, version counter, all computers.
  * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
- *       node cgroups, node changes, tenant computers), stream maxlen.
+ *       node cgroups, node changes, tenant computers), stream maxlen,
+ *       template (node cgroup paths).
+ * A computer's cgroup is neither an ancestor nor a descendant of another
+ * computer's on the node ('cgroup_nested'): one policy per process.
  */
-export const PUT_COMPUTER = `${APPEND_CHANGE}
+export const PUT_COMPUTER = `${APPEND_CHANGE}${CGROUP_PATHS}
 local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tenant, tenantGiven, now = ARGV[6], ARGV[7] == '1', ARGV[8]
 local tNodeComputers, tNodeCgroups, tNodeChanges, tTenantComputers = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local maxlen = ARGV[13]
+local maxlen, tNodeCgroupPaths = ARGV[13], ARGV[14]
 local old = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup', 'created_at')
 local exists = old[1] and true or false
 if exists and scope ~= '' and old[1] ~= scope then return {'not_found'} end
@@ -76,6 +106,9 @@ if not tenantGiven then
 end
 local owner = redis.call('HGET', string.format(tNodeCgroups, node), cgroup)
 if owner and owner ~= id then return {'cgroup_in_use', owner} end
+pathIndex(string.format(tNodeCgroups, node), string.format(tNodeCgroupPaths, node))
+local nested = nestedOwner(string.format(tNodeCgroups, node), string.format(tNodeCgroupPaths, node), cgroup, id)
+if nested then return {'cgroup_nested', nested} end
 local placed = (not exists) or old[2] ~= node or old[3] ~= cgroup
 if exists and not placed and old[1] == tenant then
   return {'unchanged', old[3], old[2], old[1], old[4], redis.call('HGET', KEYS[1], 'updated_at') or old[4]}
@@ -86,6 +119,7 @@ if exists then
   if old[2] ~= node or old[3] ~= cgroup then
     if redis.call('HGET', string.format(tNodeCgroups, old[2]), old[3]) == id then
       redis.call('HDEL', string.format(tNodeCgroups, old[2]), old[3])
+      redis.call('ZREM', string.format(tNodeCgroupPaths, old[2]), old[3])
     end
   end
   if old[2] ~= node then redis.call('ZREM', string.format(tNodeComputers, old[2]), id) end
@@ -103,6 +137,7 @@ redis.call('HSET', KEYS[1], 'id', id, 'cgroup', cgroup, 'node', node, 'tenant', 
 redis.call('ZADD', KEYS[5], 0, id)
 redis.call('ZADD', string.format(tNodeComputers, node), 0, id)
 redis.call('HSET', string.format(tNodeCgroups, node), cgroup, id)
+redis.call('ZADD', string.format(tNodeCgroupPaths, node), 0, cgroup)
 if tenant ~= '' then redis.call('ZADD', string.format(tTenantComputers, tenant), 0, id) end
 if placed then
   if exists then
@@ -119,7 +154,7 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
 /**
  * KEYS: computer, policy, enforced, version counter, all computers.
  * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
- *       node changes, tenant computers), stream maxlen.
+ *       node changes, tenant computers), stream maxlen, template (node cgroup paths).
  */
 export const DELETE_COMPUTER = `${APPEND_CHANGE}
 local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
@@ -131,6 +166,7 @@ redis.call('ZREM', KEYS[5], id)
 redis.call('ZREM', string.format(ARGV[4], c[2]), id)
 if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
   redis.call('HDEL', string.format(ARGV[5], c[2]), c[3])
+  redis.call('ZREM', string.format(ARGV[9], c[2]), c[3])
 end
 if c[1] ~= '' then redis.call('ZREM', string.format(ARGV[7], c[1]), id) end
 appendChange(string.format(ARGV[6], c[2]), ARGV[8], id, 'computer-deleted', v, c[3], now)
@@ -138,16 +174,17 @@ return {'ok', tostring(v)}
 `;
 
 /**
- * KEYS: computer, enforced. ARGV: id, version, at, node, channel.
- * Never moves the acknowledged version back; publishes "<id> <version> <at>"
- * (all a waiting PUT answers with: it need not read the key again).
+ * KEYS: computer, enforced. ARGV: id, version, at, node, channel, state.
+ * Never moves the acknowledged version back (the state of the same version
+ * may change); publishes "<id> <version> <at> <state>" (all a waiting PUT
+ * answers with: it need not read the key again).
  */
 export const ACK_ENFORCED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
-redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4], 'state', ARGV[6])
+redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
 return 1
 `;
 

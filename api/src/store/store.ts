@@ -42,10 +42,32 @@ export interface StoreOptions {
   waitPollMs?: number;
 }
 
-/** The agent's acknowledgement: the version it enforces, and since when. */
+/**
+ * What the agent reports of a computer's policy (`enforced` hash):
+ * - `enforced`: in force;
+ * - `dns_ports_exhausted`: in force with DNS refused (no proxy port was free);
+ * - `cgroup_missing`: the cgroup does not exist (yet, or any more): nothing attached;
+ * - `cgroup_forbidden`: the agent refuses to attach to that cgroup (its own,
+ *   an ancestor of its own or of Redis's, or outside its sandbox roots).
+ */
+export const AGENT_STATES = [
+  'enforced',
+  'dns_ports_exhausted',
+  'cgroup_missing',
+  'cgroup_forbidden',
+] as const;
+export type AgentState = (typeof AGENT_STATES)[number];
+
+/** States in which the policy is in force in the kernel (at least as strictly as asked). */
+export function inForce(state: AgentState): boolean {
+  return state === 'enforced' || state === 'dns_ports_exhausted';
+}
+
+/** The agent's acknowledgement: the version it reports on, since when, and its state. */
 export interface Enforced {
   version: number;
   at: string;
+  state: AgentState;
 }
 
 export interface PolicyRecord extends Policy {
@@ -100,6 +122,8 @@ export interface NodeSnapshot {
 export interface ApiKeyRecord {
   id: string;
   tenant: string;
+  /** The cgroup subtree (relative to the mount) the key's computers must lie below; '' for a key made before prefixes. */
+  cgroupPrefix: string;
   name: string | null;
   createdAt: string;
   /** sha256 hex of the whole key. */
@@ -117,7 +141,7 @@ export type PutPolicyResult =
 export type PutComputerResult =
   | { status: 'created' | 'updated' | 'unchanged'; computer: Computer }
   | { status: 'not_found' | 'node_required' }
-  | { status: 'cgroup_in_use'; owner: string };
+  | { status: 'cgroup_in_use' | 'cgroup_nested'; owner: string };
 
 interface Script {
   source: string;
@@ -249,12 +273,10 @@ export class Store {
       for (const set of this.waiters.values()) for (const wake of set) wake();
     });
     sub.on('message', (_channel: string, message: string) => {
-      const [id = '', version, at] = message.split(' ');
-      // "<id> <version> <at>"; an older writer's "<id> <version>" makes waiters read the key.
+      const [id = '', version, at, state] = message.split(' ');
+      // "<id> <version> <at> <state>"; an older writer's "<id> <version>" makes waiters read the key.
       const ack =
-        at !== undefined && Number.isSafeInteger(Number(version))
-          ? { version: Number(version), at }
-          : undefined;
+        at !== undefined && Number.isSafeInteger(Number(version)) ? enforced(version, at, state) : undefined;
       for (const wake of this.waiters.get(id) ?? []) wake(ack);
     });
     this.subscriber = sub;
@@ -310,13 +332,13 @@ export class Store {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt] = r;
+    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
     return Object.assign(storedPolicy(mode, rulesJson), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
-      enforced: enforced(ackVersion, ackAt),
+      enforced: enforced(ackVersion, ackAt, ackState),
     });
   }
 
@@ -348,7 +370,7 @@ export class Store {
     const status = r[0];
     if (status === 'not_found') return { status };
     if (status === 'precondition_failed') return { status, version: Number(r[1]) };
-    const [, version, updatedAt, ackVersion, ackAt] = r;
+    const [, version, updatedAt, ackVersion, ackAt, ackState] = r;
     return {
       status: status === 'unchanged' ? 'unchanged' : 'ok',
       record: {
@@ -359,7 +381,7 @@ export class Store {
         rulesJson,
         version: Number(version),
         updatedAt: updatedAt ?? now,
-        enforced: enforced(ackVersion, ackAt),
+        enforced: enforced(ackVersion, ackAt, ackState),
       },
     };
   }
@@ -474,20 +496,25 @@ export class Store {
 
   /** The agent's acknowledgement for a computer, if any. */
   async getEnforced(id: string): Promise<Enforced | undefined> {
-    const [version, at] = await this.guard(() => this.redis.hmget(keys.enforced(id), 'version', 'at'));
-    return enforced(version ?? undefined, at ?? undefined);
+    const [version, at, state] = await this.guard(() =>
+      this.redis.hmget(keys.enforced(id), 'version', 'at', 'state'),
+    );
+    return enforced(version ?? undefined, at ?? undefined, state ?? undefined);
   }
 
   /**
-   * Waits until the agent acknowledges `version` (or a later one) for the
-   * computer, or `timeoutMs` passes; returns the last acknowledgement seen.
+   * Waits until the agent reports on `version` (or a later one) of the
+   * computer's policy, or `timeoutMs` passes; returns the last report seen.
+   * `cgroup_missing` is waited past (the cgroup may be about to appear).
    * Registers for the notification first, then reads, so none is lost.
    */
   async waitEnforced(id: string, version: number, timeoutMs: number): Promise<Enforced | undefined> {
     const deadline = Date.now() + timeoutMs;
+    const settled = (a: Enforced | undefined): a is Enforced =>
+      a !== undefined && a.version >= version && a.state !== 'cgroup_missing';
     let notified = false;
     let wakeNow: (() => void) | undefined;
-    /** An acknowledgement of `version` or later that the notification carried. */
+    /** The newest report of `version` or later that a notification carried. */
     let pushed: Enforced | undefined;
     const wake = (ack?: Enforced) => {
       if (ack !== undefined) {
@@ -507,17 +534,17 @@ export class Store {
     try {
       for (;;) {
         notified = false;
-        if (pushed) return pushed;
+        if (settled(pushed)) return pushed;
         try {
           last = await this.getEnforced(id);
         } catch {
           // Redis went away mid-wait: answer with what we know.
-          return last;
+          return pushed ?? last;
         }
-        if (last && last.version >= version) return last;
-        if (pushed) return pushed;
+        if (settled(last)) return last;
+        if (settled(pushed)) return pushed;
         const left = deadline - Date.now();
-        if (left <= 0) return last;
+        if (left <= 0) return pushed ?? last;
         if (notified) continue;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, Math.min(left, this.waitPollMs));
@@ -538,11 +565,17 @@ export class Store {
    * The agent's acknowledgement that it enforces `version` of the computer's
    * policy since `at`. Never moves back; wakes waiting API requests.
    */
-  async ackEnforced(id: string, version: number, at: Date = new Date(), node = ''): Promise<boolean> {
+  async ackEnforced(
+    id: string,
+    version: number,
+    at: Date = new Date(),
+    node = '',
+    state: AgentState = 'enforced',
+  ): Promise<boolean> {
     const r = await this.run(
       SCRIPTS.ackEnforced,
       [keys.computer(id), keys.enforced(id)],
-      [id, String(version), at.toISOString(), node, channels.enforced],
+      [id, String(version), at.toISOString(), node, channels.enforced, state],
     );
     return r === 1;
   }
@@ -584,11 +617,12 @@ export class Store {
         templates.nodeChanges,
         templates.tenantComputers,
         this.streamMaxLen,
+        templates.nodeCgroupPaths,
       ],
     )) as string[];
     const status = r[0];
     if (status === 'not_found' || status === 'node_required') return { status };
-    if (status === 'cgroup_in_use') return { status, owner: r[1] ?? '' };
+    if (status === 'cgroup_in_use' || status === 'cgroup_nested') return { status, owner: r[1] ?? '' };
     const [, cgroup = '', node = '', tenant = '', createdAt = '', updatedAt = ''] = r;
     return {
       status: status as 'created' | 'updated' | 'unchanged',
@@ -610,6 +644,7 @@ export class Store {
         templates.nodeChanges,
         templates.tenantComputers,
         this.streamMaxLen,
+        templates.nodeCgroupPaths,
       ],
     )) as string[];
     return r[0] === 'ok';
@@ -736,6 +771,7 @@ export class Store {
           tenant: record.tenant,
           name: record.name ?? '',
           created_at: record.createdAt,
+          cgroup_prefix: record.cgroupPrefix,
         })
         .zadd(keys.apiKeys(), 0, record.id)
         .exec(),
@@ -777,9 +813,15 @@ function storedPolicy(mode: string | undefined, rulesJson: string): Policy & { r
   };
 }
 
-function enforced(version: string | undefined, at: string | undefined): Enforced | undefined {
+function enforced(
+  version: string | undefined,
+  at: string | undefined,
+  state: string | undefined,
+): Enforced | undefined {
   if (!version) return undefined;
-  return { version: Number(version), at: at ?? '' };
+  // An older agent wrote no state: it acknowledged only what it enforced.
+  const known = (AGENT_STATES as readonly string[]).includes(state ?? '');
+  return { version: Number(version), at: at ?? '', state: known ? (state as AgentState) : 'enforced' };
 }
 
 function toComputer(h: Record<string, string>): Computer | undefined {
@@ -800,6 +842,7 @@ function toApiKey(id: string, h: Record<string, string>): ApiKeyRecord | undefin
     id,
     hash: h['hash'],
     tenant: h['tenant'] ?? '',
+    cgroupPrefix: h['cgroup_prefix'] ?? '',
     name: h['name'] ? h['name'] : null,
     createdAt: h['created_at'] ?? '',
   };

@@ -10,19 +10,29 @@
  *   with backoff; it never detaches because Redis is silent.
  * - A computer whose cgroup does not exist yet is attached when it appears;
  *   one whose cgroup disappears (the sandbox ended) is detached and its pins
- *   removed (inotify, no polling).
+ *   removed (inotify). A cgroup removed and made again at the path is
+ *   attached afresh (the watcher compares cgroup ids), and a periodic check
+ *   compares every attachment's cgroup id with the path's: what it repairs
+ *   it logs. Under a sandbox root the guard refuses the new cgroup's calls
+ *   until then (see guard.ts).
+ * - Whatever the store says, it attaches only below its sandbox roots and
+ *   never to its own cgroup, Redis's, or an ancestor of them
+ *   (`cgroup_forbidden`); a computer that gets no DNS proxy port is enforced
+ *   with DNS refused (`dns_ports_exhausted`). Each computer's state goes to
+ *   Redis with its version, so the API says why a policy is not enforced.
  */
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
-import type { Store } from '../../../api/src/store/store.js';
+import type { AgentState, Store } from '../../../api/src/store/store.js';
 import type { DnsProxy } from '../dns/proxy.js';
 import type { DnsSettings, Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
 import type { AgentMetrics } from '../metrics.js';
 import type { Policy } from '../policy/types.js';
-import { CgroupWatcher } from './cgroup-watch.js';
+import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';
+import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
 
 export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
 
@@ -37,7 +47,7 @@ export interface ComputerReport {
   cgroup: string;
   desiredVersion: number;
   enforcedVersion: number | null;
-  state: 'enforced' | 'pending' | 'waiting_for_cgroup' | 'failed';
+  state: AgentState | 'pending' | 'failed';
   error?: string;
 }
 
@@ -55,13 +65,31 @@ export interface AgentOptions {
   /** The DNS proxy; without one, governed computers get no DNS at all (fail closed). */
   proxy?: DnsProxy;
   metrics?: AgentMetrics;
+  /**
+   * Sandbox roots (relative to the cgroup2 mount): the guard is attached to
+   * each, and computers are attached only strictly below one. [] attaches
+   * anywhere and guards nothing (tests of the agent alone).
+   * @default []
+   */
+  roots?: string[];
+  /** Cgroups a computer must never be, nor be an ancestor of: egressd's own, Redis's. @default [this process's] */
+  protectedCgroups?: string[];
+  /** How often every attachment's cgroup id is compared with the one at its path. @default 5000 */
+  verifyIntervalMs?: number;
+}
+
+/** What the agent reports of one computer: the version, its state, and why (not enforced). */
+interface Reported {
+  version: number;
+  state: AgentState;
+  reason?: string;
 }
 
 export class Agent {
   status: AgentStatus = 'starting';
   private readonly desired = new Map<string, Desired>();
-  /** The version acknowledged (or to acknowledge) per computer; undefined: not enforced. */
-  private readonly enforced = new Map<string, number>();
+  /** What was reported (or is to report) per computer; undefined: nothing yet. */
+  private readonly enforced = new Map<string, Reported>();
   private readonly failures = new Map<string, string>();
   private readonly unacked = new Set<string>();
   private readonly reconciling = new Map<string, Promise<void>>();
@@ -69,6 +97,9 @@ export class Agent {
   private learnedOut = new Map<string, { name: string; address: string; expiresAt: number }[]>();
   private publishing: NodeJS.Timeout | undefined;
   private expiry: NodeJS.Timeout | undefined;
+  private verifying: NodeJS.Timeout | undefined;
+  private readonly roots: string[];
+  private readonly protectedCgroups: string[];
   private readonly watcher: CgroupWatcher;
   private streamId = '0-0';
   private seq = 0;
@@ -80,7 +111,18 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log.child({ component: 'agent', node: opts.node });
-    this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, exists) => this.onCgroupChange(id, exists));
+    this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
+    this.roots = (opts.roots ?? []).map(normaliseCgroup);
+    this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
+    for (const p of this.protectedCgroups) {
+      const root = this.roots.find((r) => p === r || isBelow(p, r));
+      if (root !== undefined) {
+        throw new EgressdError(
+          'AGENT_IN_SANDBOX_ROOT',
+          `egressd or its Redis runs in cgroup "${p}", inside the sandbox root "${root}", where the guard refuses every connection: run them outside it, or choose another --cgroup-root`,
+        );
+      }
+    }
     let resolve = () => {};
     const promise = new Promise<void>((r) => {
       resolve = r;
@@ -116,7 +158,9 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
     this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
+    this.verifying ??= setInterval(() => this.verify(), this.opts.verifyIntervalMs ?? 5000).unref();
     this.running ??= this.loop();
     await Promise.race([this.firstSync.promise, this.running]);
   }
@@ -124,6 +168,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.expiry);
+    clearInterval(this.verifying);
     clearTimeout(this.publishing);
     this.wake?.();
     this.watcher.close();
@@ -223,6 +268,8 @@ export class Agent {
     }
     for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
     for (const id of this.opts.enforcer.pinnedIds()) if (!seen.has(id)) this.forget(id);
+    const pruned = this.opts.enforcer.pruneGoverned();
+    if (pruned > 0) this.log.info({ pruned }, 'guard: dropped cgroups that went away while no agent ran');
     this.streamId = snapshot.streamId;
     this.seq = snapshot.seq;
     await this.flushAcks();
@@ -262,6 +309,15 @@ export class Agent {
   private async reconcileNow(id: string): Promise<void> {
     const want = this.desired.get(id);
     if (!want) return;
+    const forbidden = placementProblem(want.cgroup, this.roots, this.protectedCgroups);
+    if (forbidden !== undefined) {
+      this.watcher.untrack(id);
+      this.opts.enforcer.detach(id);
+      this.opts.proxy?.release(id);
+      this.failures.delete(id);
+      this.setReported(id, { version: want.version, state: 'cgroup_forbidden', reason: forbidden });
+      return;
+    }
     const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
     this.watcher.track(id, full);
     try {
@@ -273,21 +329,23 @@ export class Agent {
         : undefined;
       if (this.desired.get(id) !== want) return;
       const started = process.hrtime.bigint();
-      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns, names);
+      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns.settings, names);
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
-      if (this.enforced.get(id) !== want.version) {
-        this.enforced.set(id, want.version);
-        this.unacked.add(id);
-      }
+      this.setReported(id, {
+        version: want.version,
+        state: dns.exhausted ? 'dns_ports_exhausted' : 'enforced',
+        ...(dns.exhausted ? { reason: dns.exhausted } : {}),
+      });
     } catch (err) {
-      this.enforced.delete(id);
       if (err instanceof EgressdError && err.code === 'CGROUP_MISSING') {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
         this.opts.enforcer.detach(id);
         this.failures.delete(id);
+        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: err.message });
         return;
       }
+      this.enforced.delete(id);
       const message = err instanceof Error ? err.message : String(err);
       this.failures.set(id, message);
       this.log.error(
@@ -297,16 +355,76 @@ export class Agent {
     }
   }
 
-  /** The computer's DNS proxy port: one while its mode redirects DNS, none when unrestricted. */
-  private async dnsSettings(id: string, policy: Policy): Promise<DnsSettings> {
+  /** Records what to report of a computer (acknowledged by flushAcks); logs changes of state that need an operator. */
+  private setReported(id: string, next: Reported): void {
+    const before = this.enforced.get(id);
+    if (before?.version === next.version && before.state === next.state) return;
+    this.enforced.set(id, next);
+    this.unacked.add(id);
+    if (next.state !== 'enforced' && before?.state !== next.state) {
+      const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
+      this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
+    }
+    this.opts.metrics?.computerStates.set(
+      { state: next.state },
+      [...this.enforced.values()].filter((r) => r.state === next.state).length,
+    );
+    if (before && before.state !== next.state) {
+      this.opts.metrics?.computerStates.set(
+        { state: before.state },
+        [...this.enforced.values()].filter((r) => r.state === before.state).length,
+      );
+    }
+  }
+
+  /**
+   * The periodic check: every computer's attachment against the cgroup that
+   * is at its path now. A mismatch (a cgroup replaced between two inotify
+   * checks, an event lost) is repaired and logged.
+   */
+  verify(): number {
+    let repaired = 0;
+    for (const [id, want] of this.desired) {
+      const reported = this.enforced.get(id);
+      if (reported?.state === 'cgroup_forbidden' || this.failures.has(id) || this.reconciling.has(id))
+        continue;
+      const attached = this.opts.enforcer.attachedCgroupId(id);
+      const now = cgroupIdAt(path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`)));
+      if (attached === now) continue;
+      if (attached === undefined && now === 0n && reported?.state === 'cgroup_missing') continue;
+      repaired++;
+      this.log.warn(
+        { computer: id, cgroup: want.cgroup, attached: String(attached ?? 0n), atPath: String(now) },
+        'attachment does not match the cgroup at its path: repairing',
+      );
+      this.opts.metrics?.attachmentRepairs.inc();
+      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
+    }
+    return repaired;
+  }
+
+  /**
+   * The computer's DNS proxy port: one while its mode redirects DNS, none
+   * when unrestricted. No free port: port 0, which refuses DNS (fail closed).
+   */
+  private async dnsSettings(
+    id: string,
+    policy: Policy,
+  ): Promise<{ settings: DnsSettings; exhausted?: string }> {
     const proxy = this.opts.proxy;
-    if (!proxy) return {};
+    if (!proxy) return { settings: {} };
     if (policy.mode === 'unrestricted') {
       proxy.release(id);
-      return { port: 0 };
+      return { settings: { port: 0 } };
     }
-    const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0);
-    return { port, blockDns: policy.blockDns === true };
+    try {
+      const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0);
+      return { settings: { port, blockDns: policy.blockDns === true } };
+    } catch (err) {
+      if (!(err instanceof EgressdError && err.code === 'DNS_PORTS_EXHAUSTED')) throw err;
+      this.opts.metrics?.dnsPortsExhausted.inc();
+      return { settings: { port: 0, blockDns: policy.blockDns === true }, exhausted: err.message };
+    }
   }
 
   /** Detaches a computer that Redis no longer has on this node. */
@@ -321,14 +439,17 @@ export class Agent {
     this.log.info({ computer: id }, 'detached');
   }
 
-  private onCgroupChange(id: string, exists: boolean): void {
-    if (exists) {
-      this.log.info({ computer: id }, 'cgroup appeared: attaching');
-      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
-    } else {
+  private onCgroupChange(id: string, change: CgroupChange): void {
+    const want = this.desired.get(id);
+    if (change === 'gone') {
       this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
       this.opts.enforcer.detach(id);
-      this.enforced.delete(id);
+      if (want)
+        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: 'cgroup gone' });
+    } else {
+      // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
+      this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
+      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
     }
     void this.flushAcks().catch(() => {});
   }
@@ -340,8 +461,8 @@ export class Agent {
     const at = new Date();
     const results = await Promise.allSettled(
       ids.map(async (id) => {
-        const version = this.enforced.get(id);
-        if (version !== undefined) await this.opts.store.ackEnforced(id, version, at, this.opts.node);
+        const r = this.enforced.get(id);
+        if (r !== undefined) await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state);
       }),
     );
     const failed = results.flatMap((r, i) =>
@@ -354,20 +475,18 @@ export class Agent {
   /** Desired vs. enforced version per computer. */
   report(): ComputerReport[] {
     return [...this.desired.entries()].map(([id, want]) => {
-      const enforcedVersion = this.enforced.get(id) ?? null;
-      const error = this.failures.get(id);
-      const state: ComputerReport['state'] = error
+      const reported = this.enforced.get(id);
+      const error = this.failures.get(id) ?? reported?.reason;
+      const state: ComputerReport['state'] = this.failures.has(id)
         ? 'failed'
-        : enforcedVersion === want.version
-          ? 'enforced'
-          : this.opts.enforcer.state(id)
-            ? 'pending'
-            : 'waiting_for_cgroup';
+        : reported?.version === want.version
+          ? reported.state
+          : 'pending';
       return {
         id,
         cgroup: want.cgroup,
         desiredVersion: want.version,
-        enforcedVersion,
+        enforcedVersion: reported?.version ?? null,
         state,
         ...(error ? { error } : {}),
       };

@@ -5,13 +5,28 @@
  * and rmdir of child directories as events on the parent. Each watched
  * directory knows the ids below it, so an event costs one stat per id there,
  * and tracking N computers costs O(N).
+ *
+ * A path is tracked by the cgroup at it (its inode number, the cgroup id),
+ * not only by its existence: an rmdir and mkdir that land between two
+ * checks leave the path there, but with another cgroup, which is reported
+ * as a replacement.
  */
-import { existsSync, type FSWatcher, watch } from 'node:fs';
+import { existsSync, type FSWatcher, statSync, watch } from 'node:fs';
 import path from 'node:path';
+
+/** What changed at a tracked path. */
+export type CgroupChange = 'appeared' | 'gone' | 'replaced';
+
+/** The cgroup id (inode number) at a path, or 0n when there is none. */
+export function cgroupIdAt(fullPath: string): bigint {
+  const stat = statSync(fullPath, { bigint: true, throwIfNoEntry: false });
+  return stat?.isDirectory() ? stat.ino : 0n;
+}
 
 interface Tracked {
   path: string;
-  present: boolean;
+  /** The cgroup id seen there last; 0n: none. */
+  cgroupId: bigint;
   /** The directory whose watcher covers this id. */
   dir: string;
 }
@@ -24,10 +39,10 @@ export class CgroupWatcher {
   private scheduled = false;
   private closed = false;
 
-  /** `onChange(id, exists)` runs after a watched path appeared or disappeared. */
+  /** `onChange(id, change)` runs after a watched path appeared, disappeared or holds another cgroup. */
   constructor(
     private readonly root: string,
-    private readonly onChange: (id: string, exists: boolean) => void,
+    private readonly onChange: (id: string, change: CgroupChange) => void,
   ) {}
 
   /** Watches `fullPath` for the computer `id` (replacing an earlier path). */
@@ -35,7 +50,7 @@ export class CgroupWatcher {
     const old = this.tracked.get(id);
     if (old?.path === fullPath) return;
     if (old) this.unwatch(id, old.dir);
-    const entry: Tracked = { path: fullPath, present: existsSync(fullPath), dir: '' };
+    const entry: Tracked = { path: fullPath, cgroupId: cgroupIdAt(fullPath), dir: '' };
     this.tracked.set(id, entry);
     this.place(id, entry);
   }
@@ -110,15 +125,16 @@ export class CgroupWatcher {
     for (const id of [...d.ids]) {
       const entry = this.tracked.get(id);
       if (!entry) continue;
-      const now = existsSync(entry.path);
+      const now = cgroupIdAt(entry.path);
       // Re-place: deeper when missing ancestors appeared, higher when this directory went away.
       if (dirGone || entry.dir !== path.dirname(entry.path)) {
         this.unwatch(id, entry.dir);
         this.place(id, entry);
       }
-      if (now !== entry.present) {
-        entry.present = now;
-        this.onChange(id, now);
+      if (now !== entry.cgroupId) {
+        const before = entry.cgroupId;
+        entry.cgroupId = now;
+        this.onChange(id, now === 0n ? 'gone' : before === 0n ? 'appeared' : 'replaced');
       }
     }
     if (dirGone) {

@@ -28,10 +28,10 @@ export const CONFIG_SLOT = {
   nextLearnedId: 7,
 } as const;
 export const CONFIG_SLOTS = 16;
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** Reasons of a deny event (EGRESS_REASON_*), by their code. */
-export const REASON = { mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5 } as const;
+export const REASON = { mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5, ungoverned: 6 } as const;
 
 /** Names of the maps and programs in build/egress.bpf.o; nothing else spells them. */
 export const MAPS = {
@@ -44,6 +44,8 @@ export const MAPS = {
   learnedV4: 'learned_v4',
   learnedV6: 'learned_v6',
   dnsOrigin: 'dns_origin',
+  governed: 'governed',
+  socketOwner: 'socket_owner',
   denyEvents: 'deny_events',
   config: 'config',
   barrierInner: 'barrier_inner',

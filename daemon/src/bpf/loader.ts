@@ -5,6 +5,7 @@
  *   <pinDir>/progs/<program>   every program (egress_sock_create is pinned last:
  *                              its pin marks a complete load)
  *   <pinDir>/computers/<id>/<hook>   links, owned by the enforcer
+ *   <pinDir>/roots/<root>/<hook>     guard links of the sandbox roots, owned by the enforcer
  * Pinned links and maps keep enforcement in force while no agent runs.
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
@@ -28,6 +29,17 @@ export const HOOKS = [
 ] as const;
 
 export type HookName = (typeof HOOKS)[number]['name'];
+
+/** The guard's hooks, attached to each sandbox root (see "governed" in bpf/include/egress_abi.h). */
+export const GUARD_HOOKS = [
+  { name: 'sock_create', program: 'egress_guard_sock_create', attachType: bpf.ATTACH.inetSockCreate },
+  { name: 'connect4', program: 'egress_guard_connect4', attachType: bpf.ATTACH.inet4Connect },
+  { name: 'connect6', program: 'egress_guard_connect6', attachType: bpf.ATTACH.inet6Connect },
+  { name: 'sendmsg4', program: 'egress_guard_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
+  { name: 'sendmsg6', program: 'egress_guard_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+] as const;
+
+export type GuardHookName = (typeof GUARD_HOOKS)[number]['name'];
 type MapName = (typeof MAPS)[keyof typeof MAPS];
 
 const COMPLETE_MARKER = HOOKS[0].program;
@@ -41,6 +53,7 @@ export interface LoadedObject {
   pinDir: string;
   maps: Record<MapName, number>;
   programs: Record<HookName, { fd: number; id: number }>;
+  guards: Record<GuardHookName, { fd: number; id: number }>;
   /** True when the pins were already there (a restarted agent). */
   adopted: boolean;
 }
@@ -128,7 +141,7 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
     mkdirSync(path.join(pinDir, 'progs'), { recursive: true });
     for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
     // The marker program goes last, so that its pin means every pin exists.
-    for (const hook of [...HOOKS].reverse()) {
+    for (const hook of [...GUARD_HOOKS, ...[...HOOKS].reverse()]) {
       bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.program));
     }
   } finally {
@@ -145,15 +158,14 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
 }
 
 function adopt(pinDir: string): LoadedObject {
-  const maps = {} as Record<MapName, number>;
-  for (const name of Object.values(MAPS)) maps[name] = bpf.objGet(path.join(pinDir, 'maps', name));
-  const programs = {} as Record<HookName, { fd: number; id: number }>;
-  for (const hook of HOOKS) {
-    const fd = bpf.objGet(path.join(pinDir, 'progs', hook.program));
-    programs[hook.name] = { fd, id: programId(fd) };
-  }
+  // The ABI first: an older build's pins may lack maps and programs that this one has.
+  const config = bpf.objGet(path.join(pinDir, 'maps', MAPS.config));
   const version = Buffer.alloc(8);
-  bpf.mapLookup(maps.config, encodeU32(CONFIG_SLOT.abiVersion), version);
+  try {
+    bpf.mapLookup(config, encodeU32(CONFIG_SLOT.abiVersion), version);
+  } finally {
+    bpf.closeFd(config);
+  }
   const pinned = Number(version.readBigUInt64LE());
   if (pinned !== 0 && pinned !== ABI_VERSION) {
     throw new EgressdError(
@@ -162,10 +174,20 @@ function adopt(pinDir: string): LoadedObject {
         `${ABI_VERSION}. Remove the pins (rm -r ${pinDir}, which detaches every computer) and restart`,
     );
   }
-  return { pinDir, maps, programs, adopted: true };
+  const maps = {} as Record<MapName, number>;
+  for (const name of Object.values(MAPS)) maps[name] = bpf.objGet(path.join(pinDir, 'maps', name));
+  const program = (name: string) => {
+    const fd = bpf.objGet(path.join(pinDir, 'progs', name));
+    return { fd, id: programId(fd) };
+  };
+  const programs = {} as Record<HookName, { fd: number; id: number }>;
+  for (const hook of HOOKS) programs[hook.name] = program(hook.program);
+  const guards = {} as Record<GuardHookName, { fd: number; id: number }>;
+  for (const hook of GUARD_HOOKS) guards[hook.name] = program(hook.program);
+  return { pinDir, maps, programs, guards, adopted: true };
 }
 
 export function closeLoaded(loaded: LoadedObject): void {
   for (const fd of Object.values(loaded.maps)) bpf.closeFd(fd);
-  for (const p of Object.values(loaded.programs)) bpf.closeFd(p.fd);
+  for (const p of [...Object.values(loaded.programs), ...Object.values(loaded.guards)]) bpf.closeFd(p.fd);
 }

@@ -230,7 +230,8 @@ export async function runCommand(
   let cgroupDir: string;
   const create = flags['create'] === true;
   if (create) {
-    const relative = `egressd-run/${id}`;
+    // Below the first sandbox root, where the agent attaches (and guards).
+    const relative = `${ctx.config.cgroupRoots[0]}/run/${id}`;
     cgroupDir = path.join(mount, relative);
     mkdirSync(cgroupDir, { recursive: true });
     await api.computers.put(id, { cgroup: relative, node: ctx.config.node });
@@ -258,7 +259,7 @@ export async function runCommand(
       }
     }
     try {
-      rmdirSync(path.dirname(cgroupDir)); // egressd-run/, when no other run uses it
+      rmdirSync(path.dirname(cgroupDir)); // <root>/run/, when no other run uses it
     } catch {}
   };
   try {

@@ -16,6 +16,7 @@ import { parseListen, resolveConfig } from '../../../api/src/config.js';
 import { createMetrics } from '../../../api/src/metrics.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
+import { cgroupOfProcess } from '../agent/placement.js';
 import { type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
 import { DnsProxy, type DnsProxyOptions } from '../dns/proxy.js';
 import { EmbeddedRedis } from '../embedded-redis.js';
@@ -130,6 +131,9 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         log,
         proxy,
         metrics: agentMetrics,
+        roots: config.cgroupRoots,
+        // This process's cgroup holds the API and the embedded Redis too (its children).
+        protectedCgroups: [cgroupOfProcess() ?? ''],
       });
       const events = startDenyEvents(enforcer, store, log, agentMetrics);
       stoppers.push(() => events.close());
@@ -155,6 +159,7 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
           redisUrl,
           adminKey: adminKey(config, env, log),
           ...(mode === 'all' ? { defaultNode: config.node } : {}),
+          cgroupRoots: config.cgroupRoots,
           logLevel: config.logLevel,
         },
         env,

@@ -26,6 +26,7 @@ import dnsPacket from 'dns-packet';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { Enforcer } from '../enforcer.js';
+import { EgressdError } from '../errors.js';
 import type { AgentMetrics } from '../metrics.js';
 
 export interface Upstream {
@@ -103,10 +104,14 @@ export class DnsProxy {
     const existing = this.computers.get(id);
     if (existing) return existing.port;
     const [min, max] = this.opts.portRange;
-    const candidates =
-      preferred >= min && preferred <= max && !this.usedPorts.has(preferred) ? [preferred] : [];
-    for (let tries = 0; tries < 50; tries++) candidates.push(min + randomInt(max - min + 1));
-    for (const port of candidates) {
+    const used = this.usedPorts;
+    function* candidates() {
+      if (preferred >= min && preferred <= max) yield preferred;
+      for (let tries = 0; tries < 50; tries++) yield min + randomInt(max - min + 1);
+      // Random picks miss the last free ports of a nearly full range: then every port, in order.
+      for (let port = min; port <= max && used.size < max - min + 1; port++) yield port;
+    }
+    for (const port of candidates()) {
       if (this.usedPorts.has(port)) continue;
       this.usedPorts.add(port);
       try {
@@ -118,7 +123,10 @@ export class DnsProxy {
         if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
       }
     }
-    throw new Error(`no free DNS proxy port in ${min}-${max}: widen --dns-ports`);
+    throw new EgressdError(
+      'DNS_PORTS_EXHAUSTED',
+      `no free DNS proxy port in ${min}-${max} (${this.usedPorts.size} in use): widen --dns-ports`,
+    );
   }
 
   portOf(id: string): number | undefined {
