@@ -158,6 +158,29 @@ test.serial(
   },
 );
 
+test.serial('a computer that joins does not wait for the XREAD in flight to time out', async (t) => {
+  await register(h, 'join-1');
+  await register(h, 'join-2');
+  const first = await open('join-1');
+  await first.waitFor(/: connected/);
+  // Let the feed's XREAD (BLOCK 2000 ms) block on join-1 alone.
+  await new Promise((r) => setTimeout(r, 200));
+  const second = await open('join-2');
+  await second.waitFor(/: connected/);
+  const started = Date.now();
+  await h.store.appendEvents('join-2', [{ computer: 'join-2', port: 2, reason: 'mode' }]);
+  await second.waitFor(/"port":2/);
+  const took = Date.now() - started;
+  t.true(
+    took < 1000,
+    `the joined computer's event took ${took} ms (CLIENT UNBLOCK should make it immediate)`,
+  );
+  t.log(`event of a computer that joined a blocked XREAD arrived in ${took} ms`);
+  first.close();
+  second.close();
+  await until(() => h.app.streams.size === 0, 2000, 'streams still counted');
+});
+
 test.serial('revoking a key ends its open streams in this process and in another one', async (t) => {
   const tenant = await tenantKey('revoke-tenant');
   await register(h, 'revoke-1', { tenant: 'revoke-tenant' });
