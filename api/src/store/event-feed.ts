@@ -102,30 +102,8 @@ export class EventFeed {
   async subscribe(computerId: string, subscriber: FeedSubscriber): Promise<() => void> {
     if (this.closed) throw new StoreUnavailableError(new Error('the event feed is closed'));
     await this.readerUp();
-    let f = this.followed.get(computerId);
-    if (!f) {
-      const entry: Followed = {
-        id: computerId,
-        key: this.options.streamKey(computerId),
-        cursor: undefined,
-        ready: Promise.resolve(),
-        subscribers: new Set(),
-      };
-      entry.ready = this.options.cursor(computerId).then(
-        (cursor) => {
-          entry.cursor = cursor;
-          if (this.followed.get(computerId) === entry) this.joined();
-        },
-        (err: unknown) => {
-          if (this.followed.get(computerId) === entry) this.followed.delete(computerId);
-          throw err;
-        },
-      );
-      this.followed.set(computerId, entry);
-      f = entry;
-    }
-    f.subscribers.add(subscriber);
-    const entry = f;
+    const entry = this.followed.get(computerId) ?? this.follow(computerId);
+    entry.subscribers.add(subscriber);
     try {
       await entry.ready;
     } catch (err) {
@@ -144,6 +122,29 @@ export class EventFeed {
         this.followed.delete(computerId);
       }
     };
+  }
+
+  /** A new entry for a computer: it joins the XREAD once the newest id of its stream is read. */
+  private follow(computerId: string): Followed {
+    const cursor = this.options.cursor(computerId);
+    const entry: Followed = {
+      id: computerId,
+      key: this.options.streamKey(computerId),
+      cursor: undefined,
+      ready: cursor.then(
+        (id) => {
+          entry.cursor = id;
+          if (this.followed.get(computerId) === entry) this.joined();
+        },
+        (err: unknown) => {
+          if (this.followed.get(computerId) === entry) this.followed.delete(computerId);
+          throw err;
+        },
+      ),
+      subscribers: new Set(),
+    };
+    this.followed.set(computerId, entry);
+    return entry;
   }
 
   /** Ends every subscriber ('closed') and the reader's connection. */
