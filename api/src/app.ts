@@ -15,6 +15,7 @@ import { healthRoutes } from './routes/health.js';
 import { keyRoutes } from './routes/keys.js';
 import { policyRoutes } from './routes/policy.js';
 import type { Store } from './store/store.js';
+import { EventStreams, type EventStreamsOptions } from './streams.js';
 
 export interface AppOptions {
   store: Store;
@@ -23,12 +24,16 @@ export interface AppOptions {
   logger?: Logger;
   /** @default metrics in a registry of their own */
   metrics?: ApiMetrics;
+  /** @default EventStreams' own defaults (key re-check every 10 s, heartbeat every 15 s, 64 KiB backlog) */
+  streams?: Pick<EventStreamsOptions, 'keyCheckMs' | 'heartbeatMs' | 'maxBacklogBytes'>;
 }
 
 export interface App extends Koa<ApiState> {
   /** The router, so that tests can walk its routes. */
   router: Router<ApiState>;
   metrics: ApiMetrics;
+  /** The open event streams. */
+  streams: EventStreams;
 }
 
 export function createApp(options: AppOptions): App {
@@ -37,11 +42,21 @@ export function createApp(options: AppOptions): App {
   const metrics = options.metrics ?? createMetrics();
   const app = new Koa<ApiState>() as App;
   app.proxy = false;
+  const streams = new EventStreams({
+    ...options.streams,
+    perKey: config.ssePerKey,
+    max: config.sseMax,
+    keyExists: async (keyId) => (await store.getApiKey(keyId)) !== undefined,
+    metrics,
+  });
+  // A key revoked through any API process ends its streams here too.
+  store.onKeyRevoked((keyId) => (keyId === undefined ? void streams.checkKeys() : streams.revoke(keyId)));
   const deps: RouteDeps = {
     store,
     config,
     authenticator: new Authenticator(store, config.adminKey),
     metrics,
+    streams,
   };
 
   let lastUnavailableLog = 0;
@@ -91,7 +106,7 @@ export function createApp(options: AppOptions): App {
       ctx.body = {
         error: { code: e.code, message: e.message, ...(e.details ? { details: e.details } : {}) },
       };
-      if (e.status === 503) ctx.set('Retry-After', '1');
+      if (e.retryAfter !== undefined) ctx.set('Retry-After', String(e.retryAfter));
     }
     const route = (ctx as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
     metrics.requests.inc({ method: ctx.method, route, status: String(ctx.status) });
@@ -102,6 +117,7 @@ export function createApp(options: AppOptions): App {
   app.use(router.allowedMethods());
   app.router = router;
   app.metrics = metrics;
+  app.streams = streams;
   // Koa reports errors after the response started here: a client leaving an event stream is no error.
   app.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'ERR_STREAM_PREMATURE_CLOSE' || err.code === 'ECONNRESET') return;

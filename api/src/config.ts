@@ -69,6 +69,20 @@ export interface ApiConfig {
    */
   workers: number;
   /**
+   * Most event streams (`GET .../network-policy/events/stream`) that one API
+   * key may hold open in one process; the admin key counts as one key.
+   * Beyond it: 429 too_many_streams. 0 refuses every stream.
+   * @default 20 (env EGRESSD_SSE_PER_KEY)
+   */
+  ssePerKey: number;
+  /**
+   * Most event streams one process holds open, all keys together. Beyond it:
+   * 503 streams_at_capacity. Each stream holds a socket: the process's
+   * open-files limit should be at least 2 × this + 1024 (checked at start).
+   * @default 2000 (env EGRESSD_SSE_MAX)
+   */
+  sseMax: number;
+  /**
    * pino log level.
    * @default 'info' (env EGRESSD_LOG_LEVEL)
    */
@@ -87,6 +101,8 @@ export const DEFAULT_API_CONFIG: Readonly<ApiConfig> = Object.freeze({
   maxRules: 10_000,
   streamMaxLen: 10_000,
   workers: 1,
+  ssePerKey: 20,
+  sseMax: 2000,
   logLevel: 'info',
 });
 
@@ -102,6 +118,8 @@ const ENV: Record<keyof ApiConfig, string> = {
   maxRules: 'EGRESSD_MAX_RULES',
   streamMaxLen: 'EGRESSD_STREAM_MAXLEN',
   workers: 'EGRESSD_API_WORKERS',
+  ssePerKey: 'EGRESSD_SSE_PER_KEY',
+  sseMax: 'EGRESSD_SSE_MAX',
   logLevel: 'EGRESSD_LOG_LEVEL',
 };
 

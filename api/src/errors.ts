@@ -12,15 +12,19 @@ export interface FieldIssue {
 }
 
 export class ApiError extends EgressdError {
+  /** Seconds for the `Retry-After` header (every 503 gets 1 unless it says otherwise). */
+  readonly retryAfter: number | undefined;
+
   constructor(
     readonly status: number,
     code: string,
     message: string,
     readonly details?: FieldIssue[],
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; retryAfter?: number },
   ) {
     super(code, message, options);
     this.name = 'ApiError';
+    this.retryAfter = options?.retryAfter ?? (status === 503 ? 1 : undefined);
   }
 }
 

@@ -1,5 +1,5 @@
 /** Prometheus metrics of one app instance (a registry of its own, so tests can build many apps). */
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 export interface ApiMetrics {
   registry: Registry;
@@ -10,6 +10,12 @@ export interface ApiMetrics {
   policyChanges: Counter<'result'>;
   /** Time spent waiting for the agent's acknowledgement. */
   enforcementWait: Histogram<'result'>;
+  /** Event streams (SSE) open now in this process. */
+  eventStreams: Gauge;
+  /** Event streams refused by a limit: per_key (429) or capacity (503). */
+  eventStreamsRefused: Counter<'limit'>;
+  /** Event streams ended, by reason: client, revoked, slow, store, closed. */
+  eventStreamsEnded: Counter<'reason'>;
 }
 
 export function createMetrics(registry = new Registry(), defaults = true): ApiMetrics {
@@ -40,6 +46,23 @@ export function createMetrics(registry = new Registry(), defaults = true): ApiMe
       help: "Time a policy change waited for the agent's acknowledgement, by result",
       labelNames: ['result'],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers: [registry],
+    }),
+    eventStreams: new Gauge({
+      name: 'egressd_api_event_streams',
+      help: 'Event streams (SSE) open in this process',
+      registers: [registry],
+    }),
+    eventStreamsRefused: new Counter({
+      name: 'egressd_api_event_streams_refused_total',
+      help: 'Event streams refused, by limit: per_key (429 too_many_streams) or capacity (503 streams_at_capacity)',
+      labelNames: ['limit'],
+      registers: [registry],
+    }),
+    eventStreamsEnded: new Counter({
+      name: 'egressd_api_event_streams_ended_total',
+      help: 'Event streams ended, by reason: client (went away), revoked (its key), slow (backlog over the bound), store (Redis went away), closed (shutdown)',
+      labelNames: ['reason'],
       registers: [registry],
     }),
     storeUnavailable: new Counter({

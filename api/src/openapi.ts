@@ -61,6 +61,11 @@ const policyChanged = {
   '412': error('If-Match does not match the current version'),
 };
 
+const retryAfterHeader = {
+  description: 'Seconds to wait before retrying',
+  schema: { type: 'integer', minimum: 0 },
+};
+
 const timestamp = { type: 'string', description: 'RFC 3339 UTC time' };
 
 const schemas: Json = {
@@ -407,13 +412,33 @@ export function openApiDocument(): Json {
           operationId: 'streamDenyEvents',
           summary:
             'New deny events as Server-Sent Events: one `data:` line with an event (as in /events) each',
+          description:
+            'Events appended after the stream opened, and a `: keep-alive` comment every 15 s. The stream ' +
+            'ends when the client leaves, when its key is revoked (DELETE /api/v1/keys/{keyId}, in every ' +
+            'API process), when Redis goes away, or when the client reads so slowly that more than 64 KiB ' +
+            'wait to be sent (then it is dropped whole, no event is skipped silently); reconnect to follow ' +
+            'on. One key may hold EGRESSD_SSE_PER_KEY streams (default 20; the admin key is one key) and ' +
+            'one API process EGRESSD_SSE_MAX (default 2000).',
           responses: {
             '200': {
-              description: 'An event stream until the client goes away',
+              description: 'An event stream until the client goes away (or see above)',
               content: { 'text/event-stream': {} },
             },
             '404': error('computer not found'),
+            '429': {
+              ...error(
+                'too_many_streams: the key holds its most open streams (EGRESSD_SSE_PER_KEY); close one and retry',
+              ),
+              headers: { 'Retry-After': retryAfterHeader },
+            },
             ...common,
+            '503': {
+              ...error(
+                'store_unavailable (Redis unreachable, Retry-After: 1), or streams_at_capacity: this API ' +
+                  'process serves its most streams (EGRESSD_SSE_MAX; Retry-After: 5)',
+              ),
+              headers: { 'Retry-After': retryAfterHeader },
+            },
           },
         },
       },
@@ -495,7 +520,7 @@ export function openApiDocument(): Json {
         parameters: [{ name: 'keyId', in: 'path', required: true, schema: { type: 'string' } }],
         delete: {
           operationId: 'deleteKey',
-          summary: 'Revoke a tenant key (admin only)',
+          summary: 'Revoke a tenant key (admin only); its open event streams end, in every API process',
           responses: {
             '204': { description: 'Revoked' },
             '403': error('Not the admin key'),

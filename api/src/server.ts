@@ -8,11 +8,15 @@ import cluster from 'node:cluster';
 import { pino } from 'pino';
 import { createApp } from './app.js';
 import { type ApiConfig, parseListen, resolveConfig } from './config.js';
+import { checkFdBudget } from './fd-budget.js';
 import { Store } from './store/store.js';
 
 export async function main(): Promise<void> {
   const config = resolveConfig();
   const logger = pino({ level: config.logLevel });
+  // Workers inherit the limit: checked once.
+  const budget = checkFdBudget(config.sseMax);
+  if (!budget.ok) logger.warn({ limit: budget.limit, needed: budget.needed }, budget.message);
   if (config.workers > 1 && cluster.isPrimary) {
     runPrimary(config, logger);
     return;

@@ -8,6 +8,8 @@ test('defaults', (t) => {
   t.is(c.bodyLimitBytes, 1024 * 1024);
   t.is(c.maxRules, 10_000);
   t.is(c.workers, 1);
+  t.is(c.ssePerKey, 20);
+  t.is(c.sseMax, 2000);
   t.is(c.adminKey, '');
   t.deepEqual(
     Object.keys(c).sort(),
@@ -24,7 +26,12 @@ test('argument, then environment, then default; the admin key is not enumerable'
     REDIS_URL: 'unix:///run/redis.sock',
     EGRESSD_DEFAULT_NODE: 'host-1',
   };
-  const c = resolveConfig({ waitTimeoutMs: 10 }, env);
+  const c = resolveConfig(
+    { waitTimeoutMs: 10 },
+    { ...env, EGRESSD_SSE_PER_KEY: '5', EGRESSD_SSE_MAX: '300' },
+  );
+  t.is(c.ssePerKey, 5);
+  t.is(c.sseMax, 300);
   t.is(c.adminKey, 'from-env');
   t.is(c.waitTimeoutMs, 10);
   t.is(c.redisUrl, 'unix:///run/redis.sock');

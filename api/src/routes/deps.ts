@@ -6,6 +6,7 @@ import type { ApiConfig } from '../config.js';
 import { ApiError } from '../errors.js';
 import type { ApiMetrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
+import type { EventStreams } from '../streams.js';
 
 export interface ApiState {
   principal: Principal;
@@ -18,6 +19,7 @@ export interface RouteDeps {
   config: ApiConfig;
   authenticator: Authenticator;
   metrics: ApiMetrics;
+  streams: EventStreams;
 }
 
 /** Authenticates the bearer key into `ctx.state.principal` (401 otherwise). */

@@ -1,5 +1,4 @@
 /** GET, PUT, DELETE /api/v1/computers/{id}/network-policy: the seed's endpoints. */
-import { PassThrough } from 'node:stream';
 import type { Context } from 'koa';
 import type { Policy } from '../../../daemon/src/policy/types.js';
 import { UNRESTRICTED } from '../../../daemon/src/policy/types.js';
@@ -66,36 +65,28 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
     ctx.body = { data: events };
   });
 
-  // The same events live, as Server-Sent Events (one `data:` line of JSON each), from now on.
+  // The same events live, as Server-Sent Events (one `data:` line of JSON each), from now on:
+  // one subscriber of the process's EventFeed, within the limits of EventStreams (429 / 503).
   router.get(`${POLICY_PATH}/events/stream`, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
-    if (!(await deps.store.getEvents(id, scopeOf(ctx.state.principal), 1))) throw computerNotFound();
-    const from = await deps.store.eventsCursor(id);
-    const abort = new AbortController();
-    const out = new PassThrough();
-    const end = () => {
-      abort.abort();
-      out.end();
-    };
-    ctx.req.on('close', end);
-    ctx.req.socket.setTimeout(0);
+    const principal = ctx.state.principal;
+    const stream = deps.streams.open(principal, ctx.res);
+    try {
+      if (!(await deps.store.getComputer(id, scopeOf(principal)))) throw computerNotFound();
+      stream.whenEnded(await deps.store.eventFeed().subscribe(id, stream));
+    } catch (err) {
+      stream.cancel();
+      throw err;
+    }
+    // Revoked, or Redis lost, while it was being opened: answer that; a client that left gets nothing.
+    const failure = stream.failure();
+    if (failure) throw failure;
     ctx.status = 200;
-    ctx.type = 'text/event-stream';
-    ctx.set('Cache-Control', 'no-store');
-    ctx.body = out;
-    out.write(': connected\n\n');
-    const heartbeat = setInterval(() => out.write(': keep-alive\n\n'), 15_000);
-    (async () => {
-      try {
-        for await (const event of deps.store.followEvents(id, from, abort.signal))
-          out.write(`data: ${JSON.stringify(event)}\n\n`);
-      } catch {
-        // Redis went away: end the stream; the client reconnects.
-      } finally {
-        clearInterval(heartbeat);
-        out.end();
-      }
-    })();
+    ctx.respond = false;
+    if (stream.ended) return;
+    ctx.req.socket.setTimeout(0);
+    stream.start();
+    if (ctx.method === 'HEAD') ctx.res.end();
   });
 
   router.delete(POLICY_PATH, auth, async (ctx) => {

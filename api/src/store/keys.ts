@@ -48,6 +48,11 @@ export const channels = {
    * (earlier builds published "<computer id> <version>": waiters then read the key).
    */
   enforced: `${PREFIX}enforced`,
+  /**
+   * Pub/sub channel: `DELETE /api/v1/keys/{id}` publishes the key's id, so that
+   * every API process ends the event streams that the key holds open.
+   */
+  keyRevoked: `${PREFIX}apikey-revoked`,
 } as const;
 
 /** `%s` templates of the names that a Lua script derives from a value it reads. */

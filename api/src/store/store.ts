@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
 import { StoreUnavailableError } from '../errors.js';
+import { EventFeed } from './event-feed.js';
 import { channels, keys, templates } from './keys.js';
 import {
   ACK_ENFORCED,
@@ -213,6 +214,9 @@ export class Store {
   private readonly options: StoreOptions;
   /** Per computer id, the wake-up functions of the requests waiting for its acknowledgement. */
   private readonly waiters = new Map<string, Set<(ack?: Enforced) => void>>();
+  /** Told the id of each revoked API key; undefined after the subscriber reconnects (notices may be lost). */
+  private readonly revocationListeners = new Set<(keyId?: string) => void>();
+  private feed: EventFeed | undefined;
 
   constructor(options: StoreOptions) {
     this.options = options;
@@ -268,11 +272,17 @@ export class Store {
       lazyConnect: false,
     });
     sub.on('error', () => {});
-    // Notifications published while the subscriber was away are lost: every waiter reads.
+    // Notifications published while the subscriber was away are lost: every waiter reads, and every
+    // holder of key-bound state checks its keys.
     sub.on('ready', () => {
       for (const set of this.waiters.values()) for (const wake of set) wake();
+      for (const listener of this.revocationListeners) listener();
     });
-    sub.on('message', (_channel: string, message: string) => {
+    sub.on('message', (channel: string, message: string) => {
+      if (channel === channels.keyRevoked) {
+        for (const listener of this.revocationListeners) listener(message);
+        return;
+      }
       const [id = '', version, at, state] = message.split(' ');
       // "<id> <version> <at> <state>"; an older writer's "<id> <version>" makes waiters read the key.
       const ack =
@@ -280,11 +290,50 @@ export class Store {
       for (const wake of this.waiters.get(id) ?? []) wake(ack);
     });
     this.subscriber = sub;
-    this.subscribed = sub.subscribe(channels.enforced);
+    this.subscribed = sub.subscribe(channels.enforced, channels.keyRevoked);
     return this.subscribed;
   }
 
+  /**
+   * Calls `listener` with the id of every API key revoked (by any process),
+   * and with no id when notices may have been lost (the subscriber
+   * reconnected): then the listener must check its keys itself. Returns the
+   * function that removes it. Needs connect().
+   */
+  onKeyRevoked(listener: (keyId?: string) => void): () => void {
+    this.revocationListeners.add(listener);
+    return () => this.revocationListeners.delete(listener);
+  }
+
+  /**
+   * The process's one reader of computers' deny events, for every SSE
+   * stream (one connection of its own, opened at the first subscription).
+   */
+  eventFeed(): EventFeed {
+    this.feed ??= new EventFeed({
+      connect: () => {
+        const client = new Redis({
+          ...redisOptions(this.options.url, this.options.commandTimeoutMs ?? 2000),
+          lazyConnect: false,
+          commandTimeout: undefined,
+          enableAutoPipelining: false,
+          // A read in flight when the connection drops fails at once (the feed ends its subscribers) ...
+          maxRetriesPerRequest: 0,
+          // ... and is not sent again after the reconnect.
+          autoResendUnfulfilledCommands: false,
+        });
+        client.on('error', () => {});
+        return client;
+      },
+      unblock: (clientId) => this.redis.client('UNBLOCK', clientId) as Promise<number>,
+      cursor: (id) => this.eventsCursor(id),
+      streamKey: keys.events,
+    });
+    return this.feed;
+  }
+
   async close(): Promise<void> {
+    this.feed?.close();
     for (const client of [this.redis, this.subscriber, this.blocking]) {
       if (client && client.status !== 'end') client.disconnect();
     }
@@ -397,44 +446,10 @@ export class Store {
     });
   }
 
-  /**
-   * Deny events of a computer after `from` (eventsCursor), as they come
-   * (XREAD BLOCK on a connection of its own), until `signal` aborts.
-   */
   /** The id of a computer's newest event ('0-0' when none): follow from here to see only new ones. */
   async eventsCursor(id: string): Promise<string> {
     const last = await this.guard(() => this.redis.xrevrange(keys.events(id), '+', '-', 'COUNT', 1));
     return last[0]?.[0] ?? '0-0';
-  }
-
-  async *followEvents(id: string, from: string, signal: AbortSignal): AsyncGenerator<unknown> {
-    const client = this.redis.duplicate({
-      enableOfflineQueue: true,
-      commandTimeout: undefined,
-      maxRetriesPerRequest: null,
-    });
-    client.on('error', () => {});
-    const stop = () => client.disconnect();
-    signal.addEventListener('abort', stop);
-    try {
-      let last = from;
-      while (!signal.aborted) {
-        let reply: [string, [string, string[]][]][] | null;
-        try {
-          reply = (await client.xread('BLOCK', 5000, 'STREAMS', keys.events(id), last)) as typeof reply;
-        } catch (err) {
-          if (signal.aborted) return;
-          throw new StoreUnavailableError(err);
-        }
-        for (const [entryId, fields] of reply?.[0]?.[1] ?? []) {
-          last = entryId;
-          yield JSON.parse(fields[1] ?? '{}');
-        }
-      }
-    } finally {
-      signal.removeEventListener('abort', stop);
-      client.disconnect();
-    }
   }
 
   /** A computer's deny events, newest first, visible under `scope`; undefined when the computer is not. */
@@ -789,8 +804,16 @@ export class Store {
     return hashes.flatMap((h, i) => toApiKey(ids[i] ?? '', h) ?? []);
   }
 
+  /** Removes a key, and tells every API process (`onKeyRevoked`); false if there was none. */
   async deleteApiKey(id: string): Promise<boolean> {
-    const r = await this.guard(() => this.redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).exec());
+    const r = await this.guard(() =>
+      this.redis
+        .multi()
+        .del(keys.apiKey(id))
+        .zrem(keys.apiKeys(), id)
+        .publish(channels.keyRevoked, id)
+        .exec(),
+    );
     return r?.[0]?.[1] === 1;
   }
 }

@@ -13,6 +13,7 @@ import { type Logger, pino } from 'pino';
 import { Registry } from 'prom-client';
 import { createApp } from '../../../api/src/app.js';
 import { parseListen, resolveConfig } from '../../../api/src/config.js';
+import { checkFdBudget } from '../../../api/src/fd-budget.js';
 import { createMetrics } from '../../../api/src/metrics.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
@@ -164,6 +165,8 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         },
         env,
       );
+      const budget = checkFdBudget(apiConfig.sseMax);
+      if (!budget.ok) log.warn({ limit: budget.limit, needed: budget.needed }, budget.message);
       const store = new Store({ url: redisUrl, streamMaxLen: apiConfig.streamMaxLen });
       await store.connect();
       stoppers.push(() => store.close());
