@@ -7,7 +7,7 @@ import Koa from 'koa';
 import { type Logger, pino } from 'pino';
 import { Authenticator } from './auth.js';
 import type { ApiConfig } from './config.js';
-import { ApiError, StoreUnavailableError } from './errors.js';
+import { ApiError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
 import { type ApiMetrics, createMetrics } from './metrics.js';
 import { computerRoutes } from './routes/computers.js';
 import type { ApiState, RouteDeps } from './routes/deps.js';
@@ -78,11 +78,12 @@ export function createApp(options: AppOptions): App {
       const e = toApiError(err);
       if (e instanceof StoreUnavailableError) {
         metrics.storeUnavailable.inc();
-        // At most one line a second while Redis is away (the metric counts them all).
+        if (e instanceof StoreOutcomeUnknownError) metrics.storeOutcomeUnknown.inc();
+        // At most one line a second while Redis is away (the metrics count them all).
         const now = Date.now();
         if (now - lastUnavailableLog >= 1000) {
           lastUnavailableLog = now;
-          logger.warn({ method: ctx.method, path: ctx.path }, e.message);
+          logger.warn({ method: ctx.method, path: ctx.path, code: e.code }, e.message);
         }
       } else if (e.status >= 500) {
         logger.error({ err, method: ctx.method, path: ctx.path }, e.message);

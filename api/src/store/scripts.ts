@@ -35,18 +35,21 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
  * KEYS: computer, policy, enforced, version counter.
  * ARGV: tenant scope, id, mode, rules JSON, if-match version ('' = none),
  *       now, node changes template, stream maxlen.
- * An unchanged policy is not rewritten: its version stays.
+ * An unchanged policy is not rewritten: its version stays. That comes
+ * before the If-Match check, so a repeated conditional PUT whose first try
+ * took effect (its answer was lost) answers as unchanged rather than 412
+ * (RFC 9110 13.1.1 allows a 2xx when the requested change is already made).
  */
 export const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
 local curVersion = cur[3] or '0'
-if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local e = redis.call('HMGET', KEYS[3], 'version', 'at')
 if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
   return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or ''}
 end
+if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local v = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'version', v, 'updated_at', ARGV[6])
 appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])

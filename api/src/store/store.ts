@@ -5,11 +5,19 @@
  * Redis being unreachable surfaces as StoreUnavailableError at once (no
  * offline queue, one retry at most, a command timeout), and the client keeps
  * reconnecting in the background, so service resumes when Redis is back.
+ *
+ * A change that was sent but got no answer (timed out, or the connection was
+ * lost before the reply) surfaces as StoreOutcomeUnknownError instead: Redis
+ * may have applied it. Such a command is never sent again by the client
+ * library after a reconnect (`autoResendUnfulfilledCommands: false`), so once
+ * Redis answers again a read tells the outcome for good (a frozen Redis may
+ * still run what it had received when it resumes: that is what it answers to
+ * the next read too).
  */
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
-import { StoreUnavailableError } from '../errors.js';
+import { StoreOutcomeUnknownError, StoreUnavailableError } from '../errors.js';
 import { channels, keys, templates } from './keys.js';
 import {
   ACK_ENFORCED,
@@ -137,8 +145,24 @@ const SCRIPTS = {
   nodeSnapshot: script(NODE_SNAPSHOT),
 };
 
-/** Reply errors that mean "not now" rather than "bug". */
+/** Reply errors that mean "not now" rather than "bug". Either way Redis refused the command: nothing changed. */
 const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
+
+/**
+ * ioredis's words for a command it refused to write (no connection, and no
+ * offline queue): it never reached Redis. Any other failure of a change that
+ * was handed to a ready connection may have reached it.
+ */
+const NOT_SENT = /^Stream isn't writeable/;
+
+/**
+ * A change the store makes, for the error when its outcome is unknown: what
+ * was being changed, and how a caller finds out (and what is safe to repeat).
+ */
+interface Change {
+  what: string;
+  advice: string;
+}
 
 export function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { path?: string } {
   const common: RedisOptions = {
@@ -196,6 +220,10 @@ export class Store {
     this.redis = new Redis({
       ...redisOptions(options.url, options.commandTimeoutMs ?? 2000),
       lazyConnect: false,
+      // A command in flight when the connection dropped is not sent again after the reconnect:
+      // its caller was told the outcome is unknown, and a write applied minutes later could
+      // undo a newer one. Every command of this connection has a timeout, which ends its wait.
+      autoResendUnfulfilledCommands: false,
     });
     // Errors surface on commands; without a listener ioredis would log each reconnect failure.
     this.redis.on('error', () => {});
@@ -277,26 +305,47 @@ export class Store {
     }
   }
 
-  private async run(s: Script, keyList: string[], args: (string | number)[]): Promise<unknown> {
+  private async run(
+    s: Script,
+    keyList: string[],
+    args: (string | number)[],
+    change?: Change,
+  ): Promise<unknown> {
     return this.guard(async () => {
       try {
         return await this.redis.evalsha(s.sha, keyList.length, ...keyList, ...args);
       } catch (err) {
+        // NOSCRIPT: Redis ran nothing; the script itself goes along this time.
         if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
           return await this.redis.eval(s.source, keyList.length, ...keyList, ...args);
         }
         throw err;
       }
-    });
+    }, change);
   }
 
-  /** Runs `fn`, turning "Redis is not there" into StoreUnavailableError. */
-  async guard<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn`, turning "Redis is not there" into StoreUnavailableError. With
+   * `change` (fn writes on the main connection), a failure after the command
+   * may have reached Redis is StoreOutcomeUnknownError; a change is not even
+   * tried while the connection is not ready (then it surely never reached Redis).
+   */
+  async guard<T>(fn: () => Promise<T>, change?: Change): Promise<T> {
+    if (change && this.redis.status !== 'ready') {
+      throw new StoreUnavailableError(new Error(`not connected to Redis (${this.redis.status})`));
+    }
     try {
       return await fn();
     } catch (err) {
       if (err instanceof StoreUnavailableError) throw err;
-      if (err instanceof Error && err.name === 'ReplyError' && !TRANSIENT_REPLY.test(err.message)) throw err;
+      if (err instanceof Error && err.name === 'ReplyError') {
+        // Redis answered: a refusal that means "not now" is a 503 (it changed nothing), any other a bug.
+        if (!TRANSIENT_REPLY.test(err.message)) throw err;
+        throw new StoreUnavailableError(err);
+      }
+      if (change && !(err instanceof Error && NOT_SENT.test(err.message))) {
+        throw new StoreOutcomeUnknownError(err, change.what, change.advice);
+      }
       throw new StoreUnavailableError(err);
     }
   }
@@ -344,6 +393,12 @@ export class Store {
         templates.nodeChanges,
         this.streamMaxLen,
       ],
+      {
+        what: `the change to the policy of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id}/network-policy once the store answers to see which. ` +
+          'Repeating the same PUT (or DELETE) is safe: it leaves the same policy stored, under one version.',
+      },
     )) as string[];
     const status = r[0];
     if (status === 'not_found') return { status };
@@ -390,6 +445,8 @@ export class Store {
       enableOfflineQueue: true,
       commandTimeout: undefined,
       maxRetriesPerRequest: null,
+      // A read without a timeout: it must go out again after a reconnect, or it would wait for ever.
+      autoResendUnfulfilledCommands: true,
     });
     client.on('error', () => {});
     const stop = () => client.disconnect();
@@ -585,6 +642,12 @@ export class Store {
         templates.tenantComputers,
         this.streamMaxLen,
       ],
+      {
+        what: `the registration of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id} once the store answers to see which. ` +
+          'Repeating the same PUT is safe (it answers 200 with the computer as stored).',
+      },
     )) as string[];
     const status = r[0];
     if (status === 'not_found' || status === 'node_required') return { status };
@@ -611,6 +674,12 @@ export class Store {
         templates.tenantComputers,
         this.streamMaxLen,
       ],
+      {
+        what: `the deletion of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id} once the store answers to see which (404: it is gone). ` +
+          'Repeating the DELETE is safe (404 computer_not_found then means it is gone).',
+      },
     )) as string[];
     return r[0] === 'ok';
   }
@@ -728,17 +797,24 @@ export class Store {
   // --- API keys -----------------------------------------------------------
 
   async putApiKey(record: ApiKeyRecord): Promise<void> {
-    await this.guard(() =>
-      this.redis
-        .multi()
-        .hset(keys.apiKey(record.id), {
-          hash: record.hash,
-          tenant: record.tenant,
-          name: record.name ?? '',
-          created_at: record.createdAt,
-        })
-        .zadd(keys.apiKeys(), 0, record.id)
-        .exec(),
+    await this.guard(
+      () =>
+        this.redis
+          .multi()
+          .hset(keys.apiKey(record.id), {
+            hash: record.hash,
+            tenant: record.tenant,
+            name: record.name ?? '',
+            created_at: record.createdAt,
+          })
+          .zadd(keys.apiKeys(), 0, record.id)
+          .exec(),
+      {
+        what: `the creation of API key ${record.id}`,
+        advice:
+          'Its secret was not shown, so it is of no use: revoke it with ' +
+          `DELETE /api/v1/keys/${record.id} once the store answers (404 means it was never stored), and create another.`,
+      },
     );
   }
 
@@ -754,7 +830,15 @@ export class Store {
   }
 
   async deleteApiKey(id: string): Promise<boolean> {
-    const r = await this.guard(() => this.redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).exec());
+    const r = await this.guard(
+      () => this.redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).exec(),
+      {
+        what: `the revocation of API key ${id}`,
+        advice:
+          'GET /api/v1/keys once the store answers to see whether it is still listed. ' +
+          'Repeating the DELETE is safe (404 key_not_found then means it is revoked).',
+      },
+    );
     return r?.[0]?.[1] === 1;
   }
 }
