@@ -57,10 +57,13 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or ''}
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
  * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
  *       node cgroups, node changes, tenant computers), stream maxlen.
+ * A new computer starts without an acknowledgement, deny events or learned
+ * names: whatever a computer of the same id left behind (written by an older
+ * build, which did not delete them) is not its.
  */
 export const PUT_COMPUTER = `${APPEND_CHANGE}
 local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -111,7 +114,7 @@ if placed then
   if exists then
     redis.call('HSET', KEYS[2], 'version', v)
   else
-    redis.call('DEL', KEYS[3])
+    redis.call('DEL', KEYS[3], KEYS[6], KEYS[7])
     redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'version', v, 'updated_at', now)
   end
   appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
@@ -120,16 +123,18 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
  * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
  *       node changes, tenant computers), stream maxlen.
+ * Everything of the computer goes (the keys.ts entries under its id): a
+ * computer registered later under the same id starts empty.
  */
 export const DELETE_COMPUTER = `${APPEND_CHANGE}
 local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
 local v = redis.call('INCR', KEYS[4])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[5], id)
 redis.call('ZREM', string.format(ARGV[4], c[2]), id)
 if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
@@ -151,6 +156,43 @@ local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+return 1
+`;
+
+/**
+ * KEYS: computer, events. ARGV: stream maxlen, then one event (JSON) each.
+ * The agent's deny events, written only while the computer exists, so that
+ * a late flush cannot bring back the stream of a deleted computer.
+ */
+export const APPEND_EVENTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return #ARGV - 1
+`;
+
+/**
+ * KEYS: computer, learned. ARGV: now (ms since the epoch), then pairs of
+ * field ("<name> <address>") and expiry (ms since the epoch).
+ * Written only while the computer exists (as APPEND_EVENTS); drops expired
+ * fields, and makes the key expire with its last field.
+ */
+export const PUT_LEARNED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local now = tonumber(ARGV[1])
+local last = 0
+local current = redis.call('HGETALL', KEYS[2])
+for i = 1, #current, 2 do
+  local at = tonumber(current[i + 1]) or 0
+  if at <= now then redis.call('HDEL', KEYS[2], current[i]) elseif at > last then last = at end
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  local at = tonumber(ARGV[i + 1]) or 0
+  if at > last then last = at end
+end
+redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', last))
 return 1
 `;
 

@@ -21,10 +21,12 @@ import { StoreOutcomeUnknownError, StoreUnavailableError } from '../errors.js';
 import { channels, keys, templates } from './keys.js';
 import {
   ACK_ENFORCED,
+  APPEND_EVENTS,
   DELETE_COMPUTER,
   GET_POLICY,
   NODE_SNAPSHOT,
   PUT_COMPUTER,
+  PUT_LEARNED,
   PUT_POLICY,
 } from './scripts.js';
 
@@ -143,7 +145,12 @@ const SCRIPTS = {
   deleteComputer: script(DELETE_COMPUTER),
   ackEnforced: script(ACK_ENFORCED),
   nodeSnapshot: script(NODE_SNAPSHOT),
+  appendEvents: script(APPEND_EVENTS),
+  putLearned: script(PUT_LEARNED),
 };
+
+/** Approximate cap of each computer's deny event stream. */
+const EVENTS_MAXLEN = '1000';
 
 /** Reply errors that mean "not now" rather than "bug". Either way Redis refused the command: nothing changed. */
 const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
@@ -419,27 +426,37 @@ export class Store {
     };
   }
 
-  /** Appends deny events (JSON-ready objects) to the computer's capped stream (about the last 1,000). */
+  /**
+   * Appends deny events (JSON-ready objects) to the computer's capped stream
+   * (about the last 1,000), if the computer exists: the agent flushes what
+   * it buffered, and a flush after the DELETE must not bring the stream back
+   * for whoever registers the id next. (A flush that lands after the id was
+   * registered again, within the agent's 250 ms batching, still does: the
+   * script cannot tell one computer of an id from the next. Accepted: it takes
+   * a delete and a register within the same fraction of a second.)
+   */
   async appendEvents(id: string, events: object[]): Promise<void> {
     if (events.length === 0) return;
-    await this.guard(async () => {
-      const tx = this.redis.multi();
-      for (const e of events)
-        tx.xadd(keys.events(id), 'MAXLEN', '~', '1000', '*', 'event', JSON.stringify(e));
-      await tx.exec();
-    });
+    await this.run(
+      SCRIPTS.appendEvents,
+      [keys.computer(id), keys.events(id)],
+      [EVENTS_MAXLEN, ...events.map((e) => JSON.stringify(e))],
+    );
   }
 
-  /**
-   * Deny events of a computer after `from` (eventsCursor), as they come
-   * (XREAD BLOCK on a connection of its own), until `signal` aborts.
-   */
   /** The id of a computer's newest event ('0-0' when none): follow from here to see only new ones. */
   async eventsCursor(id: string): Promise<string> {
     const last = await this.guard(() => this.redis.xrevrange(keys.events(id), '+', '-', 'COUNT', 1));
     return last[0]?.[0] ?? '0-0';
   }
 
+  /**
+   * Deny events of a computer after `from` (eventsCursor), as they come
+   * (XREAD BLOCK on a connection of its own), until `signal` aborts or the
+   * computer is gone: deleted, or deleted and registered again (another
+   * `created_at`), whose events are not this follower's to see. That is
+   * checked before every batch and at least every 5 s.
+   */
   async *followEvents(id: string, from: string, signal: AbortSignal): AsyncGenerator<unknown> {
     const client = this.redis.duplicate({
       enableOfflineQueue: true,
@@ -453,10 +470,15 @@ export class Store {
     signal.addEventListener('abort', stop);
     try {
       let last = from;
+      let born: string | null | undefined;
       while (!signal.aborted) {
         let reply: [string, [string, string[]][]][] | null;
         try {
+          const createdAt = await client.hget(keys.computer(id), 'created_at');
+          born ??= createdAt;
+          if (createdAt === null || createdAt !== born) return;
           reply = (await client.xread('BLOCK', 5000, 'STREAMS', keys.events(id), last)) as typeof reply;
+          if (reply && (await client.hget(keys.computer(id), 'created_at')) !== born) return;
         } catch (err) {
           if (signal.aborted) return;
           throw new StoreUnavailableError(err);
@@ -486,28 +508,23 @@ export class Store {
 
   /**
    * The agent records what the computer's DNS lookups taught it (hostname →
-   * address, until when); expired fields are dropped as new ones come, and
-   * the key itself expires with its last field.
+   * address, until when), if the computer exists (as appendEvents: the agent
+   * publishes within half a second, which may be after a DELETE); expired
+   * fields are dropped as new ones come, and the key itself expires with its
+   * last field.
    */
   async putLearned(
     id: string,
     entries: { name: string; address: string; expiresAt: number }[],
   ): Promise<void> {
     if (entries.length === 0) return;
-    const key = keys.learned(id);
     const fields: string[] = [];
     for (const e of entries) fields.push(`${e.name} ${e.address}`, String(e.expiresAt));
-    const last = Math.max(...entries.map((e) => e.expiresAt));
-    await this.guard(async () => {
-      const now = Date.now();
-      const current = await this.redis.hgetall(key);
-      const stale = Object.entries(current)
-        .filter(([, at]) => Number(at) <= now)
-        .map(([field]) => field);
-      const tx = this.redis.multi().hset(key, ...fields);
-      if (stale.length > 0) tx.hdel(key, ...stale);
-      await tx.pexpireat(key, Math.max(last, ...Object.values(current).map(Number))).exec();
-    });
+    await this.run(
+      SCRIPTS.putLearned,
+      [keys.computer(id), keys.learned(id)],
+      [String(Date.now()), ...fields],
+    );
   }
 
   /** Unexpired learned hostnames of a computer visible under `scope`; undefined when the computer is not. */
@@ -626,7 +643,15 @@ export class Store {
     const now = (options.now ?? new Date()).toISOString();
     const r = (await this.run(
       SCRIPTS.putComputer,
-      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        keys.computer(id),
+        keys.policy(id),
+        keys.enforced(id),
+        keys.version(),
+        keys.computers(),
+        keys.events(id),
+        keys.learned(id),
+      ],
       [
         options.scope ?? '',
         id,
@@ -659,11 +684,22 @@ export class Store {
     };
   }
 
-  /** Removes a computer and its policy; false if there is none (in scope). */
+  /**
+   * Removes a computer with everything that belongs to it (policy,
+   * acknowledgement, deny events, learned names); false if there is none (in scope).
+   */
   async deleteComputer(id: string, scope: Scope = '', now: Date = new Date()): Promise<boolean> {
     const r = (await this.run(
       SCRIPTS.deleteComputer,
-      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        keys.computer(id),
+        keys.policy(id),
+        keys.enforced(id),
+        keys.version(),
+        keys.computers(),
+        keys.events(id),
+        keys.learned(id),
+      ],
       [
         scope,
         id,
