@@ -542,9 +542,18 @@ export function openApiDocument(): Json {
       '/metrics': {
         get: {
           operationId: 'metrics',
-          summary: 'Prometheus metrics',
-          security: [],
-          responses: { '200': { description: 'Prometheus text format', content: { 'text/plain': {} } } },
+          summary:
+            "Prometheus metrics (admin key: their labels name every tenant's computers). " +
+            'A separately run agent serves its own on --metrics-listen (default 127.0.0.1:9464, no key)',
+          responses: {
+            '200': { description: 'Prometheus text format', content: { 'text/plain': {} } },
+            '401': error('Missing or unknown API key'),
+            '403': error('A tenant key: the metrics need the admin key'),
+            '503': {
+              ...json(ref('StoreError'), 'store_unavailable: Redis unreachable while checking a tenant key'),
+              headers: retryAfter,
+            },
+          },
         },
       },
     },

@@ -181,14 +181,14 @@ test('healthz, readyz, metrics', async (t) => {
   t.deepEqual(health.body, { status: 'ok' });
   const ready = await h.call('GET', '/readyz', { key: '' });
   t.deepEqual(ready.body, { status: 'ready' });
-  const metrics = await h.call('GET', '/metrics', { key: '' });
+  const metrics = await h.call('GET', '/metrics');
   t.is(metrics.status, 200);
   t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain/);
   t.regex(metrics.text, /egressd_api_requests_total\{method="GET",route="\/healthz",status="200"\} 1/);
   t.regex(metrics.text, /egressd_api_request_duration_seconds_bucket/);
   await h.call('PUT', '/api/v1/computers/metrics-1', { body: { cgroup: 'metrics-1' } });
   await h.call('PUT', '/api/v1/computers/metrics-1/network-policy?wait=0', { body: { mode: 'isolated' } });
-  const after = await h.call('GET', '/metrics', { key: '' });
+  const after = await h.call('GET', '/metrics');
   t.regex(after.text, /egressd_api_policy_changes_total\{result="pending"\} [1-9]/);
   t.regex(after.text, /egressd_api_enforcement_wait_seconds_count\{result="pending"\} [1-9]/);
 });
