@@ -1,6 +1,5 @@
 /** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
 import { once } from 'node:events';
-import { createServer } from 'node:http';
 import test from 'ava';
 import { createApp } from '../../api/src/app.js';
 import { resolveConfig } from '../../api/src/config.js';
@@ -186,7 +185,7 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
   t.teardown(() => store.close());
   await t.throwsAsync(() => store.connect());
   const config = resolveConfig({ adminKey: 'k', defaultNode: 'late-node', waitTimeoutMs: 10_000 }, {});
-  const server = createServer(createApp({ store, config }).callback()).listen(0, '127.0.0.1');
+  const server = createApp({ store, config }).createServer().listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => {
     server.closeAllConnections();
