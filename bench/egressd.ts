@@ -191,9 +191,10 @@ export class Client {
   }
 }
 
-/** /metrics of egressd as name{labels} → value. */
+/** /metrics of egressd (with the admin key) as name{labels} → value. */
 export async function metrics(origin: string): Promise<Map<string, number>> {
-  const r = await fetch(`${origin}/metrics`);
+  const r = await fetch(`${origin}/metrics`, { headers: { authorization: `Bearer ${BENCH_ADMIN_KEY}` } });
+  if (!r.ok) throw new Error(`GET ${origin}/metrics: ${r.status} ${await r.text()}`);
   return parsePrometheus(await r.text());
 }
 

@@ -1,13 +1,16 @@
 /**
  * The API as a Koa app. `createApp` only builds; `server.ts` listens. Tests
- * drive `app.callback()` through an http server on 127.0.0.1:0.
+ * drive it through `app.createServer()` (an http server with the app's
+ * handler for requests Node's parser refuses) on 127.0.0.1:0.
  */
+import { createServer, type IncomingMessage, type Server, STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { type Logger, pino } from 'pino';
 import { Authenticator } from './auth.js';
 import type { ApiConfig } from './config.js';
-import { ApiError, StoreUnavailableError } from './errors.js';
+import { ApiError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
 import { type ApiMetrics, createMetrics } from './metrics.js';
 import { computerRoutes } from './routes/computers.js';
 import type { ApiState, RouteDeps } from './routes/deps.js';
@@ -34,6 +37,12 @@ export interface App extends Koa<ApiState> {
   metrics: ApiMetrics;
   /** The open event streams. */
   streams: EventStreams;
+  /**
+   * An http server for the app that also answers, with the JSON error body,
+   * what never reaches Koa: requests Node's parser refuses (an unknown
+   * method, malformed syntax) and CONNECT. `listen()` uses it.
+   */
+  createServer(): Server;
 }
 
 export function createApp(options: AppOptions): App {
@@ -86,21 +95,30 @@ export function createApp(options: AppOptions): App {
           );
         }
         if (ctx.status === 501) {
-          throw new ApiError(501, 'not_implemented', `the HTTP method ${ctx.method} is not supported`);
+          const allow = ctx.response.get('Allow');
+          throw new ApiError(
+            501,
+            'not_implemented',
+            `the HTTP method ${ctx.method} is not supported${allow ? `; use ${allow}` : ''}`,
+          );
         }
       }
     } catch (err) {
       const e = toApiError(err);
-      if (e instanceof StoreUnavailableError) {
+      if (e.code === 'internal') {
+        logger.error({ err, method: ctx.method, path: ctx.path }, e.message);
+      } else if (e instanceof StoreUnavailableError) {
         metrics.storeUnavailable.inc();
-        // At most one line a second while Redis is away (the metric counts them all).
+        if (e instanceof StoreOutcomeUnknownError) metrics.storeOutcomeUnknown.inc();
+        // At most one line a second while Redis is away (the metrics count them all).
         const now = Date.now();
         if (now - lastUnavailableLog >= 1000) {
           lastUnavailableLog = now;
-          logger.warn({ method: ctx.method, path: ctx.path }, e.message);
+          logger.warn({ method: ctx.method, path: ctx.path, code: e.code }, e.message);
         }
-      } else if (e.status >= 500) {
-        logger.error({ err, method: ctx.method, path: ctx.path }, e.message);
+      } else {
+        // The client's doing (4xx, and 501 for a method no route takes): no stack, no alarm.
+        logger.debug({ method: ctx.method, path: ctx.path, status: e.status, code: e.code }, e.message);
       }
       ctx.status = e.status;
       ctx.body = {
@@ -118,12 +136,102 @@ export function createApp(options: AppOptions): App {
   app.router = router;
   app.metrics = metrics;
   app.streams = streams;
+  app.createServer = () => {
+    const server = createServer(app.callback());
+    server.on('clientError', (err: ParserError, socket: Duplex) => {
+      const reply = clientErrorReply(err);
+      // A reset or a socket that cannot take a reply, or a response already under way on it
+      // (the parser failed on a pipelined request): nothing to answer (as Node does itself).
+      const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+      if (!reply || !socket.writable || inFlight?.headersSent) {
+        socket.destroy();
+        return;
+      }
+      logger.debug({ status: reply.status, parserError: err.code }, reply.message);
+      metrics.requests.inc({ method: 'unparsed', route: 'unmatched', status: String(reply.status) });
+      rawReply(socket, reply);
+    });
+    // CONNECT never reaches Koa (Node hands the socket to 'connect' listeners, or drops it).
+    server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+      const reply = {
+        status: 501,
+        code: 'not_implemented',
+        message: 'the HTTP method CONNECT is not supported: this is no proxy',
+      };
+      logger.debug({ method: req.method, path: req.url, status: reply.status }, reply.message);
+      metrics.requests.inc({ method: 'CONNECT', route: 'unmatched', status: String(reply.status) });
+      rawReply(socket, reply);
+    });
+    return server;
+  };
+  app.listen = ((...args: Parameters<Server['listen']>) =>
+    app.createServer().listen(...args)) as App['listen'];
   // Koa reports errors after the response started here: a client leaving an event stream is no error.
   app.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'ERR_STREAM_PREMATURE_CLOSE' || err.code === 'ECONNRESET') return;
     logger.error({ err }, 'error after the response started');
   });
   return app;
+}
+
+/** What Node's HTTP parser reports to 'clientError'. */
+type ParserError = NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string };
+
+interface RawReply {
+  status: number;
+  code: string;
+  message: string;
+}
+
+/** The answer to a request Node's parser refused; undefined when there is no one to answer. */
+function clientErrorReply(err: ParserError): RawReply | undefined {
+  switch (err.code) {
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return undefined;
+    case 'HPE_INVALID_METHOD': {
+      // The method as sent, shown only if it looks like one (a token of up to 32 characters).
+      const sent = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}(?= )/.exec(
+        err.rawPacket?.toString('latin1') ?? '',
+      )?.[0];
+      return {
+        status: 501,
+        code: 'not_implemented',
+        message:
+          `the HTTP method ${sent === undefined ? '' : `${sent} `}is not supported; ` +
+          'this API takes GET, HEAD, PUT, POST and DELETE (see /api/v1/openapi.json)',
+      };
+    }
+    case 'HPE_HEADER_OVERFLOW':
+      return {
+        status: 431,
+        code: 'invalid_request',
+        message: "the request's headers are larger than this server takes: send fewer or shorter ones",
+      };
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return { status: 413, code: 'payload_too_large', message: 'chunk extensions too large' };
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return { status: 408, code: 'invalid_request', message: 'the request did not arrive in time' };
+    default:
+      return {
+        status: 400,
+        code: 'invalid_request',
+        message: `malformed HTTP request (${err.code ?? 'parse error'}${err.reason ? `: ${err.reason}` : ''})`,
+      };
+  }
+}
+
+/** Writes a whole HTTP/1.1 response with the JSON error body to a socket Koa never saw, and closes it. */
+function rawReply(socket: Duplex, reply: RawReply): void {
+  const body = JSON.stringify({ error: { code: reply.code, message: reply.message } });
+  socket.end(
+    `HTTP/1.1 ${reply.status} ${STATUS_CODES[reply.status] ?? ''}\r\n` +
+      'Content-Type: application/json; charset=utf-8\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      'Connection: close\r\n\r\n' +
+      body,
+    () => socket.destroy(),
+  );
 }
 
 function toApiError(err: unknown): ApiError {

@@ -34,19 +34,39 @@ export const COMPUTER_NOT_FOUND = 'computer not found';
 
 export const computerNotFound = () => new ApiError(404, 'computer_not_found', COMPUTER_NOT_FOUND);
 
-/** Redis could not be reached (or answered that it cannot serve): 503, retry later. */
+/** Redis could not be reached (or answered that it cannot serve): 503, retry later. Nothing was changed. */
 export class StoreUnavailableError extends ApiError {
-  constructor(cause: unknown) {
-    const why = cause instanceof Error ? cause.message : String(cause);
+  constructor(cause: unknown, code = 'store_unavailable', message?: string) {
     super(
       503,
-      'store_unavailable',
-      `the policy store (Redis) is unavailable, retry shortly: ${why}`,
+      code,
+      message ?? `the policy store (Redis) is unavailable, retry shortly: ${causeText(cause)}`,
       undefined,
-      {
-        cause,
-      },
+      { cause },
     );
     this.name = 'StoreUnavailableError';
   }
+}
+
+/**
+ * A change was sent to Redis but no answer came (the command timed out, or
+ * the connection was lost before the reply): it may or may not have taken
+ * effect. Still a 503 (a StoreUnavailableError, so whoever treats "Redis is
+ * away" as transient does the same here), with a code of its own and a
+ * message that says how to find out: `change` names what was being changed,
+ * `advice` what to GET and what is safe to repeat.
+ */
+export class StoreOutcomeUnknownError extends StoreUnavailableError {
+  constructor(cause: unknown, change: string, advice: string) {
+    super(
+      cause,
+      'store_outcome_unknown',
+      `the policy store (Redis) did not confirm ${change} (${causeText(cause)}): it may or may not have taken effect. ${advice}`,
+    );
+    this.name = 'StoreOutcomeUnknownError';
+  }
+}
+
+function causeText(cause: unknown): string {
+  return cause instanceof Error ? cause.message : String(cause);
 }

@@ -5,7 +5,10 @@ export interface ApiMetrics {
   registry: Registry;
   requests: Counter<'method' | 'route' | 'status'>;
   duration: Histogram<'method' | 'route'>;
+  /** Requests answered 503 because of Redis, store_outcome_unknown included. */
   storeUnavailable: Counter;
+  /** Of those, changes sent to Redis without an answer (store_outcome_unknown). */
+  storeOutcomeUnknown: Counter;
   /** Policy changes by how they were answered: enforced (200) or pending (202). */
   policyChanges: Counter<'result'>;
   /** Time spent waiting for the agent's acknowledgement. */
@@ -67,7 +70,12 @@ export function createMetrics(registry = new Registry(), defaults = true): ApiMe
     }),
     storeUnavailable: new Counter({
       name: 'egressd_api_store_unavailable_total',
-      help: 'Requests answered 503 because Redis could not be reached',
+      help: 'Requests answered 503 because Redis could not be reached (store_outcome_unknown included)',
+      registers: [registry],
+    }),
+    storeOutcomeUnknown: new Counter({
+      name: 'egressd_api_store_outcome_unknown_total',
+      help: 'Changes answered 503 store_outcome_unknown: sent to Redis, no answer (they may have taken effect)',
       registers: [registry],
     }),
   };

@@ -20,11 +20,33 @@ const body = (name: string): Json => ({
   content: { 'application/json': { schema: ref(name) } },
 });
 
+const retryAfter = {
+  'Retry-After': { description: 'Seconds to wait before trying again (1)', schema: { type: 'integer' } },
+};
+
+/** Responses of every operation under /api/v1 that only reads. */
 const common: Json = {
   '400': error('Invalid request: the message names the field path and what to change'),
   '401': error('Missing or unknown API key'),
-  '503': error('Redis unreachable; retry shortly (Retry-After: 1)'),
-  default: error('Any other error (405, 413, 415, ...)'),
+  '503': {
+    ...json(ref('StoreError'), 'store_unavailable: Redis unreachable; retry shortly'),
+    headers: retryAfter,
+  },
+  default: error('Any other error (405, 413, 415, 501, ...)'),
+};
+/** Responses of every operation that changes something: its outcome may be unknown. */
+const changing: Json = {
+  ...common,
+  '503': {
+    ...json(
+      ref('ChangeStoreError'),
+      'store_unavailable: Redis unreachable, nothing was changed; retry shortly. ' +
+        'store_outcome_unknown: the change was sent to Redis and not confirmed, so it may have taken effect: ' +
+        'GET the resource once Redis answers to see which (the message says what to GET); ' +
+        'repeating the same PUT or DELETE is safe',
+    ),
+    headers: retryAfter,
+  },
 };
 const withBody: Json = {
   '413': error('Body over the configured limit (default 1 MiB)'),
@@ -68,32 +90,41 @@ const retryAfterHeader = {
 
 const timestamp = { type: 'string', description: 'RFC 3339 UTC time' };
 
-const schemas: Json = {
-  Error: {
-    type: 'object',
-    required: ['error'],
-    additionalProperties: false,
-    properties: {
-      error: {
-        type: 'object',
-        required: ['code', 'message'],
-        additionalProperties: false,
-        properties: {
-          code: { type: 'string', description: 'Stable machine-readable code, e.g. rules_required' },
-          message: { type: 'string', description: 'What is wrong and what to change' },
-          details: {
-            type: 'array',
-            items: {
-              type: 'object',
-              required: ['path', 'message'],
-              additionalProperties: false,
-              properties: { path: { type: 'string' }, message: { type: 'string' } },
-            },
+/** The error body; `codes` narrows the code to those listed. */
+const errorSchema = (codes?: string[]): Json => ({
+  type: 'object',
+  required: ['error'],
+  additionalProperties: false,
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      additionalProperties: false,
+      properties: {
+        code: {
+          type: 'string',
+          description: 'Stable machine-readable code, e.g. rules_required',
+          ...(codes ? { enum: codes } : {}),
+        },
+        message: { type: 'string', description: 'What is wrong and what to change' },
+        details: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['path', 'message'],
+            additionalProperties: false,
+            properties: { path: { type: 'string' }, message: { type: 'string' } },
           },
         },
       },
     },
   },
+});
+
+const schemas: Json = {
+  Error: errorSchema(),
+  StoreError: errorSchema(['store_unavailable']),
+  ChangeStoreError: errorSchema(['store_unavailable', 'store_outcome_unknown']),
   RuleInput: {
     type: 'object',
     required: ['host'],
@@ -369,13 +400,13 @@ export function openApiDocument(): Json {
           summary: 'Replace the network policy',
           parameters: [waitParam, ifMatchParam],
           requestBody: body('PolicyInput'),
-          responses: { ...policyChanged, ...common, ...withBody },
+          responses: { ...policyChanged, ...changing, ...withBody },
         },
         delete: {
           operationId: 'deleteNetworkPolicy',
           summary: 'Reset to unrestricted (idempotent)',
           parameters: [waitParam, ifMatchParam],
-          responses: { ...policyChanged, ...common },
+          responses: { ...policyChanged, ...changing },
         },
       },
       '/api/v1/computers/{id}/network-policy/learned': {
@@ -484,14 +515,14 @@ export function openApiDocument(): Json {
             '409': error(
               "cgroup_in_use: the cgroup already belongs to another computer on the node; cgroup_nested: it is an ancestor or a descendant of another computer's cgroup",
             ),
-            ...common,
+            ...changing,
             ...withBody,
           },
         },
         delete: {
           operationId: 'deleteComputer',
           summary: 'Remove a computer and its policy',
-          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...common },
+          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...changing },
         },
       },
       '/api/v1/keys': {
@@ -511,7 +542,7 @@ export function openApiDocument(): Json {
           responses: {
             '201': json(ref('ApiKeyCreated'), 'Created'),
             '403': error('Not the admin key'),
-            ...common,
+            ...changing,
             ...withBody,
           },
         },
@@ -525,7 +556,7 @@ export function openApiDocument(): Json {
             '204': { description: 'Revoked' },
             '403': error('Not the admin key'),
             '404': error('key not found'),
-            ...common,
+            ...changing,
           },
         },
       },
@@ -550,15 +581,27 @@ export function openApiDocument(): Json {
           operationId: 'readyz',
           summary: 'Readiness: Redis reachable',
           security: [],
-          responses: { '200': json(ref('Status'), 'Ready'), '503': error('Redis unreachable') },
+          responses: {
+            '200': json(ref('Status'), 'Ready'),
+            '503': json(ref('StoreError'), 'Redis unreachable'),
+          },
         },
       },
       '/metrics': {
         get: {
           operationId: 'metrics',
-          summary: 'Prometheus metrics',
-          security: [],
-          responses: { '200': { description: 'Prometheus text format', content: { 'text/plain': {} } } },
+          summary:
+            "Prometheus metrics (admin key: their labels name every tenant's computers). " +
+            'A separately run agent serves its own on --metrics-listen (default 127.0.0.1:9464, no key)',
+          responses: {
+            '200': { description: 'Prometheus text format', content: { 'text/plain': {} } },
+            '401': error('Missing or unknown API key'),
+            '403': error('A tenant key: the metrics need the admin key'),
+            '503': {
+              ...json(ref('StoreError'), 'store_unavailable: Redis unreachable while checking a tenant key'),
+              headers: retryAfter,
+            },
+          },
         },
       },
     },

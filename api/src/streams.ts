@@ -12,12 +12,12 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { Principal } from './auth.js';
-import { ApiError, StoreUnavailableError } from './errors.js';
+import { ApiError, computerNotFound, StoreUnavailableError } from './errors.js';
 import type { ApiMetrics } from './metrics.js';
 import type { FeedSubscriber } from './store/event-feed.js';
 
-/** Why a stream ended: its client went away, its key was revoked, it fell too far behind, Redis went away, shutdown. */
-export type EndReason = 'client' | 'revoked' | 'slow' | 'store' | 'closed';
+/** Why a stream ended: its client went away, its key was revoked, it fell too far behind, Redis went away, shutdown, its computer was deleted. */
+export type EndReason = 'client' | 'revoked' | 'slow' | 'store' | 'closed' | 'gone';
 
 export interface EventStreamsOptions {
   /** Most streams one key holds open (the admin key is one key). */
@@ -62,6 +62,7 @@ const LAST_WORDS: Record<Exclude<EndReason, 'client' | 'slow'>, string> = {
   revoked: ': the API key of this stream was revoked\n\n',
   store: ': the event store (Redis) went away; reconnect\n\n',
   closed: ': the server is shutting down; reconnect\n\n',
+  gone: ': the computer of this stream was deleted\n\n',
 };
 
 export class EventStreams {
@@ -267,6 +268,8 @@ export class EventStream implements FeedSubscriber {
       case 'store':
       case 'closed':
         return new StoreUnavailableError(new Error('the connection reading events was lost'));
+      case 'gone':
+        return computerNotFound();
       default:
         return undefined;
     }

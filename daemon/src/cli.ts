@@ -30,7 +30,7 @@ options (flag, environment variable, default):
   --dns-ports     EGRESSD_DNS_PORTS       42000-51999 (per-computer proxy ports)
   --dns-ttl-min   EGRESSD_DNS_TTL_MIN     5 (seconds; learned addresses live for the clamped TTL)
   --dns-ttl-max   EGRESSD_DNS_TTL_MAX     3600
-  --metrics-listen EGRESSD_METRICS_LISTEN 127.0.0.1:9464 (egressd agent; in all, the API's /metrics)
+  --metrics-listen EGRESSD_METRICS_LISTEN 127.0.0.1:9464 (egressd agent, no key: keep it private; in all, the API's /metrics, admin key)
   EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
   EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
 

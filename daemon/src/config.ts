@@ -84,7 +84,9 @@ export interface EgressdConfig {
   dnsTtlMin: string;
   dnsTtlMax: string;
   /**
-   * host:port of `egressd agent`'s Prometheus /metrics (in `egressd all` the API's /metrics has them).
+   * host:port of `egressd agent`'s Prometheus /metrics, served without a key (its labels name
+   * computers: keep it on loopback or a private network). In `egressd all` the API's /metrics
+   * has them, behind the admin key.
    * @default '127.0.0.1:9464' (--metrics-listen, EGRESSD_METRICS_LISTEN)
    */
   metricsListen: string;

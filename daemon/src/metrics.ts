@@ -1,6 +1,7 @@
 /**
  * The agent's Prometheus metrics. In `egressd all` they share the API's
- * registry (one /metrics); `egressd agent` serves them on --metrics-listen.
+ * registry (one /metrics, behind the admin key); `egressd agent` serves them
+ * on --metrics-listen without a key (loopback by default).
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';

@@ -34,6 +34,25 @@ test('missing, malformed and unknown keys are 401', async (t) => {
   t.is((await h.call('GET', '/api/v1/computers/x/network-policy', { key: '' })).status, 401);
 });
 
+test('/metrics needs the admin key (401 without, 403 for a tenant key); health, readiness and OpenAPI stay open', async (t) => {
+  await register(h, 'metrics-secret', { tenant: 't-metrics-other' });
+  const none = await h.call('GET', '/metrics', { key: '' });
+  t.is(none.status, 401);
+  t.is(none.body.error.code, 'unauthorized');
+  t.false(none.text.includes('metrics-secret'));
+  const { key } = await tenantKey('t-metrics');
+  const tenant = await h.call('GET', '/metrics', { key });
+  t.is(tenant.status, 403);
+  t.is(tenant.body.error.code, 'forbidden');
+  t.regex(tenant.body.error.message, /admin key/);
+  const admin = await h.call('GET', '/metrics');
+  t.is(admin.status, 200);
+  t.regex(admin.text, /egressd_api_requests_total\{method="GET",route="\/metrics",status="401"\} 1/);
+  for (const open of ['/healthz', '/readyz', '/api/v1/openapi.json']) {
+    t.is((await h.call('GET', open, { key: '' })).status, 200, open);
+  }
+});
+
 test('keys: created once, stored only as a hash, listed without secrets, revoked', async (t) => {
   const { id, key } = await tenantKey('t-keys');
   t.regex(key, /^egk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);

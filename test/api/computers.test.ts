@@ -181,14 +181,14 @@ test('healthz, readyz, metrics', async (t) => {
   t.deepEqual(health.body, { status: 'ok' });
   const ready = await h.call('GET', '/readyz', { key: '' });
   t.deepEqual(ready.body, { status: 'ready' });
-  const metrics = await h.call('GET', '/metrics', { key: '' });
+  const metrics = await h.call('GET', '/metrics');
   t.is(metrics.status, 200);
   t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain/);
   t.regex(metrics.text, /egressd_api_requests_total\{method="GET",route="\/healthz",status="200"\} 1/);
   t.regex(metrics.text, /egressd_api_request_duration_seconds_bucket/);
   await h.call('PUT', '/api/v1/computers/metrics-1', { body: { cgroup: 'metrics-1' } });
   await h.call('PUT', '/api/v1/computers/metrics-1/network-policy?wait=0', { body: { mode: 'isolated' } });
-  const after = await h.call('GET', '/metrics', { key: '' });
+  const after = await h.call('GET', '/metrics');
   t.regex(after.text, /egressd_api_policy_changes_total\{result="pending"\} [1-9]/);
   t.regex(after.text, /egressd_api_enforcement_wait_seconds_count\{result="pending"\} [1-9]/);
 });
@@ -244,4 +244,57 @@ test('sandbox roots, key prefixes and nesting: a key governs only cgroups below 
   for (const id of ['root-bad', 'a2', 'a3', 't-bad', 't-in']) {
     t.is((await h.call('GET', `/api/v1/computers/${id}`)).status, 404, id);
   }
+});
+
+test('DELETE /computers/{id} takes its deny events and learned names along: the next computer of the id starts empty', async (t) => {
+  const tenantKey = async (tenant: string) =>
+    (await h.call('POST', '/api/v1/keys', { body: { tenant, cgroup_prefix: 'reuse' } })).body.data
+      .key as string;
+  const keyA = await tenantKey('reuse-a');
+  const keyB = await tenantKey('reuse-b');
+  const id = 'reused';
+  const policy = `/api/v1/computers/${id}/network-policy`;
+  const event = { computer: id, at: new Date().toISOString(), pid: 7, comm: 'curl', family: 'ipv4' };
+  const learned = [{ name: 'secret.example', address: '192.0.2.77', expiresAt: Date.now() + 60_000 }];
+  t.is(
+    (await h.call('PUT', `/api/v1/computers/${id}`, { key: keyA, body: { cgroup: 'reuse/a' } })).status,
+    201,
+  );
+  await h.store.appendEvents(id, [
+    {
+      ...event,
+      protocol: 'tcp',
+      address: '192.0.2.77',
+      port: 443,
+      hostname: 'secret.example',
+      reason: 'rule',
+    },
+  ]);
+  await h.store.putLearned(id, learned);
+  t.is((await h.call('GET', `${policy}/events`, { key: keyA })).body.data.length, 1);
+  t.is((await h.call('GET', `${policy}/learned`, { key: keyA })).body.data.length, 1);
+
+  t.is((await h.call('DELETE', `/api/v1/computers/${id}`, { key: keyA })).status, 204);
+  t.is(await h.store.redis.exists(`egressd:computer:${id}:events`, `egressd:computer:${id}:learned`), 0);
+  // The agent flushes what it buffered a little later: that must not bring them back.
+  await h.store.appendEvents(id, [{ ...event, port: 80 }]);
+  await h.store.putLearned(id, learned);
+  t.is(await h.store.redis.exists(`egressd:computer:${id}:events`, `egressd:computer:${id}:learned`), 0);
+
+  t.is(
+    (await h.call('PUT', `/api/v1/computers/${id}`, { key: keyB, body: { cgroup: 'reuse/b' } })).status,
+    201,
+  );
+  t.deepEqual((await h.call('GET', `${policy}/events`, { key: keyB })).body.data, []);
+  t.deepEqual((await h.call('GET', `${policy}/learned`, { key: keyB })).body.data, []);
+  // Leftovers of an older build (which did not delete them) do not pass to a new computer either.
+  await h.store.redis.xadd('egressd:computer:leftover:events', '*', 'event', JSON.stringify(event));
+  await h.store.redis.hset(
+    'egressd:computer:leftover:learned',
+    'old.example 192.0.2.78',
+    Date.now() + 60_000,
+  );
+  t.is((await h.call('PUT', '/api/v1/computers/leftover', { body: { cgroup: 'leftover' } })).status, 201);
+  t.deepEqual((await h.call('GET', '/api/v1/computers/leftover/network-policy/events')).body.data, []);
+  t.deepEqual((await h.call('GET', '/api/v1/computers/leftover/network-policy/learned')).body.data, []);
 });

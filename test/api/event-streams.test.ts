@@ -152,7 +152,7 @@ test.serial(
     t.is(again?.status, 200, 'a slot is free again once a stream closed');
     for (const s of [second, third, theirs, again]) s?.close();
     await until(() => h.app.streams.size === 0, 2000, 'streams still counted');
-    const metrics = await h.call('GET', '/metrics', { key: '' });
+    const metrics = await h.call('GET', '/metrics');
     t.regex(metrics.text, /egressd_api_event_streams_refused_total\{limit="per_key"\} 1/);
     t.regex(metrics.text, /egressd_api_event_streams 0/);
   },
@@ -237,7 +237,7 @@ test.serial('a client that does not read is dropped once its backlog passes the 
   }
   await until(() => h.app.streams.size === before - 1, 5000, 'the slow stream was not dropped');
   t.log(`dropped after ${batches} batches of 50 × 32 KiB events`);
-  const metrics = await h.call('GET', '/metrics', { key: '' });
+  const metrics = await h.call('GET', '/metrics');
   t.regex(metrics.text, /egressd_api_event_streams_ended_total\{reason="slow"\} 1/);
   slow.close();
   await h.store.redis.del(keys.events('slow-1'));

@@ -3,7 +3,7 @@
  * 127.0.0.1:0, and helpers to call it. `close()` ends all of it.
  */
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type App, createApp } from '../../api/src/app.js';
 import { type ApiConfig, resolveConfig } from '../../api/src/config.js';
@@ -59,7 +59,7 @@ export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<
   const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });
   await store.connect();
   const app = createApp({ store, config });
-  const server = createServer(app.callback());
+  const server = app.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

@@ -191,6 +191,41 @@ test('events/stream delivers new events live as Server-Sent Events; 404 for unkn
   t.is(missing.status, 404);
 });
 
+test('events/stream ends when the computer is deleted: the next computer of the id is not its to follow', async (t) => {
+  await register(h, 'events-gone');
+  const abort = new AbortController();
+  t.teardown(() => abort.abort());
+  const res = await fetch(`${h.baseUrl}${path('events-gone')}/events/stream`, {
+    headers: { authorization: `Bearer ${ADMIN_KEY}` },
+    signal: abort.signal,
+  });
+  t.is(res.status, 200);
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  let ended = false;
+  const reading = (async () => {
+    // Bounded: the server ends the stream (or the teardown aborts it).
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+    ended = true;
+  })().catch(() => {});
+  const deadline = Date.now() + 5000;
+  while (!text.includes(': connected') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.is((await h.call('DELETE', '/api/v1/computers/events-gone')).status, 204);
+  await register(h, 'events-gone', { tenant: 'someone-else' });
+  await h.store.appendEvents('events-gone', [{ computer: 'events-gone', port: 9, reason: 'mode' }]);
+  const until = Date.now() + 8000;
+  while (!ended && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  t.true(ended, 'the stream ended');
+  t.false(text.includes('data: '), text);
+  abort.abort();
+  await reading;
+});
+
 test('allowlist and denylist without rules: 400 with the seed text', async (t) => {
   await register(h, 'req-1');
   for (const body of [{ mode: 'allowlist' }, { mode: 'denylist', rules: [] }]) {

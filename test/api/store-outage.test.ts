@@ -1,12 +1,11 @@
 /** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
 import { once } from 'node:events';
-import { createServer } from 'node:http';
 import test from 'ava';
 import { createApp } from '../../api/src/app.js';
 import { resolveConfig } from '../../api/src/config.js';
 import { Store } from '../../api/src/store/store.js';
 import { startRedis } from '../helpers/redis.js';
-import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
+import { ADMIN_KEY, type Harness, type Reply, register, startHarness } from './harness.js';
 
 let h: Harness;
 test.before(async () => {
@@ -55,6 +54,7 @@ test.serial('Redis stopped: 503 store_unavailable at once; restarted: service re
   t.is(get.headers.get('retry-after'), '1');
   const put = await h.call('PUT', '/api/v1/computers/outage/network-policy', { body: { mode: 'isolated' } });
   t.is(put.status, 503);
+  t.is(put.body.error.code, 'store_unavailable', 'not connected: the change surely never reached Redis');
   const list = await h.call('GET', '/api/v1/computers');
   t.is(list.status, 503);
   t.true(Date.now() - started < 5000, `answered in ${Date.now() - started} ms`);
@@ -89,6 +89,94 @@ test.serial('Redis stopped: 503 store_unavailable at once; restarted: service re
   t.is(r.body.data.enforcement.state, 'enforced');
 });
 
+test.serial(
+  'Redis frozen (SIGSTOP): changes answer 503 store_outcome_unknown, reads store_unavailable; repeating them after the outage leaves one version',
+  async (t) => {
+    await register(h, 'frozen', { node: 'frozen-node' });
+    await register(h, 'frozen-gone', { node: 'frozen-node' });
+    const policyPath = '/api/v1/computers/frozen/network-policy';
+    // Every script this Redis will run is loaded now (an earlier test restarted it, and an
+    // EVALSHA that Redis answers with NOSCRIPT after the timeout never took effect): so the
+    // frozen Redis does run each change when it resumes, the case of an honest 503 that matters.
+    await h.call('PUT', `${policyPath}?wait=0`, { body: { mode: 'isolated' } });
+    await register(h, 'frozen-warm', { node: 'frozen-node' });
+    await h.call('DELETE', '/api/v1/computers/frozen-warm');
+    const v0 = (await h.call('GET', policyPath)).body.data.version as number;
+    const policy = { mode: 'allowlist', rules: [{ host: '192.0.2.7', port: 443, protocol: 'tcp' }] };
+    const ifMatch = { 'if-match': `"${v0}"` };
+    let replies: Reply[];
+    const started = Date.now();
+    h.redis.freeze();
+    try {
+      replies = await Promise.all([
+        h.call('PUT', `${policyPath}?wait=0`, { body: policy, headers: ifMatch }),
+        h.call('DELETE', '/api/v1/computers/frozen-gone'),
+        h.call('PUT', '/api/v1/computers/frozen-new', { body: { cgroup: 'egressd/frozen-new' } }),
+        h.call('POST', '/api/v1/keys', { body: { tenant: 'frozen-tenant' } }),
+        h.call('GET', policyPath),
+      ]);
+    } finally {
+      h.redis.thaw();
+    }
+    const [put, del, register2, key, get] = replies;
+    t.true(Date.now() - started < 10_000, `answered in ${Date.now() - started} ms`);
+    for (const r of [put, del, register2, key]) {
+      t.is(r?.status, 503);
+      t.is(r?.body.error.code, 'store_outcome_unknown', r?.text);
+      t.is(r?.headers.get('retry-after'), '1');
+    }
+    t.regex(put?.body.error.message, /GET \/api\/v1\/computers\/frozen\/network-policy/);
+    t.regex(put?.body.error.message, /same PUT/);
+    t.regex(del?.body.error.message, /GET \/api\/v1\/computers\/frozen-gone/);
+    t.is(get?.status, 503);
+    t.is(get?.body.error.code, 'store_unavailable', 'a read changes nothing: its outcome is no question');
+
+    // Bounded: Redis answers again within a few seconds of SIGCONT.
+    let after: Reply | undefined;
+    for (let i = 0; i < 100 && after?.status !== 200; i++) {
+      after = await h.call('GET', policyPath);
+      if (after.status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    t.is(after?.status, 200);
+    // The frozen Redis had the changes and ran them when it resumed: the GET tells.
+    const v1 = after?.body.data.version as number;
+    t.true(v1 > v0);
+    t.is(after?.body.data.mode, 'allowlist');
+    t.is((await h.call('GET', '/api/v1/computers/frozen-gone')).status, 404);
+    t.is((await h.call('GET', '/api/v1/computers/frozen-new')).status, 200);
+
+    // Repeating each change is safe: the same policy under the same version (also with the
+    // If-Match the first try was sent with), and no second change record.
+    const again = await h.call('PUT', `${policyPath}?wait=0`, { body: policy, headers: ifMatch });
+    t.is(again.status, 202, again.text);
+    t.is(again.body.data.version, v1);
+    const plain = await h.call('PUT', `${policyPath}?wait=0`, { body: policy });
+    t.is(plain.body.data.version, v1);
+    const records = (await h.store.readChanges('frozen-node', '0-0')).filter(
+      (c) => c.computerId === 'frozen' && c.kind === 'policy' && c.version > v0,
+    );
+    t.deepEqual(
+      records.map((c) => c.version),
+      [v1],
+      'one change record (after the warm-up) for the one stored version',
+    );
+    t.deepEqual((await h.call('GET', policyPath)).body.data.rules, [
+      { host: '192.0.2.7', port: 443, protocol: 'tcp' },
+    ]);
+    t.is((await h.call('DELETE', '/api/v1/computers/frozen-gone')).status, 404, 'already gone');
+    t.is(
+      (await h.call('PUT', '/api/v1/computers/frozen-new', { body: { cgroup: 'egressd/frozen-new' } }))
+        .status,
+      200,
+      'already registered',
+    );
+    // The key's secret was never shown: the message names it, to revoke.
+    const keyId = /DELETE \/api\/v1\/keys\/([0-9a-f]{16})/.exec(key?.body.error.message ?? '')?.[1];
+    t.truthy(keyId, key?.body.error.message);
+    t.is((await h.call('DELETE', `/api/v1/keys/${keyId}`)).status, 204);
+  },
+);
+
 test.serial('an API started while Redis is down answers 503, then serves once Redis is up', async (t) => {
   const redis = await startRedis();
   t.teardown(() => redis.cleanup());
@@ -97,7 +185,7 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
   t.teardown(() => store.close());
   await t.throwsAsync(() => store.connect());
   const config = resolveConfig({ adminKey: 'k', defaultNode: 'late-node', waitTimeoutMs: 10_000 }, {});
-  const server = createServer(createApp({ store, config }).callback()).listen(0, '127.0.0.1');
+  const server = createApp({ store, config }).createServer().listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => {
     server.closeAllConnections();

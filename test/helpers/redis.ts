@@ -3,7 +3,9 @@
  * listening on a unix socket in that directory (an address no other process
  * can take while the server is down) or, with `{ tcp: true }`, on
  * 127.0.0.1 at a free port. `stop()` kills it (by its own pid) and
- * `restart()` starts it again at the same address. Register `cleanup` with
+ * `restart()` starts it again at the same address; `freeze()` stops it with
+ * SIGSTOP (connections stay open, nothing is answered) until `thaw()`
+ * (SIGCONT; call it in a `finally`). Register `cleanup` with
  * `test.after.always` so it is always ended and its directory removed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -19,6 +21,10 @@ export interface TestRedis {
   url: string;
   stop(): Promise<void>;
   restart(): Promise<void>;
+  /** SIGSTOP: the server keeps its connections and whatever it was sent, and answers nothing. */
+  freeze(): void;
+  /** SIGCONT: a frozen server runs again (and runs what it was sent meanwhile). */
+  thaw(): void;
   cleanup(): Promise<void>;
 }
 
@@ -149,6 +155,15 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
     restart: async () => {
       await stop();
       await start();
+    },
+    freeze: () => {
+      if (child?.pid === undefined) throw new Error('redis-server is not running');
+      process.kill(child.pid, 'SIGSTOP');
+    },
+    thaw: () => {
+      if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+        process.kill(child.pid, 'SIGCONT');
+      }
     },
     cleanup: async () => {
       await stop();

@@ -241,8 +241,12 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
   });
   const readable = await cli('events', 'cli-events');
   t.regex(readable.stdout, /cli-events probe\[\d+\] denied 192\.0\.2\.1:8080\/tcp \(mode\)/);
-  // The agent's metrics are in the all-in-one /metrics, as valid Prometheus text.
-  const metrics = parsePrometheus(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
+  // The agent's metrics are in the all-in-one /metrics (admin key), as valid Prometheus text.
+  const scrape = await fetch(`http://127.0.0.1:${port}/metrics`, {
+    headers: { authorization: `Bearer ${ADMIN_KEY}` },
+  });
+  t.is(scrape.status, 200);
+  const metrics = parsePrometheus(await scrape.text());
   t.is(metrics.get('egressd_denials_total{computer="cli-events",reason="mode"}'), 1);
   t.is(metrics.get('egressd_agent_redis_connected'), 1);
   t.true((metrics.get('egressd_policy_apply_seconds_count') ?? 0) > 0);

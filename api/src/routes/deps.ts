@@ -30,10 +30,12 @@ export function requireKey(deps: RouteDeps): Middleware<ApiState> {
   };
 }
 
-/** Lets only the admin key through (403 for a tenant key). */
-export const requireAdmin: Middleware<ApiState> = async (ctx, next) => {
-  if (ctx.state.principal.kind !== 'admin') {
-    throw new ApiError(403, 'forbidden', 'this endpoint needs the admin key; tenant keys cannot manage keys');
-  }
-  await next();
-};
+/** Lets only the admin key through (403 for a tenant key, with `why` it cannot). */
+export function requireAdmin(why: string): Middleware<ApiState> {
+  return async (ctx, next) => {
+    if (ctx.state.principal.kind !== 'admin') {
+      throw new ApiError(403, 'forbidden', `this endpoint needs the admin key: ${why}`);
+    }
+    await next();
+  };
+}

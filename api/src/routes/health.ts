@@ -1,7 +1,10 @@
-/** Unauthenticated operational endpoints: /healthz, /readyz, /metrics, /api/v1/openapi.json. */
+/**
+ * Operational endpoints: /healthz, /readyz and /api/v1/openapi.json need no
+ * key; /metrics needs the admin key (its labels name every tenant's computers).
+ */
 import type { ApiMetrics } from '../metrics.js';
 import { openApiDocument } from '../openapi.js';
-import type { ApiRouter, RouteDeps } from './deps.js';
+import { type ApiRouter, type RouteDeps, requireAdmin, requireKey } from './deps.js';
 
 export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMetrics): void {
   router.get('/healthz', (ctx) => {
@@ -19,10 +22,15 @@ export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMet
     }
   });
 
-  router.get('/metrics', async (ctx) => {
-    ctx.type = metrics.registry.contentType;
-    ctx.body = await metrics.registry.metrics();
-  });
+  router.get(
+    '/metrics',
+    requireKey(deps),
+    requireAdmin("the metrics name every tenant's computers"),
+    async (ctx) => {
+      ctx.type = metrics.registry.contentType;
+      ctx.body = await metrics.registry.metrics();
+    },
+  );
 
   const doc = openApiDocument();
   router.get('/api/v1/openapi.json', (ctx) => {

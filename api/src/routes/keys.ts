@@ -11,8 +11,9 @@ export const KEY_PATH = '/api/v1/keys/:keyId';
 
 export function keyRoutes(router: ApiRouter, deps: RouteDeps): void {
   const auth = requireKey(deps);
+  const admin = requireAdmin('tenant keys cannot manage keys');
 
-  router.post(KEYS_PATH, auth, requireAdmin, async (ctx) => {
+  router.post(KEYS_PATH, auth, admin, async (ctx) => {
     const body = parseKeyBody(await readJson(ctx, deps.config.bodyLimitBytes));
     const { id, key, hash } = generateApiKey();
     const cgroupPrefix = body.cgroup_prefix ?? keyPrefix(deps.config.cgroupRoots, body.tenant);
@@ -30,11 +31,11 @@ export function keyRoutes(router: ApiRouter, deps: RouteDeps): void {
     ctx.body = { data: { ...apiKeyView(record), key } };
   });
 
-  router.get(KEYS_PATH, auth, requireAdmin, async (ctx) => {
+  router.get(KEYS_PATH, auth, admin, async (ctx) => {
     ctx.body = { data: (await deps.store.listApiKeys()).map(apiKeyView) };
   });
 
-  router.delete(KEY_PATH, auth, requireAdmin, async (ctx) => {
+  router.delete(KEY_PATH, auth, admin, async (ctx) => {
     const keyId = ctx.params['keyId'] ?? '';
     if (!/^[0-9a-f]{16}$/.test(keyId) || !(await deps.store.deleteApiKey(keyId))) {
       throw new ApiError(

@@ -27,8 +27,8 @@ import { StoreUnavailableError } from '../errors.js';
 export interface FeedSubscriber {
   /** One event of the computer: its JSON text, one line. */
   event(json: string): void;
-  /** The feed stopped following: Redis went away ('store'), or the feed was closed. */
-  end(reason: 'store' | 'closed'): void;
+  /** The feed stopped following: Redis went away ('store'), the feed was closed, or the computer was deleted ('gone'). */
+  end(reason: 'store' | 'closed' | 'gone'): void;
 }
 
 export interface EventFeedOptions {
@@ -145,6 +145,17 @@ export class EventFeed {
     };
     this.followed.set(computerId, entry);
     return entry;
+  }
+
+  /**
+   * Ends every subscriber of a deleted computer ('gone'): the events of a
+   * computer registered later under its id are not theirs to see.
+   */
+  endComputer(computerId: string): void {
+    const entry = this.followed.get(computerId);
+    if (!entry) return;
+    this.followed.delete(computerId);
+    for (const s of [...entry.subscribers]) s.end('gone');
   }
 
   /** Ends every subscriber ('closed') and the reader's connection. */

@@ -53,6 +53,8 @@ export const channels = {
    * every API process ends the event streams that the key holds open.
    */
   keyRevoked: `${PREFIX}apikey-revoked`,
+  /** Pub/sub channel: DELETE_COMPUTER publishes the id; every API process ends that computer's event streams. */
+  computerDeleted: `${PREFIX}computer-deleted`,
 } as const;
 
 /** `%s` templates of the names that a Lua script derives from a value it reads. */

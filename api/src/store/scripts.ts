@@ -62,18 +62,21 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
  * KEYS: computer, policy, enforced, version counter.
  * ARGV: tenant scope, id, mode, rules JSON, if-match version ('' = none),
  *       now, node changes template, stream maxlen.
- * An unchanged policy is not rewritten: its version stays.
+ * An unchanged policy is not rewritten: its version stays. That comes
+ * before the If-Match check, so a repeated conditional PUT whose first try
+ * took effect (its answer was lost) answers as unchanged rather than 412
+ * (RFC 9110 13.1.1 allows a 2xx when the requested change is already made).
  */
 export const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at')
 local curVersion = cur[3] or '0'
-if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state')
 if cur[1] == ARGV[3] and cur[2] == ARGV[4] then
   return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or ''}
 end
+if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local v = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'version', v, 'updated_at', ARGV[6])
 appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])
@@ -81,13 +84,16 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or ''}
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
  * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
  *       node cgroups, node changes, tenant computers), stream maxlen,
  *       template (node cgroup paths).
  * A computer's cgroup is neither an ancestor nor a descendant of another
  * computer's on the node ('cgroup_nested'): one policy per process.
+ * A new computer starts without an acknowledgement, deny events or learned
+ * names: whatever a computer of the same id left behind (written by an older
+ * build, which did not delete them) is not its.
  */
 export const PUT_COMPUTER = `${APPEND_CHANGE}${CGROUP_PATHS}
 local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -143,7 +149,7 @@ if placed then
   if exists then
     redis.call('HSET', KEYS[2], 'version', v)
   else
-    redis.call('DEL', KEYS[3])
+    redis.call('DEL', KEYS[3], KEYS[6], KEYS[7])
     redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'version', v, 'updated_at', now)
   end
   appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
@@ -152,16 +158,19 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
  * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
- *       node changes, tenant computers), stream maxlen, template (node cgroup paths).
+ *       node changes, tenant computers), stream maxlen, template (node cgroup paths),
+ *       computer-deleted channel.
+ * Everything of the computer goes (the keys.ts entries under its id): a
+ * computer registered later under the same id starts empty.
  */
 export const DELETE_COMPUTER = `${APPEND_CHANGE}
 local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
 local v = redis.call('INCR', KEYS[4])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[5], id)
 redis.call('ZREM', string.format(ARGV[4], c[2]), id)
 if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
@@ -170,6 +179,7 @@ if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
 end
 if c[1] ~= '' then redis.call('ZREM', string.format(ARGV[7], c[1]), id) end
 appendChange(string.format(ARGV[6], c[2]), ARGV[8], id, 'computer-deleted', v, c[3], now)
+redis.call('PUBLISH', ARGV[10], id)
 return {'ok', tostring(v)}
 `;
 
@@ -185,6 +195,43 @@ local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
 redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4], 'state', ARGV[6])
 redis.call('PUBLISH', ARGV[5], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
+return 1
+`;
+
+/**
+ * KEYS: computer, events. ARGV: stream maxlen, then one event (JSON) each.
+ * The agent's deny events, written only while the computer exists, so that
+ * a late flush cannot bring back the stream of a deleted computer.
+ */
+export const APPEND_EVENTS = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return #ARGV - 1
+`;
+
+/**
+ * KEYS: computer, learned. ARGV: now (ms since the epoch), then pairs of
+ * field ("<name> <address>") and expiry (ms since the epoch).
+ * Written only while the computer exists (as APPEND_EVENTS); drops expired
+ * fields, and makes the key expire with its last field.
+ */
+export const PUT_LEARNED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local now = tonumber(ARGV[1])
+local last = 0
+local current = redis.call('HGETALL', KEYS[2])
+for i = 1, #current, 2 do
+  local at = tonumber(current[i + 1]) or 0
+  if at <= now then redis.call('HDEL', KEYS[2], current[i]) elseif at > last then last = at end
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  local at = tonumber(ARGV[i + 1]) or 0
+  if at > last then last = at end
+end
+redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', last))
 return 1
 `;
 

@@ -5,19 +5,29 @@
  * Redis being unreachable surfaces as StoreUnavailableError at once (no
  * offline queue, one retry at most, a command timeout), and the client keeps
  * reconnecting in the background, so service resumes when Redis is back.
+ *
+ * A change that was sent but got no answer (timed out, or the connection was
+ * lost before the reply) surfaces as StoreOutcomeUnknownError instead: Redis
+ * may have applied it. Such a command is never sent again by the client
+ * library after a reconnect (`autoResendUnfulfilledCommands: false`), so once
+ * Redis answers again a read tells the outcome for good (a frozen Redis may
+ * still run what it had received when it resumes: that is what it answers to
+ * the next read too).
  */
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
-import { StoreUnavailableError } from '../errors.js';
+import { StoreOutcomeUnknownError, StoreUnavailableError } from '../errors.js';
 import { EventFeed } from './event-feed.js';
 import { channels, keys, templates } from './keys.js';
 import {
   ACK_ENFORCED,
+  APPEND_EVENTS,
   DELETE_COMPUTER,
   GET_POLICY,
   NODE_SNAPSHOT,
   PUT_COMPUTER,
+  PUT_LEARNED,
   PUT_POLICY,
 } from './scripts.js';
 
@@ -160,10 +170,31 @@ const SCRIPTS = {
   deleteComputer: script(DELETE_COMPUTER),
   ackEnforced: script(ACK_ENFORCED),
   nodeSnapshot: script(NODE_SNAPSHOT),
+  appendEvents: script(APPEND_EVENTS),
+  putLearned: script(PUT_LEARNED),
 };
 
-/** Reply errors that mean "not now" rather than "bug". */
+/** Approximate cap of each computer's deny event stream. */
+const EVENTS_MAXLEN = '1000';
+
+/** Reply errors that mean "not now" rather than "bug". Either way Redis refused the command: nothing changed. */
 const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/;
+
+/**
+ * ioredis's words for a command it refused to write (no connection, and no
+ * offline queue): it never reached Redis. Any other failure of a change that
+ * was handed to a ready connection may have reached it.
+ */
+const NOT_SENT = /^Stream isn't writeable/;
+
+/**
+ * A change the store makes, for the error when its outcome is unknown: what
+ * was being changed, and how a caller finds out (and what is safe to repeat).
+ */
+interface Change {
+  what: string;
+  advice: string;
+}
 
 export function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { path?: string } {
   const common: RedisOptions = {
@@ -224,6 +255,10 @@ export class Store {
     this.redis = new Redis({
       ...redisOptions(options.url, options.commandTimeoutMs ?? 2000),
       lazyConnect: false,
+      // A command in flight when the connection dropped is not sent again after the reconnect:
+      // its caller was told the outcome is unknown, and a write applied minutes later could
+      // undo a newer one. Every command of this connection has a timeout, which ends its wait.
+      autoResendUnfulfilledCommands: false,
     });
     // Errors surface on commands; without a listener ioredis would log each reconnect failure.
     this.redis.on('error', () => {});
@@ -283,6 +318,10 @@ export class Store {
         for (const listener of this.revocationListeners) listener(message);
         return;
       }
+      if (channel === channels.computerDeleted) {
+        this.feed?.endComputer(message);
+        return;
+      }
       const [id = '', version, at, state] = message.split(' ');
       // "<id> <version> <at> <state>"; an older writer's "<id> <version>" makes waiters read the key.
       const ack =
@@ -290,7 +329,7 @@ export class Store {
       for (const wake of this.waiters.get(id) ?? []) wake(ack);
     });
     this.subscriber = sub;
-    this.subscribed = sub.subscribe(channels.enforced, channels.keyRevoked);
+    this.subscribed = sub.subscribe(channels.enforced, channels.keyRevoked, channels.computerDeleted);
     return this.subscribed;
   }
 
@@ -348,26 +387,47 @@ export class Store {
     }
   }
 
-  private async run(s: Script, keyList: string[], args: (string | number)[]): Promise<unknown> {
+  private async run(
+    s: Script,
+    keyList: string[],
+    args: (string | number)[],
+    change?: Change,
+  ): Promise<unknown> {
     return this.guard(async () => {
       try {
         return await this.redis.evalsha(s.sha, keyList.length, ...keyList, ...args);
       } catch (err) {
+        // NOSCRIPT: Redis ran nothing; the script itself goes along this time.
         if (err instanceof Error && err.message.startsWith('NOSCRIPT')) {
           return await this.redis.eval(s.source, keyList.length, ...keyList, ...args);
         }
         throw err;
       }
-    });
+    }, change);
   }
 
-  /** Runs `fn`, turning "Redis is not there" into StoreUnavailableError. */
-  async guard<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn`, turning "Redis is not there" into StoreUnavailableError. With
+   * `change` (fn writes on the main connection), a failure after the command
+   * may have reached Redis is StoreOutcomeUnknownError; a change is not even
+   * tried while the connection is not ready (then it surely never reached Redis).
+   */
+  async guard<T>(fn: () => Promise<T>, change?: Change): Promise<T> {
+    if (change && this.redis.status !== 'ready') {
+      throw new StoreUnavailableError(new Error(`not connected to Redis (${this.redis.status})`));
+    }
     try {
       return await fn();
     } catch (err) {
       if (err instanceof StoreUnavailableError) throw err;
-      if (err instanceof Error && err.name === 'ReplyError' && !TRANSIENT_REPLY.test(err.message)) throw err;
+      if (err instanceof Error && err.name === 'ReplyError') {
+        // Redis answered: a refusal that means "not now" is a 503 (it changed nothing), any other a bug.
+        if (!TRANSIENT_REPLY.test(err.message)) throw err;
+        throw new StoreUnavailableError(err);
+      }
+      if (change && !(err instanceof Error && NOT_SENT.test(err.message))) {
+        throw new StoreOutcomeUnknownError(err, change.what, change.advice);
+      }
       throw new StoreUnavailableError(err);
     }
   }
@@ -415,6 +475,12 @@ export class Store {
         templates.nodeChanges,
         this.streamMaxLen,
       ],
+      {
+        what: `the change to the policy of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id}/network-policy once the store answers to see which. ` +
+          'Repeating the same PUT (or DELETE) is safe: it leaves the same policy stored, under one version.',
+      },
     )) as string[];
     const status = r[0];
     if (status === 'not_found') return { status };
@@ -435,15 +501,22 @@ export class Store {
     };
   }
 
-  /** Appends deny events (JSON-ready objects) to the computer's capped stream (about the last 1,000). */
+  /**
+   * Appends deny events (JSON-ready objects) to the computer's capped stream
+   * (about the last 1,000), if the computer exists: the agent flushes what
+   * it buffered, and a flush after the DELETE must not bring the stream back
+   * for whoever registers the id next. (A flush that lands after the id was
+   * registered again, within the agent's 250 ms batching, still does: the
+   * script cannot tell one computer of an id from the next. Accepted: it takes
+   * a delete and a register within the same fraction of a second.)
+   */
   async appendEvents(id: string, events: object[]): Promise<void> {
     if (events.length === 0) return;
-    await this.guard(async () => {
-      const tx = this.redis.multi();
-      for (const e of events)
-        tx.xadd(keys.events(id), 'MAXLEN', '~', '1000', '*', 'event', JSON.stringify(e));
-      await tx.exec();
-    });
+    await this.run(
+      SCRIPTS.appendEvents,
+      [keys.computer(id), keys.events(id)],
+      [EVENTS_MAXLEN, ...events.map((e) => JSON.stringify(e))],
+    );
   }
 
   /** The id of a computer's newest event ('0-0' when none): follow from here to see only new ones. */
@@ -466,28 +539,23 @@ export class Store {
 
   /**
    * The agent records what the computer's DNS lookups taught it (hostname →
-   * address, until when); expired fields are dropped as new ones come, and
-   * the key itself expires with its last field.
+   * address, until when), if the computer exists (as appendEvents: the agent
+   * publishes within half a second, which may be after a DELETE); expired
+   * fields are dropped as new ones come, and the key itself expires with its
+   * last field.
    */
   async putLearned(
     id: string,
     entries: { name: string; address: string; expiresAt: number }[],
   ): Promise<void> {
     if (entries.length === 0) return;
-    const key = keys.learned(id);
     const fields: string[] = [];
     for (const e of entries) fields.push(`${e.name} ${e.address}`, String(e.expiresAt));
-    const last = Math.max(...entries.map((e) => e.expiresAt));
-    await this.guard(async () => {
-      const now = Date.now();
-      const current = await this.redis.hgetall(key);
-      const stale = Object.entries(current)
-        .filter(([, at]) => Number(at) <= now)
-        .map(([field]) => field);
-      const tx = this.redis.multi().hset(key, ...fields);
-      if (stale.length > 0) tx.hdel(key, ...stale);
-      await tx.pexpireat(key, Math.max(last, ...Object.values(current).map(Number))).exec();
-    });
+    await this.run(
+      SCRIPTS.putLearned,
+      [keys.computer(id), keys.learned(id)],
+      [String(Date.now()), ...fields],
+    );
   }
 
   /** Unexpired learned hostnames of a computer visible under `scope`; undefined when the computer is not. */
@@ -617,7 +685,15 @@ export class Store {
     const now = (options.now ?? new Date()).toISOString();
     const r = (await this.run(
       SCRIPTS.putComputer,
-      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        keys.computer(id),
+        keys.policy(id),
+        keys.enforced(id),
+        keys.version(),
+        keys.computers(),
+        keys.events(id),
+        keys.learned(id),
+      ],
       [
         options.scope ?? '',
         id,
@@ -634,6 +710,12 @@ export class Store {
         this.streamMaxLen,
         templates.nodeCgroupPaths,
       ],
+      {
+        what: `the registration of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id} once the store answers to see which. ` +
+          'Repeating the same PUT is safe (it answers 200 with the computer as stored).',
+      },
     )) as string[];
     const status = r[0];
     if (status === 'not_found' || status === 'node_required') return { status };
@@ -645,11 +727,22 @@ export class Store {
     };
   }
 
-  /** Removes a computer and its policy; false if there is none (in scope). */
+  /**
+   * Removes a computer with everything that belongs to it (policy,
+   * acknowledgement, deny events, learned names); false if there is none (in scope).
+   */
   async deleteComputer(id: string, scope: Scope = '', now: Date = new Date()): Promise<boolean> {
     const r = (await this.run(
       SCRIPTS.deleteComputer,
-      [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version(), keys.computers()],
+      [
+        keys.computer(id),
+        keys.policy(id),
+        keys.enforced(id),
+        keys.version(),
+        keys.computers(),
+        keys.events(id),
+        keys.learned(id),
+      ],
       [
         scope,
         id,
@@ -660,7 +753,14 @@ export class Store {
         templates.tenantComputers,
         this.streamMaxLen,
         templates.nodeCgroupPaths,
+        channels.computerDeleted,
       ],
+      {
+        what: `the deletion of computer "${id}"`,
+        advice:
+          `GET /api/v1/computers/${id} once the store answers to see which (404: it is gone). ` +
+          'Repeating the DELETE is safe (404 computer_not_found then means it is gone).',
+      },
     )) as string[];
     return r[0] === 'ok';
   }
@@ -778,18 +878,25 @@ export class Store {
   // --- API keys -----------------------------------------------------------
 
   async putApiKey(record: ApiKeyRecord): Promise<void> {
-    await this.guard(() =>
-      this.redis
-        .multi()
-        .hset(keys.apiKey(record.id), {
-          hash: record.hash,
-          tenant: record.tenant,
-          name: record.name ?? '',
-          created_at: record.createdAt,
-          cgroup_prefix: record.cgroupPrefix,
-        })
-        .zadd(keys.apiKeys(), 0, record.id)
-        .exec(),
+    await this.guard(
+      () =>
+        this.redis
+          .multi()
+          .hset(keys.apiKey(record.id), {
+            hash: record.hash,
+            tenant: record.tenant,
+            name: record.name ?? '',
+            created_at: record.createdAt,
+            cgroup_prefix: record.cgroupPrefix,
+          })
+          .zadd(keys.apiKeys(), 0, record.id)
+          .exec(),
+      {
+        what: `the creation of API key ${record.id}`,
+        advice:
+          'Its secret was not shown, so it is of no use: revoke it with ' +
+          `DELETE /api/v1/keys/${record.id} once the store answers (404 means it was never stored), and create another.`,
+      },
     );
   }
 
@@ -806,13 +913,20 @@ export class Store {
 
   /** Removes a key, and tells every API process (`onKeyRevoked`); false if there was none. */
   async deleteApiKey(id: string): Promise<boolean> {
-    const r = await this.guard(() =>
-      this.redis
-        .multi()
-        .del(keys.apiKey(id))
-        .zrem(keys.apiKeys(), id)
-        .publish(channels.keyRevoked, id)
-        .exec(),
+    const r = await this.guard(
+      () =>
+        this.redis
+          .multi()
+          .del(keys.apiKey(id))
+          .zrem(keys.apiKeys(), id)
+          .publish(channels.keyRevoked, id)
+          .exec(),
+      {
+        what: `the revocation of API key ${id}`,
+        advice:
+          'GET /api/v1/keys once the store answers to see whether it is still listed. ' +
+          'Repeating the DELETE is safe (404 key_not_found then means it is revoked).',
+      },
     );
     return r?.[0]?.[1] === 1;
   }

@@ -149,6 +149,7 @@ export class Agent {
     this.learnedOut = new Map();
     for (const [id, entries] of batch) {
       try {
+        // Dropped by the store if the computer was deleted meanwhile (see Store.putLearned).
         await this.opts.store.putLearned(id, entries);
       } catch {
         // Redis away: keep them for the next try; the kernel has them either way.

@@ -269,6 +269,7 @@ function startDenyEvents(
     const batch = pending;
     pending = new Map();
     for (const [id, records] of batch) {
+      // Dropped by the store if the computer was deleted meanwhile (see Store.appendEvents).
       await store.appendEvents(id, records).catch((err: Error) => {
         eventLog.warn(
           { computer: id, lost: records.length, err: err.message },
