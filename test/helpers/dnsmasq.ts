@@ -23,8 +23,22 @@ async function freeUdpPort(): Promise<number> {
   return port;
 }
 
-/** `lines` are dnsmasq options such as "host-record=a.test,192.0.2.1,300" or "cname=b.test,a.test". */
+/**
+ * `lines` are dnsmasq options such as "host-record=a.test,192.0.2.1,300" or "cname=b.test,a.test".
+ * The port is free for UDP when chosen; another process may hold it for TCP, or take it before
+ * dnsmasq binds: then another port, a few times.
+ */
 export async function startDnsmasq(lines: string[]): Promise<Dnsmasq> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(lines);
+    } catch (err) {
+      if (attempt >= 5 || !String((err as Error).message).includes('Address already in use')) throw err;
+    }
+  }
+}
+
+async function startOnce(lines: string[]): Promise<Dnsmasq> {
   const dir = mkdtempSync(path.join(tmpdir(), 'egressd-dnsmasq-'));
   const port = await freeUdpPort();
   const conf = path.join(dir, 'dnsmasq.conf');
