@@ -23,6 +23,11 @@ export interface AppOptions {
   logger?: Logger;
   /** @default metrics in a registry of their own */
   metrics?: ApiMetrics;
+  /**
+   * More Prometheus text that /metrics appends to the API's own (`egressd
+   * all`: its agent process's metrics); '' adds nothing.
+   */
+  moreMetrics?: () => Promise<string>;
 }
 
 export interface App extends Koa<ApiState> {
@@ -46,7 +51,7 @@ export function createApp(options: AppOptions): App {
 
   let lastUnavailableLog = 0;
   const router = new Router<ApiState>();
-  healthRoutes(router, deps, metrics);
+  healthRoutes(router, deps, metrics, options.moreMetrics);
   policyRoutes(router, deps);
   computerRoutes(router, deps);
   keyRoutes(router, deps);

@@ -3,7 +3,12 @@ import type { ApiMetrics } from '../metrics.js';
 import { openApiDocument } from '../openapi.js';
 import type { ApiRouter, RouteDeps } from './deps.js';
 
-export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMetrics): void {
+export function healthRoutes(
+  router: ApiRouter,
+  deps: RouteDeps,
+  metrics: ApiMetrics,
+  moreMetrics?: () => Promise<string>,
+): void {
   router.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
@@ -21,7 +26,8 @@ export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMet
 
   router.get('/metrics', async (ctx) => {
     ctx.type = metrics.registry.contentType;
-    ctx.body = await metrics.registry.metrics();
+    const [own, more] = await Promise.all([metrics.registry.metrics(), moreMetrics?.() ?? '']);
+    ctx.body = more === '' ? own : `${own.endsWith('\n') ? own : `${own}\n`}${more}`;
   });
 
   const doc = openApiDocument();
