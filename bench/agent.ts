@@ -14,10 +14,12 @@
  *     up in the figure), p50/p99/max, against the same PUT on an idle egressd
  *     in the same run; non-200 answers, errors and timeouts; the agent's own
  *     egressd_enforcement_lag_seconds histogram (change record written →
- *     enforced) from /metrics over the load; the CPU time of egressd,
- *     redis-server and this load generator, egressd's event-loop delay, and
+ *     enforced) from /metrics over the load; the CPU time of egressd's API
+ *     and agent processes, redis-server and this load generator, the API's
+ *     event-loop delay, and
  *     Redis commands per second: what limits the rate when it is not reached.
- *     --profile runs egressd with --cpu-prof and prints where its time went.
+ *     --profile runs egressd with --cpu-prof and prints where the time of its
+ *     API and agent processes went.
  *  2. Cold resync (run first): N computers × 100 rules registered in Redis,
  *     then a fresh agent (in this process) with no pins starts; time to the
  *     end of its first full resync, its RSS, and the kernel memory of the maps.
@@ -192,8 +194,11 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
   let maxInFlight = 0;
   const before = await metrics(l.egressd.origin);
   const callsBefore = await commandCalls(l.store);
+  const agentPid = l.egressd.agentPid();
+  if (agentPid === undefined) throw new Error('egressd all has no agent process');
   const cpuBefore = {
     egressd: cpuSeconds(l.egressd.pid),
+    agent: cpuSeconds(agentPid),
     redis: cpuSeconds(l.redisPid),
     bench: process.cpuUsage(),
   };
@@ -232,6 +237,7 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
   const issueSeconds = msSince(start) / 1000;
   const cpuIssued = {
     egressd: cpuSeconds(l.egressd.pid),
+    agent: cpuSeconds(agentPid),
     redis: cpuSeconds(l.redisPid),
     bench: process.cpuUsage(cpuBefore.bench),
   };
@@ -309,12 +315,13 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
   const cpu = {
     target_per_s: rate,
     window_s: round(issueSeconds, 1),
-    egressd_pct_of_a_core: round((100 * (cpuIssued.egressd - cpuBefore.egressd)) / issueSeconds, 0),
+    api_pct_of_a_core: round((100 * (cpuIssued.egressd - cpuBefore.egressd)) / issueSeconds, 0),
+    agent_pct_of_a_core: round((100 * (cpuIssued.agent - cpuBefore.agent)) / issueSeconds, 0),
     redis_pct_of_a_core: round((100 * (cpuIssued.redis - cpuBefore.redis)) / issueSeconds, 0),
     load_generator_pct_of_a_core: round((100 * benchCpu) / issueSeconds, 0),
-    egressd_event_loop_delay_p50_ms: loopDelay('p50'),
-    egressd_event_loop_delay_p99_ms: loopDelay('p99'),
-    egressd_event_loop_delay_max_ms: loopDelay('max'),
+    api_event_loop_delay_p50_ms: loopDelay('p50'),
+    api_event_loop_delay_p99_ms: loopDelay('p99'),
+    api_event_loop_delay_max_ms: loopDelay('max'),
   };
   const redisCommands = new Map<string, number>();
   for (const [command, n] of callsIssued) {
@@ -379,10 +386,14 @@ async function sustained(world: World, redis: TestRedis, store: Store, redisPid:
       await sleep(1000);
     }
     await egressd.stop();
-    let profile: ReturnType<typeof profileSummary> | undefined;
+    // One profile per process, named CPU.<date>.<time>.<pid>.<thread>.<n>.cpuprofile.
+    const profiles: ({ process: string } & ReturnType<typeof profileSummary>)[] = [];
     if (profDir) {
-      const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
-      if (file) profile = profileSummary(path.join(profDir, file), 15);
+      for (const file of readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'))) {
+        const pid = Number(file.split('.')[3]);
+        const name = pid === egressd.pid ? 'API (egressd all)' : 'agent process';
+        profiles.push({ process: name, ...profileSummary(path.join(profDir, file), 15) });
+      }
     }
     const commands = new Set(runs.flatMap((r) => [...r.redisCommands.keys()]));
     const last = runs.at(-1)?.redisCommands;
@@ -414,7 +425,7 @@ async function sustained(world: World, redis: TestRedis, store: Store, redisPid:
       cpu: runs.map((r) => r.cpu),
       redisCommands,
       failures: runs.map((r) => r.failures),
-      profile,
+      profiles,
     };
   } finally {
     client?.close();
@@ -499,16 +510,16 @@ async function main(): Promise<void> {
       );
       console.table(load.lag);
       console.log(
-        "CPU during the load window, % of one core (the machine has 2), and the delay of egressd's event loop (API and agent share it)",
+        "CPU during the load window, % of one core (the machine has 2), and the delay of the API's event loop (the agent has a process of its own)",
       );
       console.table(load.cpu);
       console.log('Redis commands per second during the load window');
       console.table(load.redisCommands);
       if (load.failures.some((f) => Object.keys(f).length)) console.log('request failures:', load.failures);
-      if (load.profile) {
-        console.log('egressd CPU profile (idle baseline and every load), self time');
-        console.table(load.profile.parts);
-        console.table(load.profile.functions);
+      for (const profile of load.profiles) {
+        console.log(`egressd CPU profile, ${profile.process} (idle baseline and every load), self time`);
+        console.table(profile.parts);
+        console.table(profile.functions);
       }
     }
     if (resync) {

@@ -1,7 +1,7 @@
 /**
- * The real `egressd all` (API + agent in one process) for the benchmarks, in
- * a process of its own so that the load generator does not share its event
- * loop; an HTTP client with keep-alive connections and timestamps; the
+ * The real `egressd all` (the API in its main process, the agent in a child
+ * process of its own) for the benchmarks, in a process of its own so that the
+ * load generator does not share its event loop; an HTTP client with keep-alive connections and timestamps; the
  * Prometheus text of /metrics; CPU time of a process from /proc.
  *
  * The process is started with the test world's pin directory, a redis-server
@@ -13,7 +13,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -30,12 +30,15 @@ export interface EgressdOptions {
   node: string;
   /** More environment for egressd (EGRESSD_MAX_RULES, EGRESSD_BODY_LIMIT, ...). */
   env?: Record<string, string>;
-  /** Node options before the script (e.g. --cpu-prof). */
+  /** Node options before the script (e.g. --cpu-prof); the agent process gets them too. */
   nodeArgs?: string[];
 }
 
 export interface RunningEgressd {
+  /** The main process (the API). */
   pid: number;
+  /** The agent process's pid, as it is now (egressd all restarts it if it dies). */
+  agentPid(): number | undefined;
   /** http://127.0.0.1:PORT */
   origin: string;
   child: ChildProcess;
@@ -120,7 +123,26 @@ export async function startEgressd(opts: EgressdOptions): Promise<RunningEgressd
     await stop();
     throw err;
   }
-  return { pid: child.pid ?? -1, origin, child, stderr: () => stderr, stop };
+  const agentPid = () =>
+    childPids(child.pid ?? -1).find((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('agent');
+      } catch {
+        return false;
+      }
+    });
+  return { pid: child.pid ?? -1, agentPid, origin, child, stderr: () => stderr, stop };
+}
+
+/** The direct children of a process, from /proc ([] once it is gone). */
+function childPids(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
+      readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
+    );
+  } catch {
+    return [];
+  }
 }
 
 export interface Reply {

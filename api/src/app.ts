@@ -29,6 +29,11 @@ export interface AppOptions {
   metrics?: ApiMetrics;
   /** @default EventStreams' own defaults (key re-check every 10 s, heartbeat every 15 s, 64 KiB backlog) */
   streams?: Pick<EventStreamsOptions, 'keyCheckMs' | 'heartbeatMs' | 'maxBacklogBytes'>;
+  /**
+   * More Prometheus text that /metrics appends to the API's own (`egressd
+   * all`: its agent process's metrics); '' adds nothing.
+   */
+  moreMetrics?: () => Promise<string>;
 }
 
 export interface App extends Koa<ApiState> {
@@ -70,7 +75,7 @@ export function createApp(options: AppOptions): App {
 
   let lastUnavailableLog = 0;
   const router = new Router<ApiState>();
-  healthRoutes(router, deps, metrics);
+  healthRoutes(router, deps, metrics, options.moreMetrics);
   policyRoutes(router, deps);
   computerRoutes(router, deps);
   keyRoutes(router, deps);

@@ -5,12 +5,13 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError as ApiConfigError } from '../../api/src/config.js';
+import { isSupervised, tellSupervisor } from './cli/agent-process.js';
 import { computersCommand, describeError, eventsCommand, policyCommand, runCommand } from './cli/commands.js';
 import type { ServeMode } from './cli/serve.js';
 import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
 
-const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, agent and API in one process)
+const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--block-dns] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]
@@ -33,6 +34,9 @@ options (flag, environment variable, default):
   --metrics-listen EGRESSD_METRICS_LISTEN 127.0.0.1:9464 (egressd agent, no key: keep it private; in all, the API's /metrics, admin key)
   EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
   EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
+
+/** `egressd agent` started by `egressd all`: its start-up error goes to the parent. */
+let supervisedAgent = false;
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -66,8 +70,10 @@ async function main(argv: string[]): Promise<number> {
     case 'all':
     case 'agent':
     case 'api':
-      // Loaded only here: the client commands need neither libbpf nor Koa.
-      await (await import('./cli/serve.js')).serve(command as ServeMode, config, env);
+      // Loaded only here: the client commands need neither libbpf nor Koa. An agent with an
+      // IPC channel was started by `egressd all` (cli/agent-process.ts).
+      supervisedAgent = command === 'agent' && isSupervised();
+      await (await import('./cli/serve.js')).serve(command as ServeMode, config, env, supervisedAgent);
       return 0;
     case 'policy':
       await policyCommand(ctx, rest, values);
@@ -87,10 +93,14 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
-  (err: unknown) => {
+  async (err: unknown) => {
     const known = err instanceof EgressdError || err instanceof ConfigError || err instanceof ApiConfigError;
     const message = describeError(err);
-    console.error(`egressd: ${message}`);
+    // The agent of `egressd all` hands its error to the parent, which fails with it (one line, not two).
+    const code = err instanceof EgressdError ? err.code : 'AGENT_START_FAILED';
+    if (!(supervisedAgent && (await tellSupervisor({ type: 'failed', code, message })))) {
+      console.error(`egressd: ${message}`);
+    }
     if (
       !known &&
       !(err instanceof TypeError && message.includes('Unknown option')) &&

@@ -145,6 +145,20 @@ export const CONFIG_FLAGS = Object.fromEntries(
   ]),
 ) as Record<string, { type: 'string'; multiple?: true }>;
 
+/**
+ * The environment variables that resolve to `config` again: how `egressd all`
+ * hands its configuration to its agent process (flags would show a Redis
+ * password in the process list).
+ */
+export function configEnvironment(config: EgressdConfig): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [name, { env: variable }] of Object.entries(SOURCES)) {
+    const value = config[name as keyof EgressdConfig];
+    env[variable] = Array.isArray(value) ? value.join(',') : value;
+  }
+  return env;
+}
+
 export class ConfigError extends Error {}
 
 const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;

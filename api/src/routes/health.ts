@@ -6,7 +6,12 @@ import type { ApiMetrics } from '../metrics.js';
 import { openApiDocument } from '../openapi.js';
 import { type ApiRouter, type RouteDeps, requireAdmin, requireKey } from './deps.js';
 
-export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMetrics): void {
+export function healthRoutes(
+  router: ApiRouter,
+  deps: RouteDeps,
+  metrics: ApiMetrics,
+  moreMetrics?: () => Promise<string>,
+): void {
   router.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
@@ -28,7 +33,8 @@ export function healthRoutes(router: ApiRouter, deps: RouteDeps, metrics: ApiMet
     requireAdmin("the metrics name every tenant's computers"),
     async (ctx) => {
       ctx.type = metrics.registry.contentType;
-      ctx.body = await metrics.registry.metrics();
+      const [own, more] = await Promise.all([metrics.registry.metrics(), moreMetrics?.() ?? '']);
+      ctx.body = more === '' ? own : `${own.endsWith('\n') ? own : `${own}\n`}${more}`;
     },
   );
 

@@ -1,16 +1,16 @@
 /**
- * The long-running modes: `egressd` / `egressd all` (agent + API in one
- * process, embedded Redis unless REDIS_URL is given), `egressd agent` and
- * `egressd api` (many hosts against one Redis).
+ * The long-running modes: `egressd` / `egressd all` (one host: the embedded
+ * Redis unless REDIS_URL is given, the agent in a child process of its own,
+ * see agent-process.ts, and the API), `egressd agent` and `egressd api`
+ * (many hosts against one Redis).
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Server } from 'node:http';
-import { createServer, isIP } from 'node:net';
+import { type AddressInfo, createServer, isIP } from 'node:net';
 import path from 'node:path';
 import { type Logger, pino } from 'pino';
-import { Registry } from 'prom-client';
 import { createApp } from '../../../api/src/app.js';
 import { parseListen, resolveConfig } from '../../../api/src/config.js';
 import { checkFdBudget } from '../../../api/src/fd-budget.js';
@@ -26,6 +26,7 @@ import { EgressdError } from '../errors.js';
 import { DenyEvents, type DenyRecord } from '../events.js';
 import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../metrics.js';
 import { preflight } from '../system.js';
+import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
 
 export type ServeMode = 'all' | 'agent' | 'api';
 
@@ -76,11 +77,14 @@ export function adminKey(
   return readFileSync(file, 'utf8').trim();
 }
 
-export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<string, string | undefined>) {
+export async function serve(
+  mode: ServeMode,
+  config: EgressdConfig,
+  env: Record<string, string | undefined>,
+  /** `egressd agent` started by `egressd all` (see agent-process.ts): reports to it, ends with it. */
+  supervised = false,
+) {
   const log = pino({ level: config.logLevel });
-  // One registry: in `egressd all` the API's /metrics shows the agent's metrics too.
-  const registry = new Registry();
-  const agentMetrics = createAgentMetrics(registry);
   const stoppers: Stopper[] = [];
   const stopAll = async () => {
     for (const stop of stoppers.reverse()) {
@@ -91,6 +95,7 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
       }
     }
   };
+  let agentMetricsUrl = '';
   try {
     let redisUrl = config.redisUrl;
     if (!redisUrl) {
@@ -105,52 +110,23 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
       redisUrl = embedded.url;
     }
 
-    if (mode !== 'api') {
-      const { cgroupMount } = await preflight(config.bpffsDir);
-      stoppers.push(await lockPinDir(config.bpffsDir));
-      const enforcer = Enforcer.open({
-        pinDir: config.bpffsDir,
-        cgroupRoot: cgroupMount,
-        internalCidrs: config.internalCidrs,
-        log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
-      });
-      stoppers.push(() => enforcer.close());
-      log.info(
-        { pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node },
-        'BPF programs ready',
-      );
-      let agent: Agent | undefined;
-      const proxy = startDnsProxy(config, enforcer, log, agentMetrics, (...args) => agent?.learned(...args));
-      stoppers.push(() => proxy.close());
-      const store = new Store({ url: redisUrl });
-      stoppers.push(() => store.close());
-      agent = new Agent({
-        store,
-        enforcer,
-        node: config.node,
-        cgroupRoot: cgroupMount,
+    if (mode === 'agent') {
+      // Supervised, on an ephemeral loopback port that the parent's /metrics reads.
+      agentMetricsUrl = await startAgent(
+        config,
+        redisUrl,
         log,
-        proxy,
-        metrics: agentMetrics,
-        roots: config.cgroupRoots,
-        // This process's cgroup holds the API and the embedded Redis too (its children).
-        protectedCgroups: [cgroupOfProcess() ?? ''],
-      });
-      const events = startDenyEvents(enforcer, store, log, agentMetrics);
-      stoppers.push(() => events.close());
-      const gauges = setInterval(() => {
-        for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
-          agentMetrics.mapEntries.set({ map }, n);
-      }, 10_000).unref();
-      stoppers.push(() => clearInterval(gauges));
-      if (mode === 'agent') {
-        const { host, port } = parseListen(config.metricsListen);
-        const metricsServer = await serveMetrics(registry, host, port);
-        stoppers.push(() => new Promise<void>((resolve) => metricsServer.close(() => resolve())));
-      }
+        stoppers,
+        supervised ? '127.0.0.1:0' : undefined,
+      );
+    }
+
+    let moreMetrics: (() => Promise<string>) | undefined;
+    if (mode === 'all') {
+      // The agent in a process of its own: API load never delays enforcement.
+      const agent = await AgentProcess.start({ config, redisUrl, env, log });
       stoppers.push(() => agent.stop());
-      // Connection failures are retried inside the agent; pins enforce meanwhile.
-      await agent.start();
+      moreMetrics = () => agent.metricsText();
     }
 
     if (mode !== 'agent') {
@@ -174,7 +150,8 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
         store,
         config: apiConfig,
         logger: log.child({ component: 'api' }),
-        metrics: createMetrics(registry),
+        metrics: createMetrics(),
+        ...(moreMetrics ? { moreMetrics } : {}),
       });
       const { host, port } = parseListen(apiConfig.listen);
       const server: Server = await new Promise((resolve, reject) => {
@@ -202,17 +179,89 @@ export async function serve(mode: ServeMode, config: EgressdConfig, env: Record<
     throw err;
   }
 
-  notifySystemd(env, log);
-  console.error(`egressd ${mode}: running (node ${config.node}); stop with Ctrl-C or SIGTERM`);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ signal }, 'stopping: pinned programs stay attached and keep enforcing');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  if (supervised) {
+    const stopped = supervisorStop(log);
+    await tellSupervisor({ type: 'ready', metrics: agentMetricsUrl });
+    await stopped;
+  } else {
+    notifySystemd(env, log);
+    console.error(`egressd ${mode}: running (node ${config.node}); stop with Ctrl-C or SIGTERM`);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        log.info({ signal }, 'stopping: pinned programs stay attached and keep enforcing');
+        resolve();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+  }
   await stopAll();
+}
+
+/**
+ * The agent's parts: preflight, the pin-directory lock, the enforcer, the DNS
+ * proxy, the agent itself, deny events and the metrics endpoint (on
+ * `metricsListen`, default --metrics-listen). Resolves after the first resync
+ * with the URL of the metrics; each part's stop function is on `stoppers`.
+ */
+async function startAgent(
+  config: EgressdConfig,
+  redisUrl: string,
+  log: Logger,
+  stoppers: Stopper[],
+  metricsListen = config.metricsListen,
+): Promise<string> {
+  const agentMetrics = createAgentMetrics();
+  const { cgroupMount } = await preflight(config.bpffsDir);
+  stoppers.push(await lockPinDir(config.bpffsDir));
+  const enforcer = Enforcer.open({
+    pinDir: config.bpffsDir,
+    cgroupRoot: cgroupMount,
+    internalCidrs: config.internalCidrs,
+    log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
+  });
+  stoppers.push(() => enforcer.close());
+  log.info({ pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node }, 'BPF programs ready');
+  let agent: Agent | undefined;
+  const proxy = startDnsProxy(config, enforcer, log, agentMetrics, (...args) => agent?.learned(...args));
+  stoppers.push(() => proxy.close());
+  const store = new Store({ url: redisUrl });
+  stoppers.push(() => store.close());
+  agent = new Agent({
+    store,
+    enforcer,
+    node: config.node,
+    cgroupRoot: cgroupMount,
+    log,
+    proxy,
+    metrics: agentMetrics,
+    roots: config.cgroupRoots,
+    // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
+    protectedCgroups: [cgroupOfProcess() ?? ''],
+  });
+  const events = startDenyEvents(enforcer, store, log, agentMetrics);
+  stoppers.push(() => events.close());
+  const gauges = setInterval(() => {
+    for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
+      agentMetrics.mapEntries.set({ map }, n);
+  }, 10_000).unref();
+  stoppers.push(() => clearInterval(gauges));
+  const { host, port } = parseListen(metricsListen);
+  const metricsServer = await serveMetrics(agentMetrics.registry, host, port);
+  stoppers.push(
+    () =>
+      new Promise<void>((resolve) => {
+        metricsServer.close(() => resolve());
+        // Scrapers keep their connections open (egressd all's /metrics does).
+        metricsServer.closeAllConnections();
+      }),
+  );
+  const bound = metricsServer.address() as AddressInfo;
+  const started = agent;
+  stoppers.push(() => started.stop());
+  // Connection failures are retried inside the agent; pins enforce meanwhile.
+  await started.start();
+  return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
 }
 
 /** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */

@@ -1,0 +1,25 @@
+import test from 'ava';
+import { configEnvironment, resolveEgressdConfig } from '../../daemon/src/config.js';
+
+test('configEnvironment: the variables resolve to the same configuration (how egressd all hands it to its agent)', (t) => {
+  const config = resolveEgressdConfig(
+    {
+      redis: 'unix:///var/lib/egressd/redis/redis.sock',
+      'bpffs-dir': '/sys/fs/bpf/other',
+      node: 'host-1',
+      'internal-cidr': ['10.0.0.0/8', 'fd00::/8'],
+      'dns-upstream': ['192.0.2.53', '[2001:db8::53]:5353'],
+      'dns-proxy-address': ['192.0.2.1'],
+      'log-level': 'debug',
+      'metrics-listen': '127.0.0.1:0',
+    },
+    {},
+  );
+  const env = configEnvironment(config);
+  t.is(env['REDIS_URL'], 'unix:///var/lib/egressd/redis/redis.sock');
+  t.is(env['EGRESSD_INTERNAL_CIDRS'], '10.0.0.0/8,fd00::/8');
+  t.deepEqual(resolveEgressdConfig({}, env), config);
+  // Defaults and empty lists come back as they were.
+  const defaults = resolveEgressdConfig({ node: 'host-1' }, {});
+  t.deepEqual(resolveEgressdConfig({}, configEnvironment(defaults)), defaults);
+});
