@@ -5,7 +5,7 @@
  */
 import { MODES, PROTOCOLS } from '../../daemon/src/policy/types.js';
 import { AGENT_STATES } from './store/store.js';
-import { ID_PATTERN, NODE_PATTERN } from './validation.js';
+import { COMPUTER_ID_SOURCE, ID_PATTERN, NODE_PATTERN } from './validation.js';
 
 type Json = Record<string, unknown>;
 
@@ -57,8 +57,8 @@ const idParam = {
   name: 'id',
   in: 'path',
   required: true,
-  description: 'Computer id',
-  schema: { type: 'string', pattern: ID_PATTERN },
+  description: 'Computer id: a tenant key\'s computers have ids that begin with "<tenant>~"',
+  schema: { type: 'string', pattern: COMPUTER_ID_SOURCE },
 };
 const waitParam = {
   name: 'wait',
@@ -285,7 +285,7 @@ const schemas: Json = {
     required: ['id', 'cgroup', 'node', 'tenant', 'created_at', 'updated_at'],
     additionalProperties: false,
     properties: {
-      id: { type: 'string', pattern: ID_PATTERN },
+      id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
       cgroup: { type: 'string' },
       node: { type: 'string' },
       tenant: { type: ['string', 'null'] },

@@ -5,14 +5,27 @@
  */
 import { z } from 'zod';
 import { HostError, normaliseHost } from '../../daemon/src/policy/host.js';
-import { MODES, modeTakesRules, type Policy, PROTOCOLS, type Rule } from '../../daemon/src/policy/types.js';
+import {
+  COMPUTER_ID_PATTERN,
+  MODES,
+  modeTakesRules,
+  type Policy,
+  PROTOCOLS,
+  type Rule,
+} from '../../daemon/src/policy/types.js';
 import { ApiError, type FieldIssue, RULES_REQUIRED } from './errors.js';
 
-/** Computer ids (and tenant names): 1–128 of [A-Za-z0-9._-], starting with a letter or digit. */
+/** Tenant names: 1–128 of [A-Za-z0-9._-], starting with a letter or digit. */
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
 const ID_RE = new RegExp(ID_PATTERN);
 const ID_MESSAGE =
   'must be 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" or "-", starting with a letter or digit';
+
+/** Computer ids: like tenant names, or `<tenant>~<name>` (a tenant's namespace); at most 200 characters. */
+export { COMPUTER_ID_SOURCE } from '../../daemon/src/policy/types.js';
+
+const COMPUTER_ID_MESSAGE =
+  'must be a name of A-Z, a-z, 0-9, ".", "_" or "-" starting with a letter or digit, optionally after "<tenant>~", at most 200 characters';
 /** Node names: like ids, up to 253 characters (a host name fits). */
 export const NODE_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$';
 const NODE_RE = new RegExp(NODE_PATTERN);
@@ -175,8 +188,11 @@ export function checkUnderRoots(cgroup: string, roots: readonly string[], field:
 
 /** Checks a computer id from the path. */
 export function checkComputerId(id: string): string {
-  if (!ID_RE.test(id))
-    throw new ApiError(400, 'invalid_request', `id: ${ID_MESSAGE}`, [{ path: 'id', message: ID_MESSAGE }]);
+  if (!COMPUTER_ID_PATTERN.test(id)) {
+    throw new ApiError(400, 'invalid_request', `id: ${COMPUTER_ID_MESSAGE}`, [
+      { path: 'id', message: COMPUTER_ID_MESSAGE },
+    ]);
+  }
   return id;
 }
 

@@ -83,21 +83,20 @@ test('tenant keys cannot manage keys (403)', async (t) => {
 test('tenant isolation: other tenants computers answer 404, and lists hold only ones own', async (t) => {
   const a = await tenantKey('acme');
   const b = await tenantKey('globex');
-  await register(h, 'acme-1', {}, a.key);
-  await register(h, 'globex-1', {}, b.key);
+  await register(h, 'acme~1', {}, a.key);
+  await register(h, 'globex~1', {}, b.key);
   await register(h, 'untenanted');
 
-  const mine = await h.call('GET', '/api/v1/computers/acme-1', { key: a.key });
+  const mine = await h.call('GET', '/api/v1/computers/acme~1', { key: a.key });
   t.is(mine.status, 200);
   t.is(mine.body.data.tenant, 'acme');
 
   for (const [method, path, body] of [
-    ['GET', '/api/v1/computers/globex-1', undefined],
-    ['GET', '/api/v1/computers/globex-1/network-policy', undefined],
-    ['PUT', '/api/v1/computers/globex-1/network-policy', { mode: 'isolated' }],
-    ['DELETE', '/api/v1/computers/globex-1/network-policy', undefined],
-    ['DELETE', '/api/v1/computers/globex-1', undefined],
-    ['PUT', '/api/v1/computers/globex-1', { cgroup: 'egressd/stolen' }],
+    ['GET', '/api/v1/computers/globex~1', undefined],
+    ['GET', '/api/v1/computers/globex~1/network-policy', undefined],
+    ['PUT', '/api/v1/computers/globex~1/network-policy', { mode: 'isolated' }],
+    ['DELETE', '/api/v1/computers/globex~1/network-policy', undefined],
+    ['DELETE', '/api/v1/computers/globex~1', undefined],
     ['GET', '/api/v1/computers/untenanted', undefined],
     ['GET', '/api/v1/computers/does-not-exist', undefined],
   ] as const) {
@@ -105,30 +104,36 @@ test('tenant isolation: other tenants computers answer 404, and lists hold only 
     t.is(r.status, 404, `${method} ${path}`);
     t.deepEqual(r.body, { error: { code: 'computer_not_found', message: 'computer not found' } }, path);
   }
-  const policy = await h.call('GET', '/api/v1/computers/globex-1/network-policy');
-  t.is(policy.body.data.mode, 'unrestricted', 'globex-1 untouched');
-  t.is((await h.call('GET', '/api/v1/computers/globex-1')).body.data.cgroup, 'egressd/globex-1');
+  // Registering another tenant's id is refused like any id outside the key's namespace (see computers.test.ts).
+  const stolen = await h.call('PUT', '/api/v1/computers/globex~1', {
+    key: a.key,
+    body: { cgroup: 'egressd/stolen' },
+  });
+  t.is(stolen.body.error.code, 'id_outside_namespace');
+  const policy = await h.call('GET', '/api/v1/computers/globex~1/network-policy');
+  t.is(policy.body.data.mode, 'unrestricted', 'globex~1 untouched');
+  t.is((await h.call('GET', '/api/v1/computers/globex~1')).body.data.cgroup, 'egressd/globex~1');
 
   const list = await h.call('GET', '/api/v1/computers', { key: a.key });
   t.deepEqual(
     list.body.data.map((c: { id: string }) => c.id),
-    ['acme-1'],
+    ['acme~1'],
   );
-  const wrongTenant = await h.call('PUT', '/api/v1/computers/acme-2', {
+  const wrongTenant = await h.call('PUT', '/api/v1/computers/acme~2', {
     key: a.key,
     body: { cgroup: 'x', tenant: 'globex' },
   });
   t.is(wrongTenant.status, 400);
-  const own = await h.call('PUT', '/api/v1/computers/acme-2/network-policy?wait=0', {
+  const own = await h.call('PUT', '/api/v1/computers/acme~2/network-policy?wait=0', {
     key: a.key,
     body: { mode: 'isolated' },
   });
   t.is(own.status, 404, 'not registered yet');
-  await register(h, 'acme-2', { tenant: 'acme' }, a.key);
-  const set = await h.call('PUT', '/api/v1/computers/acme-2/network-policy?wait=0', {
+  await register(h, 'acme~2', { tenant: 'acme' }, a.key);
+  const set = await h.call('PUT', '/api/v1/computers/acme~2/network-policy?wait=0', {
     key: a.key,
     body: { mode: 'isolated' },
   });
   t.is(set.status, 202);
-  t.is((await h.call('DELETE', '/api/v1/computers/acme-2', { key: a.key })).status, 204);
+  t.is((await h.call('DELETE', '/api/v1/computers/acme~2', { key: a.key })).status, 204);
 });

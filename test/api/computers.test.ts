@@ -224,24 +224,24 @@ test('sandbox roots, key prefixes and nesting: a key governs only cgroups below 
   const key = made.body.data.key;
   // A tenant: only below its prefix; not another tenant's next path, not the prefix itself.
   for (const cgroup of ['sbx/globex/next', 'sbx/acme', 'sbx', 'system.slice/egressd.service', 'sbx/a']) {
-    const r = await h.call('PUT', '/api/v1/computers/t-bad', { body: { cgroup }, key });
+    const r = await h.call('PUT', '/api/v1/computers/acme~t-bad', { body: { cgroup }, key });
     t.is(r.status, 403, cgroup);
     t.is(r.body.error.code, 'cgroup_outside_prefix');
     t.regex(r.body.error.message, /below "sbx\/acme"/);
   }
   t.is(
-    (await h.call('PUT', '/api/v1/computers/t-ok', { body: { cgroup: 'sbx/acme/box' }, key })).status,
+    (await h.call('PUT', '/api/v1/computers/acme~t-ok', { body: { cgroup: 'sbx/acme/box' }, key })).status,
     201,
   );
   // Another tenant's computer cannot be wrapped by the admin or nested into: the message names no other computer for a tenant.
   t.is(
-    (await h.call('PUT', '/api/v1/computers/t-in', { body: { cgroup: 'sbx/acme/box/in' }, key })).status,
+    (await h.call('PUT', '/api/v1/computers/acme~t-in', { body: { cgroup: 'sbx/acme/box/in' }, key })).status,
     409,
   );
   const listed = await h.call('GET', '/api/v1/keys');
   t.is(listed.body.data.find((k: { tenant: string }) => k.tenant === 'acme')?.cgroup_prefix, 'sbx/acme');
   // Nothing was stored by the refusals.
-  for (const id of ['root-bad', 'a2', 'a3', 't-bad', 't-in']) {
+  for (const id of ['root-bad', 'a2', 'a3', 'acme~t-bad', 'acme~t-in']) {
     t.is((await h.call('GET', `/api/v1/computers/${id}`)).status, 404, id);
   }
 });
@@ -252,7 +252,7 @@ test('DELETE /computers/{id} takes its deny events and learned names along: the 
       .key as string;
   const keyA = await tenantKey('reuse-a');
   const keyB = await tenantKey('reuse-b');
-  const id = 'reused';
+  const id = 'reuse-a~reused';
   const policy = `/api/v1/computers/${id}/network-policy`;
   const event = { computer: id, at: new Date().toISOString(), pid: 7, comm: 'curl', family: 'ipv4' };
   const learned = [{ name: 'secret.example', address: '192.0.2.77', expiresAt: Date.now() + 60_000 }];
@@ -282,11 +282,17 @@ test('DELETE /computers/{id} takes its deny events and learned names along: the 
   t.is(await h.store.redis.exists(`egressd:computer:${id}:events`, `egressd:computer:${id}:learned`), 0);
 
   t.is(
-    (await h.call('PUT', `/api/v1/computers/${id}`, { key: keyB, body: { cgroup: 'reuse/b' } })).status,
+    (await h.call('PUT', `/api/v1/computers/${id}`, { key: keyA, body: { cgroup: 'reuse/b' } })).status,
     201,
   );
-  t.deepEqual((await h.call('GET', `${policy}/events`, { key: keyB })).body.data, []);
-  t.deepEqual((await h.call('GET', `${policy}/learned`, { key: keyB })).body.data, []);
+  t.deepEqual((await h.call('GET', `${policy}/events`, { key: keyA })).body.data, []);
+  t.deepEqual((await h.call('GET', `${policy}/learned`, { key: keyA })).body.data, []);
+  // Another tenant cannot take the id at all (it is in reuse-a's namespace).
+  t.is(
+    (await h.call('PUT', `/api/v1/computers/${id}`, { key: keyB, body: { cgroup: 'reuse/c' } })).body.error
+      .code,
+    'id_outside_namespace',
+  );
   // Leftovers of an older build (which did not delete them) do not pass to a new computer either.
   await h.store.redis.xadd('egressd:computer:leftover:events', '*', 'event', JSON.stringify(event));
   await h.store.redis.hset(
@@ -297,4 +303,46 @@ test('DELETE /computers/{id} takes its deny events and learned names along: the 
   t.is((await h.call('PUT', '/api/v1/computers/leftover', { body: { cgroup: 'leftover' } })).status, 201);
   t.deepEqual((await h.call('GET', '/api/v1/computers/leftover/network-policy/events')).body.data, []);
   t.deepEqual((await h.call('GET', '/api/v1/computers/leftover/network-policy/learned')).body.data, []);
+});
+
+test('ids are scoped per tenant: what a tenant is told about an id outside its namespace never depends on whether it exists', async (t) => {
+  const key = async (tenant: string) =>
+    (await h.call('POST', '/api/v1/keys', { body: { tenant, cgroup_prefix: 'ns' } })).body.data.key as string;
+  const acme = await key('acme-ns');
+  const globex = await key('globex-ns');
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/globex-ns~box', { key: globex, body: { cgroup: 'ns/g1' } }))
+      .status,
+    201,
+  );
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/plain-taken', { body: { cgroup: 'ns/p1', tenant: 'globex-ns' } }))
+      .status,
+    201,
+  );
+  // Taken by another tenant, untenanted, or free: the same answer, byte for byte.
+  const answers = [];
+  for (const id of ['globex-ns~box', 'globex-ns~free', 'plain-taken', 'plain-free']) {
+    const r = await h.call('PUT', `/api/v1/computers/${id}`, { key: acme, body: { cgroup: 'ns/a1' } });
+    answers.push({ status: r.status, body: r.text.replace(id, 'ID') });
+  }
+  t.is(answers[0]?.status, 400);
+  t.regex(answers[0]?.body ?? '', /id_outside_namespace.*begin with \\"acme-ns~\\"/);
+  for (const a of answers) t.deepEqual(a, answers[0]);
+  // In its own namespace it registers; the admin cannot give such an id to another tenant.
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/acme-ns~box', { key: acme, body: { cgroup: 'ns/a1' } })).status,
+    201,
+  );
+  const wrong = await h.call('PUT', '/api/v1/computers/acme-ns~other', {
+    body: { cgroup: 'ns/a2', tenant: 'globex-ns' },
+  });
+  t.is(wrong.status, 400);
+  const byAdmin = await h.call('PUT', '/api/v1/computers/acme-ns~made', { body: { cgroup: 'ns/a3' } });
+  t.is(byAdmin.body.data.tenant, 'acme-ns');
+  // A malformed id is refused the same way for everyone.
+  t.is(
+    (await h.call('PUT', '/api/v1/computers/acme-ns~~x', { key: acme, body: { cgroup: 'ns/a4' } })).status,
+    400,
+  );
 });

@@ -1,4 +1,6 @@
 /** The computers registry: PUT, GET, DELETE /api/v1/computers/{id}, GET /api/v1/computers. */
+
+import { tenantNamespace } from '../../../daemon/src/policy/types.js';
 import { scopeOf } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
@@ -61,6 +63,17 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
         );
       }
       tenant = principal.tenant;
+      // Ids are scoped per tenant: a tenant key registers ids in its own namespace only, so what
+      // it is told about an id outside it never depends on whether another tenant has that id.
+      // (Its own computers registered before namespaces keep their ids.)
+      const namespace = tenantNamespace(principal.tenant);
+      if (!id.startsWith(namespace) && !(await deps.store.getComputer(id, principal.tenant))) {
+        throw new ApiError(
+          400,
+          'id_outside_namespace',
+          `id: a tenant key registers computer ids that begin with "${namespace}", for example "${namespace}sandbox-1"`,
+        );
+      }
       // A key made before prefixes governs the default prefix of its tenant.
       const prefix = principal.cgroupPrefix || keyPrefix(deps.config.cgroupRoots, principal.tenant);
       if (!isBelow(body.cgroup, prefix)) {
@@ -72,6 +85,18 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
       }
     } else {
       checkUnderRoots(body.cgroup, deps.config.cgroupRoots, 'cgroup');
+      // An id in a tenant's namespace belongs to that tenant.
+      const owner = id.includes('~') ? id.slice(0, id.indexOf('~')) : undefined;
+      if (owner !== undefined) {
+        if (tenant !== undefined && tenant !== owner) {
+          throw new ApiError(
+            400,
+            'invalid_request',
+            `tenant: "${id}" is in the id namespace of tenant "${owner}"; leave tenant out or send "${owner}"`,
+          );
+        }
+        tenant = owner;
+      }
     }
     const result = await deps.store.putComputer(
       id,

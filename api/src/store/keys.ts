@@ -5,7 +5,8 @@
  * these same functions (see `templates`).
  *
  * Ids, node and tenant names are validated before they get here
- * (`[A-Za-z0-9._-]`), so they never contain `:` or `%`.
+ * (`[A-Za-z0-9._-]`, and `~` in a tenant's computer ids), so they never
+ * contain `:` or `%`.
  */
 export const PREFIX = 'egressd:';
 

@@ -38,5 +38,15 @@ export function modeTakesRules(mode: Mode): boolean {
 
 export const UNRESTRICTED: Policy = Object.freeze({ mode: 'unrestricted', rules: [] }) as Policy;
 
-/** Computer ids: 1–128 of [A-Za-z0-9._-], starting with a letter or digit (also safe as a bpffs file name). */
-export const COMPUTER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/**
+ * Computer ids: a name of [A-Za-z0-9._-] starting with a letter or digit, or
+ * `<tenant>~<name>` (the namespace of a tenant's own computers: tenant names
+ * have no "~"); at most 200 characters in all (also safe as a bpffs file name).
+ */
+export const COMPUTER_ID_SOURCE = '^(?=.{1,200}$)(?:[A-Za-z0-9][A-Za-z0-9._-]*~)?[A-Za-z0-9][A-Za-z0-9._-]*$';
+export const COMPUTER_ID_PATTERN = new RegExp(COMPUTER_ID_SOURCE);
+
+/** The id namespace of a tenant's computers: ids that begin with this. */
+export function tenantNamespace(tenant: string): string {
+  return `${tenant}~`;
+}
