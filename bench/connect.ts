@@ -12,7 +12,9 @@
  *                        hash entries, and half of them miss the trie first
  *
  * Variants: no program; egressd allowlists of 10, 1,000 and 100,000 CIDR
- * rules plus `*.learned.bench` with 1,000 learned addresses; nftables with
+ * rules plus `*.learned.bench` with 1,000 learned addresses (the 100,000 a
+ * second time below a guarded sandbox root, as the agent runs computers: the
+ * guard program's time counts in the hook's); nftables with
  * the same 100,000 rules and 1,000 addresses (an output chain matching
  * `socket cgroupv2`, interval sets and a timeout set; its base chain exists
  * only while its variant runs, so the other variants never pass through
@@ -165,6 +167,8 @@ interface Variant {
   name: string;
   cgroup: string;
   nft?: boolean;
+  /** Below a guarded sandbox root: the guard program runs too, and its time counts in the hook's. */
+  guarded?: boolean;
 }
 
 interface Sample {
@@ -239,6 +243,12 @@ async function main(): Promise<void> {
       learn(enforcer, id);
       variants.push({ name: `egressd ${n.toLocaleString('en')} rules`, cgroup: cg.path });
     }
+    // The same 100,000-rule policy below a sandbox root, as the agent runs computers: the guard runs too.
+    enforcer.guard.attachRoots([world.cgroupRelative('guarded')]);
+    const guardedCg = world.makeCgroup('guarded/allow-100000');
+    enforcer.attach('allow-100000-guarded', guardedCg.relative, allowlist(100_000), 1n);
+    learn(enforcer, 'allow-100000-guarded');
+    variants.push({ name: 'egressd 100,000 rules, guarded root', cgroup: guardedCg.path, guarded: true });
     await enforcer.sweep();
     const nftStart = process.hrtime.bigint();
     nft(world, nftTable(cidrRules(100_000)));
@@ -261,7 +271,9 @@ async function main(): Promise<void> {
         if (v.nft) nftHook(world, v.cgroup, true);
         try {
           for (const { mode, program } of MODES) {
+            const guard = program.replace('egress_', 'egress_guard_');
             const before = progStats(world, program);
+            const guardBefore = progStats(world, guard);
             const nsPerOp = await loop(
               world,
               v.cgroup,
@@ -269,12 +281,15 @@ async function main(): Promise<void> {
               mode.startsWith('tcp') ? TCP_ITERATIONS : UDP_ITERATIONS,
             );
             const after = progStats(world, program);
+            const guardAfter = progStats(world, guard);
             const runs = after.runs - before.runs;
+            // Per call: the computer's program, plus the guard's where it ran (once per call).
+            const guardNs = v.guarded ? guardAfter.ns - guardBefore.ns : 0;
             samples.push({
               variant: v.name,
               mode,
               nsPerOp,
-              hookNs: runs > 0 ? (after.ns - before.ns) / runs : Number.NaN,
+              hookNs: runs > 0 ? (after.ns - before.ns + guardNs) / runs : Number.NaN,
             });
           }
         } finally {
