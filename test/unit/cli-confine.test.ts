@@ -124,13 +124,13 @@ test('argv: join the cgroup, unshare the cgroup namespace, drop everything, then
   ]);
 });
 
-test("env: HOME, USER and LOGNAME are the account's, when there is one", (t) => {
-  const env = { PATH: '/usr/bin', HOME: '/root', USER: 'root' };
+test("env: egressd's keys removed; HOME, USER and LOGNAME are the account's, when there is one", (t) => {
+  const env = { PATH: '/usr/bin', HOME: '/root', USER: 'root', EGRESSD_API_KEY: 'k', EGRESSD_ADMIN_KEY: 'a' };
   t.deepEqual(confinedEnv(env, { uid: 1000, gid: 1000, account: { name: 'alice', home: '/home/alice' } }), {
     PATH: '/usr/bin',
     HOME: '/home/alice',
     USER: 'alice',
     LOGNAME: 'alice',
   });
-  t.deepEqual(confinedEnv(env, { uid: 4242, gid: 4242 }), env);
+  t.deepEqual(confinedEnv(env, { uid: 4242, gid: 4242 }), { PATH: '/usr/bin', HOME: '/root', USER: 'root' });
 });

@@ -26,6 +26,7 @@
  * 4. CMD, without any capability, in the computer, unable to write any
  *    cgroup.procs (they belong to root, mode 0644: EACCES).
  *
+ * CMD's environment is the caller's without egressd's API keys (confinedEnv).
  * unshare and setpriv are util-linux's (Debian package util-linux).
  * With --user root --allow-root-escape, step 3 only sets the ids and groups:
  * CMD keeps root's capabilities and can leave (the warning says so).
@@ -182,13 +183,22 @@ export function confinedArgv(procs: string, as: RunAs, command: readonly string[
   ];
 }
 
-/** CMD's environment: the caller's, with HOME, USER and LOGNAME of the account it runs as (when it has one). */
+/** Variables of egressd's own that CMD never sees: with the API key it could change its computer's policy. */
+export const SECRET_VARIABLES = ['EGRESSD_API_KEY', 'EGRESSD_ADMIN_KEY'] as const;
+
+/**
+ * CMD's environment: the caller's without egressd's keys, with HOME, USER and
+ * LOGNAME of the account it runs as (when it has one).
+ */
 export function confinedEnv(
   env: Record<string, string | undefined>,
   as: RunAs,
 ): Record<string, string | undefined> {
-  if (!as.account) return { ...env };
-  return { ...env, HOME: as.account.home, USER: as.account.name, LOGNAME: as.account.name };
+  const out = { ...env };
+  for (const name of SECRET_VARIABLES) delete out[name];
+  if (as.account)
+    Object.assign(out, { HOME: as.account.home, USER: as.account.name, LOGNAME: as.account.name });
+  return out;
 }
 
 /** Throws with what to install when unshare or setpriv is missing. */
