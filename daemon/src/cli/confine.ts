@@ -22,7 +22,8 @@
  *    capability sets, sets the gid, the supplementary groups (the user's own
  *    through initgroups(3), none for a uid without a passwd entry), then the
  *    uid, which empties the permitted and effective sets, and no_new_privs:
- *    no setuid program gives anything back. A failure ends it (status 127).
+ *    no setuid program gives anything back. A failure ends it before CMD
+ *    (status 1, or 127 for a CMD it cannot find, like sh's).
  * 4. CMD, without any capability, in the computer, unable to write any
  *    cgroup.procs (they belong to root, mode 0644: EACCES).
  *
