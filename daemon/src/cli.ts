@@ -14,8 +14,15 @@ import { EgressdError } from './errors.js';
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--block-dns] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
-       egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]
+       egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
+
+run (needs root, and unshare and setpriv from util-linux): CMD runs in the computer's cgroup, in a cgroup
+  namespace rooted there, as the user who ran sudo (SUDO_UID, SUDO_GID and that user's groups), else as
+  nobody; --user NAME|UID and --group NAME|GID choose. It has no capabilities and no_new_privs, so it cannot
+  leave the computer. --user root needs --allow-root-escape and prints a warning: root (CAP_SYS_ADMIN) can
+  move itself out of any cgroup, and so out of the computer's policy. CMD's exit status is run's. CMD's
+  environment is run's without EGRESSD_API_KEY and EGRESSD_ADMIN_KEY; HOME, USER, LOGNAME are its user's.
 
 options (flag, environment variable, default):
   --listen        EGRESSD_LISTEN          127.0.0.1:8080
@@ -55,6 +62,9 @@ async function main(argv: string[]): Promise<number> {
       computer: { type: 'string' },
       create: { type: 'boolean' },
       'block-dns': { type: 'boolean' },
+      user: { type: 'string' },
+      group: { type: 'string' },
+      'allow-root-escape': { type: 'boolean' },
       follow: { type: 'boolean' },
     },
   });
@@ -65,7 +75,13 @@ async function main(argv: string[]): Promise<number> {
   const env = process.env;
   const config = resolveEgressdConfig(values, env);
   const [command = 'all', ...rest] = positionals;
-  const ctx = { config, env, json: values.json === true, out: (line: string) => console.log(line) };
+  const ctx = {
+    config,
+    env,
+    json: values.json === true,
+    out: (line: string) => console.log(line),
+    warn: (line: string) => console.error(line),
+  };
   switch (command) {
     case 'all':
     case 'agent':

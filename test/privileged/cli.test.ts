@@ -177,10 +177,11 @@ test.serial(
       '--mode',
       'isolated',
       '--',
+      // CMD runs as nobody, which cannot enter the world's netns itself: it connects to the host's
+      // loopback, which an isolated computer in the host namespace may not reach either.
+      // (test/privileged/run-confined.test.ts runs `egressd run` in the world.)
       PROBE_PATH,
-      '--netns',
-      world.netnsPath,
-      'tcp:192.0.2.1:80',
+      `tcp:127.0.0.1:${world.hostLoopbackPort}`,
     );
     t.is(r.code, 0, r.stderr);
     t.is(JSON.parse(r.stdout.trim()).result, 'EPERM');

@@ -17,6 +17,14 @@ import type { EgressdConfig } from '../config.js';
 import { EgressdError } from '../errors.js';
 import { MODES, type Mode } from '../policy/types.js';
 import { findCgroup2Mount } from '../system.js';
+import {
+  type Accounts,
+  checkConfineTools,
+  confinedArgv,
+  confinedEnv,
+  resolveRunAs,
+  systemAccounts,
+} from './confine.js';
 import { parseCliRule } from './rules.js';
 
 export interface CommandContext {
@@ -24,6 +32,10 @@ export interface CommandContext {
   env: Record<string, string | undefined>;
   json: boolean;
   out: (line: string) => void;
+  /** Warnings (stderr). */
+  warn: (line: string) => void;
+  /** The account database `run` resolves --user and --group in. @default systemAccounts */
+  accounts?: Accounts;
 }
 
 /** EGRESSD_API_KEY, else the admin key file of the state directory (readable by root). */
@@ -207,11 +219,18 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
   );
 }
 
+const RUN_USAGE =
+  'usage: egressd run --computer ID [--create] [--mode MODE --rule R...] [--user NAME|UID] [--group NAME|GID] ' +
+  '[--allow-root-escape] -- CMD [ARGS...]';
+
 /**
- * egressd run --computer ID [--create] [--mode M --rule R...] -- CMD [ARGS...]
- * Runs CMD in the computer's cgroup. With --create, makes a transient cgroup
- * and registers the computer (and its policy, if given), and removes both
- * when CMD exits. CMD never starts before the policy is confirmed enforced.
+ * egressd run --computer ID [--create] [--mode M --rule R...] [--user U] [--group G] -- CMD [ARGS...]
+ * Runs CMD in the computer's cgroup and a cgroup namespace rooted there, as
+ * the sudo user or nobody (or --user/--group; root only with
+ * --allow-root-escape), so that it cannot leave the computer: see confine.ts.
+ * With --create, makes a transient cgroup and registers the computer (and
+ * its policy, if given), and removes both when CMD exits. CMD never starts
+ * before the policy is confirmed enforced. Needs root.
  */
 export async function runCommand(
   ctx: CommandContext,
@@ -219,12 +238,25 @@ export async function runCommand(
   flags: Record<string, unknown>,
 ): Promise<number> {
   const id = flags['computer'];
-  if (typeof id !== 'string' || command.length === 0) {
+  if (typeof id !== 'string' || command.length === 0) throw new EgressdError('USAGE', RUN_USAGE);
+  // Checked before anything is made: nothing to clean up when they fail.
+  const runAs = resolveRunAs(
+    {
+      user: typeof flags['user'] === 'string' ? flags['user'] : undefined,
+      group: typeof flags['group'] === 'string' ? flags['group'] : undefined,
+      allowRootEscape: flags['allow-root-escape'] === true,
+    },
+    ctx.env,
+    ctx.accounts ?? systemAccounts,
+  );
+  if (process.getuid?.() !== 0) {
     throw new EgressdError(
-      'USAGE',
-      'usage: egressd run --computer ID [--create] [--mode MODE --rule R...] -- CMD [ARGS...]',
+      'NOT_ROOT',
+      "egressd run needs root (sudo): it moves CMD into the computer's cgroup and a cgroup namespace " +
+        'of its own, then drops to the user CMD runs as',
     );
   }
+  checkConfineTools();
   const api = client(ctx);
   const mount = findCgroup2Mount();
   let cgroupDir: string;
@@ -276,11 +308,16 @@ export async function runCommand(
         );
       }
     }
-    const procs = path.join(cgroupDir, 'cgroup.procs');
-    // The child moves itself into the cgroup before exec: CMD never runs outside it.
-    const child = spawn('/bin/sh', ['-c', 'echo 0 > "$0" && exec "$@"', procs, ...command], {
-      stdio: 'inherit',
-    });
+    if (runAs.uid === 0) {
+      ctx.warn(
+        `egressd run: warning: CMD runs as root (--allow-root-escape): it can move itself out of ` +
+          `computer ${id}'s cgroup, and so out of its policy, by writing to any cgroup.procs`,
+      );
+    }
+    // One process joins the cgroup, unshares its cgroup namespace and drops to runAs before it
+    // execs CMD: CMD never runs outside the cgroup, nor as root unless asked (confine.ts).
+    const [file, ...argv] = confinedArgv(path.join(cgroupDir, 'cgroup.procs'), runAs, command);
+    const child = spawn(file!, argv, { stdio: 'inherit', env: confinedEnv(ctx.env, runAs) });
     const forward = (signal: NodeJS.Signals) => child.kill(signal);
     process.on('SIGINT', forward);
     process.on('SIGTERM', forward);
