@@ -25,7 +25,7 @@ import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
-import type { AgentState, Store } from '../../../api/src/store/store.js';
+import { AGENT_STATES, type AgentState, type Store } from '../../../api/src/store/store.js';
 import type { DnsProxy } from '../dns/proxy.js';
 import type { DnsSettings, Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
@@ -366,16 +366,15 @@ export class Agent {
       const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
       this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
     }
-    this.opts.metrics?.computerStates.set(
-      { state: next.state },
-      [...this.enforced.values()].filter((r) => r.state === next.state).length,
-    );
-    if (before && before.state !== next.state) {
-      this.opts.metrics?.computerStates.set(
-        { state: before.state },
-        [...this.enforced.values()].filter((r) => r.state === before.state).length,
-      );
-    }
+  }
+
+  /** The egressd_computers gauge, by state (counted by the periodic check: O(computers) every few seconds). */
+  private countStates(): void {
+    const metrics = this.opts.metrics;
+    if (!metrics) return;
+    const counts = new Map<AgentState, number>(AGENT_STATES.map((s) => [s, 0]));
+    for (const r of this.enforced.values()) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
+    for (const [state, n] of counts) metrics.computerStates.set({ state }, n);
   }
 
   /**
@@ -384,6 +383,7 @@ export class Agent {
    * checks, an event lost) is repaired and logged.
    */
   verify(): number {
+    this.countStates();
     let repaired = 0;
     for (const [id, want] of this.desired) {
       const reported = this.enforced.get(id);
