@@ -343,7 +343,11 @@ export class Agent {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
         this.opts.enforcer.detach(id);
         this.failures.delete(id);
-        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: err.message });
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
         return;
       }
       this.enforced.delete(id);
@@ -428,6 +432,11 @@ export class Agent {
     }
   }
 
+  /** What the API shows for a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
+  private missingReason(full: string): string {
+    return `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
+  }
+
   /** Detaches a computer that Redis no longer has on this node. */
   private forget(id: string): void {
     this.desired.delete(id);
@@ -445,8 +454,14 @@ export class Agent {
     if (change === 'gone') {
       this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
       this.opts.enforcer.detach(id);
-      if (want)
-        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: 'cgroup gone' });
+      if (want) {
+        const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
+      }
     } else {
       // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
       this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
@@ -463,7 +478,8 @@ export class Agent {
     const results = await Promise.allSettled(
       ids.map(async (id) => {
         const r = this.enforced.get(id);
-        if (r !== undefined) await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state);
+        if (r !== undefined)
+          await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state, r.reason ?? '');
       }),
     );
     const failed = results.flatMap((r, i) =>
