@@ -194,6 +194,9 @@ export class Agent {
           const status = this.opts.store.redis.status;
           if (status === 'wait' || status === 'end')
             await this.opts.store.guard(() => this.opts.store.connect());
+          // Still connecting (the store connects as it is made): wait for it rather than fail the
+          // resync and warn that Redis is unreachable when it is merely not connected yet.
+          else if (status !== 'ready') await this.connected(2000);
           this.setStatus('syncing');
           await this.resync();
           needResync = false;
@@ -245,6 +248,26 @@ export class Agent {
         backoff = Math.min(backoff * 2, this.opts.maxBackoffMs ?? 5000);
       }
     }
+  }
+
+  /** Resolves when the store's connection is ready; StoreUnavailableError after `ms` or on its error. */
+  private connected(ms: number): Promise<void> {
+    const redis = this.opts.store.redis;
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        redis.off('error', onError);
+        if (err) reject(new StoreUnavailableError(err));
+        else resolve();
+      };
+      const onReady = () => done();
+      const onError = (err: Error) => done(err);
+      const timer = setTimeout(() => done(new Error(`not connected to Redis within ${ms} ms`)), ms);
+      redis.once('ready', onReady);
+      redis.once('error', onError);
+      if (redis.status === 'ready') done();
+    });
   }
 
   private sleep(ms: number): Promise<void> {
