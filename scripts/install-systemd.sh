@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs egressd as systemd services: the built tree under /opt/egressd, the
 # units under /etc/systemd/system, settings in /etc/default/egressd (kept if
-# present). Then: systemctl enable --now egressd (one host, all-in-one), or
-# egressd-agent on compute hosts and egressd-api on API hosts.
+# present), and `egressd` on PATH (/usr/local/bin/egressd, a link into
+# /opt/egressd). Then: systemctl enable --now egressd (one host, all-in-one),
+# or egressd-agent on compute hosts and egressd-api on API hosts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "install-systemd: run as root" >&2; exit 1; }
@@ -10,6 +11,7 @@ bash scripts/setup.sh
 bash scripts/build.sh
 install -d /opt/egressd
 cp -a package.json package-lock.json README.md dist build node_modules /opt/egressd/
+bash scripts/link-cli.sh /opt/egressd/dist/daemon/src/cli.js
 install -m 0644 daemon/systemd/egressd.service daemon/systemd/egressd-agent.service \
   daemon/systemd/egressd-api.service /etc/systemd/system/
 if [[ ! -f /etc/default/egressd ]]; then

@@ -17,6 +17,7 @@ import type { ApiState, RouteDeps } from './routes/deps.js';
 import { healthRoutes } from './routes/health.js';
 import { keyRoutes } from './routes/keys.js';
 import { policyRoutes } from './routes/policy.js';
+import { serviceRoutes } from './routes/service.js';
 import type { Store } from './store/store.js';
 import { EventStreams, type EventStreamsOptions } from './streams.js';
 
@@ -79,6 +80,7 @@ export function createApp(options: AppOptions): App {
   policyRoutes(router, deps);
   computerRoutes(router, deps);
   keyRoutes(router, deps);
+  serviceRoutes(router, deps);
 
   app.use(async (ctx, next) => {
     const started = process.hrtime.bigint();

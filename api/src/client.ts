@@ -5,12 +5,14 @@
  *   await client.networkPolicy.update(id, { mode: 'allowlist', rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] });
  *
  * Failures are thrown as ApiClientError with the HTTP status and the API's
- * stable code. Uses the global fetch.
+ * stable code, or as ApiUnreachableError (with the URL and the system error)
+ * when no answer came. Uses the global fetch.
  */
 import type { Mode, Protocol } from '../../daemon/src/policy/types.js';
-import type { ApiKeyView, ComputerView, PolicyView } from './views.js';
+import type { ServiceView } from './routes/service.js';
+import type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView } from './views.js';
 
-export type { ApiKeyView, ComputerView, PolicyView };
+export type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView, ServiceView };
 
 export interface RuleInput {
   host: string;
@@ -58,6 +60,30 @@ export class ApiClientError extends Error {
   }
 }
 
+/**
+ * No answer at all: the API could not be reached (or the connection broke
+ * before it answered). `code` is the system error (ECONNREFUSED, EPERM,
+ * ENOTFOUND, ETIMEDOUT, ...) when there is one.
+ */
+export class ApiUnreachableError extends Error {
+  constructor(
+    readonly url: string,
+    readonly code: string,
+    options: { cause: unknown },
+  ) {
+    super(`cannot reach the API at ${url}${code ? ` (${code})` : ''}`, options);
+    this.name = 'ApiUnreachableError';
+  }
+}
+
+/** The system error code under a fetch failure (undici wraps it in `cause`; happy eyeballs in an AggregateError). */
+function systemCode(err: unknown, depth = 0): string {
+  if (typeof err !== 'object' || err === null || depth > 5) return '';
+  const e = err as { code?: unknown; cause?: unknown; errors?: unknown[] };
+  if (typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code)) return e.code;
+  return systemCode(e.cause, depth + 1) || systemCode(e.errors?.[0], depth + 1);
+}
+
 export class Client {
   readonly networkPolicy: NetworkPolicyApi;
   readonly computers: ComputersApi;
@@ -75,6 +101,11 @@ export class Client {
     this.networkPolicy = new NetworkPolicyApi(this);
     this.computers = new ComputersApi(this);
     this.keys = new KeysApi(this);
+  }
+
+  /** What the service does by default for this key: its default node, where its computers may live. */
+  async service(): Promise<ServiceView> {
+    return (await this.request<{ data: ServiceView }>('GET', '/api/v1/service')).body.data;
   }
 
   /** One request; resolves to the parsed body (undefined for 204), throws ApiClientError otherwise. */
@@ -104,7 +135,8 @@ export class Client {
       try {
         res = await this.fetchFn(url, init);
       } catch (err) {
-        if (last) throw err;
+        if (last)
+          throw new ApiUnreachableError(`${url.origin}${url.pathname}`, systemCode(err), { cause: err });
         await delay(200);
         continue;
       }
@@ -224,9 +256,9 @@ export class ComputersApi {
   /** One page; pass `next_cursor` back as `cursor` until it is null. */
   async list(
     options: { node?: string; limit?: number; cursor?: string } = {},
-  ): Promise<{ data: ComputerView[]; next_cursor: string | null }> {
+  ): Promise<{ data: ComputerListItemView[]; next_cursor: string | null }> {
     return (
-      await this.client.request<{ data: ComputerView[]; next_cursor: string | null }>(
+      await this.client.request<{ data: ComputerListItemView[]; next_cursor: string | null }>(
         'GET',
         '/api/v1/computers',
         {
@@ -237,7 +269,7 @@ export class ComputersApi {
   }
 
   /** Every computer (following the pages). */
-  async *all(options: { node?: string } = {}): AsyncGenerator<ComputerView> {
+  async *all(options: { node?: string } = {}): AsyncGenerator<ComputerListItemView> {
     let cursor: string | undefined;
     do {
       const page = await this.list({ ...options, ...(cursor === undefined ? {} : { cursor }) });

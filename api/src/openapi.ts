@@ -176,23 +176,34 @@ const schemas: Json = {
       rules: { type: 'array', items: ref('Rule') },
       version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
       updated_at: timestamp,
-      enforcement: {
-        type: 'object',
-        required: ['state', 'enforced_version', 'enforced_at'],
-        additionalProperties: false,
-        properties: {
-          state: {
-            type: 'string',
-            enum: ['enforced', 'pending', ...AGENT_STATES.filter((s) => s !== 'enforced')],
-            description:
-              'enforced: in force. dns_ports_exhausted: in force with DNS refused (the agent had no free DNS proxy port). ' +
-              'pending: the agent has not reported on this version yet. cgroup_missing: the cgroup does not exist, nothing is attached. ' +
-              'cgroup_forbidden: the agent refuses to attach there (its own cgroup or an ancestor, the cgroup of its Redis, or outside its sandbox roots).',
-          },
-          enforced_version: { type: ['integer', 'null'] },
-          enforced_at: { type: ['string', 'null'] },
-        },
+      enforcement: ref('Enforcement'),
+    },
+  },
+  Enforcement: {
+    type: 'object',
+    required: ['state', 'reason', 'enforced_version', 'enforced_at'],
+    additionalProperties: false,
+    properties: {
+      state: {
+        type: 'string',
+        enum: ['enforced', 'pending', ...AGENT_STATES.filter((s) => s !== 'enforced')],
+        description:
+          'enforced: in force. dns_ports_exhausted: in force with DNS refused (the agent had no free DNS proxy port). ' +
+          'pending: the agent has not reported on this version yet. cgroup_missing: the cgroup does not exist, nothing is attached. ' +
+          'cgroup_forbidden: the agent refuses to attach there (its own cgroup or an ancestor, the cgroup of its Redis, or outside its sandbox roots). ' +
+          'A PUT answers 200 for enforced and dns_ports_exhausted, 202 otherwise; it answers cgroup_missing and cgroup_forbidden at once.',
       },
+      reason: {
+        type: ['string', 'null'],
+        description:
+          'Why the state is not enforced, as the agent reported it: the cgroup path it looked for (cgroup_missing), ' +
+          'why it refuses the cgroup (cgroup_forbidden), why DNS is refused (dns_ports_exhausted); null when enforced or pending',
+      },
+      enforced_version: {
+        type: ['integer', 'null'],
+        description: 'The last version in force (never one whose cgroup was missing or forbidden)',
+      },
+      enforced_at: { type: ['string', 'null'] },
     },
   },
   PolicyResponse: {
@@ -293,6 +304,57 @@ const schemas: Json = {
       updated_at: timestamp,
     },
   },
+  ComputerListItem: {
+    type: 'object',
+    required: ['id', 'cgroup', 'node', 'tenant', 'created_at', 'updated_at', 'policy'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
+      cgroup: { type: 'string' },
+      node: { type: 'string' },
+      tenant: { type: ['string', 'null'] },
+      created_at: timestamp,
+      updated_at: timestamp,
+      policy: {
+        type: 'object',
+        description: "The computer's network policy in brief, and the agent's report on it",
+        required: ['mode', 'block_dns', 'version', 'enforcement'],
+        additionalProperties: false,
+        properties: {
+          mode: { type: 'string', enum: [...MODES] },
+          block_dns: { type: 'boolean' },
+          version: { type: 'integer', minimum: 0 },
+          enforcement: ref('Enforcement'),
+        },
+      },
+    },
+  },
+  ServiceResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['default_node', 'cgroup_bases', 'tenant'],
+        additionalProperties: false,
+        properties: {
+          default_node: {
+            type: ['string', 'null'],
+            description:
+              "The node a computer registered without one goes to (in egressd all, its agent's node); null when there is none",
+          },
+          cgroup_bases: {
+            type: 'array',
+            items: { type: 'string' },
+            description:
+              "Where this key's computers may live, relative to the cgroup2 mount: the sandbox roots (admin), the key's cgroup prefix (tenant key)",
+          },
+          tenant: { type: ['string', 'null'] },
+        },
+      },
+    },
+  },
   ComputerResponse: {
     type: 'object',
     required: ['data'],
@@ -304,7 +366,7 @@ const schemas: Json = {
     required: ['data', 'next_cursor'],
     additionalProperties: false,
     properties: {
-      data: { type: 'array', items: ref('Computer') },
+      data: { type: 'array', items: ref('ComputerListItem') },
       next_cursor: {
         type: ['string', 'null'],
         description: 'Pass as ?cursor= for the next page; null at the end',
@@ -558,6 +620,14 @@ export function openApiDocument(): Json {
             '404': error('key not found'),
             ...changing,
           },
+        },
+      },
+      '/api/v1/service': {
+        get: {
+          operationId: 'getService',
+          summary:
+            'What this service does by default, for the calling key: the default node, and where its computers may live',
+          responses: { '200': json(ref('ServiceResponse'), 'The service'), ...common },
         },
       },
       '/api/v1/openapi.json': {

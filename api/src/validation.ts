@@ -186,6 +186,39 @@ export function checkUnderRoots(cgroup: string, roots: readonly string[], field:
   );
 }
 
+/**
+ * An absolute path in the file system (`/sys/fs/cgroup/unified/egressd/x`)
+ * is refused with what to send instead: the API cannot know where the
+ * computer's host mounts cgroup2, so it cannot make the path relative
+ * itself (the egressd CLI does, with its host's mount). A leading "/" alone
+ * is fine: `/egressd/x` is how /proc/PID/cgroup shows a cgroup. Checked when
+ * the path, without its "/", is not below one of `bases` (the sandbox roots,
+ * or a tenant key's prefix) but a tail of it is, or it starts with /sys/.
+ */
+export function checkRelative(raw: unknown, cgroup: string, bases: readonly string[], field: string): void {
+  if (typeof raw !== 'string' || !raw.startsWith('/') || bases.some((b) => isBelow(cgroup, b))) return;
+  const segments = cgroup.split('/');
+  let tail: string | undefined;
+  for (let k = 1; k < segments.length && tail === undefined; k++) {
+    const candidate = segments.slice(k).join('/');
+    if (bases.some((b) => b !== '' && isBelow(candidate, b))) tail = candidate;
+  }
+  if (tail === undefined && segments[0] !== 'sys') return;
+  const mount =
+    tail === undefined
+      ? undefined
+      : `/${segments.slice(0, segments.length - tail.split('/').length).join('/')}`;
+  throw new ApiError(
+    400,
+    'cgroup_not_relative',
+    `${field}: "${raw}" looks like a path in the file system; send the cgroup's path relative to the cgroup2 mount` +
+      (tail === undefined
+        ? ', for example "egressd/sandbox-1" (or as /proc/PID/cgroup shows it)'
+        : ` ("${tail}" if cgroup2 is mounted at ${mount})`) +
+      ': the API cannot know where that host mounts cgroup2 (the egressd CLI converts absolute paths itself)',
+  );
+}
+
 /** Checks a computer id from the path. */
 export function checkComputerId(id: string): string {
   if (!COMPUTER_ID_PATTERN.test(id)) {

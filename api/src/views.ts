@@ -19,10 +19,34 @@ export interface PolicyView {
   rules: Rule[];
   version: number;
   updated_at: string;
-  enforcement: { state: EnforcementState; enforced_version: number | null; enforced_at: string | null };
+  enforcement: EnforcementView;
 }
 
-export function enforcementState(r: PolicyRecord): EnforcementState {
+export interface EnforcementView {
+  state: EnforcementState;
+  /**
+   * Why the state is not `enforced`, as the agent said (the cgroup path it
+   * looked for, why it refuses the cgroup, why DNS is refused); null when
+   * enforced or pending.
+   */
+  reason: string | null;
+  enforced_version: number | null;
+  enforced_at: string | null;
+}
+
+/** The `enforcement` object of a policy (and of a computer in a list). */
+export function enforcementView(r: Pick<PolicyRecord, 'version' | 'enforced'>): EnforcementView {
+  const state = enforcementState(r);
+  return {
+    state,
+    reason: state !== 'pending' && state !== 'enforced' && r.enforced?.reason ? r.enforced.reason : null,
+    // The last version in force: a report of a cgroup missing or forbidden enforces nothing.
+    enforced_version: r.enforced && inForce(r.enforced.state) ? r.enforced.version : null,
+    enforced_at: r.enforced && inForce(r.enforced.state) ? r.enforced.at : null,
+  };
+}
+
+export function enforcementState(r: Pick<PolicyRecord, 'version' | 'enforced'>): EnforcementState {
   return r.enforced !== undefined && r.enforced.version >= r.version ? r.enforced.state : 'pending';
 }
 
@@ -44,12 +68,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
     rules,
     version: r.version,
     updated_at: r.updatedAt,
-    enforcement: {
-      state: enforcementState(r),
-      // The last version in force: a report of a cgroup missing or forbidden enforces nothing.
-      enforced_version: r.enforced && inForce(r.enforced.state) ? r.enforced.version : null,
-      enforced_at: r.enforced && inForce(r.enforced.state) ? r.enforced.at : null,
-    },
+    enforcement: enforcementView(r),
   };
 }
 
@@ -81,6 +100,26 @@ export function computerView(c: Computer): ComputerView {
     tenant: c.tenant,
     created_at: c.createdAt,
     updated_at: c.updatedAt,
+  };
+}
+
+/** A computer in a list: with its policy's mode and version, and the agent's report on it. */
+export interface ComputerListItemView extends ComputerView {
+  policy: { mode: string; block_dns: boolean; version: number; enforcement: EnforcementView };
+}
+
+export function computerListItemView(
+  c: Computer,
+  status: { mode: string; blockDns?: boolean; version: number; enforced: PolicyRecord['enforced'] },
+): ComputerListItemView {
+  return {
+    ...computerView(c),
+    policy: {
+      mode: status.mode,
+      block_dns: status.blockDns === true,
+      version: status.version,
+      enforcement: enforcementView(status),
+    },
   };
 }
 

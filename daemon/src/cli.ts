@@ -4,11 +4,10 @@
  * resolves the configuration once and hands it down.
  */
 import { parseArgs } from 'node:util';
-import { ConfigError as ApiConfigError } from '../../api/src/config.js';
 import { isSupervised, tellSupervisor } from './cli/agent-process.js';
 import { computersCommand, describeError, eventsCommand, policyCommand, runCommand } from './cli/commands.js';
 import type { ServeMode } from './cli/serve.js';
-import { CONFIG_FLAGS, ConfigError, resolveEgressdConfig } from './config.js';
+import { CONFIG_FLAGS, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
@@ -16,6 +15,7 @@ const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (defaul
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
+       --debug: stack traces with errors (client commands print one line otherwise)
 
 run (needs root, and unshare and setpriv from util-linux): CMD runs in the computer's cgroup, in a cgroup
   namespace rooted there, as the user who ran sudo (SUDO_UID, SUDO_GID and that user's groups), else as
@@ -32,6 +32,7 @@ options (flag, environment variable, default):
   --node          EGRESSD_NODE            the host name
   --internal-cidr EGRESSD_INTERNAL_CIDRS  none (repeat the flag; comma-separated in the variable)
   --log-level     EGRESSD_LOG_LEVEL       info
+  --log-format    EGRESSD_LOG_FORMAT      auto (pretty: readable lines, local times; json: one JSON object a line; auto: pretty on a terminal)
   --api           EGRESSD_API             http://127.0.0.1:8080 (client commands)
   --dns-upstream  EGRESSD_DNS_UPSTREAM    first nameserver of /etc/resolv.conf (host[:port], repeatable)
   --dns-proxy-address EGRESSD_DNS_PROXY_ADDRESSES  none (this host's address that sandboxes with their own netns reach)
@@ -44,6 +45,8 @@ options (flag, environment variable, default):
 
 /** `egressd agent` started by `egressd all`: its start-up error goes to the parent. */
 let supervisedAgent = false;
+/** --debug: errors with their stack. */
+const debug = process.argv.includes('--debug');
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -66,6 +69,7 @@ async function main(argv: string[]): Promise<number> {
       group: { type: 'string' },
       'allow-root-escape': { type: 'boolean' },
       follow: { type: 'boolean' },
+      debug: { type: 'boolean' },
     },
   });
   if (values.help) {
@@ -110,21 +114,17 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   async (err: unknown) => {
-    const known = err instanceof EgressdError || err instanceof ConfigError || err instanceof ApiConfigError;
-    const message = describeError(err);
+    // A usage message spans lines; every other error is one line (its stack only with --debug).
+    const usage =
+      (err instanceof EgressdError && err.code === 'USAGE') ||
+      (err instanceof TypeError && /^(Unknown option|Option '.*' argument)/.test(err.message));
+    const message = usage && err instanceof Error ? err.message : describeError(err);
     // The agent of `egressd all` hands its error to the parent, which fails with it (one line, not two).
     const code = err instanceof EgressdError ? err.code : 'AGENT_START_FAILED';
     if (!(supervisedAgent && (await tellSupervisor({ type: 'failed', code, message })))) {
       console.error(`egressd: ${message}`);
     }
-    if (
-      !known &&
-      !(err instanceof TypeError && message.includes('Unknown option')) &&
-      err instanceof Error &&
-      err.stack
-    ) {
-      console.error(err.stack);
-    }
-    process.exit(err instanceof EgressdError && err.code === 'USAGE' ? 2 : 1);
+    if (debug && err instanceof Error && err.stack) console.error(err.stack);
+    process.exit(usage ? 2 : 1);
   },
 );

@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
+import { LOG_FORMATS, type LogFormat } from './log.js';
 import { parseHost } from './policy/host.js';
 
 export interface EgressdConfig {
@@ -55,6 +56,12 @@ export interface EgressdConfig {
    */
   logLevel: string;
   /**
+   * Log lines: `pretty` (readable, local times), `json` (one object a line),
+   * or `auto`: pretty when stdout is a terminal, JSON otherwise.
+   * @default 'auto' (--log-format, EGRESSD_LOG_FORMAT)
+   */
+  logFormat: LogFormat;
+  /**
    * The API that the client commands (policy, computers, run) talk to.
    * @default 'http://127.0.0.1:8080' (--api, EGRESSD_API)
    */
@@ -101,6 +108,7 @@ export const DEFAULT_CONFIG: Readonly<EgressdConfig> = Object.freeze({
   cgroupRoots: ['egressd'],
   internalCidrs: [],
   logLevel: 'info',
+  logFormat: 'auto',
   apiUrl: 'http://127.0.0.1:8080',
   dnsUpstreams: [],
   dnsProxyAddresses: [],
@@ -119,6 +127,7 @@ const SOURCES: Record<keyof EgressdConfig, { flag: string; env: string }> = {
   cgroupRoots: { flag: 'cgroup-root', env: 'EGRESSD_CGROUP_ROOTS' },
   internalCidrs: { flag: 'internal-cidr', env: 'EGRESSD_INTERNAL_CIDRS' },
   logLevel: { flag: 'log-level', env: 'EGRESSD_LOG_LEVEL' },
+  logFormat: { flag: 'log-format', env: 'EGRESSD_LOG_FORMAT' },
   apiUrl: { flag: 'api', env: 'EGRESSD_API' },
   dnsUpstreams: { flag: 'dns-upstream', env: 'EGRESSD_DNS_UPSTREAM' },
   dnsProxyAddresses: { flag: 'dns-proxy-address', env: 'EGRESSD_DNS_PROXY_ADDRESSES' },
@@ -200,6 +209,7 @@ export function resolveEgressdConfig(
     cgroupRoots: pick('cgroupRoots') === undefined ? [...DEFAULT_CONFIG.cgroupRoots] : list('cgroupRoots'),
     internalCidrs: list('internalCidrs'),
     logLevel: text('logLevel'),
+    logFormat: text('logFormat') as LogFormat,
     apiUrl: text('apiUrl'),
     dnsUpstreams: list('dnsUpstreams'),
     dnsProxyAddresses: list('dnsProxyAddresses'),
@@ -250,6 +260,11 @@ export function resolveEgressdConfig(
   if (!LOG_LEVELS.includes(config.logLevel)) {
     throw new ConfigError(
       `${where('logLevel')}: "${config.logLevel}" must be one of ${LOG_LEVELS.join(', ')}`,
+    );
+  }
+  if (!(LOG_FORMATS as readonly string[]).includes(config.logFormat)) {
+    throw new ConfigError(
+      `${where('logFormat')}: "${config.logFormat}" must be one of ${LOG_FORMATS.join(', ')}`,
     );
   }
   try {

@@ -120,6 +120,14 @@ export class EmbeddedRedis {
     });
   }
 
+  /**
+   * egressd is stopping: an exit from now on is expected (a terminal's Ctrl-C
+   * reaches redis-server too), neither restarted nor logged as an error.
+   */
+  expectExit(): void {
+    this.stopping = true;
+  }
+
   /** Stops redis-server (it writes its append-only file on SIGTERM). */
   async stop(): Promise<void> {
     this.stopping = true;

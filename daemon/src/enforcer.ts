@@ -189,6 +189,13 @@ export class Enforcer {
   private nextLearnedId: number;
   /** Per computer id: its compiled policy and what its DNS answers taught it. */
   private readonly records = new Map<string, ComputerRecord>();
+  /**
+   * The cgroup id of each computer found pinned at start (an adopted pin
+   * directory), by cgroup id, until this process attaches or detaches it:
+   * deny events name computers by cgroup id, and those the kernel wrote while
+   * no agent ran are read before the resync has attached anything.
+   */
+  private readonly pinnedCgroups = new Map<bigint, string>();
   /** Learned entries found in the pins at start, by learned id, until their computer is attached. */
   private readonly adoptedLearned = new Map<number, LearnedEntry[]>();
   /** Learned ids whose entries go at the next sweep, with their keys. */
@@ -219,7 +226,10 @@ export class Enforcer {
     const obj = loadOrAdopt(opts);
     const enforcer = new Enforcer(obj, cgroupRoot);
     try {
-      if (obj.adopted) enforcer.rebuildIndex();
+      if (obj.adopted) {
+        enforcer.rebuildIndex();
+        enforcer.indexPinnedCgroups();
+      }
       enforcer.setInternalCidrs(opts.internalCidrs ?? []);
     } catch (err) {
       enforcer.close();
@@ -530,10 +540,29 @@ export class Enforcer {
     return mode === undefined ? undefined : (MODE_NAMES[mode] as Policy['mode'] | undefined);
   }
 
-  /** The computer attached at cgroup `cgroupId`, as this process knows it (deny events). */
+  /**
+   * The computer attached at cgroup `cgroupId` (deny events): as this process
+   * attached it, else as the pins it adopted say (a computer the resync has
+   * not reached yet).
+   */
   computerAt(cgroupId: bigint): string | undefined {
     for (const [id, record] of this.records) if (record.cgroupId === cgroupId) return id;
-    return undefined;
+    return this.pinnedCgroups.get(cgroupId);
+  }
+
+  /** One pin a computer: the cgroup its first hook's link points at. */
+  private indexPinnedCgroups(): void {
+    for (const id of this.pinnedIds()) {
+      const pin = path.join(this.computersDir, id, HOOKS[0].name);
+      if (!existsSync(pin)) continue;
+      const fd = bpf.objGet(pin);
+      try {
+        const { cgroupId } = this.linkInfo(fd);
+        if (cgroupId !== 0n) this.pinnedCgroups.set(cgroupId, id);
+      } finally {
+        bpf.closeFd(fd);
+      }
+    }
   }
 
   /** The hostname whose DNS answer taught computer `id` the address, if any. */
@@ -774,6 +803,7 @@ export class Enforcer {
     if (!existsSync(dir)) return;
     let oldPolicyId = 0;
     const linked = this.linkedCgroup(id);
+    if (linked && this.pinnedCgroups.get(linked.cgroupId) === id) this.pinnedCgroups.delete(linked.cgroupId);
     // The guard refuses the cgroup before its own hooks go.
     this.guard.ungovern(this.records.get(id)?.cgroupId ?? 0n);
     this.guard.ungovern(linked?.cgroupId ?? 0n);

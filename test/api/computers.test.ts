@@ -175,6 +175,64 @@ test('GET /computers pages by id and filters by node', async (t) => {
   t.is((await list.call('GET', '/api/v1/computers?cursor=-x')).status, 400);
 });
 
+test("GET /computers: each computer with its policy in brief and the agent's report, reason included", async (t) => {
+  const list = await startHarness();
+  t.teardown(() => list.close());
+  await list.call('PUT', '/api/v1/computers/st-ok', { body: { cgroup: 'egressd/st-ok', node: 'st' } });
+  await list.call('PUT', '/api/v1/computers/st-missing', {
+    body: { cgroup: 'egressd/st-missing', node: 'st' },
+  });
+  await list.call('PUT', '/api/v1/computers/st-missing/network-policy?wait=0', {
+    body: { mode: 'isolated' },
+  });
+  const ok = (await list.call('GET', '/api/v1/computers/st-ok/network-policy')).body.data.version;
+  const missing = (await list.call('GET', '/api/v1/computers/st-missing/network-policy')).body.data.version;
+  await list.store.ackEnforced('st-ok', ok, new Date('2026-01-01T00:00:00Z'), 'st');
+  await list.store.ackEnforced(
+    'st-missing',
+    missing,
+    new Date(),
+    'st',
+    'cgroup_missing',
+    'cgroup /sys/fs/cgroup/egressd/st-missing does not exist on node st',
+  );
+  const r = await list.call('GET', '/api/v1/computers?node=st');
+  t.is(r.status, 200);
+  t.deepEqual(
+    r.body.data.map((c: { id: string; policy: unknown }) => [c.id, c.policy]),
+    [
+      [
+        'st-missing',
+        {
+          mode: 'isolated',
+          block_dns: false,
+          version: missing,
+          enforcement: {
+            state: 'cgroup_missing',
+            reason: 'cgroup /sys/fs/cgroup/egressd/st-missing does not exist on node st',
+            enforced_version: null,
+            enforced_at: null,
+          },
+        },
+      ],
+      [
+        'st-ok',
+        {
+          mode: 'unrestricted',
+          block_dns: false,
+          version: ok,
+          enforcement: {
+            state: 'enforced',
+            reason: null,
+            enforced_version: ok,
+            enforced_at: '2026-01-01T00:00:00.000Z',
+          },
+        },
+      ],
+    ],
+  );
+});
+
 test('healthz, readyz, metrics', async (t) => {
   const health = await h.call('GET', '/healthz', { key: '' });
   t.is(health.status, 200);
@@ -345,4 +403,66 @@ test('ids are scoped per tenant: what a tenant is told about an id outside its n
     (await h.call('PUT', '/api/v1/computers/acme-ns~~x', { key: acme, body: { cgroup: 'ns/a4' } })).status,
     400,
   );
+});
+
+test('cgroup paths: relative or as /proc/PID/cgroup shows them; a file-system path is refused with what to send', async (t) => {
+  const h = await startHarness({ cgroupRoots: ['sbx'] });
+  t.teardown(() => h.close());
+  const put = (id: string, cgroup: unknown, key?: string) =>
+    h.call('PUT', `/api/v1/computers/${id}`, { body: { cgroup }, ...(key ? { key } : {}) });
+  // Accepted: relative, and /proc/PID/cgroup style (a leading "/", trailing ones dropped).
+  const relative = await put('p-rel', 'sbx/rel');
+  t.is(relative.status, 201);
+  t.is(relative.body.data.cgroup, 'sbx/rel');
+  const procStyle = await put('p-proc', '/sbx/proc/');
+  t.is(procStyle.status, 201);
+  t.is(procStyle.body.data.cgroup, 'sbx/proc');
+  // The same cgroup written another way is the same cgroup.
+  const again = await put('p-again', '/sbx/rel');
+  t.is(again.status, 409);
+  t.is(again.body.error.code, 'cgroup_in_use');
+  // A path in the file system: 400 cgroup_not_relative, naming the relative path where it can tell.
+  const mounted = await put('p-abs', '/sys/fs/cgroup/unified/sbx/x');
+  t.is(mounted.status, 400);
+  t.is(mounted.body.error.code, 'cgroup_not_relative');
+  t.regex(mounted.body.error.message, /"sbx\/x" if cgroup2 is mounted at \/sys\/fs\/cgroup\/unified/);
+  const elsewhere = await put('p-abs2', '/sys/fs/cgroup/system.slice/x');
+  t.is(elsewhere.status, 400);
+  t.is(elsewhere.body.error.code, 'cgroup_not_relative');
+  t.regex(elsewhere.body.error.message, /relative to the cgroup2 mount, for example/);
+  // Not below a root, and nothing suggests a file-system path: the roots' answer.
+  const outside = await put('p-out', '/other/x');
+  t.is(outside.status, 400);
+  t.is(outside.body.error.code, 'cgroup_outside_roots');
+  // Bad segments are refused as before.
+  for (const cgroup of ['sbx/../etc', 'sbx//x', '/', '', 'sbx/./x']) {
+    const r = await put('p-bad', cgroup);
+    t.is(r.status, 400, cgroup);
+    t.is(r.body.error.code, 'invalid_request', cgroup);
+  }
+  // A tenant key: the same, against its prefix.
+  const key = (await h.call('POST', '/api/v1/keys', { body: { tenant: 'acme' } })).body.data.key;
+  const tenantAbs = await put('acme~abs', '/sys/fs/cgroup/sbx/acme/box', key);
+  t.is(tenantAbs.status, 400);
+  t.is(tenantAbs.body.error.code, 'cgroup_not_relative');
+  t.regex(tenantAbs.body.error.message, /"sbx\/acme\/box" if cgroup2 is mounted at \/sys\/fs\/cgroup\)/);
+  t.is((await put('acme~proc', '/sbx/acme/box', key)).status, 201);
+  for (const id of ['p-again', 'p-abs', 'p-abs2', 'p-out', 'p-bad', 'acme~abs']) {
+    t.is((await h.call('GET', `/api/v1/computers/${id}`)).status, 404, id);
+  }
+});
+
+test("GET /api/v1/service: the default node and where the key's computers may live", async (t) => {
+  const h = await startHarness({ cgroupRoots: ['sbx', 'more'], defaultNode: 'agent-node' });
+  t.teardown(() => h.close());
+  const admin = await h.call('GET', '/api/v1/service');
+  t.is(admin.status, 200);
+  t.deepEqual(admin.body.data, { default_node: 'agent-node', cgroup_bases: ['sbx', 'more'], tenant: null });
+  const key = (await h.call('POST', '/api/v1/keys', { body: { tenant: 'acme' } })).body.data.key;
+  const tenant = await h.call('GET', '/api/v1/service', { key });
+  t.deepEqual(tenant.body.data, { default_node: 'agent-node', cgroup_bases: ['sbx/acme'], tenant: 'acme' });
+  t.is((await h.call('GET', '/api/v1/service', { key: '' })).status, 401);
+  const none = await startHarness({ defaultNode: '' });
+  t.teardown(() => none.close());
+  t.is((await none.call('GET', '/api/v1/service')).body.data.default_node, null);
 });

@@ -133,19 +133,82 @@ test('a waiting request answers from the notification alone, and still wakes on 
   await redis.publish(channels.enforced, 'enf-5 6 2026-01-01T00:00:00.000Z');
   await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.000Z');
   // A three-word message is an older agent's: it acknowledged only what it enforced.
-  t.deepEqual(await first, { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced' });
-  // A report of another state carries it; cgroup_missing is waited past, cgroup_forbidden is not.
-  const forbidden = store.waitEnforced('enf-5', 7, 5000);
+  t.deepEqual(await first, { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced', reason: '' });
+  // A report of another state carries it, and its reason (the rest of the message, spaces and all):
+  // any report settles the wait, cgroup_missing too ...
+  const missing = store.waitEnforced('enf-5', 7, 5000);
   await new Promise((r) => setTimeout(r, 50));
-  await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.500Z cgroup_missing');
+  await redis.publish(
+    channels.enforced,
+    'enf-5 7 2026-01-01T00:00:01.500Z cgroup_missing cgroup /sys/fs/cgroup/egressd/x does not exist',
+  );
+  t.deepEqual(await missing, {
+    version: 7,
+    at: '2026-01-01T00:00:01.500Z',
+    state: 'cgroup_missing',
+    reason: 'cgroup /sys/fs/cgroup/egressd/x does not exist',
+  });
+  // ... unless the caller waits past cgroup_missing (the cgroup is about to appear).
+  const past = store.waitEnforced('enf-5', 7, 5000, { pastMissing: true });
+  await new Promise((r) => setTimeout(r, 50));
+  await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.550Z cgroup_missing');
   await redis.publish(channels.enforced, 'enf-5 7 2026-01-01T00:00:01.600Z cgroup_forbidden');
-  t.deepEqual(await forbidden, { version: 7, at: '2026-01-01T00:00:01.600Z', state: 'cgroup_forbidden' });
+  t.deepEqual(await past, {
+    version: 7,
+    at: '2026-01-01T00:00:01.600Z',
+    state: 'cgroup_forbidden',
+    reason: '',
+  });
   // An older agent's message carries no time: the waiter reads the key.
   const second = store.waitEnforced('enf-5', 8, 5000);
   await new Promise((r) => setTimeout(r, 50));
   await redis.hset(keys.enforced('enf-5'), 'version', '8', 'at', '2026-01-01T00:00:02.000Z');
   await redis.publish(channels.enforced, 'enf-5 8');
-  t.deepEqual(await second, { version: 8, at: '2026-01-01T00:00:02.000Z', state: 'enforced' });
+  t.deepEqual(await second, { version: 8, at: '2026-01-01T00:00:02.000Z', state: 'enforced', reason: '' });
+});
+
+test('a PUT whose cgroup is missing answers at once with the state and the reason', async (t) => {
+  await register(h, 'enf-6', { node: 'cgroupless' });
+  // The agent of node "cgroupless" reports on the policy's version: the cgroup is missing.
+  const agent = (async () => {
+    for (let i = 0; i < 200; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      const changes = await h.store.readChanges('cgroupless', '0-0');
+      const change = changes.filter((c) => c.computerId === 'enf-6' && c.kind === 'policy').at(-1);
+      if (change) {
+        await h.store.ackEnforced(
+          'enf-6',
+          change.version,
+          new Date(),
+          'cgroupless',
+          'cgroup_missing',
+          'cgroup /sys/fs/cgroup/egressd/enf-6 does not exist on node cgroupless',
+        );
+        return;
+      }
+    }
+  })();
+  const started = Date.now();
+  const r = await h.call('PUT', '/api/v1/computers/enf-6/network-policy?wait=10000', {
+    body: { mode: 'isolated' },
+  });
+  await agent;
+  t.is(r.status, 202);
+  t.true(Date.now() - started < 5000, 'not the whole wait');
+  t.like(r.body.data.enforcement, {
+    state: 'cgroup_missing',
+    reason: 'cgroup /sys/fs/cgroup/egressd/enf-6 does not exist on node cgroupless',
+    enforced_version: null,
+  });
+  // A GET says the same; a PUT of the same policy answers at once, without waiting.
+  const get = await h.call('GET', '/api/v1/computers/enf-6/network-policy');
+  t.like(get.body.data.enforcement, { state: 'cgroup_missing' });
+  const again = Date.now();
+  const same = await h.call('PUT', '/api/v1/computers/enf-6/network-policy?wait=10000', {
+    body: { mode: 'isolated' },
+  });
+  t.is(same.status, 202);
+  t.true(Date.now() - again < 1000);
 });
 
 test('node snapshot: every computer of a node with policy and version, and the stream id to follow', async (t) => {

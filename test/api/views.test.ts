@@ -24,11 +24,11 @@ test('the spliced reply equals the serialised view', (t) => {
     record({
       computerId: 'a_RULES_b',
       mode: 'isolated',
-      enforced: { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced' },
+      enforced: { version: 7, at: '2026-01-01T00:00:01.000Z', state: 'enforced', reason: '' },
     }),
     record({
       rules: [{ host: 'x.example', protocol: 'udp' }],
-      enforced: { version: 6, at: 'RULES', state: 'enforced' },
+      enforced: { version: 6, at: 'RULES', state: 'enforced', reason: '' },
     }),
   ];
   for (const r of cases) {
@@ -37,36 +37,56 @@ test('the spliced reply equals the serialised view', (t) => {
 });
 
 test('enforcement state: what the agent reported of this version; in force only when enforced (or with DNS refused)', (t) => {
-  const of = (state: 'dns_ports_exhausted' | 'cgroup_missing' | 'cgroup_forbidden') =>
-    policyView(record({ enforced: { version: 7, at: 't', state } })).enforcement;
-  t.deepEqual(of('dns_ports_exhausted'), {
+  const of = (state: 'dns_ports_exhausted' | 'cgroup_missing' | 'cgroup_forbidden', reason = '') =>
+    policyView(record({ enforced: { version: 7, at: 't', state, reason } })).enforcement;
+  t.deepEqual(of('dns_ports_exhausted', 'no free port'), {
     state: 'dns_ports_exhausted',
+    reason: 'no free port',
     enforced_version: 7,
     enforced_at: 't',
   });
-  t.deepEqual(of('cgroup_missing'), { state: 'cgroup_missing', enforced_version: null, enforced_at: null });
-  t.deepEqual(of('cgroup_forbidden'), {
-    state: 'cgroup_forbidden',
+  t.deepEqual(of('cgroup_missing', 'cgroup /x does not exist'), {
+    state: 'cgroup_missing',
+    reason: 'cgroup /x does not exist',
     enforced_version: null,
     enforced_at: null,
   });
-  t.true(isEnforced(record({ enforced: { version: 7, at: 't', state: 'dns_ports_exhausted' } })));
-  t.false(isEnforced(record({ enforced: { version: 7, at: 't', state: 'cgroup_forbidden' } })));
+  t.deepEqual(of('cgroup_forbidden'), {
+    state: 'cgroup_forbidden',
+    reason: null,
+    enforced_version: null,
+    enforced_at: null,
+  });
+  // A reason belongs to the version it was reported for: a newer version is pending, without it.
+  t.deepEqual(
+    policyView(
+      record({ version: 8, enforced: { version: 7, at: 't', state: 'cgroup_missing', reason: 'x' } }),
+    ).enforcement,
+    { state: 'pending', reason: null, enforced_version: null, enforced_at: null },
+  );
+  t.true(isEnforced(record({ enforced: { version: 7, at: 't', state: 'dns_ports_exhausted', reason: '' } })));
+  t.false(isEnforced(record({ enforced: { version: 7, at: 't', state: 'cgroup_forbidden', reason: '' } })));
 });
 
 test('enforcement state: enforced once the acknowledged version reaches the policy version', (t) => {
   t.is(policyView(record({})).enforcement.state, 'pending');
   t.is(
-    policyView(record({ enforced: { version: 6, at: 't', state: 'enforced' } })).enforcement.state,
+    policyView(record({ enforced: { version: 6, at: 't', state: 'enforced', reason: '' } })).enforcement
+      .state,
     'pending',
   );
   t.is(
-    policyView(record({ enforced: { version: 7, at: 't', state: 'enforced' } })).enforcement.state,
+    policyView(record({ enforced: { version: 7, at: 't', state: 'enforced', reason: '' } })).enforcement
+      .state,
     'enforced',
   );
-  t.deepEqual(policyView(record({ enforced: { version: 8, at: 't', state: 'enforced' } })).enforcement, {
-    state: 'enforced',
-    enforced_version: 8,
-    enforced_at: 't',
-  });
+  t.deepEqual(
+    policyView(record({ enforced: { version: 8, at: 't', state: 'enforced', reason: '' } })).enforcement,
+    {
+      state: 'enforced',
+      reason: null,
+      enforced_version: 8,
+      enforced_at: 't',
+    },
+  );
 });

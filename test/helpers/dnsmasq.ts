@@ -1,7 +1,8 @@
 /**
  * A real upstream DNS server for tests: Debian's dnsmasq on 127.0.0.1 (UDP
  * and TCP) serving the records given, nothing else (no upstream of its own,
- * no /etc/hosts). Ended by its own PID in stop().
+ * no /etc/hosts). Ended by its own PID in stop(). With `netns` (a
+ * /run/netns/ path) it runs in that network namespace, on its 127.0.0.1.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -28,17 +29,17 @@ async function freeUdpPort(): Promise<number> {
  * The port is free for UDP when chosen; another process may hold it for TCP, or take it before
  * dnsmasq binds: then another port, a few times.
  */
-export async function startDnsmasq(lines: string[]): Promise<Dnsmasq> {
+export async function startDnsmasq(lines: string[], options: { netns?: string } = {}): Promise<Dnsmasq> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(lines);
+      return await startOnce(lines, options.netns);
     } catch (err) {
       if (attempt >= 5 || !String((err as Error).message).includes('Address already in use')) throw err;
     }
   }
 }
 
-async function startOnce(lines: string[]): Promise<Dnsmasq> {
+async function startOnce(lines: string[], netns: string | undefined): Promise<Dnsmasq> {
   const dir = mkdtempSync(path.join(tmpdir(), 'egressd-dnsmasq-'));
   const port = await freeUdpPort();
   const conf = path.join(dir, 'dnsmasq.conf');
@@ -55,11 +56,19 @@ async function startOnce(lines: string[]): Promise<Dnsmasq> {
       '',
     ].join('\n'),
   );
-  const child: ChildProcess = spawn(
+  const argv = [
     'dnsmasq',
-    [`--conf-file=${conf}`, '--keep-in-foreground', '--user=root', '--pid-file', '--log-facility=-'],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
+    `--conf-file=${conf}`,
+    '--keep-in-foreground',
+    '--user=root',
+    '--pid-file',
+    '--log-facility=-',
+  ];
+  // nsenter execs dnsmasq in its own process: the PID is dnsmasq's.
+  if (netns) argv.unshift('nsenter', `--net=${netns}`, '--');
+  const child: ChildProcess = spawn(argv[0] ?? 'dnsmasq', argv.slice(1), {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let stderr = '';
   child.stderr?.on('data', (d) => {
     stderr += d;

@@ -140,19 +140,32 @@ test.serial('deleting a computer detaches it', async (t) => {
 });
 
 test.serial(
-  'a computer registered before its cgroup exists is attached when the cgroup appears',
+  'a computer registered before its cgroup exists: cgroup_missing at once, with the path; enforced within a second of mkdir',
   async (t) => {
     const relative = world.cgroupRelative('late/sandbox');
     const reg = await api.call('PUT', '/api/v1/computers/late', { body: { cgroup: relative } });
     t.is(reg.status, 201, reg.text);
-    const put = await api.call('PUT', '/api/v1/computers/late/network-policy?wait=0', {
+    const started = Date.now();
+    const put = await api.call('PUT', '/api/v1/computers/late/network-policy', {
       body: { mode: 'isolated' },
     });
     t.is(put.status, 202);
-    t.is(put.body.data.enforcement.state, 'pending');
+    t.true(Date.now() - started < 2000, `answered in ${Date.now() - started} ms, not after the 5 s wait`);
+    t.is(put.body.data.enforcement.state, 'cgroup_missing');
+    t.true(
+      put.body.data.enforcement.reason.includes(
+        `${world.cgroupMount}/${relative} does not exist on node node-a`,
+      ),
+      put.body.data.enforcement.reason,
+    );
     const cg = world.makeCgroup('late/sandbox');
-    const ack = await store.waitEnforced('late', put.body.data.version, 5000);
+    const made = Date.now();
+    // This caller knows the cgroup is about to appear: it waits past cgroup_missing.
+    const ack = await store.waitEnforced('late', put.body.data.version, 1000, { pastMissing: true });
+    t.is(ack?.state, 'enforced', `within a second of mkdir (${Date.now() - made} ms)`);
     t.is(ack?.version, put.body.data.version);
+    const get = await api.call('GET', '/api/v1/computers/late/network-policy');
+    t.like(get.body.data.enforcement, { state: 'enforced', reason: null });
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
 
     // The sandbox ends: its cgroup goes, and the agent cleans up the pins.

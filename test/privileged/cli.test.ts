@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { parsePrometheus } from '../helpers/prometheus.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { createWorld, PROBE_PATH, REPO_ROOT, type World } from '../helpers/world.js';
@@ -24,6 +25,7 @@ let redis: TestRedis;
 let stateDir: string;
 let port: number;
 let egressd: ChildProcess | undefined;
+let dnsmasq: Dnsmasq;
 
 async function freePort(): Promise<number> {
   const s = createServer().listen(0, '127.0.0.1');
@@ -46,8 +48,8 @@ function env(): NodeJS.ProcessEnv {
     EGRESSD_NODE: 'cli-node',
     EGRESSD_CGROUP_ROOTS: world.cgroupRelative(),
     EGRESSD_LOG_LEVEL: 'warn',
-    // Never the host's resolver: nothing in these tests asks DNS, and nothing may leave this host.
-    EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',
+    // Never the host's resolver: a dnsmasq on loopback that knows learned.test only.
+    EGRESSD_DNS_UPSTREAM: `${dnsmasq.host}:${dnsmasq.port}`,
   };
 }
 
@@ -84,8 +86,18 @@ async function stopEgressd(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
 }
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return cliWith({}, ...args);
+}
+
+/** The CLI with variables of env() changed (undefined: left out). */
+async function cliWith(
+  changes: Record<string, string | undefined>,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const vars = { ...env(), ...changes };
+  for (const [name, value] of Object.entries(changes)) if (value === undefined) delete vars[name];
   try {
-    const { stdout, stderr } = await execFileAsync(process.execPath, [CLI, ...args], { env: env() });
+    const { stdout, stderr } = await execFileAsync(process.execPath, [CLI, ...args], { env: vars });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
@@ -95,6 +107,7 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
 
 test.before(async () => {
   world = await createWorld();
+  dnsmasq = await startDnsmasq(['host-record=learned.test,203.0.113.77,300']);
   redis = await startRedis();
   stateDir = mkdtempSync(path.join(tmpdir(), 'egressd-cli-'));
   port = await freePort();
@@ -104,6 +117,7 @@ test.before(async () => {
 test.after.always(async () => {
   await stopEgressd('SIGKILL');
   await redis?.cleanup();
+  await dnsmasq?.stop();
   if (stateDir) rmSync(stateDir, { recursive: true, force: true });
   await world?.destroy();
 });
@@ -256,4 +270,194 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
       'egressd_api_requests_total{method="PUT",route="/api/v1/computers/:id/network-policy",status="200"}',
     ) ?? 0) > 0,
   );
+});
+
+test.serial("policy learned lists what the computer's DNS taught it", async (t) => {
+  const cg = world.makeCgroup('cli-learns');
+  t.is((await cli('computers', 'add', 'cli-learns', '--cgroup', cg.relative)).code, 0);
+  const set = await cli(
+    'policy',
+    'set',
+    'cli-learns',
+    '--mode',
+    'allowlist',
+    '--rule',
+    'learned.test:443/tcp',
+  );
+  t.is(set.code, 0, set.stderr);
+  t.is(
+    (await cli('policy', 'learned', 'cli-learns')).stdout.trim(),
+    'cli-learns: nothing learned from DNS (or all of it expired)',
+  );
+  // dig in the host namespace: its DNS goes to the computer's proxy port on 127.0.0.1.
+  const { out } = await world.run(
+    'dig',
+    ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test', 'A'],
+    {
+      cgroup: cg.path,
+      netns: false,
+    },
+  );
+  t.is(out.trim(), '203.0.113.77');
+  let listed = '';
+  for (let i = 0; i < 50 && !listed.includes('203.0.113.77'); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    listed = (await cli('policy', 'learned', 'cli-learns')).stdout;
+  }
+  t.regex(listed, /^learned\.test +203\.0\.113\.77 +until \d{4}-/m);
+  const json = JSON.parse((await cli('policy', 'learned', 'cli-learns', '--json')).stdout);
+  t.like(json[0], { name: 'learned.test', address: '203.0.113.77' });
+});
+
+test.serial(
+  'a cgroup that does not exist: said at once with the path, by add, set and list; enforced once it is made',
+  async (t) => {
+    const relative = world.cgroupRelative('cli-missing');
+    const full = path.join(world.cgroupMount, relative);
+    const add = await cli('computers', 'add', 'cli-missing', '--cgroup', relative);
+    t.is(add.code, 0, 'registering before the cgroup exists is allowed');
+    t.regex(
+      add.stderr,
+      new RegExp(
+        `note: cli-missing is registered, but not enforced yet: cgroup_missing: cgroup ${full} does not exist on node cli-node`,
+      ),
+    );
+    const started = Date.now();
+    const set = await cli('policy', 'set', 'cli-missing', '--mode', 'isolated');
+    t.is(set.code, 1);
+    t.true(Date.now() - started < 4000, 'not after the whole wait');
+    t.regex(set.stdout, /state: +cgroup_missing: cgroup .* does not exist/);
+    t.regex(
+      set.stderr,
+      new RegExp(
+        `^egressd: cli-missing: stored as version \\d+, not in force: cgroup_missing: cgroup ${full} does not exist`,
+      ),
+    );
+    const list = await cli('computers', 'list');
+    t.regex(list.stdout, /^cli-missing +cli-node +isolated +\d+ +cgroup_missing +/m);
+    t.regex(list.stdout, new RegExp(`^  cgroup ${full} does not exist on node cli-node`, 'm'));
+    const cg = world.makeCgroup('cli-missing');
+    let state = '';
+    const deadline = Date.now() + 1000;
+    while (state !== 'enforced' && Date.now() < deadline) {
+      const rows = JSON.parse((await cli('computers', 'list', '--json')).stdout) as {
+        id: string;
+        state: string;
+      }[];
+      state = rows.find((r) => r.id === 'cli-missing')?.state ?? '';
+    }
+    t.is(state, 'enforced', 'within a second of mkdir');
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+    t.is((await cli('computers', 'remove', 'cli-missing')).code, 0);
+  },
+);
+
+test.serial('computers add: an absolute path under the cgroup2 mount is stored relative', async (t) => {
+  const cg = world.makeCgroup('cli-abs');
+  const add = await cli('computers', 'add', 'cli-abs', '--cgroup', cg.path, '--json');
+  t.is(add.code, 0, add.stderr);
+  t.is(JSON.parse(add.stdout).cgroup, cg.relative);
+  // The same cgroup again, as relative: it is taken.
+  const again = await cli('computers', 'add', 'cli-abs-2', '--cgroup', cg.relative);
+  t.is(again.code, 1);
+  t.regex(
+    again.stderr,
+    /already belongs to another computer on this node \(cli-abs\).*\(HTTP 409, cgroup_in_use\)/,
+  );
+  t.is((await cli('computers', 'remove', 'cli-abs')).code, 0);
+});
+
+test.serial(
+  "run --create registers on the API's default node (the agent's), or on --node, and says which it waited for",
+  async (t) => {
+    // No EGRESSD_NODE on the client: the API's default node, which is its agent's.
+    const r = await cliWith(
+      { EGRESSD_NODE: undefined },
+      'run',
+      '--computer',
+      'cli-run-node',
+      '--create',
+      '--mode',
+      'isolated',
+      '--',
+      PROBE_PATH,
+      '--netns',
+      world.netnsPath,
+      'tcp:192.0.2.1:80',
+    );
+    t.is(r.code, 0, r.stderr);
+    t.is(JSON.parse(r.stdout.trim()).result, 'EPERM');
+    // A node no agent serves: refused after the wait, naming the node; the command never ran.
+    const elsewhere = await cliWith(
+      { EGRESSD_NODE: undefined },
+      'run',
+      '--computer',
+      'cli-run-elsewhere',
+      '--create',
+      '--node',
+      'no-agent-here',
+      '--mode',
+      'isolated',
+      '--',
+      '/bin/echo',
+      'ran',
+    );
+    t.is(elsewhere.code, 1);
+    t.is(elsewhere.stdout, '');
+    t.regex(
+      elsewhere.stderr,
+      /no agent of node no-agent-here confirmed the policy in time \(is one running with --node no-agent-here\?\)/,
+    );
+    const list = JSON.parse((await cli('computers', 'list', '--json')).stdout) as { id: string }[];
+    t.false(
+      list.some((c) => c.id.startsWith('cli-run-')),
+      'removed after',
+    );
+  },
+);
+
+test.serial('the CLI inside a computer that refuses it says EPERM, with the URL', async (t) => {
+  const cg = world.makeCgroup('cli-locked');
+  t.is((await cli('computers', 'add', 'cli-locked', '--cgroup', cg.relative)).code, 0);
+  t.is((await cli('policy', 'set', 'cli-locked', '--mode', 'isolated')).code, 0);
+  const { code, out } = await world.run(process.execPath, [CLI, 'computers', 'list'], {
+    cgroup: cg.path,
+    netns: false,
+    env: env(),
+  });
+  t.is(code, 1);
+  t.regex(
+    out,
+    new RegExp(
+      `^egressd: cannot reach the API at http://127\\.0\\.0\\.1:${port}/api/v1/computers \\(EPERM\\): .*inside a computer whose policy refuses it`,
+    ),
+  );
+  t.is(out.trim().split('\n').length, 1, out);
+  t.is((await cli('computers', 'remove', 'cli-locked')).code, 0);
+});
+
+test.serial('denials while no agent runs show under their computer once egressd is back', async (t) => {
+  const cg = world.makeCgroup('cli-down');
+  t.is((await cli('computers', 'add', 'cli-down', '--cgroup', cg.relative)).code, 0);
+  t.is((await cli('policy', 'set', 'cli-down', '--mode', 'isolated')).code, 0);
+  await stopEgressd('SIGKILL');
+  // The agent process ends with its parent; wait until none holds the pins' lock.
+  await new Promise((r) => setTimeout(r, 500));
+  t.deepEqual(
+    await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:81'),
+    ['EPERM'],
+    'enforced with no agent',
+  );
+  egressd = await startEgressd();
+  let events: { computer: string; port: number }[] = [];
+  for (let i = 0; i < 50 && events.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await cli('events', 'cli-down', '--json');
+    events = r.stdout
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => JSON.parse(l));
+  }
+  t.is(events.length, 1);
+  t.like(events[0], { computer: 'cli-down', port: 81, reason: 'mode' });
 });

@@ -129,3 +129,32 @@ test.serial('the per-computer rate limit drops and counts the excess', async (t)
     'every refusal is either delivered or counted as dropped',
   );
 });
+
+test.serial(
+  'events the kernel wrote while no agent ran name their computer when the next agent reads them, before it attaches anything',
+  async (t) => {
+    const cg = world.makeCgroup('ev-down');
+    enforcer.attach('ev-down', cg.relative, { mode: 'isolated', rules: [] }, 1n);
+    events.poll();
+    // The agent goes: its reader and enforcer close, the pins stay and keep refusing (and reporting).
+    events.close();
+    enforcer.close();
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:81'), ['EPERM']);
+    // The next agent: it adopts the pins and reads the ring buffer before any resync attaches ev-down.
+    enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+    t.true(enforcer.adopted);
+    const after: DenyRecord[] = [];
+    events = new DenyEvents({ enforcer, sink: (r) => after.push(r) });
+    events.poll();
+    t.like(
+      after.find((r) => r.port === 81),
+      { computer: 'ev-down', reason: 'mode' },
+    );
+    // Once attached by this process, and after it detached it, the index agrees.
+    enforcer.attach('ev-down', cg.relative, { mode: 'isolated', rules: [] }, 2n);
+    t.is(enforcer.computerAt(enforcer.attachedCgroupId('ev-down') ?? 0n), 'ev-down');
+    const cgroupId = enforcer.attachedCgroupId('ev-down') ?? 0n;
+    enforcer.detach('ev-down');
+    t.is(enforcer.computerAt(cgroupId), undefined);
+  },
+);

@@ -186,6 +186,11 @@ test.serial(
       t.is(put.status, 202, `${id}: ${put.text}`);
       t.is(put.body.data.enforcement.state, 'cgroup_forbidden', id);
       t.is(put.body.data.enforcement.enforced_version, null, id);
+      // The reason names the cgroup and why the agent refuses it.
+      t.true(
+        put.body.data.enforcement.reason.includes(`cgroup "${cgroup}"`),
+        put.body.data.enforcement.reason,
+      );
       t.true(Date.now() - started < 2000, `${id}: answered at once`);
       t.is(enforcer.state(id), undefined, `${id}: nothing attached`);
       if (id !== 'outside') t.is((await api.call('DELETE', `/api/v1/computers/${id}`)).status, 204);
@@ -219,6 +224,7 @@ test.serial(
       answers.map((a) => a.body.data.enforcement.state),
       ['enforced', 'enforced', 'dns_ports_exhausted'],
     );
+    t.truthy(answers[2]?.body.data.enforcement.reason, 'says why DNS is refused');
     const third = world.makeCgroup('sandboxes/dns-c').path;
     // In the host namespace, DNS to 127.0.0.1:53 goes to the computer's proxy port: dns-c has none.
     const dns = (cgroup: string) => world.probeResults({ cgroup, netns: false }, 'udp-sendto:127.0.0.1:53');

@@ -1,5 +1,6 @@
 import test from 'ava';
 import { configEnvironment, resolveEgressdConfig } from '../../daemon/src/config.js';
+import { resolveLogFormat } from '../../daemon/src/log.js';
 
 test('configEnvironment: the variables resolve to the same configuration (how egressd all hands it to its agent)', (t) => {
   const config = resolveEgressdConfig(
@@ -22,4 +23,17 @@ test('configEnvironment: the variables resolve to the same configuration (how eg
   // Defaults and empty lists come back as they were.
   const defaults = resolveEgressdConfig({ node: 'host-1' }, {});
   t.deepEqual(resolveEgressdConfig({}, configEnvironment(defaults)), defaults);
+});
+
+test('log format: auto is pretty on a terminal, JSON otherwise; anything else is refused', (t) => {
+  t.is(resolveEgressdConfig({}, {}).logFormat, 'auto');
+  t.is(resolveEgressdConfig({ 'log-format': 'json' }, {}).logFormat, 'json');
+  t.is(resolveEgressdConfig({}, { EGRESSD_LOG_FORMAT: 'pretty' }).logFormat, 'pretty');
+  t.throws(() => resolveEgressdConfig({ 'log-format': 'xml' }, {}), {
+    message: /--log-format \/ EGRESSD_LOG_FORMAT: "xml" must be one of auto, pretty, json/,
+  });
+  t.is(resolveLogFormat('auto', true), 'pretty');
+  t.is(resolveLogFormat('auto', false), 'json');
+  t.is(resolveLogFormat('json', true), 'json');
+  t.is(resolveLogFormat('pretty', false), 'pretty');
 });

@@ -7,12 +7,13 @@ import { ApiError, computerNotFound } from '../errors.js';
 import {
   checkComputerId,
   checkNode,
+  checkRelative,
   checkUnderRoots,
   isBelow,
   parseComputer,
   queryInt,
 } from '../validation.js';
-import { computerView } from '../views.js';
+import { computerListItemView, computerView } from '../views.js';
 import { type ApiRouter, type RouteDeps, requireKey } from './deps.js';
 import { keyPrefix } from './keys.js';
 
@@ -39,7 +40,16 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
       ...(node === undefined ? {} : { node }),
       ...(cursor === undefined ? {} : { cursor }),
     });
-    ctx.body = { data: page.computers.map(computerView), next_cursor: page.nextCursor };
+    const statuses = await deps.store.policyStatuses(page.computers.map((c) => c.id));
+    ctx.body = {
+      data: page.computers.map((c) =>
+        computerListItemView(
+          c,
+          statuses.get(c.id) ?? { mode: 'unrestricted', version: 0, enforced: undefined },
+        ),
+      ),
+      next_cursor: page.nextCursor,
+    };
   });
 
   router.get(COMPUTER_PATH, auth, async (ctx) => {
@@ -51,7 +61,9 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
 
   router.put(COMPUTER_PATH, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
-    const body = parseComputer(await readJson(ctx, deps.config.bodyLimitBytes));
+    const raw = await readJson(ctx, deps.config.bodyLimitBytes);
+    const body = parseComputer(raw);
+    const rawCgroup = (raw as { cgroup?: unknown }).cgroup;
     const principal = ctx.state.principal;
     let tenant = body.tenant;
     if (principal.kind === 'tenant') {
@@ -76,6 +88,7 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
       }
       // A key made before prefixes governs the default prefix of its tenant.
       const prefix = principal.cgroupPrefix || keyPrefix(deps.config.cgroupRoots, principal.tenant);
+      checkRelative(rawCgroup, body.cgroup, [prefix], 'cgroup');
       if (!isBelow(body.cgroup, prefix)) {
         throw new ApiError(
           403,
@@ -84,6 +97,7 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
         );
       }
     } else {
+      checkRelative(rawCgroup, body.cgroup, deps.config.cgroupRoots, 'cgroup');
       checkUnderRoots(body.cgroup, deps.config.cgroupRoots, 'cgroup');
       // An id in a tenant's namespace belongs to that tenant.
       const owner = id.includes('~') ? id.slice(0, id.indexOf('~')) : undefined;

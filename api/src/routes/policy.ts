@@ -118,7 +118,9 @@ async function change(
   }
   const record: PolicyRecord = result.record;
   const started = process.hrtime.bigint();
-  if (!isEnforced(record) && enforcementState(record) !== 'cgroup_forbidden' && waitMs > 0) {
+  // Wait only while the agent has not reported on this version: a missing or forbidden cgroup is
+  // answered at once (202, with the reason), not after the whole wait.
+  if (enforcementState(record) === 'pending' && waitMs > 0) {
     record.enforced = (await deps.store.waitEnforced(id, record.version, waitMs)) ?? record.enforced;
   }
   const state = isEnforced(record) ? 'enforced' : 'pending';

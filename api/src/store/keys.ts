@@ -19,7 +19,7 @@ export const keys = {
   events: (id: string) => `${PREFIX}computer:${id}:events`,
   /** Hash written by the agent: "<name> <address>" → expiry (ms since the epoch) of what the computer's DNS taught it. */
   learned: (id: string) => `${PREFIX}computer:${id}:learned`,
-  /** Hash written by the agent (`Store.ackEnforced`): version, at, node. */
+  /** Hash written by the agent (`Store.ackEnforced`): version, at, node, state, reason ('' when none). */
   enforced: (id: string) => `${PREFIX}computer:${id}:enforced`,
   /** Sorted set (all scores 0, ordered by id) of every computer id. */
   computers: () => `${PREFIX}computers`,
@@ -45,7 +45,7 @@ export const keys = {
 
 export const channels = {
   /**
-   * Pub/sub channel: each acknowledgement publishes "<computer id> <version> <at>"
+   * Pub/sub channel: each acknowledgement publishes "<computer id> <version> <at> <state>[ <reason>]"
    * (earlier builds published "<computer id> <version>": waiters then read the key).
    */
   enforced: `${PREFIX}enforced`,

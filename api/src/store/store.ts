@@ -74,11 +74,13 @@ export function inForce(state: AgentState): boolean {
   return state === 'enforced' || state === 'dns_ports_exhausted';
 }
 
-/** The agent's acknowledgement: the version it reports on, since when, and its state. */
+/** The agent's acknowledgement: the version it reports on, since when, its state, and why (when not enforced). */
 export interface Enforced {
   version: number;
   at: string;
   state: AgentState;
+  /** What the agent found (the cgroup path it looked for, why it refuses it); '' when there is nothing to say. */
+  reason: string;
 }
 
 export interface PolicyRecord extends Policy {
@@ -322,10 +324,12 @@ export class Store {
         this.feed?.endComputer(message);
         return;
       }
-      const [id = '', version, at, state] = message.split(' ');
-      // "<id> <version> <at> <state>"; an older writer's "<id> <version>" makes waiters read the key.
+      const [id = '', version, at, state, ...reason] = message.split(' ');
+      // "<id> <version> <at> <state>[ <reason>]"; an older writer's "<id> <version>" makes waiters read the key.
       const ack =
-        at !== undefined && Number.isSafeInteger(Number(version)) ? enforced(version, at, state) : undefined;
+        at !== undefined && Number.isSafeInteger(Number(version))
+          ? enforced(version, at, state, reason.join(' '))
+          : undefined;
       for (const wake of this.waiters.get(id) ?? []) wake(ack);
     });
     this.subscriber = sub;
@@ -441,13 +445,13 @@ export class Store {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState] = r;
+    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState, ackReason] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
     return Object.assign(storedPolicy(mode, rulesJson), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
-      enforced: enforced(ackVersion, ackAt, ackState),
+      enforced: enforced(ackVersion, ackAt, ackState, ackReason),
     });
   }
 
@@ -485,7 +489,7 @@ export class Store {
     const status = r[0];
     if (status === 'not_found') return { status };
     if (status === 'precondition_failed') return { status, version: Number(r[1]) };
-    const [, version, updatedAt, ackVersion, ackAt, ackState] = r;
+    const [, version, updatedAt, ackVersion, ackAt, ackState, ackReason] = r;
     return {
       status: status === 'unchanged' ? 'unchanged' : 'ok',
       record: {
@@ -496,7 +500,7 @@ export class Store {
         rulesJson,
         version: Number(version),
         updatedAt: updatedAt ?? now,
-        enforced: enforced(ackVersion, ackAt, ackState),
+        enforced: enforced(ackVersion, ackAt, ackState, ackReason),
       },
     };
   }
@@ -579,22 +583,29 @@ export class Store {
 
   /** The agent's acknowledgement for a computer, if any. */
   async getEnforced(id: string): Promise<Enforced | undefined> {
-    const [version, at, state] = await this.guard(() =>
-      this.redis.hmget(keys.enforced(id), 'version', 'at', 'state'),
+    const [version, at, state, reason] = await this.guard(() =>
+      this.redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason'),
     );
-    return enforced(version ?? undefined, at ?? undefined, state ?? undefined);
+    return enforced(version ?? undefined, at ?? undefined, state ?? undefined, reason ?? undefined);
   }
 
   /**
    * Waits until the agent reports on `version` (or a later one) of the
    * computer's policy, or `timeoutMs` passes; returns the last report seen.
-   * `cgroup_missing` is waited past (the cgroup may be about to appear).
+   * Any report settles it (a PUT answers at once that the cgroup is missing),
+   * unless `pastMissing`: then `cgroup_missing` is waited past, for a caller
+   * that knows the cgroup is about to appear.
    * Registers for the notification first, then reads, so none is lost.
    */
-  async waitEnforced(id: string, version: number, timeoutMs: number): Promise<Enforced | undefined> {
+  async waitEnforced(
+    id: string,
+    version: number,
+    timeoutMs: number,
+    options: { pastMissing?: boolean } = {},
+  ): Promise<Enforced | undefined> {
     const deadline = Date.now() + timeoutMs;
     const settled = (a: Enforced | undefined): a is Enforced =>
-      a !== undefined && a.version >= version && a.state !== 'cgroup_missing';
+      a !== undefined && a.version >= version && !(options.pastMissing && a.state === 'cgroup_missing');
     let notified = false;
     let wakeNow: (() => void) | undefined;
     /** The newest report of `version` or later that a notification carried. */
@@ -645,8 +656,9 @@ export class Store {
   }
 
   /**
-   * The agent's acknowledgement that it enforces `version` of the computer's
-   * policy since `at`. Never moves back; wakes waiting API requests.
+   * The agent's report on `version` of the computer's policy since `at`: its
+   * state, and why when it is not enforced (`reason`, one line). Never moves
+   * back; wakes waiting API requests.
    */
   async ackEnforced(
     id: string,
@@ -654,11 +666,12 @@ export class Store {
     at: Date = new Date(),
     node = '',
     state: AgentState = 'enforced',
+    reason = '',
   ): Promise<boolean> {
     const r = await this.run(
       SCRIPTS.ackEnforced,
       [keys.computer(id), keys.enforced(id)],
-      [id, String(version), at.toISOString(), node, channels.enforced, state],
+      [id, String(version), at.toISOString(), node, channels.enforced, state, reason.replace(/\s+/g, ' ')],
     );
     return r === 1;
   }
@@ -801,6 +814,38 @@ export class Store {
       computers.push(c);
     }
     return { computers, nextCursor: more ? (page[page.length - 1] ?? null) : null };
+  }
+
+  /**
+   * Each computer's policy mode and version with the agent's report on it
+   * (for lists: two HMGETs a computer, pipelined); a computer gone meanwhile
+   * reads as unrestricted, version 0.
+   */
+  async policyStatuses(
+    ids: string[],
+  ): Promise<Map<string, { mode: Mode; blockDns?: true; version: number; enforced: Enforced | undefined }>> {
+    const rows = await this.guard(() =>
+      Promise.all(
+        ids.map((id) =>
+          Promise.all([
+            this.redis.hmget(keys.policy(id), 'mode', 'version'),
+            this.redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason'),
+          ]),
+        ),
+      ),
+    );
+    const out = new Map<
+      string,
+      { mode: Mode; blockDns?: true; version: number; enforced: Enforced | undefined }
+    >();
+    rows.forEach(([[mode, version], [ackVersion, at, state, reason]], i) => {
+      out.set(ids[i] ?? '', {
+        ...readMode(mode ?? undefined),
+        version: Number(version ?? 0),
+        enforced: enforced(ackVersion ?? undefined, at ?? undefined, state ?? undefined, reason ?? undefined),
+      });
+    });
+    return out;
   }
 
   // --- for the agent ------------------------------------------------------
@@ -954,11 +999,17 @@ function enforced(
   version: string | undefined,
   at: string | undefined,
   state: string | undefined,
+  reason: string | undefined,
 ): Enforced | undefined {
   if (!version) return undefined;
   // An older agent wrote no state: it acknowledged only what it enforced.
   const known = (AGENT_STATES as readonly string[]).includes(state ?? '');
-  return { version: Number(version), at: at ?? '', state: known ? (state as AgentState) : 'enforced' };
+  return {
+    version: Number(version),
+    at: at ?? '',
+    state: known ? (state as AgentState) : 'enforced',
+    reason: reason ?? '',
+  };
 }
 
 function toComputer(h: Record<string, string>): Computer | undefined {

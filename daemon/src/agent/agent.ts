@@ -194,6 +194,9 @@ export class Agent {
           const status = this.opts.store.redis.status;
           if (status === 'wait' || status === 'end')
             await this.opts.store.guard(() => this.opts.store.connect());
+          // Still connecting (the store connects as it is made): wait for it rather than fail the
+          // resync and warn that Redis is unreachable when it is merely not connected yet.
+          else if (status !== 'ready') await this.connected(2000);
           this.setStatus('syncing');
           await this.resync();
           needResync = false;
@@ -245,6 +248,26 @@ export class Agent {
         backoff = Math.min(backoff * 2, this.opts.maxBackoffMs ?? 5000);
       }
     }
+  }
+
+  /** Resolves when the store's connection is ready; StoreUnavailableError after `ms` or on its error. */
+  private connected(ms: number): Promise<void> {
+    const redis = this.opts.store.redis;
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        redis.off('error', onError);
+        if (err) reject(new StoreUnavailableError(err));
+        else resolve();
+      };
+      const onReady = () => done();
+      const onError = (err: Error) => done(err);
+      const timer = setTimeout(() => done(new Error(`not connected to Redis within ${ms} ms`)), ms);
+      redis.once('ready', onReady);
+      redis.once('error', onError);
+      if (redis.status === 'ready') done();
+    });
   }
 
   private sleep(ms: number): Promise<void> {
@@ -343,7 +366,11 @@ export class Agent {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
         this.opts.enforcer.detach(id);
         this.failures.delete(id);
-        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: err.message });
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
         return;
       }
       this.enforced.delete(id);
@@ -428,6 +455,11 @@ export class Agent {
     }
   }
 
+  /** What the API shows for a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
+  private missingReason(full: string): string {
+    return `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
+  }
+
   /** Detaches a computer that Redis no longer has on this node. */
   private forget(id: string): void {
     this.desired.delete(id);
@@ -445,8 +477,14 @@ export class Agent {
     if (change === 'gone') {
       this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
       this.opts.enforcer.detach(id);
-      if (want)
-        this.setReported(id, { version: want.version, state: 'cgroup_missing', reason: 'cgroup gone' });
+      if (want) {
+        const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
+      }
     } else {
       // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
       this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
@@ -463,7 +501,8 @@ export class Agent {
     const results = await Promise.allSettled(
       ids.map(async (id) => {
         const r = this.enforced.get(id);
-        if (r !== undefined) await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state);
+        if (r !== undefined)
+          await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state, r.reason ?? '');
       }),
     );
     const failed = results.flatMap((r, i) =>

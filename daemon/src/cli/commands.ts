@@ -8,8 +8,9 @@ import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'n
 import path from 'node:path';
 import {
   ApiClientError,
+  ApiUnreachableError,
   Client,
-  type ComputerView,
+  type ComputerListItemView,
   type PolicyView,
   type RuleInput,
 } from '../../../api/src/client.js';
@@ -66,12 +67,18 @@ function describeRule(r: { host: string; port?: number; protocol: string }): str
   return `${host}${r.port !== undefined ? `:${r.port}` : ''}/${r.protocol}`;
 }
 
+/** "enforced", or "cgroup_missing: cgroup /sys/fs/cgroup/... does not exist ...". */
+function describeState(e: PolicyView['enforcement']): string {
+  return e.reason ? `${e.state}: ${e.reason}` : e.state;
+}
+
 function describePolicy(p: PolicyView): string[] {
   const e = p.enforcement;
   return [
     `computer:    ${p.computer_id}`,
     `mode:        ${p.mode}`,
-    `version:     ${p.version} (enforced: ${e.enforced_version ?? 'none'}, ${e.state})`,
+    `version:     ${p.version} (in force: ${e.enforced_version ?? 'none'})`,
+    `state:       ${describeState(e)}`,
     `rules:       ${p.rules.length === 0 ? '(none)' : describeRule(p.rules[0]!)}`,
     ...p.rules.slice(1).map((r) => `             ${describeRule(r)}`),
   ];
@@ -79,10 +86,10 @@ function describePolicy(p: PolicyView): string[] {
 
 export async function policyCommand(ctx: CommandContext, args: string[], flags: Record<string, unknown>) {
   const [action, id] = args;
-  if (!action || !id || !['get', 'set', 'reset'].includes(action)) {
+  if (!action || !id || !['get', 'set', 'reset', 'learned'].includes(action)) {
     throw new EgressdError(
       'USAGE',
-      'usage: egressd policy get|set|reset ID [--mode MODE] [--rule host[:port][/proto]]... [--file policy.json]',
+      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--file policy.json]',
     );
   }
   const api = client(ctx);
@@ -100,7 +107,8 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   }
   if (action === 'reset') {
     const p = await api.networkPolicy.delete(id);
-    return print(ctx, p, () => [`${id}: reset to unrestricted (${p.enforcement.state})`]);
+    print(ctx, p, () => [`${id}: reset to unrestricted (${describeState(p.enforcement)})`]);
+    return notInForce(id, p);
   }
   let body: { mode: Mode; rules?: RuleInput[]; block_dns?: boolean };
   if (typeof flags['file'] === 'string') {
@@ -126,12 +134,19 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   }
   const p = await api.networkPolicy.update(id, body);
   print(ctx, p, () => describePolicy(p));
-  if (p.enforcement.state !== 'enforced') {
-    throw new EgressdError(
-      'PENDING',
-      `${id}: stored as version ${p.version} but the agent has not confirmed it yet`,
-    );
-  }
+  notInForce(id, p);
+}
+
+/** Fails (exit 1) when the policy a change stored is not in force, saying why. */
+function notInForce(id: string, p: PolicyView): void {
+  const e = p.enforcement;
+  if (e.state === 'enforced' || e.state === 'dns_ports_exhausted') return;
+  throw new EgressdError(
+    'NOT_ENFORCED',
+    e.state === 'pending'
+      ? `${id}: stored as version ${p.version}, but no agent reported on it in time: is the agent of the computer's node running (egressd computers list shows the node)?`
+      : `${id}: stored as version ${p.version}, not in force: ${describeState(e)}`,
+  );
 }
 
 /** egressd events ID [--follow]: the computer's deny events, oldest of the page first; --follow keeps printing. */
@@ -169,33 +184,30 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
   const [action, id] = args;
   const api = client(ctx);
   if (action === 'list') {
-    const rows: (ComputerView & {
-      mode: string;
-      version: number;
-      enforced_version: number | null;
-      state: string;
-    })[] = [];
+    const rows: ComputerListItemView[] = [];
     for await (const c of api.computers.all(
       typeof flags['node'] === 'string' ? { node: flags['node'] } : {},
     )) {
-      const p = await api.networkPolicy.get(c.id);
-      rows.push({
-        ...c,
-        mode: p.mode,
-        version: p.version,
-        enforced_version: p.enforcement.enforced_version,
-        state: p.enforcement.state,
-      });
+      rows.push(c);
     }
-    return print(ctx, rows, () =>
-      rows.length === 0
+    // Flat rows for scripts: the policy's mode, version and state beside the computer.
+    const flat = rows.map(({ policy, ...c }) => ({
+      ...c,
+      mode: policy.mode,
+      version: policy.version,
+      enforced_version: policy.enforcement.enforced_version,
+      state: policy.enforcement.state,
+      reason: policy.enforcement.reason,
+    }));
+    return print(ctx, flat, () =>
+      flat.length === 0
         ? ['no computers']
         : [
-            'ID                       NODE         MODE          VERSION  ENFORCED  CGROUP',
-            ...rows.map(
-              (r) =>
-                `${r.id.padEnd(24)} ${r.node.padEnd(12)} ${r.mode.padEnd(13)} ${String(r.version).padEnd(8)} ${String(r.enforced_version ?? '-').padEnd(9)} ${r.cgroup}`,
-            ),
+            'ID                       NODE         MODE          VERSION  STATE               CGROUP',
+            ...flat.flatMap((r) => [
+              `${r.id.padEnd(24)} ${r.node.padEnd(12)} ${r.mode.padEnd(13)} ${String(r.version).padEnd(8)} ${r.state.padEnd(19)} ${r.cgroup}`,
+              ...(r.reason ? [`  ${r.reason}`] : []),
+            ]),
           ],
     );
   }
@@ -203,11 +215,22 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
     if (typeof flags['cgroup'] !== 'string')
       throw new EgressdError('USAGE', 'computers add needs --cgroup PATH (relative to the cgroup2 mount)');
     const c = await api.computers.put(id, {
-      cgroup: flags['cgroup'],
+      cgroup: cgroupArgument(flags['cgroup']),
       ...(typeof flags['node'] === 'string' ? { node: flags['node'] } : {}),
       ...(typeof flags['tenant'] === 'string' ? { tenant: flags['tenant'] } : {}),
     });
-    return print(ctx, c, () => [`${c.id}: cgroup ${c.cgroup} on node ${c.node}`]);
+    print(ctx, c, () => [`${c.id}: cgroup ${c.cgroup} on node ${c.node}`]);
+    // The agent reports at once on a computer it can attach; say so when it cannot (the command still
+    // succeeded: a computer may be registered before its sandbox runtime makes the cgroup).
+    const state = await firstReport(api, id);
+    if (state && state.state !== 'enforced') {
+      ctx.warn(`egressd: note: ${id} is registered, but not enforced yet: ${describeState(state)}`);
+    } else if (!state) {
+      ctx.warn(
+        `egressd: note: no agent of node ${c.node} reported on ${id} within 2 s: is one running (egressd agent --node ${c.node})?`,
+      );
+    }
+    return;
   }
   if (action === 'remove' && id) {
     await api.computers.delete(id);
@@ -217,6 +240,76 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
     'USAGE',
     'usage: egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID',
   );
+}
+
+/** The agent's first report on a computer's current version, or undefined when none came within `ms`. */
+async function firstReport(
+  api: Client,
+  id: string,
+  ms = 2000,
+): Promise<PolicyView['enforcement'] | undefined> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const e = (await api.networkPolicy.get(id)).enforcement;
+    if (e.state !== 'pending') return e;
+    if (Date.now() > deadline) return undefined;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * A --cgroup argument as the API takes it: relative to the cgroup2 mount.
+ * An absolute path under this host's cgroup2 mount is made relative here
+ * (the API cannot know the mount of the computer's host); one elsewhere in
+ * the file system is refused; any other (`/egressd/x`, as /proc/PID/cgroup
+ * shows it, or relative) goes as it is.
+ */
+export function cgroupArgument(text: string, mount: () => string | undefined = localCgroupMount): string {
+  if (!text.startsWith('/')) return text;
+  const m = mount();
+  if (m === undefined) return text;
+  const clean = path.posix.normalize(text).replace(/\/+$/, '');
+  if (clean === m) {
+    throw new EgressdError('USAGE', `--cgroup ${text} is the cgroup2 mount itself: name a cgroup below it`);
+  }
+  if (clean.startsWith(`${m}/`)) return clean.slice(m.length + 1);
+  if (existsSync(clean) && /^\/(sys|proc|dev|run)\//.test(clean)) {
+    throw new EgressdError(
+      'USAGE',
+      `--cgroup ${text} is not under this host's cgroup2 mount (${m}): give a cgroup v2 path, relative to ${m} (for example egressd/sandbox-1)`,
+    );
+  }
+  return text;
+}
+
+function localCgroupMount(): string | undefined {
+  try {
+    return findCgroup2Mount();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The node `run --create` registers its computer on: --node (or
+ * EGRESSD_NODE), else the API's default node (in `egressd all`, its agent's).
+ */
+export async function createNode(
+  flags: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+  api: Pick<Client, 'service'>,
+  apiUrl: string,
+): Promise<string> {
+  if (typeof flags['node'] === 'string' && flags['node'] !== '') return flags['node'];
+  if (env['EGRESSD_NODE']) return env['EGRESSD_NODE'];
+  const node = (await api.service()).default_node;
+  if (node === null) {
+    throw new EgressdError(
+      'NODE_REQUIRED',
+      `the API at ${apiUrl} has no default node (egressd api without EGRESSD_DEFAULT_NODE): give the node of this host's agent with --node or EGRESSD_NODE`,
+    );
+  }
+  return node;
 }
 
 const RUN_USAGE =
@@ -260,15 +353,19 @@ export async function runCommand(
   const api = client(ctx);
   const mount = findCgroup2Mount();
   let cgroupDir: string;
+  let node: string;
   const create = flags['create'] === true;
   if (create) {
     // Below the first sandbox root, where the agent attaches (and guards).
     const relative = `${ctx.config.cgroupRoots[0]}/run/${id}`;
+    // On this host's agent's node: --node, else the API's default node.
+    node = await createNode(flags, ctx.env, api, ctx.config.apiUrl);
     cgroupDir = path.join(mount, relative);
     mkdirSync(cgroupDir, { recursive: true });
-    await api.computers.put(id, { cgroup: relative, node: ctx.config.node });
+    await api.computers.put(id, { cgroup: relative, node });
   } else {
     const c = await api.computers.get(id);
+    node = c.node;
     cgroupDir = path.join(mount, c.cgroup);
     if (!existsSync(cgroupDir)) {
       throw new EgressdError(
@@ -303,8 +400,10 @@ export async function runCommand(
       });
       if (p.enforcement.state !== 'enforced') {
         throw new EgressdError(
-          'PENDING',
-          `${id}: the agent did not confirm the policy in time; not running the command`,
+          'NOT_ENFORCED',
+          p.enforcement.state === 'pending'
+            ? `${id}: no agent of node ${node} confirmed the policy in time (is one running with --node ${node}?); not running the command`
+            : `${id}: the agent of node ${node} did not enforce the policy (${describeState(p.enforcement)}); not running the command`,
         );
       }
     }
@@ -342,8 +441,18 @@ function signalNumber(signal: NodeJS.Signals): number | undefined {
   ];
 }
 
+/** One line: what failed and what to do. */
 export function describeError(err: unknown): string {
   if (err instanceof ApiClientError) return `${err.message} (HTTP ${err.status}, ${err.code})`;
-  if (err instanceof Error) return err.message;
+  if (err instanceof ApiUnreachableError) {
+    const advice =
+      err.code === 'EPERM'
+        ? 'the connection was refused locally: this shell may run inside a computer whose policy refuses it; run egressd outside the sandbox'
+        : err.code === 'ECONNREFUSED'
+          ? 'nothing listens there: is egressd running, and is --api / EGRESSD_API right?'
+          : 'is egressd running, and is --api / EGRESSD_API right?';
+    return `${err.message}: ${advice}`;
+  }
+  if (err instanceof Error) return err.message.split('\n')[0] ?? err.message;
   return String(err);
 }

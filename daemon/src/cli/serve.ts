@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import type { Server } from 'node:http';
 import { type AddressInfo, createServer, isIP } from 'node:net';
 import path from 'node:path';
-import { type Logger, pino } from 'pino';
+import type { Logger } from 'pino';
 import { createApp } from '../../../api/src/app.js';
 import { parseListen, resolveConfig } from '../../../api/src/config.js';
 import { checkFdBudget } from '../../../api/src/fd-budget.js';
@@ -24,6 +24,7 @@ import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
 import { DenyEvents, type DenyRecord } from '../events.js';
+import { createLogger, resolveLogFormat } from '../log.js';
 import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../metrics.js';
 import { preflight } from '../system.js';
 import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
@@ -84,7 +85,9 @@ export async function serve(
   /** `egressd agent` started by `egressd all` (see agent-process.ts): reports to it, ends with it. */
   supervised = false,
 ) {
-  const log = pino({ level: config.logLevel });
+  // `auto` is decided here, once: the agent process of `egressd all` writes to the same stdout.
+  const logFormat = resolveLogFormat(config.logFormat);
+  const log = createLogger(config.logLevel, logFormat);
   const stoppers: Stopper[] = [];
   const stopAll = async () => {
     for (const stop of stoppers.reverse()) {
@@ -96,6 +99,7 @@ export async function serve(
     }
   };
   let agentMetricsUrl = '';
+  let embedded: EmbeddedRedis | undefined;
   try {
     let redisUrl = config.redisUrl;
     if (!redisUrl) {
@@ -105,9 +109,10 @@ export async function serve(
           `egressd ${mode} shares one Redis with the other hosts: give it with --redis or REDIS_URL (only "egressd all" embeds one)`,
         );
       }
-      const embedded = await EmbeddedRedis.start(config.stateDir, log);
-      stoppers.push(() => embedded.stop());
-      redisUrl = embedded.url;
+      const started = await EmbeddedRedis.start(config.stateDir, log);
+      embedded = started;
+      stoppers.push(() => started.stop());
+      redisUrl = started.url;
     }
 
     if (mode === 'agent') {
@@ -124,7 +129,7 @@ export async function serve(
     let moreMetrics: (() => Promise<string>) | undefined;
     if (mode === 'all') {
       // The agent in a process of its own: API load never delays enforcement.
-      const agent = await AgentProcess.start({ config, redisUrl, env, log });
+      const agent = await AgentProcess.start({ config: { ...config, logFormat }, redisUrl, env, log });
       stoppers.push(() => agent.stop());
       moreMetrics = () => agent.metricsText();
     }
@@ -188,6 +193,7 @@ export async function serve(
     console.error(`egressd ${mode}: running (node ${config.node}); stop with Ctrl-C or SIGTERM`);
     await new Promise<void>((resolve) => {
       const stop = (signal: string) => {
+        embedded?.expectExit();
         log.info({ signal }, 'stopping: pinned programs stay attached and keep enforcing');
         resolve();
       };
