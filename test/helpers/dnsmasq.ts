@@ -1,7 +1,8 @@
 /**
  * A real upstream DNS server for tests: Debian's dnsmasq on 127.0.0.1 (UDP
  * and TCP) serving the records given, nothing else (no upstream of its own,
- * no /etc/hosts). Ended by its own PID in stop().
+ * no /etc/hosts). Ended by its own PID in stop(). With `logQueries`, every
+ * query it receives is in queries() (dnsmasq's log-queries, on its stderr).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -12,7 +13,14 @@ import path from 'node:path';
 export interface Dnsmasq {
   host: string;
   port: number;
+  /** With `logQueries`: every query received so far, as "TYPE name" (e.g. "A allowed.test", "type=65 x.test"). */
+  queries(): string[];
   stop(): Promise<void>;
+}
+
+export interface DnsmasqOptions {
+  /** Log every query (dnsmasq's log-queries) for queries(). @default false */
+  logQueries?: boolean;
 }
 
 async function freeUdpPort(): Promise<number> {
@@ -28,17 +36,17 @@ async function freeUdpPort(): Promise<number> {
  * The port is free for UDP when chosen; another process may hold it for TCP, or take it before
  * dnsmasq binds: then another port, a few times.
  */
-export async function startDnsmasq(lines: string[]): Promise<Dnsmasq> {
+export async function startDnsmasq(lines: string[], options: DnsmasqOptions = {}): Promise<Dnsmasq> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(lines);
+      return await startOnce(lines, options);
     } catch (err) {
       if (attempt >= 5 || !String((err as Error).message).includes('Address already in use')) throw err;
     }
   }
 }
 
-async function startOnce(lines: string[]): Promise<Dnsmasq> {
+async function startOnce(lines: string[], options: DnsmasqOptions): Promise<Dnsmasq> {
   const dir = mkdtempSync(path.join(tmpdir(), 'egressd-dnsmasq-'));
   const port = await freeUdpPort();
   const conf = path.join(dir, 'dnsmasq.conf');
@@ -51,6 +59,7 @@ async function startOnce(lines: string[]): Promise<Dnsmasq> {
       'listen-address=127.0.0.1',
       `port=${port}`,
       'no-negcache',
+      ...(options.logQueries ? ['log-queries'] : []),
       ...lines,
       '',
     ].join('\n'),
@@ -79,8 +88,10 @@ async function startOnce(lines: string[]): Promise<Dnsmasq> {
     }
     rmSync(dir, { recursive: true, force: true });
   };
+  // "dnsmasq: query[A] allowed.test from 127.0.0.1"
+  const queries = () => [...stderr.matchAll(/ query\[([^\]]+)\] (\S+) from /g)].map((m) => `${m[1]} ${m[2]}`);
   for (let i = 0; i < 100; i++) {
-    if (stderr.includes('started')) return { host: '127.0.0.1', port, stop };
+    if (stderr.includes('started')) return { host: '127.0.0.1', port, queries, stop };
     if (child.exitCode !== null) break;
     await new Promise((r) => setTimeout(r, 50));
   }
