@@ -7,7 +7,7 @@
  * Failures are thrown as ApiClientError with the HTTP status and the API's
  * stable code. Uses the global fetch.
  */
-import type { Mode, Protocol } from '../../daemon/src/policy/types.js';
+import type { DnsMode, Mode, Protocol } from '../../daemon/src/policy/types.js';
 import type { ApiKeyView, ComputerView, PolicyView } from './views.js';
 
 export type { ApiKeyView, ComputerView, PolicyView };
@@ -21,7 +21,13 @@ export interface RuleInput {
 export interface PolicyInput {
   mode: Mode;
   rules?: RuleInput[];
-  /** isolated only: refuse DNS too. */
+  /**
+   * What the DNS proxy resolves: `listed` (only names the hostname rules
+   * cover), `all` or `none`. Default: `listed` in allowlist mode with
+   * hostname rules, `none` in allowlist mode without, `all` otherwise.
+   */
+  dns?: DnsMode;
+  /** @deprecated `dns: 'none'`. */
   block_dns?: boolean;
 }
 

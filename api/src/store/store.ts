@@ -16,7 +16,14 @@
  */
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
-import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
+import {
+  DNS_MODES,
+  type DnsMode,
+  defaultDns,
+  type Mode,
+  type Policy,
+  type Rule,
+} from '../../../daemon/src/policy/types.js';
 import { StoreOutcomeUnknownError, StoreUnavailableError } from '../errors.js';
 import { EventFeed } from './event-feed.js';
 import { channels, keys, templates } from './keys.js';
@@ -83,6 +90,8 @@ export interface Enforced {
 
 export interface PolicyRecord extends Policy {
   computerId: string;
+  /** Always present in what the store reads (a policy stored before it existed reads as the default). */
+  dns: DnsMode;
   /** `rules` as stored (JSON), so that a reply can carry them without parsing and serialising again. */
   rulesJson: string;
   version: number;
@@ -124,7 +133,7 @@ export interface NodeSnapshot {
     id: string;
     cgroup: string;
     tenant: string | null;
-    policy: Policy;
+    policy: Policy & { dns: DnsMode };
     version: number;
     updatedAt: string;
   }>;
@@ -220,20 +229,11 @@ export function redisOptions(url: string, commandTimeoutMs: number): RedisOption
 }
 
 /**
- * The policy hash's `mode` field: the mode, or "isolated+block_dns" for an
- * isolated policy that refuses DNS too (so that the Lua scripts' "unchanged"
- * check and the change records cover the option without a field of its own).
+ * The `mode` field of a policy stored before `dns` existed, for an isolated
+ * policy with `block_dns` (the option then had no field of its own). Read as
+ * isolated with `dns` "none"; never written any more.
  */
-const BLOCK_DNS_MODE = 'isolated+block_dns';
-
-function storedMode(policy: Policy): string {
-  return policy.blockDns ? BLOCK_DNS_MODE : policy.mode;
-}
-
-function readMode(stored: string | undefined): { mode: Mode; blockDns?: true } {
-  if (stored === BLOCK_DNS_MODE) return { mode: 'isolated', blockDns: true };
-  return { mode: (stored ?? 'unrestricted') as Mode };
-}
+const LEGACY_BLOCK_DNS_MODE = 'isolated+block_dns';
 
 export class Store {
   readonly redis: Redis;
@@ -441,9 +441,9 @@ export class Store {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState] = r;
+    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState, dns] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
-    return Object.assign(storedPolicy(mode, rulesJson), {
+    return Object.assign(storedPolicy(mode, rulesJson, dns), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
@@ -462,18 +462,20 @@ export class Store {
   ): Promise<PutPolicyResult> {
     const now = (options.now ?? new Date()).toISOString();
     const rulesJson = JSON.stringify(policy.rules);
+    const dns = policy.dns ?? defaultDns(policy.mode, policy.rules);
     const r = (await this.run(
       SCRIPTS.putPolicy,
       [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version()],
       [
         options.scope ?? '',
         id,
-        storedMode(policy),
+        policy.mode,
         rulesJson,
         options.ifMatch === undefined ? '' : String(options.ifMatch),
         now,
         templates.nodeChanges,
         this.streamMaxLen,
+        dns,
       ],
       {
         what: `the change to the policy of computer "${id}"`,
@@ -491,7 +493,7 @@ export class Store {
       record: {
         computerId: id,
         mode: policy.mode,
-        ...(policy.blockDns ? { blockDns: true } : {}),
+        dns,
         rules: policy.rules,
         rulesJson,
         version: Number(version),
@@ -813,7 +815,7 @@ export class Store {
       [templates.computer, templates.policy],
     )) as string[];
     const computers: NodeSnapshot['computers'] = [];
-    for (let i = 2; i + 7 <= r.length; i += 7) {
+    for (let i = 2; i + 8 <= r.length; i += 8) {
       const [
         id = '',
         cgroup = '',
@@ -822,12 +824,13 @@ export class Store {
         rules = '[]',
         version = '0',
         updatedAt = '',
-      ] = r.slice(i, i + 7);
+        dns = '',
+      ] = r.slice(i, i + 8);
       computers.push({
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
-        policy: storedPolicy(mode, rules),
+        policy: storedPolicy(mode, rules, dns),
         version: Number(version),
         updatedAt,
       });
@@ -938,14 +941,33 @@ export class Store {
  * it, so a policy compiled before is not parsed again (never spread it:
  * that would parse them).
  */
-function storedPolicy(mode: string | undefined, rulesJson: string): Policy & { rulesJson: string } {
+function storedPolicy(
+  stored: string | undefined,
+  rulesJson: string,
+  storedDns: string | undefined,
+): Policy & { rulesJson: string; dns: DnsMode } {
   let parsed: Rule[] | undefined;
+  const rules = (): Rule[] => {
+    parsed ??= JSON.parse(rulesJson) as Rule[];
+    return parsed;
+  };
+  let mode = (stored ?? 'unrestricted') as Mode;
+  let dns: DnsMode;
+  if (stored === LEGACY_BLOCK_DNS_MODE) {
+    mode = 'isolated';
+    dns = 'none';
+  } else if ((DNS_MODES as readonly string[]).includes(storedDns ?? '')) {
+    dns = storedDns as DnsMode;
+  } else {
+    // Stored before `dns` existed: the default (only allowlist mode needs the rules for it).
+    dns = mode === 'allowlist' ? defaultDns(mode, rules()) : defaultDns(mode, []);
+  }
   return {
-    ...readMode(mode),
+    mode,
+    dns,
     rulesJson,
     get rules(): Rule[] {
-      parsed ??= JSON.parse(rulesJson) as Rule[];
-      return parsed;
+      return rules();
     },
   };
 }
