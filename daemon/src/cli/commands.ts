@@ -15,7 +15,7 @@ import {
 } from '../../../api/src/client.js';
 import type { EgressdConfig } from '../config.js';
 import { EgressdError } from '../errors.js';
-import { MODES, type Mode } from '../policy/types.js';
+import { DNS_MODES, type DnsMode, MODES, type Mode } from '../policy/types.js';
 import { findCgroup2Mount } from '../system.js';
 import { parseCliRule } from './rules.js';
 
@@ -59,6 +59,7 @@ function describePolicy(p: PolicyView): string[] {
   return [
     `computer:    ${p.computer_id}`,
     `mode:        ${p.mode}`,
+    `dns:         ${p.dns}`,
     `version:     ${p.version} (enforced: ${e.enforced_version ?? 'none'}, ${e.state})`,
     `rules:       ${p.rules.length === 0 ? '(none)' : describeRule(p.rules[0]!)}`,
     ...p.rules.slice(1).map((r) => `             ${describeRule(r)}`),
@@ -67,10 +68,10 @@ function describePolicy(p: PolicyView): string[] {
 
 export async function policyCommand(ctx: CommandContext, args: string[], flags: Record<string, unknown>) {
   const [action, id] = args;
-  if (!action || !id || !['get', 'set', 'reset'].includes(action)) {
+  if (!action || !id || !['get', 'set', 'reset', 'learned'].includes(action)) {
     throw new EgressdError(
       'USAGE',
-      'usage: egressd policy get|set|reset ID [--mode MODE] [--rule host[:port][/proto]]... [--file policy.json]',
+      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file policy.json]',
     );
   }
   const api = client(ctx);
@@ -90,7 +91,7 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     const p = await api.networkPolicy.delete(id);
     return print(ctx, p, () => [`${id}: reset to unrestricted (${p.enforcement.state})`]);
   }
-  let body: { mode: Mode; rules?: RuleInput[]; block_dns?: boolean };
+  let body: { mode: Mode; rules?: RuleInput[]; dns?: DnsMode; block_dns?: boolean };
   if (typeof flags['file'] === 'string') {
     try {
       body = JSON.parse(readFileSync(flags['file'], 'utf8'));
@@ -105,10 +106,19 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     if (typeof mode !== 'string' || !(MODES as readonly string[]).includes(mode)) {
       throw new EgressdError('USAGE', `--mode must be one of ${MODES.join(', ')} (or give --file)`);
     }
+    const dns = flags['dns'];
+    if (dns !== undefined && (typeof dns !== 'string' || !(DNS_MODES as readonly string[]).includes(dns))) {
+      throw new EgressdError(
+        'USAGE',
+        `--dns must be one of ${DNS_MODES.join(', ')} (listed: only names the hostname rules cover; none: no DNS)`,
+      );
+    }
     const rules = ((flags['rule'] as string[] | undefined) ?? []).map(parseCliRule);
     body = {
       mode: mode as Mode,
       ...(rules.length > 0 ? { rules } : {}),
+      ...(dns !== undefined ? { dns: dns as DnsMode } : {}),
+      // Before --dns: the same as --dns none (the API says so when both are given and differ).
       ...(flags['block-dns'] === true ? { block_dns: true } : {}),
     };
   }
@@ -129,6 +139,11 @@ export async function eventsCommand(ctx: CommandContext, args: string[], flags: 
   const api = client(ctx);
   const show = (e: Record<string, unknown>) => {
     if (ctx.json) return ctx.out(JSON.stringify(e));
+    if (e['pid'] === null) {
+      // The DNS proxy's refusals: the name asked, no process known.
+      ctx.out(`${e['at']} ${id} denied DNS ${e['hostname']} (${e['protocol']}, ${e['reason']})`);
+      return;
+    }
     const where = e['address']
       ? `${e['hostname'] ? `${e['hostname']} ` : ''}${e['address']}:${e['port']}/${e['protocol']}`
       : `socket ${e['protocol']}`;
