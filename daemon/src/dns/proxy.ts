@@ -11,8 +11,9 @@
  * query carries its name to whoever is authoritative for it):
  * - listed: a query is forwarded only when its name is one the hostname
  *   rules cover (exact, or below a `*.` suffix), and only for A, AAAA,
- *   CNAME, HTTPS and SVCB; the answer's CNAME chain, which starts at that
- *   name, is followed as usual. Any other name is answered NXDOMAIN by the
+ *   CNAME, HTTPS and SVCB, rebuilt from its question (questionOnly: nothing
+ *   else the client sent goes upstream); the answer's CNAME chain, which
+ *   starts at that name, is followed as usual. Any other name is answered NXDOMAIN by the
  *   proxy at once (a deny event, `dns_unlisted`); any other type of a
  *   covered name (TXT, NULL, ANY, MX, ...) is answered NOERROR with no
  *   records ("no data"): the name exists, it has nothing of that type for
@@ -99,7 +100,7 @@ interface ComputerSockets {
   tcp: net.Server[];
 }
 
-const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3 } as const;
+const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4 } as const;
 const MAX_TCP_MESSAGE = 65535;
 
 /**
@@ -338,7 +339,13 @@ export class DnsProxy {
         "egressd: this computer's policy resolves no names (dns none)",
       );
     }
+    let forwarded = msg;
     if (dns === 'listed') {
+      if ((query as { opcode?: string }).opcode !== 'QUERY') {
+        // NOTIFY, UPDATE, ...: not a question about a name; nothing to forward.
+        this.stats.typeNotForwarded++;
+        return errorReply(query, RCODE.NOTIMP);
+      }
       if (!this.opts.enforcer.listsName(id, [qname])) {
         this.stats.unlisted++;
         this.opts.onDenied?.({
@@ -362,8 +369,9 @@ export class DnsProxy {
           'egressd: only A, AAAA, CNAME, HTTPS and SVCB are resolved for listed names (dns listed)',
         );
       }
+      forwarded = questionOnly(query, question);
     }
-    const answer = await this.forward(msg, transport);
+    const answer = await this.forward(forwarded, transport);
     if (!answer) {
       this.stats.failClosed++;
       this.opts.log.warn({ computer: id, name: qname }, 'upstream did not answer in time: SERVFAIL');
@@ -572,6 +580,43 @@ export function capAnswerTtls(msg: Buffer, max: number): void {
     if (msg.readUInt32BE(o + 4) > max) msg.writeUInt32BE(max, o + 4);
     o += 10 + msg.readUInt16BE(o + 8);
   }
+}
+
+/**
+ * dns listed: the query as it goes upstream, rebuilt from what was judged:
+ * the decoded question (the name as the rules matched it: a label with a
+ * dot in it, which the decoder joins, goes out as two labels, so the name
+ * forwarded is the name judged), recursion desired and checking disabled
+ * as asked, and of EDNS only the payload size and the DO bit. Nothing else
+ * the client put in its message (answer, authority or additional records,
+ * EDNS options, other flags) goes upstream.
+ */
+function questionOnly(query: dnsPacket.Packet, question: dnsPacket.Question): Buffer {
+  const opt = (query.additionals ?? []).find((a) => a.type === 'OPT') as
+    | { udpPayloadSize?: number; flags?: number }
+    | undefined;
+  return dnsPacket.encode({
+    type: 'query',
+    id: query.id ?? 0,
+    flags: (query.flags ?? 0) & (dnsPacket.RECURSION_DESIRED | dnsPacket.CHECKING_DISABLED),
+    questions: [{ name: question.name, type: question.type, class: question.class ?? 'IN' }],
+    ...(opt
+      ? {
+          additionals: [
+            {
+              type: 'OPT',
+              name: '.',
+              udpPayloadSize: Math.max(512, opt.udpPayloadSize ?? 512),
+              extendedRcode: 0,
+              ednsVersion: 0,
+              flags: (opt.flags ?? 0) & dnsPacket.DNSSEC_OK,
+              flag_do: ((opt.flags ?? 0) & dnsPacket.DNSSEC_OK) !== 0,
+              options: [],
+            },
+          ],
+        }
+      : {}),
+  });
 }
 
 type Transport = 'udp' | 'tcp';
