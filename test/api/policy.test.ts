@@ -171,9 +171,12 @@ test('dns: a value that does not fit the mode or the rules is 400 dns_not_allowe
     [{ mode: 'unrestricted', dns: 'none' }, /^dns: unrestricted mode does not send DNS through the proxy/],
     [
       { mode: 'isolated', dns: 'listed' },
-      /^dns: "listed" resolves the names that an allowlist's hostname rules cover; isolated mode has none to list: use "all" \(the default\) or "none"/,
+      /^dns: "listed" resolves the names that an allowlist's hostname rules cover, and isolated mode has no rules: use "all" \(the default\) or "none"/,
     ],
-    [{ mode: 'denylist', rules: named, dns: 'listed' }, /^dns: "listed" .*denylist mode/],
+    [
+      { mode: 'denylist', rules: named, dns: 'listed' },
+      /^dns: "listed" .*, and a denylist's rules name what to refuse: use "all" \(the default\) or "none"/,
+    ],
     [
       { mode: 'allowlist', rules: cidrs, dns: 'listed' },
       /^dns: "listed" resolves only names that hostname rules cover, and every rule here is an address or CIDR block.*add a hostname rule.*"none".*"all"/,

@@ -86,7 +86,9 @@ export function dnsProblem(mode: Mode, rules: readonly Rule[], dns: DnsMode): st
   }
   if (dns === 'listed') {
     if (mode !== 'allowlist') {
-      return `dns: "listed" resolves the names that an allowlist's hostname rules cover; ${mode} mode has none to list: use "all" (the default) or "none"`;
+      const why =
+        mode === 'denylist' ? "a denylist's rules name what to refuse" : `${mode} mode has no rules`;
+      return `dns: "listed" resolves the names that an allowlist's hostname rules cover, and ${why}: use "all" (the default) or "none"`;
     }
     if (!rules.some(isNameRule)) {
       return 'dns: "listed" resolves only names that hostname rules cover, and every rule here is an address or CIDR block, so nothing would resolve: add a hostname rule (for example {"host": "pypi.org"}), or send "none" (no DNS, the default here) or "all"';
