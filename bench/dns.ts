@@ -1,12 +1,17 @@
 /**
  * DNS proxy cost: Debian's dnsperf and resperf asking dnsmasq directly,
- * against the same queries from a governed computer (allowlist of
+ * against the same queries from governed computers (allowlist of
  * *.bench.test, so every answer is learned into the kernel map before it is
- * released) whose DNS the hooks redirect to the proxy. Everything on
- * loopback in the host namespace. Each round runs every measurement for
- * both variants, the variants' order rotated between rounds. The proxy runs
- * in this process: one core. resperf busy-waits on a core while it sends,
- * so on a 2-core machine the proxy and dnsmasq share the other.
+ * released) whose DNS the hooks redirect to the proxy: one with `dns: all`
+ * (every name forwarded), one with `dns: listed` (the default: only names
+ * the rules cover are forwarded). Then names no rule covers
+ * (n<i>.unlisted.test): answered NXDOMAIN by dnsmasq itself when asked
+ * directly (`local=/unlisted.test/`), and by the proxy itself, never
+ * forwarded, for the `dns: listed` computer. Everything on loopback in the
+ * host namespace. Each round runs every measurement for every variant, the
+ * variants' order rotated between rounds. The proxy runs in this process:
+ * one core. resperf busy-waits on a core while it sends, so on a 2-core
+ * machine the proxy and dnsmasq share the other.
  *
  * Figures, per variant (first table):
  * - queries_timed, p50_ms, p99_ms: dnsperf -v at a fixed 2000 queries/s for
@@ -33,13 +38,17 @@
  *   usual end) or "fell behind" (resperf itself could not keep its
  *   schedule: the sender, not the variant, was the limit; a lower bound
  *   again).
- * Second table: the proxy's added p50/p99 latency (ms) over direct; the
- * ratios proxied/direct of qps_max (dnsperf), resperf_max_qps and
- * loss_onset_qps; the proxy's learned-map address writes and fail-closed
- * SERVFAILs over the whole run. The JSON has every round's figures.
+ * - rcodes: the answers' RCODEs counted in the latency runs (NXDOMAIN is
+ *   the expected answer of the unlisted variants, NOERROR of the others).
+ * Second table, one row per comparison (a proxied variant against its
+ * baseline of the same run): the added p50/p99 latency (ms); the ratios of
+ * qps_max (dnsperf), resperf_max_qps and loss_onset_qps. Then the proxy's
+ * learned-map address writes, fail-closed SERVFAILs and unlisted names
+ * over the whole run. The JSON has every round's figures.
  *
- *   sudo node dist/bench/dns.js [--rounds 3] [--seconds 5]
+ *   sudo node dist/bench/dns.js [--rounds 3] [--seconds 5] [--resperf 1]
  *                               [--resperf-max-qps 60000] [--resperf-ramp 20]
+ * --resperf 0 skips the resperf ramps (a shorter run: latency and dnsperf only).
  */
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -58,6 +67,8 @@ const SECONDS = arg('seconds', 5);
 const RESPERF_MAX_QPS = arg('resperf-max-qps', 60000);
 /** ...over this many seconds (3000 q/s more each second by default, 300 per plot interval). */
 const RESPERF_RAMP = arg('resperf-ramp', 20);
+/** 0: no resperf ramps. */
+const RESPERF = arg('resperf', 1);
 /** resperf stops ramping at this many unanswered queries: well past the point of overload. */
 const RESPERF_OUTSTANDING = 5000;
 /** Seconds after which resperf counts a query as lost. */
@@ -151,15 +162,27 @@ async function resperf(
   };
 }
 
+interface Variant {
+  name: string;
+  cgroup: string;
+  server: string;
+  port: number;
+  queries: string;
+}
+
 async function main(): Promise<void> {
   const world = await createWorld();
-  const dnsmasq = await startDnsmasq(
-    Array.from({ length: NAMES }, (_, i) => `host-record=n${i}.bench.test,203.0.113.${i % 250},300`),
-  );
+  const dnsmasq = await startDnsmasq([
+    ...Array.from({ length: NAMES }, (_, i) => `host-record=n${i}.bench.test,203.0.113.${i % 250},300`),
+    // Names under unlisted.test: NXDOMAIN from dnsmasq itself (it has no upstream to ask).
+    'local=/unlisted.test/',
+  ]);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'egressd-dnsperf-'));
-  const queries = path.join(dir, 'queries.txt');
+  const listedQueries = path.join(dir, 'listed.txt');
+  const unlistedQueries = path.join(dir, 'unlisted.txt');
   const plot = path.join(dir, 'resperf.plot');
-  writeFileSync(queries, Array.from({ length: NAMES }, (_, i) => `n${i}.bench.test A`).join('\n'));
+  writeFileSync(listedQueries, Array.from({ length: NAMES }, (_, i) => `n${i}.bench.test A`).join('\n'));
+  writeFileSync(unlistedQueries, Array.from({ length: NAMES }, (_, i) => `n${i}.unlisted.test A`).join('\n'));
   const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   enforcer.setDnsConfig(PORTS);
   const proxy = new DnsProxy({
@@ -174,42 +197,62 @@ async function main(): Promise<void> {
   });
   try {
     const plain = world.makeCgroup('direct');
-    const governed = world.makeCgroup('governed');
-    const port = await proxy.ensure('governed');
-    enforcer.attach(
-      'governed',
-      governed.relative,
-      { mode: 'allowlist', rules: [{ host: '*.bench.test', protocol: 'tcp' }] },
-      1n,
-      {
-        port,
-      },
-    );
-    const variants = [
-      { name: 'direct to dnsmasq', cgroup: plain.path, server: dnsmasq.host, port: dnsmasq.port },
-      { name: 'through the proxy', cgroup: governed.path, server: '127.0.0.53', port: 53 },
+    const governed = async (id: string, dns: 'all' | 'listed') => {
+      const cg = world.makeCgroup(id);
+      const port = await proxy.ensure(id);
+      enforcer.attach(
+        id,
+        cg.relative,
+        { mode: 'allowlist', rules: [{ host: '*.bench.test', protocol: 'tcp' }], dns },
+        1n,
+        { port },
+      );
+      return cg.path;
+    };
+    const all = await governed('governed-all', 'all');
+    const listed = await governed('governed-listed', 'listed');
+    const direct = { cgroup: plain.path, server: dnsmasq.host, port: dnsmasq.port };
+    const proxied = { server: '127.0.0.53', port: 53 };
+    const variants: Variant[] = [
+      { name: 'direct to dnsmasq', ...direct, queries: listedQueries },
+      { name: 'proxy, dns all', cgroup: all, ...proxied, queries: listedQueries },
+      { name: 'proxy, dns listed', cgroup: listed, ...proxied, queries: listedQueries },
+      { name: 'direct, NXDOMAIN', ...direct, queries: unlistedQueries },
+      { name: 'proxy, listed: unlisted name', cgroup: listed, ...proxied, queries: unlistedQueries },
     ];
     const results = new Map<
       string,
-      { lat: number[]; qps: number[]; ramps: Resperf[]; rounds: Record<string, unknown>[] }
-    >(variants.map((v) => [v.name, { lat: [], qps: [], ramps: [], rounds: [] }]));
+      {
+        lat: number[];
+        rcodes: Record<string, number>;
+        qps: number[];
+        ramps: Resperf[];
+        rounds: Record<string, unknown>[];
+      }
+    >(variants.map((v) => [v.name, { lat: [], rcodes: {}, qps: [], ramps: [], rounds: [] }]));
     for (let round = 0; round < ROUNDS; round++) {
-      for (const v of round % 2 ? [...variants].reverse() : variants) {
+      // Rotated, so that no variant always runs first (or right after another).
+      const order = variants.map((_, i) => variants[(i + round) % variants.length]!);
+      for (const v of order) {
         const r = results.get(v.name)!;
         const verbose = await tool(world, 'dnsperf', v.cgroup, v.server, v.port, [
           '-d',
-          queries,
+          v.queries,
           '-l',
           String(SECONDS),
           '-Q',
           '2000',
           '-v',
         ]);
-        const lat = [...verbose.matchAll(/^> NOERROR \S+ A ([0-9.]+)$/gm)].map((m) => Number(m[1]) * 1000);
+        const lat: number[] = [];
+        for (const m of verbose.matchAll(/^> ([A-Z]+) \S+ A ([0-9.]+)$/gm)) {
+          r.rcodes[m[1]!] = (r.rcodes[m[1]!] ?? 0) + 1;
+          lat.push(Number(m[2]) * 1000);
+        }
         r.lat.push(...lat);
         const load = await tool(world, 'dnsperf', v.cgroup, v.server, v.port, [
           '-d',
-          queries,
+          v.queries,
           '-l',
           String(SECONDS),
           '-q',
@@ -218,66 +261,84 @@ async function main(): Promise<void> {
         const qps = /Queries per second:\s+([0-9.]+)/.exec(load);
         if (!qps) throw new Error(`dnsperf gave no figures for ${v.name}: ${load.slice(-400)}`);
         r.qps.push(Number(qps[1]));
-        const ramp = await resperf(world, v.cgroup, v.server, v.port, queries, plot);
-        r.ramps.push(ramp);
+        const ramp = RESPERF ? await resperf(world, v.cgroup, v.server, v.port, v.queries, plot) : undefined;
+        if (ramp) r.ramps.push(ramp);
         r.rounds.push({
           round,
           p50_ms: +percentile(lat, 50).toFixed(3),
           p99_ms: +percentile(lat, 99).toFixed(3),
           dnsperf_qps: Math.round(Number(qps[1])),
-          resperf: ramp,
+          ...(ramp ? { resperf: ramp } : {}),
         });
       }
     }
     const rows = variants.map((v) => {
       const r = results.get(v.name)!;
       const onsets = r.ramps.flatMap((x) => (x.onsetQps === undefined ? [] : [x.onsetQps]));
+      const maxes = r.ramps.map((x) => x.maxQps);
       return {
         variant: v.name,
         queries_timed: r.lat.length,
+        rcodes: Object.entries(r.rcodes)
+          .map(([k, n]) => `${k} ${n}`)
+          .join(', '),
         p50_ms: +percentile(r.lat, 50).toFixed(3),
         p99_ms: +percentile(r.lat, 99).toFixed(3),
         qps_max: Math.round(Math.max(...r.qps)),
         qps_median: Math.round(percentile(r.qps, 50)),
-        resperf_max_qps: Math.round(Math.max(...r.ramps.map((x) => x.maxQps))),
-        resperf_median_qps: Math.round(
-          percentile(
-            r.ramps.map((x) => x.maxQps),
-            50,
-          ),
-        ),
-        lost_at_max_pct: +percentile(
-          r.ramps.map((x) => x.lostAtMaxPct),
-          50,
-        ).toFixed(2),
+        resperf_max_qps: maxes.length > 0 ? Math.round(Math.max(...maxes)) : null,
+        resperf_median_qps: maxes.length > 0 ? Math.round(percentile(maxes, 50)) : null,
+        lost_at_max_pct:
+          r.ramps.length > 0
+            ? +percentile(
+                r.ramps.map((x) => x.lostAtMaxPct),
+                50,
+              ).toFixed(2)
+            : null,
         loss_onset_qps: onsets.length > 0 ? Math.round(percentile(onsets, 50)) : null,
         ramp_end: r.ramps.map((x) => x.end).join(', '),
       };
     });
-    const [direct, proxied] = rows as [(typeof rows)[0], (typeof rows)[0]];
-    const added = {
-      added_p50_ms: +(proxied.p50_ms - direct.p50_ms).toFixed(3),
-      added_p99_ms: +(proxied.p99_ms - direct.p99_ms).toFixed(3),
-      qps_ratio: +(proxied.qps_max / direct.qps_max).toFixed(2),
-      resperf_ratio: +(proxied.resperf_max_qps / direct.resperf_max_qps).toFixed(2),
-      onset_ratio:
-        proxied.loss_onset_qps !== null && direct.loss_onset_qps !== null
-          ? +(proxied.loss_onset_qps / direct.loss_onset_qps).toFixed(2)
-          : null,
+    const row = (name: string) => rows.find((r) => r.variant === name)!;
+    const ratio = (a: number | null, b: number | null) =>
+      a !== null && b !== null ? +(a / b).toFixed(2) : null;
+    const compare = (name: string, baseline: string) => {
+      const p = row(name);
+      const d = row(baseline);
+      return {
+        comparison: `${name} − ${baseline}`,
+        added_p50_ms: +(p.p50_ms - d.p50_ms).toFixed(3),
+        added_p99_ms: +(p.p99_ms - d.p99_ms).toFixed(3),
+        qps_ratio: ratio(p.qps_max, d.qps_max),
+        resperf_ratio: ratio(p.resperf_max_qps, d.resperf_max_qps),
+        onset_ratio: ratio(p.loss_onset_qps, d.loss_onset_qps),
+      };
+    };
+    const added = [
+      compare('proxy, dns all', 'direct to dnsmasq'),
+      compare('proxy, dns listed', 'direct to dnsmasq'),
+      compare('proxy, dns listed', 'proxy, dns all'),
+      compare('proxy, listed: unlisted name', 'direct, NXDOMAIN'),
+      compare('proxy, listed: unlisted name', 'direct to dnsmasq'),
+    ];
+    const totals = {
       learned_writes: proxy.stats.learned,
       fail_closed: proxy.stats.failClosed,
+      unlisted: proxy.stats.unlisted,
     };
     const host = machine();
     console.log(
-      `DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s dnsperf and a resperf ramp to ${RESPERF_MAX_QPS} q/s over ${RESPERF_RAMP} s; machine: ${host}`,
+      `DNS proxy vs direct, ${ROUNDS} rounds of ${SECONDS} s dnsperf${RESPERF ? ` and a resperf ramp to ${RESPERF_MAX_QPS} q/s over ${RESPERF_RAMP} s` : ''}; machine: ${host}`,
     );
     console.table(rows);
-    console.table([added]);
+    console.table(added);
+    console.table([totals]);
     writeResults('dns', {
       machine: host,
       options: {
         rounds: ROUNDS,
         seconds: SECONDS,
+        resperf: RESPERF !== 0,
         resperf_max_qps: RESPERF_MAX_QPS,
         resperf_ramp_s: RESPERF_RAMP,
         resperf_timeout_s: RESPERF_TIMEOUT,
@@ -288,6 +349,7 @@ async function main(): Promise<void> {
       },
       rows,
       added,
+      totals,
       rounds: Object.fromEntries(variants.map((v) => [v.name, results.get(v.name)!.rounds])),
     });
   } finally {

@@ -6,8 +6,8 @@
  *
  * Precedence, for a computer in any mode but unrestricted (first match wins):
  *   1. TCP/UDP to port 53, any address (DNS)         -> redirected to the
- *      computer's proxy port (refused when no proxy can be reached, or in
- *      isolated mode with EGRESS_FLAG_BLOCK_DNS)
+ *      computer's proxy port (refused when no proxy can be reached); what
+ *      the proxy resolves, even nothing, is the proxy's business
  *   2. destination is a proxy port, not redirected   -> deny
  *   3. destination is loopback and the socket is not in the agent's network
  *      namespace (a computer's own loopback)          -> allow
@@ -269,14 +269,14 @@ static __always_inline __u32 mode_verdict(__u32 mode, int matched)
 	}
 }
 
-/* Step 1: DNS may leave only through the proxy. */
+/*
+ * Step 1: DNS may leave only through the proxy. A policy that resolves
+ * nothing is the proxy's to answer (at once: a refused send makes some stub
+ * resolvers wait for their timeout), so only a missing port refuses here.
+ */
 static __always_inline int dns_allowed(const struct egress_computer *c)
 {
-	if (!c->dns_port)
-		return 0;
-	if (c->mode == EGRESS_MODE_ISOLATED && (c->flags & EGRESS_FLAG_BLOCK_DNS))
-		return 0;
-	return 1;
+	return c->dns_port != 0;
 }
 
 static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const struct egress_dns_origin *origin)

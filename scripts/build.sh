@@ -9,6 +9,9 @@ for src in bpf/*.bpf.c; do
   clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -c "$src" -o "$obj"
 done
 cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
+# One getaddrinfo() timed, with each C library's stub resolver (test/privileged/dns.test.ts).
+cc -O2 -Wall -Werror -o build/resolve-glibc test/helpers/resolve.c
+musl-gcc -static -O2 -Wall -Werror -o build/resolve-musl test/helpers/resolve.c
 cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
 npx tsc -p tsconfig.json
 chmod +x dist/daemon/src/cli.js

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(
   clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev iproute2 util-linux
   redis-server dnsmasq-base dnsutils dnsperf procps systemd
+  # test/helpers/resolve.c is also linked against musl (static): how musl's resolver fails.
+  musl-tools
   # Benchmarks (npm run bench): the same policy in nftables, the API's load generator.
   nftables wrk
   # test/vm/vagrant.test.ts runs `vagrant validate` for both providers' settings.

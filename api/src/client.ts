@@ -8,7 +8,7 @@
  * stable code, or as ApiUnreachableError (with the URL and the system error)
  * when no answer came. Uses the global fetch.
  */
-import type { Mode, Protocol } from '../../daemon/src/policy/types.js';
+import type { DnsMode, Mode, Protocol } from '../../daemon/src/policy/types.js';
 import type { ServiceView } from './routes/service.js';
 import type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView } from './views.js';
 
@@ -23,7 +23,13 @@ export interface RuleInput {
 export interface PolicyInput {
   mode: Mode;
   rules?: RuleInput[];
-  /** isolated only: refuse DNS too. */
+  /**
+   * What the DNS proxy resolves: `listed` (only names the hostname rules
+   * cover), `all` or `none`. Default: `listed` in allowlist mode with
+   * hostname rules, `none` in allowlist mode without, `all` otherwise.
+   */
+  dns?: DnsMode;
+  /** @deprecated `dns: 'none'`. */
   block_dns?: boolean;
 }
 

@@ -3,7 +3,7 @@
  * test/api/openapi.test.ts keeps it true: every route of the router is here
  * and every response the tests see validates against its schema.
  */
-import { MODES, PROTOCOLS } from '../../daemon/src/policy/types.js';
+import { DNS_MODES, MODES, PROTOCOLS } from '../../daemon/src/policy/types.js';
 import { AGENT_STATES } from './store/store.js';
 import { COMPUTER_ID_SOURCE, ID_PATTERN, NODE_PATTERN } from './validation.js';
 
@@ -154,9 +154,23 @@ const schemas: Json = {
     additionalProperties: false,
     properties: {
       mode: { type: 'string', enum: [...MODES] },
+      dns: {
+        type: 'string',
+        enum: [...DNS_MODES],
+        description:
+          "What the agent's DNS proxy resolves for the computer. listed: only names that the hostname rules cover " +
+          '(exact names, *.suffix for names below suffix, and the CNAME chains their answers hold), types A, AAAA, ' +
+          'CNAME, HTTPS and SVCB (other types are answered NOERROR with no records); every other name is answered ' +
+          'NXDOMAIN by the proxy and never forwarded. all: every name and type is forwarded to the upstream resolver. ' +
+          'none: every query is answered NXDOMAIN by the proxy, nothing is forwarded. Default: listed in allowlist mode ' +
+          'with hostname rules, none in allowlist mode without, all otherwise. listed fits allowlist mode with at least ' +
+          'one hostname rule only; none does not fit allowlist mode with hostname rules (they could never match); ' +
+          'unrestricted mode takes all only. Anything else is 400 dns_not_allowed.',
+      },
       block_dns: {
         type: 'boolean',
-        description: 'isolated mode only: refuse DNS too (default false: DNS is answered)',
+        deprecated: true,
+        description: 'Before dns existed: true is "dns": "none" (a different dns with it is 400)',
       },
       rules: {
         type: 'array',
@@ -167,12 +181,18 @@ const schemas: Json = {
   },
   Policy: {
     type: 'object',
-    required: ['computer_id', 'mode', 'block_dns', 'rules', 'version', 'updated_at', 'enforcement'],
+    required: ['computer_id', 'mode', 'dns', 'block_dns', 'rules', 'version', 'updated_at', 'enforcement'],
     additionalProperties: false,
     properties: {
       computer_id: { type: 'string' },
       mode: { type: 'string', enum: [...MODES] },
-      block_dns: { type: 'boolean' },
+      dns: {
+        type: 'string',
+        enum: [...DNS_MODES],
+        description:
+          'What the DNS proxy resolves (see PolicyInput); all in unrestricted mode, where DNS does not pass the proxy',
+      },
+      block_dns: { type: 'boolean', deprecated: true, description: 'dns is "none"' },
       rules: { type: 'array', items: ref('Rule') },
       version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
       updated_at: timestamp,
@@ -237,17 +257,44 @@ const schemas: Json = {
           properties: {
             computer: { type: 'string' },
             at: timestamp,
-            pid: { type: 'integer' },
-            comm: { type: 'string', description: 'The command name of the process' },
+            pid: {
+              type: ['integer', 'null'],
+              description:
+                'null for a refusal of the DNS proxy (dns_unlisted, dns_refused): it does not know the process',
+            },
+            comm: {
+              type: ['string', 'null'],
+              description: 'The command name of the process; null as pid',
+            },
             family: { type: ['string', 'null'], enum: ['ipv4', 'ipv6', null] },
             protocol: { type: 'string' },
             address: { type: ['string', 'null'] },
             port: { type: ['integer', 'null'] },
             hostname: {
               type: ['string', 'null'],
-              description: "The name the computer's DNS lookups mapped the address to",
+              description:
+                "The name the computer's DNS lookups mapped the address to; for dns_unlisted and dns_refused, the name asked",
             },
-            reason: { type: 'string', enum: ['mode', 'rule', 'socket', 'dns', 'proxy_port'] },
+            reason: {
+              type: 'string',
+              enum: [
+                'mode',
+                'rule',
+                'socket',
+                'dns',
+                'proxy_port',
+                'ungoverned',
+                'dns_unlisted',
+                'dns_refused',
+              ],
+              description:
+                'mode: the mode refuses it (allowlist: nothing matched; isolated). rule: a denylist rule matched. ' +
+                'socket: not a TCP or UDP socket. dns: DNS sent where no proxy can be reached. proxy_port: a proxy port ' +
+                'reached directly. ungoverned: under a sandbox root, in no attached computer. dns_unlisted: the proxy ' +
+                'answered NXDOMAIN to a name that the hostname rules do not cover (dns listed). dns_refused: the proxy ' +
+                'answered a query itself because the policy resolves nothing (dns none). For the last two, family is ' +
+                "the query's, protocol its transport, address null and port 53.",
+            },
           },
         },
       },

@@ -7,6 +7,9 @@ import { z } from 'zod';
 import { HostError, normaliseHost } from '../../daemon/src/policy/host.js';
 import {
   COMPUTER_ID_PATTERN,
+  DNS_MODES,
+  defaultDns,
+  dnsProblem,
   MODES,
   modeTakesRules,
   type Policy,
@@ -74,6 +77,8 @@ const rule = z.strictObject({
 const policyBody = z.strictObject({
   mode: z.enum(MODES, { error: `must be one of ${MODES.join(', ')}` }),
   rules: z.array(rule, { error: 'must be an array of rules' }).optional(),
+  dns: z.enum(DNS_MODES, { error: `must be one of ${DNS_MODES.join(', ')}` }).optional(),
+  /** Before `dns`: true is `"dns": "none"`. Replies still carry it (`dns` is "none"). */
   block_dns: z.boolean({ error: 'must be true or false' }).optional(),
 });
 
@@ -88,14 +93,7 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
   }
   const parsed = policyBody.safeParse(body);
   if (!parsed.success) throw invalid(parsed.error.issues);
-  const { mode, rules = [], block_dns: blockDns } = parsed.data;
-  if (blockDns && mode !== 'isolated') {
-    throw new ApiError(
-      400,
-      'invalid_request',
-      `block_dns: only isolated mode refuses DNS; leave it out or use "mode": "isolated"`,
-    );
-  }
+  const { mode, rules = [], dns: given, block_dns: blockDns } = parsed.data;
   if (modeTakesRules(mode) && rules.length === 0) {
     throw new ApiError(400, 'rules_required', RULES_REQUIRED);
   }
@@ -112,7 +110,23 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
       ? { host: r.host, protocol: r.protocol }
       : { host: r.host, port: r.port, protocol: r.protocol },
   );
-  return { mode, rules: normalised, ...(blockDns ? { blockDns: true } : {}) };
+  if (blockDns !== undefined && given !== undefined && blockDns !== (given === 'none')) {
+    throw new ApiError(
+      400,
+      'dns_not_allowed',
+      `block_dns: ${blockDns} contradicts "dns": "${given}" (block_dns true is "dns": "none"); send dns alone`,
+    );
+  }
+  const dns = given ?? (blockDns ? 'none' : defaultDns(mode, normalised));
+  const problem = dnsProblem(mode, normalised, dns);
+  if (problem !== undefined) {
+    const said =
+      given === undefined && blockDns
+        ? `block_dns: true is "dns": "none", which does not fit: ${problem}`
+        : problem;
+    throw new ApiError(400, 'dns_not_allowed', said);
+  }
+  return { mode, rules: normalised, dns };
 }
 
 const cgroup = z

@@ -1,5 +1,5 @@
 /** The JSON shapes the API answers with (snake_case, as in the seed). */
-import type { Rule } from '../../daemon/src/policy/types.js';
+import type { DnsMode, Rule } from '../../daemon/src/policy/types.js';
 import {
   type AgentState,
   type ApiKeyRecord,
@@ -14,7 +14,9 @@ export type EnforcementState = AgentState | 'pending';
 export interface PolicyView {
   computer_id: string;
   mode: string;
-  /** Isolated mode only: DNS refused too. */
+  /** What the DNS proxy resolves: listed, all or none. */
+  dns: DnsMode;
+  /** Deprecated: `dns` is "none" (kept for clients written before `dns`). */
   block_dns: boolean;
   rules: Rule[];
   version: number;
@@ -64,7 +66,8 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
   return {
     computer_id: r.computerId,
     mode: r.mode,
-    block_dns: r.blockDns === true,
+    dns: r.dns,
+    block_dns: r.dns === 'none',
     rules,
     version: r.version,
     updated_at: r.updatedAt,
@@ -78,7 +81,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
  */
 export function policyReplyJson(r: PolicyRecord): string {
   const text = JSON.stringify({ data: viewOf(r, RULES_MARK) });
-  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode and block_dns hold no double quote.
+  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode, dns and block_dns hold no double quote.
   return text.replace(`"rules":"${RULES_MARK}"`, () => `"rules":${r.rulesJson}`);
 }
 const RULES_MARK = 'RULES';

@@ -59,8 +59,14 @@
 #define EGRESS_PROTO_OTHER 0x4
 #define EGRESS_PROTO_ANY (EGRESS_PROTO_TCP | EGRESS_PROTO_UDP | EGRESS_PROTO_OTHER)
 
-/* Flags of struct egress_computer. */
-#define EGRESS_FLAG_BLOCK_DNS 0x1 /* isolated: DNS refused too */
+/*
+ * Flags of struct egress_computer. EGRESS_FLAG_BLOCK_DNS (isolated: DNS
+ * refused too) is retired: these programs ignore it and the agent no longer
+ * sets it, and clears it where an earlier agent did (programs loaded by such
+ * an agent and adopted since still honour it until then). A policy's "dns"
+ * is enforced by the proxy.
+ */
+#define EGRESS_FLAG_BLOCK_DNS 0x1
 
 /* Slots of the "config" array map (__u64 each). */
 #define EGRESS_CONFIG_AGENT_NETNS_COOKIE 0 /* netns cookie of the agent's namespace */
@@ -80,7 +86,7 @@
 #define EGRESS_REASON_MODE 1       /* allowlist: nothing matched; isolated; no policy yet */
 #define EGRESS_REASON_RULE 2       /* denylist: a rule or a learned address matched */
 #define EGRESS_REASON_SOCKET 3     /* a socket other than TCP or UDP */
-#define EGRESS_REASON_DNS 4        /* DNS refused: no proxy reachable, or block_dns */
+#define EGRESS_REASON_DNS 4        /* DNS refused: no proxy reachable (no port, no proxy address) */
 #define EGRESS_REASON_PROXY_PORT 5 /* a proxy port reached directly */
 #define EGRESS_REASON_UNGOVERNED 6 /* under a sandbox root, in no attached computer (guard) */
 

@@ -11,7 +11,7 @@ import { CONFIG_FLAGS, resolveEgressdConfig } from './config.js';
 import { EgressdError } from './errors.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
-       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--block-dns] [--file F] [--json]
+       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
@@ -40,6 +40,11 @@ options (flag, environment variable, default):
   --dns-ttl-min   EGRESSD_DNS_TTL_MIN     5 (seconds; learned addresses live for the clamped TTL)
   --dns-ttl-max   EGRESSD_DNS_TTL_MAX     3600
   --metrics-listen EGRESSD_METRICS_LISTEN 127.0.0.1:9464 (egressd agent, no key: keep it private; in all, the API's /metrics, admin key)
+
+policy set --dns: what the DNS proxy resolves for the computer. listed: only names the hostname rules
+  cover (the default in allowlist mode with hostname rules; others get NXDOMAIN, never forwarded);
+  all: every name (the default in denylist and isolated mode); none: nothing (the default in allowlist
+  mode with address rules only). --block-dns, from before --dns, is --dns none.
   EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
   EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
 
@@ -64,6 +69,7 @@ async function main(argv: string[]): Promise<number> {
       tenant: { type: 'string' },
       computer: { type: 'string' },
       create: { type: 'boolean' },
+      dns: { type: 'string' },
       'block-dns': { type: 'boolean' },
       user: { type: 'string' },
       group: { type: 'string' },

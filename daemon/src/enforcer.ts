@@ -58,7 +58,7 @@ import { EgressdError } from './errors.js';
 import { SandboxGuard } from './guard.js';
 import { type CompiledPolicy, compile, nameVerdict } from './policy/compile.js';
 import { parseHost } from './policy/host.js';
-import { COMPUTER_ID_PATTERN, type Policy } from './policy/types.js';
+import { COMPUTER_ID_PATTERN, type DnsMode, dnsOf, type Policy } from './policy/types.js';
 import { findCgroup2Mount, resolveCgroup } from './system.js';
 
 export interface EnforcerOptions extends LoadOptions {
@@ -78,7 +78,8 @@ export interface ComputerState {
   policyId: number;
   learnedId: number;
   dnsPort: number;
-  blockDns: boolean;
+  /** EGRESS_FLAG_* bits of the storage value (none are set by this build). */
+  flags: number;
 }
 
 /** The encoded entries of one installed policy id, kept so they can be deleted. */
@@ -95,12 +96,14 @@ interface Installed {
   maxPortSet: number;
 }
 
-/** DNS settings of a computer's storage value. */
+/**
+ * DNS settings of a computer's storage value. What the proxy resolves
+ * (`dns` of the policy) is the proxy's business: the kernel sends every
+ * governed computer's DNS to it whatever the policy's `dns`.
+ */
 export interface DnsSettings {
   /** The computer's proxy port; 0 or absent at first attach: DNS refused until the proxy has one. */
   port?: number;
-  /** Isolated mode only: refuse DNS too. */
-  blockDns?: boolean;
 }
 
 /** A hostname and one address it resolved to (as the agent publishes them to Redis). */
@@ -123,6 +126,8 @@ interface ComputerRecord {
   policyId: number;
   learnedId: number;
   compiled: CompiledPolicy;
+  /** What the DNS proxy resolves for the computer (the policy's dns, or its default). */
+  dns: DnsMode;
   /** learnedKey(bytes) → entry */
   learned: Map<string, LearnedEntry>;
   /** Name chain → its verdict under `compiled` (the record is replaced on every install). */
@@ -281,9 +286,10 @@ export class Enforcer {
         : this.linkedCgroup(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
       const value = this.storage(target.id);
+      // An earlier build's EGRESS_FLAG_BLOCK_DNS is cleared: the proxy refuses DNS now, the kernel sends it there.
       const sameDns =
         (dns.port === undefined || dns.port === value?.dnsPort) &&
-        (dns.blockDns === undefined || dns.blockDns === ((value?.flags ?? 0) & FLAG.blockDns) > 0);
+        ((value?.flags ?? 0) & FLAG.blockDns) === 0;
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
       if (value && !this.records.has(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
       if (!value || value.version !== version || !sameDns) this.install(id, target.id, policy, version, dns);
@@ -419,8 +425,7 @@ export class Enforcer {
         version,
         learnedId,
         dnsPort: dns.port ?? previous?.dnsPort ?? 0,
-        flags:
-          (dns.blockDns ?? (previous ? (previous.flags & FLAG.blockDns) !== 0 : false)) ? FLAG.blockDns : 0,
+        flags: 0,
         cgroupId,
       };
       bpf.mapUpdate(this.obj.maps.computers, key, encodeComputer(value));
@@ -436,6 +441,7 @@ export class Enforcer {
       policyId,
       learnedId,
       compiled,
+      dns: dnsOf(policy),
       learned,
       verdicts: new Map(),
     });
@@ -538,6 +544,11 @@ export class Enforcer {
   modeOf(id: string): Policy['mode'] | undefined {
     const mode = this.records.get(id)?.compiled.mode;
     return mode === undefined ? undefined : (MODE_NAMES[mode] as Policy['mode'] | undefined);
+  }
+
+  /** What the DNS proxy resolves for the computer under the policy in force, if this process knows it. */
+  dnsOf(id: string): DnsMode | undefined {
+    return this.records.get(id)?.dns;
   }
 
   /**
@@ -875,7 +886,7 @@ export class Enforcer {
       policyId: 0,
       learnedId: 0,
       dnsPort: 0,
-      blockDns: false,
+      flags: 0,
     };
     const value = Buffer.alloc(LAYOUT.egress_computer.size);
     if (
@@ -888,7 +899,7 @@ export class Enforcer {
       state.policyId = v.policyId;
       state.learnedId = v.learnedId;
       state.dnsPort = v.dnsPort;
-      state.blockDns = (v.flags & FLAG.blockDns) !== 0;
+      state.flags = v.flags;
     }
     return state;
   }
@@ -1082,6 +1093,7 @@ export class Enforcer {
       policyId: value.policyId,
       learnedId: value.learnedId,
       compiled: this.compileCached(policy, false).cached.compiled,
+      dns: dnsOf(policy),
       learned,
       verdicts: new Map(),
     });

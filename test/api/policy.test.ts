@@ -1,4 +1,6 @@
 import test from 'ava';
+import { keys } from '../../api/src/store/keys.js';
+import type { DnsMode } from '../../daemon/src/policy/types.js';
 import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;
@@ -80,31 +82,192 @@ test('PUT isolated without rules; rules with isolated or unrestricted are refuse
   }
 });
 
-test('block_dns: isolated may refuse DNS too; other modes are told to leave it out', async (t) => {
+test('dns: the defaults by mode and rules, shown in every reply (block_dns mirrors none)', async (t) => {
+  await register(h, 'dns-1');
+  const put = (body: object) => h.call('PUT', `${path('dns-1')}?wait=0`, { body });
+  const cases: [object, DnsMode][] = [
+    [{ mode: 'allowlist', rules: [{ host: 'pypi.org', port: 443 }, { host: '10.0.0.0/8' }] }, 'listed'],
+    [{ mode: 'allowlist', rules: [{ host: '*.example.com' }] }, 'listed'],
+    [{ mode: 'allowlist', rules: [{ host: '10.0.0.0/8' }, { host: '2001:db8::1' }] }, 'none'],
+    [{ mode: 'denylist', rules: [{ host: 'evil.example' }] }, 'all'],
+    [{ mode: 'isolated' }, 'all'],
+    [{ mode: 'unrestricted' }, 'all'],
+  ];
+  for (const [body, dns] of cases) {
+    const r = await put(body);
+    t.is(r.status, 202, r.text);
+    t.is(r.body.data.dns, dns, JSON.stringify(body));
+    t.is(r.body.data.block_dns, dns === 'none');
+    const got = await h.call('GET', path('dns-1'));
+    t.like(got.body.data, { dns, block_dns: dns === 'none', version: r.body.data.version });
+    const snapshot = await h.store.listComputersOfNode('node-a');
+    t.is(snapshot.computers.find((c) => c.id === 'dns-1')?.policy.dns, dns, 'the agent reads it too');
+  }
+  const reset = await h.call('DELETE', `${path('dns-1')}?wait=0`);
+  t.like(reset.body.data, { mode: 'unrestricted', dns: 'all', block_dns: false });
+});
+
+test('dns: the values that fit are stored as given; a change of dns alone is a new version', async (t) => {
+  await register(h, 'dns-2');
+  const put = (body: object) => h.call('PUT', `${path('dns-2')}?wait=0`, { body });
+  const named = [{ host: 'pypi.org', port: 443, protocol: 'tcp' }];
+  for (const body of [
+    { mode: 'allowlist', rules: named, dns: 'listed' },
+    { mode: 'allowlist', rules: named, dns: 'all' },
+    { mode: 'allowlist', rules: [{ host: '192.0.2.0/24' }], dns: 'none' },
+    { mode: 'allowlist', rules: [{ host: '192.0.2.0/24' }], dns: 'all' },
+    { mode: 'denylist', rules: named, dns: 'all' },
+    { mode: 'denylist', rules: named, dns: 'none' },
+    { mode: 'isolated', dns: 'all' },
+    { mode: 'isolated', dns: 'none' },
+    { mode: 'unrestricted', dns: 'all' },
+  ]) {
+    const r = await put(body);
+    t.is(r.status, 202, `${JSON.stringify(body)}: ${r.text}`);
+    t.is(r.body.data.dns, body.dns);
+  }
+  const listed = await put({ mode: 'allowlist', rules: named });
+  const all = await put({ mode: 'allowlist', rules: named, dns: 'all' });
+  t.true(all.body.data.version > listed.body.data.version, 'dns alone changed: a new version');
+  const again = await put({ mode: 'allowlist', rules: named, dns: 'all' });
+  t.is(again.body.data.version, all.body.data.version, 'the same policy again: unchanged');
+  t.is(
+    (await put({ mode: 'allowlist', rules: named, dns: 'listed' })).body.data.version > all.body.data.version,
+    true,
+  );
+  t.is(
+    (await put({ mode: 'allowlist', rules: named })).body.data.version,
+    (await h.call('GET', path('dns-2'))).body.data.version,
+    'leaving dns out is its default (listed here): unchanged',
+  );
+});
+
+test('dns: every reply can be sent back as it is, and changes nothing', async (t) => {
+  await register(h, 'dns-3');
+  for (const body of [
+    { mode: 'allowlist', rules: [{ host: 'pypi.org' }] },
+    { mode: 'allowlist', rules: [{ host: '192.0.2.1' }] },
+    { mode: 'denylist', rules: [{ host: 'evil.example' }], dns: 'none' },
+    { mode: 'isolated', dns: 'none' },
+    { mode: 'unrestricted' },
+  ]) {
+    const first = await h.call('PUT', `${path('dns-3')}?wait=0`, { body });
+    const { mode, rules, dns, block_dns } = first.body.data;
+    const back = await h.call('PUT', `${path('dns-3')}?wait=0`, { body: { mode, rules, dns, block_dns } });
+    t.is(back.status, 202, back.text);
+    t.is(back.body.data.version, first.body.data.version, JSON.stringify(body));
+  }
+});
+
+test('dns: a value that does not fit the mode or the rules is 400 dns_not_allowed, saying what to change', async (t) => {
+  await register(h, 'dns-4');
+  const named = [{ host: 'pypi.org', port: 443 }];
+  const cidrs = [{ host: '192.0.2.0/24' }];
+  const cases: [object, RegExp][] = [
+    [
+      { mode: 'unrestricted', dns: 'listed' },
+      /^dns: unrestricted mode does not send DNS through the proxy.*leave dns out/,
+    ],
+    [{ mode: 'unrestricted', dns: 'none' }, /^dns: unrestricted mode does not send DNS through the proxy/],
+    [
+      { mode: 'isolated', dns: 'listed' },
+      /^dns: "listed" resolves the names that an allowlist's hostname rules cover, and isolated mode has no rules: use "all" \(the default\) or "none"/,
+    ],
+    [
+      { mode: 'denylist', rules: named, dns: 'listed' },
+      /^dns: "listed" .*, and a denylist's rules name what to refuse: use "all" \(the default\) or "none"/,
+    ],
+    [
+      { mode: 'allowlist', rules: cidrs, dns: 'listed' },
+      /^dns: "listed" resolves only names that hostname rules cover, and every rule here is an address or CIDR block.*add a hostname rule.*"none".*"all"/,
+    ],
+    [
+      { mode: 'allowlist', rules: [...cidrs, ...named], dns: 'none' },
+      /^dns: "none" resolves nothing, so the hostname rules \(rules\[1\]\.host "pypi\.org"\) would never match: use "listed"/,
+    ],
+    [
+      { mode: 'unrestricted', block_dns: true },
+      /^block_dns: true is "dns": "none", which does not fit: dns: unrestricted mode/,
+    ],
+    [
+      { mode: 'allowlist', rules: named, block_dns: true },
+      /^block_dns: true is "dns": "none", which does not fit: dns: "none" resolves nothing/,
+    ],
+    [{ mode: 'isolated', block_dns: true, dns: 'all' }, /^block_dns: true contradicts "dns": "all"/],
+    [{ mode: 'isolated', block_dns: false, dns: 'none' }, /^block_dns: false contradicts "dns": "none"/],
+  ];
+  for (const [body, message] of cases) {
+    const r = await h.call('PUT', `${path('dns-4')}?wait=0`, { body });
+    t.is(r.status, 400, JSON.stringify(body));
+    t.is(r.body.error.code, 'dns_not_allowed', JSON.stringify(body));
+    t.regex(r.body.error.message, message);
+  }
+  const wrong = await h.call('PUT', `${path('dns-4')}?wait=0`, { body: { mode: 'isolated', dns: 'some' } });
+  t.is(wrong.status, 400);
+  t.is(wrong.body.error.code, 'invalid_request');
+  t.regex(wrong.body.error.message, /^dns: must be one of listed, all, none/);
+  const wrongBlock = await h.call('PUT', `${path('dns-4')}?wait=0`, {
+    body: { mode: 'isolated', block_dns: 'yes' },
+  });
+  t.regex(wrongBlock.body.error.message, /block_dns: must be true or false/);
+});
+
+test('block_dns: true (from before dns) is dns none, in every mode where none fits', async (t) => {
   await register(h, 'bdns-1');
   const on = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body: { mode: 'isolated', block_dns: true } });
   t.is(on.status, 202);
-  t.is(on.body.data.block_dns, true);
-  const got = await h.call('GET', path('bdns-1'));
-  t.like(got.body.data, { mode: 'isolated', block_dns: true, version: on.body.data.version });
-  const snapshot = await h.store.listComputersOfNode('node-a');
-  t.like(snapshot.computers.find((c) => c.id === 'bdns-1')?.policy, { mode: 'isolated', blockDns: true });
+  t.like(on.body.data, { mode: 'isolated', dns: 'none', block_dns: true });
+  const same = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body: { mode: 'isolated', dns: 'none' } });
+  t.is(same.body.data.version, on.body.data.version, 'the same policy');
   const off = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body: { mode: 'isolated' } });
-  t.is(off.body.data.block_dns, false);
-  t.true(off.body.data.version > on.body.data.version, 'switching the option is a change');
-  for (const body of [
-    { mode: 'allowlist', rules: [{ host: 'a.example' }], block_dns: true },
-    { mode: 'unrestricted', block_dns: true },
-  ]) {
-    const bad = await h.call('PUT', `${path('bdns-1')}?wait=0`, { body });
-    t.is(bad.status, 400);
-    t.regex(bad.body.error.message, /^block_dns: only isolated mode refuses DNS/);
-  }
-  const wrong = await h.call('PUT', `${path('bdns-1')}?wait=0`, {
-    body: { mode: 'isolated', block_dns: 'yes' },
+  t.like(off.body.data, { dns: 'all', block_dns: false });
+  t.true(off.body.data.version > on.body.data.version, 'switching it is a change');
+  const deny = await h.call('PUT', `${path('bdns-1')}?wait=0`, {
+    body: { mode: 'denylist', rules: [{ host: '192.0.2.1' }], block_dns: true },
   });
-  t.is(wrong.status, 400);
-  t.regex(wrong.body.error.message, /block_dns: must be true or false/);
+  t.like(deny.body.data, { mode: 'denylist', dns: 'none', block_dns: true });
+});
+
+test('policies stored before dns existed read as the defaults; "isolated+block_dns" as isolated with dns none', async (t) => {
+  const redis = h.store.redis;
+  const legacy = async (id: string, mode: string, rules: object[]) => {
+    await register(h, id);
+    const version = await redis.incr(keys.version());
+    // What an older API wrote: no dns field; block_dns folded into the mode.
+    await redis.hdel(keys.policy(id), 'dns');
+    await redis.hset(keys.policy(id), 'mode', mode, 'rules', JSON.stringify(rules), 'version', version);
+    return version;
+  };
+  const bdns = await legacy('old-bdns', 'isolated+block_dns', []);
+  const named = [{ host: 'pypi.org', port: 443, protocol: 'tcp' }];
+  await legacy('old-allow', 'allowlist', named);
+  await legacy('old-cidr', 'allowlist', [{ host: '192.0.2.0/24', protocol: 'any' }]);
+  await legacy('old-iso', 'isolated', []);
+  const expected: Record<string, [string, string]> = {
+    'old-bdns': ['isolated', 'none'],
+    'old-allow': ['allowlist', 'listed'],
+    'old-cidr': ['allowlist', 'none'],
+    'old-iso': ['isolated', 'all'],
+  };
+  const snapshot = await h.store.listComputersOfNode('node-a');
+  for (const [id, [mode, dns]] of Object.entries(expected)) {
+    const got = await h.call('GET', path(id));
+    t.is(got.status, 200);
+    t.like(got.body.data, { mode, dns, block_dns: dns === 'none' }, id);
+    t.like(snapshot.computers.find((c) => c.id === id)?.policy, { mode, dns }, id);
+    t.like(await h.store.getPolicy(id), { mode, dns }, id);
+  }
+  t.is((await h.call('GET', path('old-bdns'))).body.data.version, bdns);
+  // The first PUT of the same policy stores it the new way (one new version), the next changes nothing.
+  const first = await h.call('PUT', `${path('old-bdns')}?wait=0`, {
+    body: { mode: 'isolated', block_dns: true },
+  });
+  t.true(first.body.data.version > bdns);
+  t.deepEqual(await redis.hmget(keys.policy('old-bdns'), 'mode', 'dns'), ['isolated', 'none']);
+  const second = await h.call('PUT', `${path('old-bdns')}?wait=0`, {
+    body: { mode: 'isolated', dns: 'none' },
+  });
+  t.is(second.body.data.version, first.body.data.version);
 });
 
 test('learned: what the agent published, unexpired, sorted; 404 for unknown computers', async (t) => {

@@ -7,6 +7,7 @@ function record(over: Partial<PolicyRecord>): PolicyRecord {
   return {
     computerId: 'c-1',
     mode: 'allowlist',
+    dns: 'listed',
     rules,
     rulesJson: JSON.stringify(rules),
     version: 7,
@@ -21,6 +22,7 @@ test('the spliced reply equals the serialised view', (t) => {
     record({}),
     record({ rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] }),
     record({ computerId: 'RULES', rules: [{ host: '*.rules.example', protocol: 'any' }] }),
+    record({ mode: 'isolated', dns: 'none' }),
     record({
       computerId: 'a_RULES_b',
       mode: 'isolated',

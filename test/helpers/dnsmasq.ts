@@ -3,6 +3,8 @@
  * and TCP) serving the records given, nothing else (no upstream of its own,
  * no /etc/hosts). Ended by its own PID in stop(). With `netns` (a
  * /run/netns/ path) it runs in that network namespace, on its 127.0.0.1.
+ * With `logQueries`, every query it receives is in queries() (dnsmasq's
+ * log-queries, on its stderr).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -13,7 +15,16 @@ import path from 'node:path';
 export interface Dnsmasq {
   host: string;
   port: number;
+  /** With `logQueries`: every query received so far, as "TYPE name" (e.g. "A allowed.test", "type=65 x.test"). */
+  queries(): string[];
   stop(): Promise<void>;
+}
+
+export interface DnsmasqOptions {
+  /** Log every query (dnsmasq's log-queries) for queries(). @default false */
+  logQueries?: boolean;
+  /** A /run/netns/ path: run in that network namespace, on its 127.0.0.1. */
+  netns?: string;
 }
 
 async function freeUdpPort(): Promise<number> {
@@ -29,17 +40,17 @@ async function freeUdpPort(): Promise<number> {
  * The port is free for UDP when chosen; another process may hold it for TCP, or take it before
  * dnsmasq binds: then another port, a few times.
  */
-export async function startDnsmasq(lines: string[], options: { netns?: string } = {}): Promise<Dnsmasq> {
+export async function startDnsmasq(lines: string[], options: DnsmasqOptions = {}): Promise<Dnsmasq> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(lines, options.netns);
+      return await startOnce(lines, options);
     } catch (err) {
       if (attempt >= 5 || !String((err as Error).message).includes('Address already in use')) throw err;
     }
   }
 }
 
-async function startOnce(lines: string[], netns: string | undefined): Promise<Dnsmasq> {
+async function startOnce(lines: string[], options: DnsmasqOptions): Promise<Dnsmasq> {
   const dir = mkdtempSync(path.join(tmpdir(), 'egressd-dnsmasq-'));
   const port = await freeUdpPort();
   const conf = path.join(dir, 'dnsmasq.conf');
@@ -52,6 +63,7 @@ async function startOnce(lines: string[], netns: string | undefined): Promise<Dn
       'listen-address=127.0.0.1',
       `port=${port}`,
       'no-negcache',
+      ...(options.logQueries ? ['log-queries'] : []),
       ...lines,
       '',
     ].join('\n'),
@@ -65,7 +77,7 @@ async function startOnce(lines: string[], netns: string | undefined): Promise<Dn
     '--log-facility=-',
   ];
   // nsenter execs dnsmasq in its own process: the PID is dnsmasq's.
-  if (netns) argv.unshift('nsenter', `--net=${netns}`, '--');
+  if (options.netns) argv.unshift('nsenter', `--net=${options.netns}`, '--');
   const child: ChildProcess = spawn(argv[0] ?? 'dnsmasq', argv.slice(1), {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -88,8 +100,10 @@ async function startOnce(lines: string[], netns: string | undefined): Promise<Dn
     }
     rmSync(dir, { recursive: true, force: true });
   };
+  // "dnsmasq: query[A] allowed.test from 127.0.0.1"
+  const queries = () => [...stderr.matchAll(/ query\[([^\]]+)\] (\S+) from /g)].map((m) => `${m[1]} ${m[2]}`);
   for (let i = 0; i < 100; i++) {
-    if (stderr.includes('started')) return { host: '127.0.0.1', port, stop };
+    if (stderr.includes('started')) return { host: '127.0.0.1', port, queries, stop };
     if (child.exitCode !== null) break;
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -65,7 +65,7 @@ async function stopAgent(): Promise<void> {
 
 test.before(async () => {
   world = await createWorld();
-  dnsmasq = await startDnsmasq(['host-record=learned.test,203.0.113.77,300']);
+  dnsmasq = await startDnsmasq(['host-record=learned.test,203.0.113.77,300'], { logQueries: true });
   api = await startHarness({ defaultNode: 'node-a' });
   await startAgent();
 });
@@ -451,5 +451,51 @@ test.serial(
     await startAgent();
     t.deepEqual(await world.probeResults({ cgroup: cg }, 'tcp:203.0.113.77:443'), ['EPERM']);
     t.deepEqual(enforcer.learnedNames('relearn'), []);
+  },
+);
+
+test.serial(
+  'policies stored before dns existed still read and enforce: "isolated+block_dns" as dns none, an allowlist as dns listed',
+  async (t) => {
+    const isolated = await register('legacy-bdns');
+    const allowlist = await register('legacy-allow');
+    // Written the way an older API did, while no agent runs: no dns field, block_dns folded into the mode.
+    await stopAgent();
+    const redis = api.store.redis;
+    const write = async (id: string, mode: string, rules: object[]) => {
+      const version = await redis.incr(keys.version());
+      await redis.hdel(keys.policy(id), 'dns');
+      await redis.hset(keys.policy(id), 'mode', mode, 'rules', JSON.stringify(rules), 'version', version);
+      return version;
+    };
+    const v1 = await write('legacy-bdns', 'isolated+block_dns', []);
+    const v2 = await write('legacy-allow', 'allowlist', [
+      { host: 'learned.test', port: 443, protocol: 'tcp' },
+    ]);
+    await startAgent();
+    t.like(
+      agent.report().find((r) => r.id === 'legacy-bdns'),
+      { enforcedVersion: v1, state: 'enforced' },
+    );
+    t.like(
+      agent.report().find((r) => r.id === 'legacy-allow'),
+      { enforcedVersion: v2, state: 'enforced' },
+    );
+    t.is(enforcer.dnsOf('legacy-bdns'), 'none');
+    t.is(enforcer.dnsOf('legacy-allow'), 'listed');
+    const got = await api.call('GET', '/api/v1/computers/legacy-bdns/network-policy');
+    t.like(got.body.data, { mode: 'isolated', dns: 'none', block_dns: true });
+
+    const dig = async (cgroup: string, name: string) =>
+      (await world.run('dig', ['@127.0.0.53', '+tries=1', '+time=2', name, 'A'], { cgroup, netns: false }))
+        .out;
+    const asked = dnsmasq.queries().length;
+    t.regex(await dig(isolated, 'learned.test'), /status: NXDOMAIN/, 'answered by the proxy itself');
+    t.deepEqual(await world.probeResults({ cgroup: isolated }, 'tcp:203.0.113.77:443'), ['EPERM']);
+    t.regex(await dig(allowlist, 'unlisted.test'), /status: NXDOMAIN/);
+    t.deepEqual(dnsmasq.queries().slice(asked), [], 'nothing reached the upstream');
+    t.regex(await dig(allowlist, 'learned.test'), /203\.0\.113\.77/);
+    t.deepEqual(dnsmasq.queries().slice(asked), ['A learned.test']);
+    t.deepEqual(await world.probeResults({ cgroup: allowlist }, 'tcp:203.0.113.77:443'), ['ok']);
   },
 );

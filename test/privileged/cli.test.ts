@@ -180,6 +180,60 @@ test.serial('errors say what to change and exit non-zero', async (t) => {
   t.regex(usage.stderr, /usage: egressd computers/);
 });
 
+test.serial("policy set --dns; the proxy's refusals show up in egressd events, named", async (t) => {
+  const cg = world.makeCgroup('cli-dns');
+  t.is((await cli('computers', 'add', 'cli-dns', '--cgroup', cg.relative)).code, 0);
+  const listed = await cli(
+    'policy',
+    'set',
+    'cli-dns',
+    '--mode',
+    'allowlist',
+    '--rule',
+    '192.0.2.1:80/tcp',
+    '--dns',
+    'listed',
+  );
+  t.is(listed.code, 1);
+  t.regex(
+    listed.stderr,
+    /dns: "listed" resolves only names that hostname rules cover.*\(HTTP 400, dns_not_allowed\)/,
+  );
+  const badDns = await cli('policy', 'set', 'cli-dns', '--mode', 'isolated', '--dns', 'some');
+  t.is(badDns.code, 2);
+  t.regex(badDns.stderr, /--dns must be one of listed, all, none/);
+  const set = await cli('policy', 'set', 'cli-dns', '--mode', 'isolated', '--dns', 'none');
+  t.is(set.code, 0, set.stderr);
+  t.regex(set.stdout, /dns: +none/);
+  t.is(JSON.parse((await cli('policy', 'get', 'cli-dns', '--json')).stdout).dns, 'none');
+  // The proxy answers itself (the upstream of these tests does not exist), at once.
+  const { out } = await world.run('dig', ['@127.0.0.53', '+tries=1', '+time=2', 'secret.exfil.test', 'TXT'], {
+    cgroup: cg.path,
+    netns: false,
+  });
+  t.regex(out, /status: NXDOMAIN/);
+  let lines: string[] = [];
+  for (let i = 0; i < 50 && lines.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await cli('events', 'cli-dns', '--json');
+    lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
+  }
+  t.is(lines.length, 1, 'exactly one event');
+  t.like(JSON.parse(lines[0] ?? '{}'), {
+    computer: 'cli-dns',
+    pid: null,
+    comm: null,
+    hostname: 'secret.exfil.test',
+    protocol: 'udp',
+    port: 53,
+    reason: 'dns_refused',
+  });
+  const readable = await cli('events', 'cli-dns');
+  t.regex(readable.stdout, /cli-dns denied DNS secret\.exfil\.test \(udp, dns_refused\)/);
+  t.is((await cli('policy', 'set', 'cli-dns', '--mode', 'isolated', '--block-dns')).code, 0, 'the old flag');
+  t.is((await cli('policy', 'learned', 'cli-dns')).code, 0);
+});
+
 test.serial(
   'run --create: the command runs confined, its status comes back, the computer is removed after',
   async (t) => {

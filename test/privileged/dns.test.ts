@@ -1,23 +1,36 @@
 /**
- * Hostname rules end to end: real dnsmasq upstream, the DNS proxy, BPF
- * redirect and learned maps, computers in the world's own network namespace
- * (through the gateway address) and in the host's. `dig` is the application:
- * it checks that replies come from the resolver it asked (192.0.2.53, which
- * does not exist: the hooks redirect it). Serial: the last tests stop the
- * proxy and the upstream.
+ * Hostname rules end to end: real dnsmasq upstream (logging every query it
+ * receives), the DNS proxy, BPF redirect and learned maps, computers in the
+ * world's own network namespace (through the gateway address) and in the
+ * host's. `dig` is the application: it checks that replies come from the
+ * resolver it asked (192.0.2.53, which does not exist: the hooks redirect
+ * it); build/resolve-glibc and build/resolve-musl time one getaddrinfo()
+ * each, with a resolv.conf of their own. The proxy's refusals go to a
+ * DenyEvents, as in the agent. Serial: the last tests stop the proxy and the
+ * upstream.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import test from 'ava';
+import dnsPacket from 'dns-packet';
 import { pino } from 'pino';
+import { decodeComputer, encodeCgroupKey, encodeComputer, FLAG, LAYOUT } from '../../daemon/src/bpf/abi.js';
+import * as bpf from '../../daemon/src/bpf/libbpf.js';
 import { DnsProxy } from '../../daemon/src/dns/proxy.js';
 import { Enforcer } from '../../daemon/src/enforcer.js';
+import { DenyEvents, type DenyRecord } from '../../daemon/src/events.js';
 import type { Policy } from '../../daemon/src/policy/types.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
-import { createWorld, type World } from '../helpers/world.js';
+import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
 
 let world: World;
 let dnsmasq: Dnsmasq;
 let enforcer: Enforcer;
 let proxy: DnsProxy;
+let events: DenyEvents;
+const denied: DenyRecord[] = [];
+let confDir: string;
 let counter = 0;
 const PORTS: [number, number] = [42000, 42999];
 const log = pino({ level: process.env['EGRESSD_TEST_LOG'] ?? 'silent' });
@@ -33,45 +46,94 @@ function startProxy(): DnsProxy {
     ttlCeiling: 3600,
     timeoutMs: 2000,
     log,
+    onDenied: (d) => events?.submit(d),
   });
 }
 
 test.before(async () => {
   world = await createWorld({ gateway: true });
   const gw = world.gateway!;
-  dnsmasq = await startDnsmasq([
-    'host-record=allowed.test,203.0.113.31,2001:db8:ff::31,300',
-    'host-record=other.test,203.0.113.30,2001:db8:ff::30,300',
-    'host-record=www.wild.test,203.0.113.32,300',
-    'host-record=wild.test,203.0.113.33,300',
-    'cname=alias.test,mid.test,60',
-    'cname=mid.test,target.test,60',
-    'host-record=target.test,203.0.113.10,120',
-    'host-record=short.test,203.0.113.20,1',
-    'host-record=long.test,203.0.113.21,86400',
-    'host-record=shared-a.test,203.0.113.40,3000',
-    'host-record=shared-b.test,203.0.113.40,60',
-    `host-record=rebind.test,${gw.host4},300`,
-    ...Array.from({ length: 60 }, (_, i) => `host-record=big.test,203.0.113.${100 + i}`),
-  ]);
+  dnsmasq = await startDnsmasq(
+    [
+      'host-record=allowed.test,203.0.113.31,2001:db8:ff::31,300',
+      'host-record=other.test,203.0.113.30,2001:db8:ff::30,300',
+      'host-record=www.wild.test,203.0.113.32,300',
+      'host-record=wild.test,203.0.113.33,300',
+      'cname=alias.test,mid.test,60',
+      'cname=mid.test,target.test,60',
+      'host-record=target.test,203.0.113.10,120',
+      'host-record=short.test,203.0.113.20,1',
+      'host-record=long.test,203.0.113.21,86400',
+      'host-record=shared-a.test,203.0.113.40,3000',
+      'host-record=shared-b.test,203.0.113.40,60',
+      `host-record=rebind.test,${gw.host4},300`,
+      ...Array.from({ length: 60 }, (_, i) => `host-record=big.test,203.0.113.${100 + i}`),
+      // Names a policy never lists: they must never reach the upstream in dns listed or none.
+      'host-record=exfil.test,203.0.113.50,300',
+      'txt-record=exfil.test,"upstream answered"',
+      'txt-record=allowed.test,"upstream answered"',
+      'cname=chain.test,hop.exfil.test,60',
+      'host-record=hop.exfil.test,203.0.113.51,120',
+    ],
+    { logQueries: true },
+  );
   enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   enforcer.setDnsConfig(PORTS, gw.host4, gw.host6);
+  events = new DenyEvents({ enforcer, sink: (r) => denied.push(r) });
   proxy = startProxy();
+  // The resolv.conf of build/resolve-*: a resolver address that does not exist (the hooks redirect it).
+  confDir = mkdtempSync(path.join(tmpdir(), 'egressd-dns-test-'));
+  writeFileSync(path.join(confDir, 'resolv.conf'), 'nameserver 192.0.2.53\n');
 });
 
 test.after.always(async () => {
+  events?.close();
   await proxy?.close();
   enforcer?.close();
   await dnsmasq?.stop();
   await world?.destroy();
+  if (confDir) rmSync(confDir, { recursive: true, force: true });
 });
 
 async function computer(policy: Policy): Promise<{ id: string; cgroup: string }> {
   const id = `d${++counter}`;
   const cg = world.makeCgroup(id);
   const port = await proxy.ensure(id);
-  enforcer.attach(id, cg.relative, policy, 1n, { port, blockDns: policy.blockDns === true });
+  enforcer.attach(id, cg.relative, policy, 1n, { port });
   return { id, cgroup: cg.path };
+}
+
+/** What the upstream was asked about names under `suffix` ("TYPE name" each). */
+function upstreamAsked(suffix: string): string[] {
+  return dnsmasq.queries().filter((q) => q.endsWith(suffix));
+}
+
+/**
+ * One getaddrinfo() of `name` in the computer (world namespace) by the
+ * glibc or the musl build of test/helpers/resolve.c, with a resolv.conf
+ * naming 192.0.2.53 (bind-mounted in a mount namespace of its own).
+ */
+async function resolve(
+  cgroup: string,
+  libc: 'glibc' | 'musl',
+  name: string,
+): Promise<{ result: string; ms: number; addresses: string[] }> {
+  const bin = path.join(REPO_ROOT, 'build', `resolve-${libc}`);
+  const { code, out } = await world.run(
+    'unshare',
+    [
+      '-m',
+      'sh',
+      '-c',
+      'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+      path.join(confDir, 'resolv.conf'),
+      bin,
+      name,
+    ],
+    { cgroup },
+  );
+  if (code !== 0) throw new Error(`resolve-${libc} ${name}: exit ${code}: ${out}`);
+  return JSON.parse(out.trim().split('\n').pop() ?? '{}');
 }
 
 /** Runs dig in the computer (world namespace unless netns is false); stdout lines and exit code. */
@@ -91,11 +153,12 @@ const short = (cgroup: string, name: string, type = 'A', ...more: string[]) =>
   dig(cgroup, ['+short', name, type, ...more]).then((r) => r.lines);
 
 test.serial(
-  'allowlisted names resolve and connect at once (A and AAAA, UDP and TCP); others resolve but cannot connect',
+  'allowlisted names resolve and connect at once (A and AAAA, UDP and TCP); with dns all others resolve but cannot connect',
   async (t) => {
     const c = await computer({
       mode: 'allowlist',
       rules: [{ host: 'allowed.test', port: 80, protocol: 'tcp' }],
+      dns: 'all',
     });
     t.deepEqual(await short(c.cgroup, 'allowed.test'), ['203.0.113.31']);
     t.deepEqual(
@@ -128,23 +191,46 @@ test.serial(
 test.serial('a wildcard matches names below it, not the apex', async (t) => {
   const c = await computer({ mode: 'allowlist', rules: [{ host: '*.wild.test', protocol: 'any' }] });
   t.deepEqual(await short(c.cgroup, 'WWW.Wild.Test'), ['203.0.113.32']);
-  t.deepEqual(await short(c.cgroup, 'wild.test'), ['203.0.113.33']);
-  t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.32:80', 'tcp:203.0.113.33:80'), [
-    'ok',
-    'EPERM',
-  ]);
+  t.regex(
+    (await dig(c.cgroup, ['wild.test', 'A'])).out,
+    /status: NXDOMAIN/,
+    'dns listed: the apex is not listed',
+  );
+  t.deepEqual(upstreamAsked(' wild.test'), [], 'nor asked upstream');
+  const all = await computer({
+    mode: 'allowlist',
+    rules: [{ host: '*.wild.test', protocol: 'any' }],
+    dns: 'all',
+  });
+  t.deepEqual(await short(all.cgroup, 'wild.test'), ['203.0.113.33'], 'dns all resolves it');
+  t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.32:80'), ['ok']);
+  t.deepEqual(
+    await world.probeResults({ cgroup: all.cgroup }, 'tcp:203.0.113.33:80'),
+    ['EPERM'],
+    'but the apex is not allowed',
+  );
 });
 
 test.serial('a CNAME chain: the addresses at its end are learned for the name asked', async (t) => {
   const c = await computer({ mode: 'allowlist', rules: [{ host: 'alias.test', protocol: 'tcp' }] });
   t.deepEqual(await short(c.cgroup, 'alias.test'), ['mid.test.', 'target.test.', '203.0.113.10']);
   t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.10:80'), ['ok']);
-  const d = await computer({ mode: 'allowlist', rules: [{ host: 'target.test', protocol: 'tcp' }] });
+  const d = await computer({
+    mode: 'allowlist',
+    rules: [{ host: 'target.test', protocol: 'tcp' }],
+    dns: 'all',
+  });
   t.deepEqual(await short(d.cgroup, 'alias.test'), ['mid.test.', 'target.test.', '203.0.113.10']);
   t.deepEqual(
     await world.probeResults({ cgroup: d.cgroup }, 'tcp:203.0.113.10:80'),
     ['ok'],
-    'a listed name inside the chain counts',
+    'dns all: a listed name inside the chain counts',
+  );
+  const e = await computer({ mode: 'allowlist', rules: [{ host: 'target.test', protocol: 'tcp' }] });
+  t.regex(
+    (await dig(e.cgroup, ['alias.test', 'A'])).out,
+    /status: NXDOMAIN/,
+    'dns listed: a chain that only ends at a listed name starts at an unlisted one',
   );
 });
 
@@ -236,7 +322,11 @@ test.serial(
 
 test.serial('two computers with different policies asking for the same name', async (t) => {
   const a = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
-  const b = await computer({ mode: 'allowlist', rules: [{ host: 'other.test', protocol: 'tcp' }] });
+  const b = await computer({
+    mode: 'allowlist',
+    rules: [{ host: 'other.test', protocol: 'tcp' }],
+    dns: 'all',
+  });
   t.deepEqual(await short(a.cgroup, 'allowed.test'), ['203.0.113.31']);
   t.deepEqual(await short(b.cgroup, 'allowed.test'), ['203.0.113.31']);
   t.deepEqual(await world.probeResults({ cgroup: a.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
@@ -259,18 +349,217 @@ test.serial(
   },
 );
 
-test.serial('isolated: DNS is answered but nothing connects; with blockDns no DNS at all', async (t) => {
+test.serial('isolated: DNS is answered (dns all, the default) but nothing connects', async (t) => {
   const c = await computer({ mode: 'isolated', rules: [] });
+  t.is(enforcer.dnsOf(c.id), 'all');
   t.deepEqual(await short(c.cgroup, 'allowed.test'), ['203.0.113.31']);
   t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80'), ['EPERM']);
-  const blocked = await computer({ mode: 'isolated', rules: [], blockDns: true });
-  const r = await dig(blocked.cgroup, ['allowed.test', 'A']);
-  t.not(r.code, 0);
-  t.notRegex(r.out, /203\.0\.113\.31/);
-  t.deepEqual(
-    await world.probeResults({ cgroup: blocked.cgroup }, 'udp-sendto:192.0.2.53:53', 'tcp:192.0.2.53:53'),
-    ['EPERM', 'EPERM'],
-  );
+});
+
+test.serial(
+  'dns listed: names no hostname rule covers are answered NXDOMAIN by the proxy (A and TXT, UDP and TCP, any resolver address) and never reach the upstream',
+  async (t) => {
+    const c = await computer({
+      mode: 'allowlist',
+      rules: [
+        { host: 'allowed.test', port: 80, protocol: 'tcp' },
+        { host: 'chain.test', protocol: 'tcp' },
+      ],
+    });
+    t.is(enforcer.dnsOf(c.id), 'listed', 'the default of an allowlist with hostname rules');
+    const secret = 'c2VjcmV0.exfil.test';
+    const before = proxy.stats.unlisted;
+    // The configured resolver (192.0.2.53 here), another one, and (host namespace) a loopback one.
+    for (const [server, netns] of [
+      ['@192.0.2.53', true],
+      ['@198.51.100.53', true],
+      ['@127.0.0.53', false],
+    ] as const) {
+      for (const name of [secret, 'exfil.test']) {
+        for (const type of ['A', 'TXT']) {
+          for (const transport of ['+notcp', '+tcp']) {
+            const { out } = await world.run('dig', [server, '+tries=1', '+time=2', transport, name, type], {
+              cgroup: c.cgroup,
+              netns,
+            });
+            const what = `${name} ${type} ${transport} ${server}`;
+            t.regex(out, /status: NXDOMAIN/, what);
+            t.regex(out, /EDE: 15 \(Blocked\)/, what);
+            t.regex(out, /ANSWER: 0,/, what);
+          }
+        }
+      }
+    }
+    t.is(proxy.stats.unlisted - before, 24);
+    t.deepEqual(upstreamAsked('exfil.test'), [], 'the upstream never saw them');
+    // Listed names resolve (UDP and TCP, A and AAAA) and connect.
+    t.deepEqual(await short(c.cgroup, 'allowed.test'), ['203.0.113.31']);
+    t.deepEqual(await short(c.cgroup, 'allowed.test', 'AAAA', '+tcp'), ['2001:db8:ff::31']);
+    t.deepEqual(
+      await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80', 'tcp:[2001:db8:ff::31]:80'),
+      ['ok', 'ok'],
+    );
+    // A CNAME chain that starts at a listed name: its end is learned, though its names are not listed.
+    t.deepEqual(await short(c.cgroup, 'chain.test'), ['hop.exfil.test.', '203.0.113.51']);
+    t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.51:443'), ['ok']);
+    t.true(upstreamAsked(' chain.test').includes('A chain.test'));
+    t.regex(
+      (await dig(c.cgroup, ['hop.exfil.test', 'A'])).out,
+      /status: NXDOMAIN/,
+      'asked alone, it is not listed',
+    );
+    t.deepEqual(upstreamAsked('exfil.test'), []);
+    // Each refusal is a deny event, with the name.
+    const events = denied.filter((e) => e.computer === c.id && e.reason === 'dns_unlisted');
+    t.true(events.length >= 24);
+    t.like(
+      // Names as the rules match them: lower case.
+      events.find((e) => e.hostname === secret.toLowerCase() && e.protocol === 'tcp'),
+      { pid: null, comm: null, address: null, port: 53, family: 'ipv4' },
+    );
+  },
+);
+
+test.serial(
+  'dns listed: a covered name is forwarded for A, AAAA, CNAME, HTTPS and SVCB only; other types get an empty answer from the proxy',
+  async (t) => {
+    const c = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
+    const before = proxy.stats.typeNotForwarded;
+    for (const type of ['TXT', 'NULL', 'ANY', 'MX', 'SRV', 'TYPE99']) {
+      for (const transport of ['+notcp', '+tcp']) {
+        const { out } = await dig(c.cgroup, [transport, 'allowed.test', type]);
+        t.regex(out, /status: NOERROR/, `${type} ${transport}`);
+        t.regex(out, /ANSWER: 0,/, `${type} ${transport}`);
+        t.regex(out, /EDE: 15 \(Blocked\)/, `${type} ${transport}`);
+      }
+    }
+    t.is(proxy.stats.typeNotForwarded - before, 12);
+    const asked = () => upstreamAsked(' allowed.test').map((q) => q.split(' ')[0]);
+    t.false(
+      asked().some((type) => ['TXT', 'NULL', 'ANY', 'MX', 'SRV', 'type=99'].includes(type ?? '')),
+      asked().join(', '),
+    );
+    for (const type of ['HTTPS', 'SVCB', 'CNAME']) await dig(c.cgroup, ['allowed.test', type]);
+    t.true(asked().includes('HTTPS') || asked().includes('type=65'), asked().join(', '));
+    t.true(asked().includes('SVCB') || asked().includes('type=64'), asked().join(', '));
+    t.true(asked().includes('CNAME'), asked().join(', '));
+  },
+);
+
+test.serial(
+  "dns none: the proxy answers every query NXDOMAIN itself and forwards nothing; DNS sends are no longer refused, so glibc's and musl's getaddrinfo give up at once",
+  async (t) => {
+    const c = await computer({ mode: 'isolated', rules: [], dns: 'none' });
+    const asked = dnsmasq.queries().length;
+    const before = proxy.stats.refused;
+    for (const [server, netns] of [
+      ['@192.0.2.53', true],
+      ['@198.51.100.53', true],
+      ['@127.0.0.53', false],
+    ] as const) {
+      for (const transport of ['+notcp', '+tcp']) {
+        const { out } = await world.run(
+          'dig',
+          [server, '+tries=1', '+time=2', transport, 'allowed.test', 'A'],
+          {
+            cgroup: c.cgroup,
+            netns,
+          },
+        );
+        t.regex(out, /status: NXDOMAIN/, `${transport} ${server}`);
+        t.regex(out, /EDE: 15 \(Blocked\): \(egressd: .*dns none\)/, `${transport} ${server}`);
+      }
+    }
+    t.is(proxy.stats.refused - before, 6);
+    // Before dns existed, block_dns made the kernel refuse the send (EPERM); now it goes to the proxy.
+    t.deepEqual(
+      await world.probeResults({ cgroup: c.cgroup }, 'udp-sendto:192.0.2.53:53', 'tcp:192.0.2.53:53'),
+      ['ok', 'ok'],
+    );
+    for (const libc of ['glibc', 'musl'] as const) {
+      const times: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await resolve(c.cgroup, libc, 'allowed.test');
+        t.is(r.result, 'EAI_NONAME', libc);
+        t.true(r.ms < 100, `${libc} getaddrinfo gave up after ${r.ms} ms`);
+        times.push(r.ms);
+      }
+      t.log(`${libc} getaddrinfo, dns none: failed after ${times.join(', ')} ms`);
+    }
+    t.is(dnsmasq.queries().length, asked, 'the upstream was asked nothing');
+    t.like(
+      denied.find((e) => e.computer === c.id && e.reason === 'dns_refused' && e.protocol === 'udp'),
+      { hostname: 'allowed.test', pid: null, port: 53, family: 'ipv4' },
+    );
+    // An allowlist of addresses only: none is its default.
+    const cidrs = await computer({ mode: 'allowlist', rules: [{ host: '203.0.113.31', protocol: 'tcp' }] });
+    t.is(enforcer.dnsOf(cidrs.id), 'none');
+    t.regex((await dig(cidrs.cgroup, ['allowed.test', 'A'])).out, /status: NXDOMAIN/);
+    t.deepEqual(await world.probeResults({ cgroup: cidrs.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
+    t.is(dnsmasq.queries().length, asked);
+  },
+);
+
+test.serial(
+  'dns listed: an unlisted name fails at once for glibc and musl; a listed one resolves',
+  async (t) => {
+    const c = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
+    for (const libc of ['glibc', 'musl'] as const) {
+      const unlisted = await resolve(c.cgroup, libc, 'exfil.test');
+      t.is(unlisted.result, 'EAI_NONAME', libc);
+      t.true(unlisted.ms < 100, `${libc}: ${unlisted.ms} ms`);
+      t.log(`${libc} getaddrinfo, dns listed, an unlisted name: failed after ${unlisted.ms} ms`);
+      const listed = await resolve(c.cgroup, libc, 'allowed.test');
+      t.is(listed.result, 'ok', libc);
+      t.deepEqual([...listed.addresses].sort(), ['2001:db8:ff::31', '203.0.113.31'], libc);
+    }
+    t.deepEqual(upstreamAsked('exfil.test'), []);
+  },
+);
+
+test.serial(
+  "an earlier agent's kernel-side block_dns flag is cleared when the computer is attached again",
+  async (t) => {
+    const c = await computer({ mode: 'isolated', rules: [], dns: 'none' });
+    const fd = bpf.objGet(path.join(world.pinDir, 'maps', 'computers'));
+    try {
+      const key = encodeCgroupKey(enforcer.attachedCgroupId(c.id)!);
+      const value = Buffer.alloc(LAYOUT.egress_computer.size);
+      t.true(bpf.mapLookup(fd, key, value));
+      bpf.mapUpdate(fd, key, encodeComputer({ ...decodeComputer(value), flags: FLAG.blockDns }));
+    } finally {
+      bpf.closeFd(fd);
+    }
+    t.is(enforcer.state(c.id)?.flags, FLAG.blockDns);
+    // The same version again (an agent restarted over an earlier agent's pins).
+    enforcer.attach(c.id, world.cgroupRelative(c.id), { mode: 'isolated', rules: [], dns: 'none' }, 1n, {
+      port: proxy.portOf(c.id) ?? 0,
+    });
+    t.is(enforcer.state(c.id)?.flags, 0);
+    t.regex((await dig(c.cgroup, ['allowed.test', 'A'])).out, /status: NXDOMAIN/);
+  },
+);
+
+test.serial("the proxy's refusals are rate-limited per computer like the kernel's deny events", async (t) => {
+  const c = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
+  const started = Date.now();
+  for (let i = 0; i < 300; i++) {
+    const query = dnsPacket.encode({
+      type: 'query',
+      id: i,
+      flags: dnsPacket.RECURSION_DESIRED,
+      questions: [{ type: 'A', name: `q${i}.exfil.test` }],
+    });
+    const reply = await proxy.handle(c.id, query, 'udp');
+    if (i % 50 === 0) t.is((dnsPacket.decode(reply!).flags ?? 0) & 0xf, 3, 'NXDOMAIN');
+  }
+  const seconds = (Date.now() - started) / 1000;
+  const mine = denied.filter((e) => e.computer === c.id);
+  t.true(mine.length >= 100, `${mine.length} delivered`);
+  t.true(mine.length <= 100 + Math.ceil(seconds * 20) + 1, `${mine.length} delivered in ${seconds} s`);
+  t.is(events.dropped.get(c.id), 300 - mine.length);
+  t.is(events.delivered.get(c.id), mine.length);
+  t.deepEqual(upstreamAsked('exfil.test'), []);
 });
 
 test.serial('DNS rebinding: an allowed name that resolves to this host is not learned', async (t) => {
@@ -343,7 +632,7 @@ test.serial(
     );
     t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
     t.true(enforcer.learnedNames(c.id).some((l) => l.address === '203.0.113.31'));
-    t.deepEqual(await short(c.cgroup, 'other.test'), ['203.0.113.30']);
+    t.deepEqual(await short(c.cgroup, 'allowed.test', 'AAAA'), ['2001:db8:ff::31']);
   },
 );
 

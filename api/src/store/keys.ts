@@ -13,7 +13,7 @@ export const PREFIX = 'egressd:';
 export const keys = {
   /** Hash: id, cgroup, node, tenant ('' for none), created_at, updated_at. */
   computer: (id: string) => `${PREFIX}computer:${id}`,
-  /** Hash: mode, rules (JSON of normalised rules), version, updated_at. */
+  /** Hash: mode, rules (JSON of normalised rules), dns (listed, all, none; absent before it existed), version, updated_at. */
   policy: (id: string) => `${PREFIX}computer:${id}:policy`,
   /** Capped stream of a computer's deny events (field `event`: JSON), written by the agent. */
   events: (id: string) => `${PREFIX}computer:${id}:events`,

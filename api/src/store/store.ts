@@ -16,7 +16,14 @@
  */
 import { createHash } from 'node:crypto';
 import { Redis, type RedisOptions } from 'ioredis';
-import type { Mode, Policy, Rule } from '../../../daemon/src/policy/types.js';
+import {
+  DNS_MODES,
+  type DnsMode,
+  defaultDns,
+  type Mode,
+  type Policy,
+  type Rule,
+} from '../../../daemon/src/policy/types.js';
 import { StoreOutcomeUnknownError, StoreUnavailableError } from '../errors.js';
 import { EventFeed } from './event-feed.js';
 import { channels, keys, templates } from './keys.js';
@@ -85,6 +92,8 @@ export interface Enforced {
 
 export interface PolicyRecord extends Policy {
   computerId: string;
+  /** Always present in what the store reads (a policy stored before it existed reads as the default). */
+  dns: DnsMode;
   /** `rules` as stored (JSON), so that a reply can carry them without parsing and serialising again. */
   rulesJson: string;
   version: number;
@@ -126,7 +135,7 @@ export interface NodeSnapshot {
     id: string;
     cgroup: string;
     tenant: string | null;
-    policy: Policy;
+    policy: Policy & { dns: DnsMode };
     version: number;
     updatedAt: string;
   }>;
@@ -222,20 +231,11 @@ export function redisOptions(url: string, commandTimeoutMs: number): RedisOption
 }
 
 /**
- * The policy hash's `mode` field: the mode, or "isolated+block_dns" for an
- * isolated policy that refuses DNS too (so that the Lua scripts' "unchanged"
- * check and the change records cover the option without a field of its own).
+ * The `mode` field of a policy stored before `dns` existed, for an isolated
+ * policy with `block_dns` (the option then had no field of its own). Read as
+ * isolated with `dns` "none"; never written any more.
  */
-const BLOCK_DNS_MODE = 'isolated+block_dns';
-
-function storedMode(policy: Policy): string {
-  return policy.blockDns ? BLOCK_DNS_MODE : policy.mode;
-}
-
-function readMode(stored: string | undefined): { mode: Mode; blockDns?: true } {
-  if (stored === BLOCK_DNS_MODE) return { mode: 'isolated', blockDns: true };
-  return { mode: (stored ?? 'unrestricted') as Mode };
-}
+const LEGACY_BLOCK_DNS_MODE = 'isolated+block_dns';
 
 export class Store {
   readonly redis: Redis;
@@ -445,9 +445,9 @@ export class Store {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState, ackReason] = r;
+    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState, ackReason, dns] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
-    return Object.assign(storedPolicy(mode, rulesJson), {
+    return Object.assign(storedPolicy(mode, rulesJson, dns), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
@@ -466,18 +466,20 @@ export class Store {
   ): Promise<PutPolicyResult> {
     const now = (options.now ?? new Date()).toISOString();
     const rulesJson = JSON.stringify(policy.rules);
+    const dns = policy.dns ?? defaultDns(policy.mode, policy.rules);
     const r = (await this.run(
       SCRIPTS.putPolicy,
       [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version()],
       [
         options.scope ?? '',
         id,
-        storedMode(policy),
+        policy.mode,
         rulesJson,
         options.ifMatch === undefined ? '' : String(options.ifMatch),
         now,
         templates.nodeChanges,
         this.streamMaxLen,
+        dns,
       ],
       {
         what: `the change to the policy of computer "${id}"`,
@@ -495,7 +497,7 @@ export class Store {
       record: {
         computerId: id,
         mode: policy.mode,
-        ...(policy.blockDns ? { blockDns: true } : {}),
+        dns,
         rules: policy.rules,
         rulesJson,
         version: Number(version),
@@ -828,9 +830,21 @@ export class Store {
       Promise.all(
         ids.map((id) =>
           Promise.all([
-            this.redis.hmget(keys.policy(id), 'mode', 'version'),
+            this.redis.hmget(keys.policy(id), 'mode', 'version', 'dns'),
             this.redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason'),
           ]),
+        ),
+      ),
+    );
+    // A policy stored before `dns` existed: its default depends on its rules (allowlist only).
+    const legacy = ids.filter((_, i) => {
+      const [mode, , dns] = rows[i]?.[0] ?? [];
+      return mode === 'allowlist' && !dns;
+    });
+    const legacyRules = new Map(
+      await this.guard(() =>
+        Promise.all(
+          legacy.map(async (id) => [id, (await this.redis.hget(keys.policy(id), 'rules')) ?? '[]'] as const),
         ),
       ),
     );
@@ -838,9 +852,12 @@ export class Store {
       string,
       { mode: Mode; blockDns?: true; version: number; enforced: Enforced | undefined }
     >();
-    rows.forEach(([[mode, version], [ackVersion, at, state, reason]], i) => {
-      out.set(ids[i] ?? '', {
-        ...readMode(mode ?? undefined),
+    rows.forEach(([[mode, version, dns], [ackVersion, at, state, reason]], i) => {
+      const id = ids[i] ?? '';
+      const policy = storedPolicy(mode ?? undefined, legacyRules.get(id) ?? '[]', dns ?? undefined);
+      out.set(id, {
+        mode: policy.mode,
+        ...(policy.dns === 'none' ? { blockDns: true as const } : {}),
         version: Number(version ?? 0),
         enforced: enforced(ackVersion ?? undefined, at ?? undefined, state ?? undefined, reason ?? undefined),
       });
@@ -858,7 +875,7 @@ export class Store {
       [templates.computer, templates.policy],
     )) as string[];
     const computers: NodeSnapshot['computers'] = [];
-    for (let i = 2; i + 7 <= r.length; i += 7) {
+    for (let i = 2; i + 8 <= r.length; i += 8) {
       const [
         id = '',
         cgroup = '',
@@ -867,12 +884,13 @@ export class Store {
         rules = '[]',
         version = '0',
         updatedAt = '',
-      ] = r.slice(i, i + 7);
+        dns = '',
+      ] = r.slice(i, i + 8);
       computers.push({
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
-        policy: storedPolicy(mode, rules),
+        policy: storedPolicy(mode, rules, dns),
         version: Number(version),
         updatedAt,
       });
@@ -983,14 +1001,33 @@ export class Store {
  * it, so a policy compiled before is not parsed again (never spread it:
  * that would parse them).
  */
-function storedPolicy(mode: string | undefined, rulesJson: string): Policy & { rulesJson: string } {
+function storedPolicy(
+  stored: string | undefined,
+  rulesJson: string,
+  storedDns: string | undefined,
+): Policy & { rulesJson: string; dns: DnsMode } {
   let parsed: Rule[] | undefined;
+  const rules = (): Rule[] => {
+    parsed ??= JSON.parse(rulesJson) as Rule[];
+    return parsed;
+  };
+  let mode = (stored ?? 'unrestricted') as Mode;
+  let dns: DnsMode;
+  if (stored === LEGACY_BLOCK_DNS_MODE) {
+    mode = 'isolated';
+    dns = 'none';
+  } else if ((DNS_MODES as readonly string[]).includes(storedDns ?? '')) {
+    dns = storedDns as DnsMode;
+  } else {
+    // Stored before `dns` existed: the default (only allowlist mode needs the rules for it).
+    dns = mode === 'allowlist' ? defaultDns(mode, rules()) : defaultDns(mode, []);
+  }
   return {
-    ...readMode(mode),
+    mode,
+    dns,
     rulesJson,
     get rules(): Rule[] {
-      parsed ??= JSON.parse(rulesJson) as Rule[];
-      return parsed;
+      return rules();
     },
   };
 }

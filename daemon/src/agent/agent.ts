@@ -433,7 +433,8 @@ export class Agent {
 
   /**
    * The computer's DNS proxy port: one while its mode redirects DNS, none
-   * when unrestricted. No free port: port 0, which refuses DNS (fail closed).
+   * when unrestricted; also with `dns` none (the proxy answers, at once). No
+   * free port: port 0, which refuses DNS in the kernel (fail closed).
    */
   private async dnsSettings(
     id: string,
@@ -447,11 +448,11 @@ export class Agent {
     }
     try {
       const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0);
-      return { settings: { port, blockDns: policy.blockDns === true } };
+      return { settings: { port } };
     } catch (err) {
       if (!(err instanceof EgressdError && err.code === 'DNS_PORTS_EXHAUSTED')) throw err;
       this.opts.metrics?.dnsPortsExhausted.inc();
-      return { settings: { port: 0, blockDns: policy.blockDns === true }, exhausted: err.message };
+      return { settings: { port: 0 }, exhausted: err.message };
     }
   }
 

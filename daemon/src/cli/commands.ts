@@ -16,7 +16,7 @@ import {
 } from '../../../api/src/client.js';
 import type { EgressdConfig } from '../config.js';
 import { EgressdError } from '../errors.js';
-import { MODES, type Mode } from '../policy/types.js';
+import { DNS_MODES, type DnsMode, MODES, type Mode } from '../policy/types.js';
 import { findCgroup2Mount } from '../system.js';
 import {
   type Accounts,
@@ -77,6 +77,7 @@ function describePolicy(p: PolicyView): string[] {
   return [
     `computer:    ${p.computer_id}`,
     `mode:        ${p.mode}`,
+    `dns:         ${p.dns}`,
     `version:     ${p.version} (in force: ${e.enforced_version ?? 'none'})`,
     `state:       ${describeState(e)}`,
     `rules:       ${p.rules.length === 0 ? '(none)' : describeRule(p.rules[0]!)}`,
@@ -89,7 +90,7 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   if (!action || !id || !['get', 'set', 'reset', 'learned'].includes(action)) {
     throw new EgressdError(
       'USAGE',
-      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--file policy.json]',
+      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file policy.json]',
     );
   }
   const api = client(ctx);
@@ -110,7 +111,7 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     print(ctx, p, () => [`${id}: reset to unrestricted (${describeState(p.enforcement)})`]);
     return notInForce(id, p);
   }
-  let body: { mode: Mode; rules?: RuleInput[]; block_dns?: boolean };
+  let body: { mode: Mode; rules?: RuleInput[]; dns?: DnsMode; block_dns?: boolean };
   if (typeof flags['file'] === 'string') {
     try {
       body = JSON.parse(readFileSync(flags['file'], 'utf8'));
@@ -125,10 +126,19 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     if (typeof mode !== 'string' || !(MODES as readonly string[]).includes(mode)) {
       throw new EgressdError('USAGE', `--mode must be one of ${MODES.join(', ')} (or give --file)`);
     }
+    const dns = flags['dns'];
+    if (dns !== undefined && (typeof dns !== 'string' || !(DNS_MODES as readonly string[]).includes(dns))) {
+      throw new EgressdError(
+        'USAGE',
+        `--dns must be one of ${DNS_MODES.join(', ')} (listed: only names the hostname rules cover; none: no DNS)`,
+      );
+    }
     const rules = ((flags['rule'] as string[] | undefined) ?? []).map(parseCliRule);
     body = {
       mode: mode as Mode,
       ...(rules.length > 0 ? { rules } : {}),
+      ...(dns !== undefined ? { dns: dns as DnsMode } : {}),
+      // Before --dns: the same as --dns none (the API says so when both are given and differ).
       ...(flags['block-dns'] === true ? { block_dns: true } : {}),
     };
   }
@@ -156,6 +166,11 @@ export async function eventsCommand(ctx: CommandContext, args: string[], flags: 
   const api = client(ctx);
   const show = (e: Record<string, unknown>) => {
     if (ctx.json) return ctx.out(JSON.stringify(e));
+    if (e['pid'] === null) {
+      // The DNS proxy's refusals: the name asked, no process known.
+      ctx.out(`${e['at']} ${id} denied DNS ${e['hostname']} (${e['protocol']}, ${e['reason']})`);
+      return;
+    }
     const where = e['address']
       ? `${e['hostname'] ? `${e['hostname']} ` : ''}${e['address']}:${e['port']}/${e['protocol']}`
       : `socket ${e['protocol']}`;

@@ -229,7 +229,12 @@ async function startAgent(
   stoppers.push(() => enforcer.close());
   log.info({ pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node }, 'BPF programs ready');
   let agent: Agent | undefined;
-  const proxy = startDnsProxy(config, enforcer, log, agentMetrics, (...args) => agent?.learned(...args));
+  let events: ReturnType<typeof startDenyEvents> | undefined;
+  const proxy = startDnsProxy(config, enforcer, log, agentMetrics, {
+    onLearned: (...args) => agent?.learned(...args),
+    // The proxy's refusals take the kernel events' way: one rate limit per computer, one sink.
+    onDenied: (denial) => events?.submit(denial),
+  });
   stoppers.push(() => proxy.close());
   const store = new Store({ url: redisUrl });
   stoppers.push(() => store.close());
@@ -245,8 +250,9 @@ async function startAgent(
     // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
     protectedCgroups: [cgroupOfProcess() ?? ''],
   });
-  const events = startDenyEvents(enforcer, store, log, agentMetrics);
-  stoppers.push(() => events.close());
+  const deny = startDenyEvents(enforcer, store, log, agentMetrics);
+  events = deny;
+  stoppers.push(() => deny.close());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);
@@ -263,10 +269,10 @@ async function startAgent(
       }),
   );
   const bound = metricsServer.address() as AddressInfo;
-  const started = agent;
-  stoppers.push(() => started.stop());
+  const running = agent;
+  stoppers.push(() => running.stop());
   // Connection failures are retried inside the agent; pins enforce meanwhile.
-  await started.start();
+  await running.start();
   return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
 }
 
@@ -276,7 +282,7 @@ function startDnsProxy(
   enforcer: Enforcer,
   log: Logger,
   metrics: AgentMetrics,
-  onLearned: DnsProxyOptions['onLearned'],
+  callbacks: Pick<DnsProxyOptions, 'onLearned' | 'onDenied'>,
 ): DnsProxy {
   const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
   if (upstreams.length === 0) {
@@ -299,7 +305,7 @@ function startDnsProxy(
     timeoutMs: 3000,
     log: log.child({ component: 'dns' }),
     metrics,
-    onLearned,
+    ...callbacks,
   });
 }
 
@@ -311,13 +317,16 @@ function readResolvConf(): string {
   }
 }
 
-/** Deny events: one JSON log line each, and batched into the computer's capped Redis stream. */
+/**
+ * Deny events, the kernel's and (submit) the DNS proxy's: one JSON log line
+ * each, and batched into the computer's capped Redis stream.
+ */
 function startDenyEvents(
   enforcer: Enforcer,
   store: Store,
   log: Logger,
   metrics: AgentMetrics,
-): { close(): void } {
+): { submit: DenyEvents['submit']; close(): void } {
   const eventLog = log.child({ component: 'deny' });
   let pending = new Map<string, DenyRecord[]>();
   const flush = async () => {
@@ -343,6 +352,7 @@ function startDenyEvents(
     },
   });
   return {
+    submit: (denial) => events.submit(denial),
     close() {
       clearInterval(timer);
       events.close();

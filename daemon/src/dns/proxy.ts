@@ -7,6 +7,29 @@
  * fails, or the upstream does not answer in time, the answer is SERVFAIL:
  * fail closed, and counted.
  *
+ * What it forwards at all is the policy's `dns` (DNS is itself a way out: a
+ * query carries its name to whoever is authoritative for it):
+ * - listed: a query is forwarded only when its name is one the hostname
+ *   rules cover (exact, or below a `*.` suffix), and only for A, AAAA,
+ *   CNAME, HTTPS and SVCB, rebuilt from its question (questionOnly: nothing
+ *   else the client sent goes upstream); the answer's CNAME chain, which
+ *   starts at that name, is followed as usual. Any other name is answered NXDOMAIN by the
+ *   proxy at once (a deny event, `dns_unlisted`); any other type of a
+ *   covered name (TXT, NULL, ANY, MX, ...) is answered NOERROR with no
+ *   records ("no data"): the name exists, it has nothing of that type for
+ *   this computer. Not NOTIMP, which stub resolvers read as a broken server
+ *   (they try the next one, or report a server failure) although it is one
+ *   question they may not ask.
+ * - all: everything is forwarded (as before `dns` existed).
+ * - none: every query is answered NXDOMAIN by the proxy at once (a deny
+ *   event, `dns_refused`). Not REFUSED: musl's stub resolver ignores a
+ *   REFUSED answer and waits for its timeout (5 s), as it did for the send
+ *   that the kernel refused before; NXDOMAIN ends a lookup at once in musl
+ *   and glibc alike.
+ * Answers the proxy makes itself carry an Extended DNS Error (RFC 8914,
+ * 15 "Blocked", with a text naming egressd's policy) when the query had
+ * EDNS, so that `dig` shows why.
+ *
  * - allowlist: listed names' addresses become reachable for the answer's TTL
  *   (clamped to [ttlFloor, ttlCeiling]).
  * - denylist: listed names are resolved (so their addresses can be denied)
@@ -27,6 +50,7 @@ import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import type { Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
+import type { UserDenial } from '../events.js';
 import type { AgentMetrics } from '../metrics.js';
 
 export interface Upstream {
@@ -50,6 +74,8 @@ export interface DnsProxyOptions {
   metrics?: AgentMetrics;
   /** Told of every learned name after its map write (the agent publishes them). */
   onLearned?: (id: string, name: string, addresses: number[][], ttlSeconds: number) => void;
+  /** Told of every query the policy's `dns` refused (the agent's deny events: DenyEvents.submit). */
+  onDenied?: (denial: UserDenial) => void;
 }
 
 export interface DnsStats {
@@ -60,6 +86,12 @@ export interface DnsStats {
   failClosed: number;
   /** Learned-map writes (an address learned again within its lifetime is not written again). */
   learned: number;
+  /** dns listed: names answered NXDOMAIN by the proxy, not forwarded (not covered by the rules). */
+  unlisted: number;
+  /** dns listed: covered names asked for a type that is not forwarded, answered with no records. */
+  typeNotForwarded: number;
+  /** dns none: queries answered by the proxy, not forwarded. */
+  refused: number;
 }
 
 interface ComputerSockets {
@@ -68,11 +100,40 @@ interface ComputerSockets {
   tcp: net.Server[];
 }
 
-const RCODE = { SERVFAIL: 2, NXDOMAIN: 3, REFUSED: 5 } as const;
+const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4 } as const;
 const MAX_TCP_MESSAGE = 65535;
 
+/**
+ * Query types that `dns: listed` forwards for covered names: addresses,
+ * aliases, and the service bindings (RFC 9460) that browsers ask for. This
+ * dns-packet spells 64 and 65 as UNKNOWN_64 and UNKNOWN_65; later ones as
+ * SVCB and HTTPS.
+ */
+const LISTED_TYPES: ReadonlySet<string> = new Set([
+  'A',
+  'AAAA',
+  'CNAME',
+  'SVCB',
+  'HTTPS',
+  'UNKNOWN_64',
+  'UNKNOWN_65',
+]);
+
+/** RFC 8914 Extended DNS Error option (EDNS option 15), INFO-CODE 15 "Blocked". */
+const EDE_OPTION = 15;
+const EDE_BLOCKED = 15;
+
 export class DnsProxy {
-  readonly stats: DnsStats = { queries: 0, answered: 0, nxdomain: 0, failClosed: 0, learned: 0 };
+  readonly stats: DnsStats = {
+    queries: 0,
+    answered: 0,
+    nxdomain: 0,
+    failClosed: 0,
+    learned: 0,
+    unlisted: 0,
+    typeNotForwarded: 0,
+    refused: 0,
+  };
   private readonly computers = new Map<string, ComputerSockets>();
   private readonly usedPorts = new Set<number>();
   private readonly ownAddresses: Set<string>;
@@ -166,14 +227,14 @@ export class DnsProxy {
           });
         });
         udp.on('message', (msg, rinfo) => {
-          void this.handle(id, msg, 'udp').then((reply) => {
+          void this.handle(id, msg, 'udp', v6 ? 'ipv6' : 'ipv4').then((reply) => {
             if (reply && !this.closed) udp.send(reply, rinfo.port, rinfo.address);
           });
         });
         udp.on('error', (err) =>
           this.opts.log.warn({ computer: id, err: err.message }, 'DNS proxy socket error'),
         );
-        const tcp = net.createServer((conn) => this.serveTcp(id, conn));
+        const tcp = net.createServer((conn) => this.serveTcp(id, conn, v6 ? 'ipv6' : 'ipv4'));
         sockets.tcp.push(tcp);
         await new Promise<void>((resolve, reject) => {
           tcp.once('error', reject);
@@ -192,7 +253,7 @@ export class DnsProxy {
   }
 
   /** DNS over TCP: 2-byte length-prefixed messages, answered in order. */
-  private serveTcp(id: string, conn: net.Socket): void {
+  private serveTcp(id: string, conn: net.Socket, family: Family): void {
     let buffered = Buffer.alloc(0);
     let chain = Promise.resolve();
     conn.setTimeout(30_000, () => conn.destroy());
@@ -205,7 +266,7 @@ export class DnsProxy {
         const msg = buffered.subarray(2, 2 + len);
         buffered = buffered.subarray(2 + len);
         chain = chain.then(async () => {
-          const reply = await this.handle(id, msg, 'tcp');
+          const reply = await this.handle(id, msg, 'tcp', family);
           if (reply && !conn.destroyed) {
             const frame = Buffer.alloc(2 + reply.length);
             frame.writeUInt16BE(reply.length);
@@ -217,11 +278,19 @@ export class DnsProxy {
     });
   }
 
-  /** One query of computer `id`: the reply to send, or undefined to stay silent (garbage in). */
-  async handle(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+  /**
+   * One query of computer `id`, which came over `transport` to a socket of
+   * `family`: the reply to send, or undefined to stay silent (garbage in).
+   */
+  async handle(
+    id: string,
+    msg: Buffer,
+    transport: Transport,
+    family: Family = 'ipv4',
+  ): Promise<Buffer | undefined> {
     const started = process.hrtime.bigint();
     const failedBefore = this.stats.failClosed;
-    const reply = await this.answer(id, msg, transport);
+    const reply = await this.answer(id, msg, transport, family);
     const m = this.opts.metrics;
     if (m && reply) {
       m.dnsQueries.inc();
@@ -231,7 +300,12 @@ export class DnsProxy {
     return reply;
   }
 
-  private async answer(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+  private async answer(
+    id: string,
+    msg: Buffer,
+    transport: Transport,
+    family: Family,
+  ): Promise<Buffer | undefined> {
     let query: dnsPacket.Packet;
     try {
       query = dnsPacket.decode(msg);
@@ -243,7 +317,61 @@ export class DnsProxy {
     this.stats.queries++;
     const qname = normaliseName(question.name);
     const mode = this.opts.enforcer.modeOf(id);
-    const answer = await this.forward(msg, transport);
+    const dns = this.opts.enforcer.dnsOf(id);
+    if (mode === undefined || dns === undefined) {
+      // A port whose computer this process has not attached yet (an agent that just started):
+      // nothing to go by, so nothing is forwarded; the client asks again.
+      this.stats.failClosed++;
+      return errorReply(query, RCODE.SERVFAIL);
+    }
+    if (dns === 'none') {
+      this.stats.refused++;
+      this.opts.onDenied?.({
+        computer: id,
+        reason: 'dns_refused',
+        hostname: qname,
+        family,
+        protocol: transport,
+      });
+      return errorReply(
+        query,
+        RCODE.NXDOMAIN,
+        "egressd: this computer's policy resolves no names (dns none)",
+      );
+    }
+    let forwarded = msg;
+    if (dns === 'listed') {
+      if ((query as { opcode?: string }).opcode !== 'QUERY') {
+        // NOTIFY, UPDATE, ...: not a question about a name; nothing to forward.
+        this.stats.typeNotForwarded++;
+        return errorReply(query, RCODE.NOTIMP);
+      }
+      if (!this.opts.enforcer.listsName(id, [qname])) {
+        this.stats.unlisted++;
+        this.opts.onDenied?.({
+          computer: id,
+          reason: 'dns_unlisted',
+          hostname: qname,
+          family,
+          protocol: transport,
+        });
+        return errorReply(
+          query,
+          RCODE.NXDOMAIN,
+          "egressd: no hostname rule of this computer's policy covers the name (dns listed)",
+        );
+      }
+      if (!LISTED_TYPES.has(question.type) || (question.class ?? 'IN') !== 'IN') {
+        this.stats.typeNotForwarded++;
+        return errorReply(
+          query,
+          RCODE.NOERROR,
+          'egressd: only A, AAAA, CNAME, HTTPS and SVCB are resolved for listed names (dns listed)',
+        );
+      }
+      forwarded = questionOnly(query, question);
+    }
+    const answer = await this.forward(forwarded, transport);
     if (!answer) {
       this.stats.failClosed++;
       this.opts.log.warn({ computer: id, name: qname }, 'upstream did not answer in time: SERVFAIL');
@@ -454,12 +582,77 @@ export function capAnswerTtls(msg: Buffer, max: number): void {
   }
 }
 
-function errorReply(query: dnsPacket.Packet, rcode: number): Buffer {
+/**
+ * dns listed: the query as it goes upstream, rebuilt from what was judged:
+ * the decoded question (the name as the rules matched it: a label with a
+ * dot in it, which the decoder joins, goes out as two labels, so the name
+ * forwarded is the name judged), recursion desired and checking disabled
+ * as asked, and of EDNS only the payload size and the DO bit. Nothing else
+ * the client put in its message (answer, authority or additional records,
+ * EDNS options, other flags) goes upstream.
+ */
+function questionOnly(query: dnsPacket.Packet, question: dnsPacket.Question): Buffer {
+  const opt = (query.additionals ?? []).find((a) => a.type === 'OPT') as
+    | { udpPayloadSize?: number; flags?: number }
+    | undefined;
+  return dnsPacket.encode({
+    type: 'query',
+    id: query.id ?? 0,
+    flags: (query.flags ?? 0) & (dnsPacket.RECURSION_DESIRED | dnsPacket.CHECKING_DISABLED),
+    questions: [{ name: question.name, type: question.type, class: question.class ?? 'IN' }],
+    ...(opt
+      ? {
+          additionals: [
+            {
+              type: 'OPT',
+              name: '.',
+              udpPayloadSize: Math.max(512, opt.udpPayloadSize ?? 512),
+              extendedRcode: 0,
+              ednsVersion: 0,
+              flags: (opt.flags ?? 0) & dnsPacket.DNSSEC_OK,
+              flag_do: ((opt.flags ?? 0) & dnsPacket.DNSSEC_OK) !== 0,
+              options: [],
+            },
+          ],
+        }
+      : {}),
+  });
+}
+
+type Transport = 'udp' | 'tcp';
+type Family = 'ipv4' | 'ipv6';
+
+/**
+ * An answer the proxy makes itself: the question, no records, `rcode`. With
+ * `blocked` and a query that had EDNS, an OPT record with an Extended DNS
+ * Error "Blocked" and that text (no OPT without EDNS in the query: RFC 6891).
+ */
+function errorReply(query: dnsPacket.Packet, rcode: number, blocked?: string): Buffer {
   const rd = (query.flags ?? 0) & dnsPacket.RECURSION_DESIRED;
+  const edns = blocked !== undefined && (query.additionals ?? []).some((a) => a.type === 'OPT');
   return dnsPacket.encode({
     type: 'response',
     id: query.id ?? 0,
     flags: rd | dnsPacket.RECURSION_AVAILABLE | rcode,
     questions: query.questions ?? [],
+    ...(edns ? { additionals: [blockedOpt(blocked)] } : {}),
   });
+}
+
+/** An OPT record with an Extended DNS Error "Blocked" and `text`. */
+function blockedOpt(text: string): dnsPacket.Answer {
+  const data = Buffer.alloc(2 + Buffer.byteLength(text));
+  data.writeUInt16BE(EDE_BLOCKED);
+  data.write(text, 2);
+  // dns-packet's types name only a few option codes; it encodes any code given with `data`.
+  return {
+    type: 'OPT',
+    name: '.',
+    udpPayloadSize: 1232,
+    extendedRcode: 0,
+    ednsVersion: 0,
+    flags: 0,
+    flag_do: false,
+    options: [{ code: EDE_OPTION, data }],
+  } as unknown as dnsPacket.Answer;
 }
