@@ -153,12 +153,10 @@ test.serial(
     world.makeCgroup('sandboxes/quiet');
     // Refused by the guard at once, then judged by its policy once the check repaired it.
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+    // Re-attached: the computer's attachment is on the cgroup at its path now.
     const deadline = Date.now() + 5000;
-    while (
-      enforcer.attachedCgroupId('quiet') !== enforcer.state('quiet')?.cgroupId ||
-      !enforcer.state('quiet')
-    ) {
-      if (Date.now() > deadline) break;
+    while (enforcer.attachedCgroupId('quiet') !== cgroupIdAt(cg.path)) {
+      if (Date.now() > deadline) throw new Error('the periodic check did not re-attach quiet within 5 s');
       await new Promise((r) => setTimeout(r, 50));
     }
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [
