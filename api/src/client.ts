@@ -251,7 +251,7 @@ export class ComputersApi {
   /** Registers (created: true) or updates a computer. */
   async put(
     id: string,
-    computer: { cgroup: string; node?: string; tenant?: string },
+    computer: { cgroup: string; node?: string; tenant?: string | null; dns_upstream?: string | null },
   ): Promise<ComputerView & { created: boolean }> {
     const r = await this.client.request<{ data: ComputerView }>('PUT', `/api/v1/computers/${enc(id)}`, {
       body: computer,

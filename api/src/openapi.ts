@@ -336,30 +336,42 @@ const schemas: Json = {
         pattern: ID_PATTERN,
         description: 'Absent keeps the current tenant (none for a new computer); null sets none',
       },
+      dns_upstream: {
+        type: ['string', 'null'],
+        description:
+          'The resolver the agent\'s DNS proxy forwards this computer\'s queries to, instead of the agent\'s default (--dns-upstream): an IP address reachable from the agent\'s host, optionally with a port: "10.88.0.1", "10.88.0.1:5353", "[fd00::1]:53". For a sandbox whose runtime has a resolver of its own. Absent keeps the current one (none for a new computer); null removes it',
+        examples: ['10.88.0.1:53'],
+      },
     },
   },
   Computer: {
     type: 'object',
-    required: ['id', 'cgroup', 'node', 'tenant', 'created_at', 'updated_at'],
+    required: ['id', 'cgroup', 'node', 'tenant', 'dns_upstream', 'created_at', 'updated_at'],
     additionalProperties: false,
     properties: {
       id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
       cgroup: { type: 'string' },
       node: { type: 'string' },
       tenant: { type: ['string', 'null'] },
+      dns_upstream: {
+        type: ['string', 'null'],
+        description:
+          'The resolver for this computer\'s DNS, "address:port" or "[v6address]:port"; null: the agent\'s default',
+      },
       created_at: timestamp,
       updated_at: timestamp,
     },
   },
   ComputerListItem: {
     type: 'object',
-    required: ['id', 'cgroup', 'node', 'tenant', 'created_at', 'updated_at', 'policy'],
+    required: ['id', 'cgroup', 'node', 'tenant', 'dns_upstream', 'created_at', 'updated_at', 'policy'],
     additionalProperties: false,
     properties: {
       id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
       cgroup: { type: 'string' },
       node: { type: 'string' },
       tenant: { type: ['string', 'null'] },
+      dns_upstream: { type: ['string', 'null'] },
       created_at: timestamp,
       updated_at: timestamp,
       policy: {

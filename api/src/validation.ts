@@ -3,6 +3,7 @@
  * and the one place that turns zod issues into 400s naming the field path
  * (`rules[3].port: must be an integer from 1 to 65535`).
  */
+import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
 import { HostError, normaliseHost } from '../../daemon/src/policy/host.js';
 import {
@@ -147,6 +148,43 @@ const cgroup = z
     return path;
   });
 
+const DNS_UPSTREAM_MESSAGE =
+  'must be the IP address of a resolver reachable from the agent\'s host, optionally with a port: "10.88.0.1", "10.88.0.1:5353" or "[fd00::1]:53" (a host name is not accepted; null removes it)';
+
+/**
+ * A computer's `dns_upstream` → its stored form, "address:port" or
+ * "[v6address]:port" (port 53 when not given; the address normalised), or
+ * undefined when it is not one. An unspecified, multicast or broadcast
+ * address resolves nothing.
+ */
+export function normaliseDnsUpstream(text: string): string | undefined {
+  const bracketed = /^\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?$/.exec(text);
+  const dotted = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(text);
+  let host: string;
+  let port = 53;
+  if (bracketed?.[1] !== undefined && ipaddr.IPv6.isValid(bracketed[1])) {
+    host = bracketed[1];
+    if (bracketed[2] !== undefined) port = Number(bracketed[2]);
+  } else if (dotted?.[1] !== undefined && ipaddr.IPv4.isValidFourPartDecimal(dotted[1])) {
+    host = dotted[1];
+    if (dotted[2] !== undefined) port = Number(dotted[2]);
+  } else if (/^[0-9a-fA-F:.]+$/.test(text) && text.includes(':') && ipaddr.IPv6.isValid(text)) {
+    host = text; // a bare IPv6 address: port 53
+  } else {
+    return undefined;
+  }
+  if (port < 1 || port > 65535) return undefined;
+  const addr = ipaddr.parse(host);
+  if (['unspecified', 'multicast', 'broadcast'].includes(addr.range())) return undefined;
+  return addr.kind() === 'ipv6' ? `[${addr.toString()}]:${port}` : `${addr.toString()}:${port}`;
+}
+
+const dnsUpstream = z.string({ error: DNS_UPSTREAM_MESSAGE }).transform((text, ctx) => {
+  const stored = normaliseDnsUpstream(text.trim());
+  if (stored === undefined) ctx.addIssue({ code: 'custom', message: DNS_UPSTREAM_MESSAGE });
+  return stored ?? '';
+});
+
 const computerBody = z.strictObject({
   cgroup,
   node: z
@@ -158,6 +196,8 @@ const computerBody = z.strictObject({
     .regex(ID_RE, { error: ID_MESSAGE })
     .nullable()
     .optional(),
+  /** The resolver the DNS proxy forwards this computer's queries to; absent keeps it, null removes it. */
+  dns_upstream: dnsUpstream.nullable().optional(),
 });
 export type ComputerBody = z.output<typeof computerBody>;
 

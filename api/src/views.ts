@@ -91,6 +91,8 @@ export interface ComputerView {
   cgroup: string;
   node: string;
   tenant: string | null;
+  /** The resolver the DNS proxy forwards the computer's queries to; null: the agent's default. */
+  dns_upstream: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -101,6 +103,7 @@ export function computerView(c: Computer): ComputerView {
     cgroup: c.cgroup,
     node: c.node,
     tenant: c.tenant,
+    dns_upstream: c.dnsUpstream,
     created_at: c.createdAt,
     updated_at: c.updatedAt,
   };

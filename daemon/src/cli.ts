@@ -12,7 +12,7 @@ import { EgressdError } from './errors.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file F] [--json]
-       egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID [--json]
+       egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
        --debug: stack traces with errors (client commands print one line otherwise)

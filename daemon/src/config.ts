@@ -5,7 +5,8 @@
  * reads process.env.
  */
 import { isIP } from 'node:net';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
+import ipaddr from 'ipaddr.js';
 import { LOG_FORMATS, type LogFormat } from './log.js';
 import { parseHost } from './policy/host.js';
 
@@ -312,6 +313,38 @@ export function resolveEgressdConfig(
     );
   }
   return config;
+}
+
+/**
+ * Every --dns-proxy-address must be an address of this host (the proxy
+ * binds each computer's port there; the hooks send sandboxes' DNS there):
+ * one that is not would leave those sandboxes without DNS, with a bind
+ * error for each computer. Checked at the agent's start, not in
+ * resolveEgressdConfig (the client commands share the flags).
+ * `interfaces`: os.networkInterfaces(), or a test's.
+ */
+export function checkProxyAddressesLocal(
+  addresses: readonly string[],
+  interfaces: Readonly<Record<string, readonly { address: string }[] | undefined>> = networkInterfaces(),
+): void {
+  const own = new Map<string, string>();
+  for (const [name, infos] of Object.entries(interfaces)) {
+    for (const i of infos ?? []) {
+      if (ipaddr.isValid(i.address)) own.set(ipaddr.parse(i.address).toString(), name);
+    }
+  }
+  for (const address of addresses) {
+    if (ipaddr.isValid(address) && own.has(ipaddr.parse(address).toString())) continue;
+    const shown = [...own]
+      .filter(([a]) => isIP(a) === isIP(address))
+      .map(([a, name]) => `${a} (${name})`)
+      .join(', ');
+    throw new ConfigError(
+      `--dns-proxy-address / EGRESSD_DNS_PROXY_ADDRESSES: ${address} is not an address of this host` +
+        (shown === '' ? '' : ` (its IPv${isIP(address) || 4} addresses: ${shown})`) +
+        `: give the address sandboxes reach this host at, such as the host side of their veth (ip -brief address), or add it first (ip address add ${address}/${isIP(address) === 6 ? 64 : 24} dev IFACE)`,
+    );
+  }
 }
 
 /** "1.2.3.4", "1.2.3.4:5353", "[2001:db8::1]:53" or "2001:db8::1" → host and port. */

@@ -466,3 +466,93 @@ test("GET /api/v1/service: the default node and where the key's computers may li
   t.teardown(() => none.close());
   t.is((await none.call('GET', '/api/v1/service')).body.data.default_node, null);
 });
+
+test('dns_upstream: accepted forms are stored as address:port, echoed, kept when absent, removed by null', async (t) => {
+  const accepted: Array<[string, string]> = [
+    ['10.88.0.1', '10.88.0.1:53'],
+    ['10.88.0.1:5353', '10.88.0.1:5353'],
+    [' 127.0.0.53 ', '127.0.0.53:53'],
+    ['[fd00::1]:53', '[fd00::1]:53'],
+    ['[FD00:0::0:1]', '[fd00::1]:53'],
+    ['fd00::1', '[fd00::1]:53'],
+  ];
+  for (const [given, stored] of accepted) {
+    const r = await h.call('PUT', '/api/v1/computers/up-1', {
+      body: { cgroup: 'egressd/up-1', dns_upstream: given },
+    });
+    t.true(r.status === 200 || r.status === 201, given);
+    t.is(r.body.data.dns_upstream, stored, given);
+    t.is((await h.call('GET', '/api/v1/computers/up-1')).body.data.dns_upstream, stored, given);
+  }
+  const kept = await h.call('PUT', '/api/v1/computers/up-1', { body: { cgroup: 'egressd/up-1' } });
+  t.is(kept.body.data.dns_upstream, '[fd00::1]:53', 'absent keeps it');
+  const listed = await h.call('GET', '/api/v1/computers');
+  t.is(listed.body.data.find((c: { id: string }) => c.id === 'up-1').dns_upstream, '[fd00::1]:53');
+  const removed = await h.call('PUT', '/api/v1/computers/up-1', {
+    body: { cgroup: 'egressd/up-1', dns_upstream: null },
+  });
+  t.is(removed.body.data.dns_upstream, null, 'null removes it');
+  t.is((await h.call('GET', '/api/v1/computers/up-1')).body.data.dns_upstream, null);
+  t.is(await h.store.redis.hget('egressd:computer:up-1', 'dns_upstream'), null);
+  const fresh = await h.call('PUT', '/api/v1/computers/up-2', { body: { cgroup: 'egressd/up-2' } });
+  t.is(fresh.body.data.dns_upstream, null, 'none for a new computer');
+});
+
+test('dns_upstream: refused forms get a 400 that says what to send', async (t) => {
+  const refused: unknown[] = [
+    'dns.example.com',
+    'localhost:53',
+    '10.88.0.1:0',
+    '10.88.0.1:65536',
+    '10.88.1',
+    '010.88.0.1',
+    '10.88.0.256',
+    '[10.88.0.1]:53',
+    'fd00::1:53:',
+    '[fd00::1]:',
+    '0.0.0.0',
+    '[::]:53',
+    '224.0.0.251:5353',
+    'fe80::1%eth0',
+    '',
+    53,
+    ['10.88.0.1'],
+  ];
+  for (const dns_upstream of refused) {
+    const r = await h.call('PUT', '/api/v1/computers/up-bad', {
+      body: { cgroup: 'egressd/up-bad', dns_upstream },
+    });
+    t.is(r.status, 400, JSON.stringify(dns_upstream));
+    t.is(r.body.error.code, 'invalid_request');
+    t.regex(
+      r.body.error.message,
+      /^dns_upstream: must be the IP address of a resolver .*"10\.88\.0\.1:5353"/,
+    );
+  }
+  t.is((await h.call('GET', '/api/v1/computers/up-bad')).status, 404);
+});
+
+test('dns_upstream: a change of it alone is no new version, but a change record the agent reads', async (t) => {
+  await h.call('PUT', '/api/v1/computers/up-3', { body: { cgroup: 'u3', node: 'n-up' } });
+  const version = (await h.call('GET', '/api/v1/computers/up-3/network-policy')).body.data.version;
+  const records = async () => (await h.store.readChanges('n-up', '0-0')).map((c) => [c.kind, c.version]);
+  t.deepEqual(await records(), [['computer', version]]);
+  await h.call('PUT', '/api/v1/computers/up-3', { body: { cgroup: 'u3', dns_upstream: '10.88.0.1' } });
+  t.is((await h.call('GET', '/api/v1/computers/up-3/network-policy')).body.data.version, version);
+  t.deepEqual(await records(), [
+    ['computer', version],
+    ['computer', version],
+  ]);
+  // The same again: unchanged, no record.
+  const same = await h.call('PUT', '/api/v1/computers/up-3', {
+    body: { cgroup: 'u3', dns_upstream: '10.88.0.1:53' },
+  });
+  t.is(same.status, 200);
+  t.is((await records()).length, 2);
+  const snapshot = await h.store.listComputersOfNode('n-up');
+  t.is(snapshot.computers.find((c) => c.id === 'up-3')?.dnsUpstream, '10.88.0.1:53');
+  t.is((await h.store.getComputer('up-3'))?.dnsUpstream, '10.88.0.1:53');
+  await h.call('PUT', '/api/v1/computers/up-3', { body: { cgroup: 'u3', dns_upstream: null } });
+  t.is((await records()).length, 3);
+  t.is((await h.store.listComputersOfNode('n-up')).computers[0]?.dnsUpstream, null);
+});

@@ -167,7 +167,17 @@ test('replies of every operation conform (checked by the harness)', async (t) =>
 test('the reply check itself catches replies that do not conform', async (t) => {
   const { checkReply } = await import('./openapi-check.js');
   const d = await doc();
-  const ok = { data: { id: 'a', cgroup: 'x', node: 'n', tenant: null, created_at: 't', updated_at: 't' } };
+  const ok = {
+    data: {
+      id: 'a',
+      cgroup: 'x',
+      node: 'n',
+      tenant: null,
+      dns_upstream: null,
+      created_at: 't',
+      updated_at: 't',
+    },
+  };
   t.deepEqual(checkReply(d, 'GET', '/api/v1/computers/a', 200, 'application/json', ok), []);
   const extra = { data: { ...ok.data, secret: 1 } };
   t.notDeepEqual(checkReply(d, 'GET', '/api/v1/computers/a', 200, 'application/json', extra), []);

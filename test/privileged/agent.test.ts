@@ -406,6 +406,48 @@ test.serial('what a computer learns from DNS is visible through the API', async 
 });
 
 test.serial(
+  "a computer's dns_upstream reaches the agent: set, changed back to the default, set again, and kept across a resync",
+  async (t) => {
+    const own = await startDnsmasq(['host-record=learned.test,203.0.113.177,300']);
+    t.teardown(() => own.stop());
+    const cg = await register('own-dns');
+    const put = await api.call('PUT', '/api/v1/computers/own-dns/network-policy', {
+      body: { mode: 'allowlist', rules: [{ host: 'learned.test', port: 443, protocol: 'tcp' }] },
+    });
+    t.is(put.status, 200, put.text);
+    const ask = async () =>
+      (
+        await world.run('dig', ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'learned.test', 'A'], {
+          cgroup: cg,
+          netns: false,
+        })
+      ).out.trim();
+    t.is(await ask(), '203.0.113.77', 'the default upstream');
+    const relative = world.cgroupRelative('own-dns');
+    const setUpstream = (dns_upstream: string | null) =>
+      api.call('PUT', '/api/v1/computers/own-dns', { body: { cgroup: relative, dns_upstream } });
+    const upstreamIs = (port: number) =>
+      waitFor(`the agent's DNS proxy to forward to port ${port}`, () =>
+        proxy.upstreamOf('own-dns')?.port === port ? true : undefined,
+      );
+    t.is((await setUpstream(`${own.host}:${own.port}`)).status, 200);
+    await upstreamIs(own.port);
+    t.is(await ask(), '203.0.113.177', "the computer's own upstream");
+    t.is((await setUpstream(null)).status, 200);
+    await upstreamIs(dnsmasq.port);
+    t.is(await ask(), '203.0.113.77');
+    await setUpstream(`${own.host}:${own.port}`);
+    await upstreamIs(own.port);
+    // A new agent reads it from the node snapshot.
+    await stopAgent();
+    await startAgent();
+    t.deepEqual(proxy.upstreamOf('own-dns'), { host: own.host, port: own.port });
+    t.is(await ask(), '203.0.113.177');
+    await api.call('DELETE', '/api/v1/computers/own-dns');
+  },
+);
+
+test.serial(
   'learned addresses keep their names across an agent restart: a later policy still listing the name keeps them',
   async (t) => {
     const cg = await register('relearn');

@@ -422,6 +422,30 @@ test.serial('computers add: an absolute path under the cgroup2 mount is stored r
 });
 
 test.serial(
+  'computers add --dns-upstream: the computer names its own resolver; a bad one is a 400 that says what to send',
+  async (t) => {
+    const cg = world.makeCgroup('cli-up');
+    const add = await cli(
+      'computers',
+      'add',
+      'cli-up',
+      '--cgroup',
+      cg.relative,
+      '--dns-upstream',
+      '127.0.0.1:5353',
+    );
+    t.is(add.code, 0, add.stderr);
+    t.regex(add.stdout, /cli-up: cgroup .* DNS to 127\.0\.0\.1:5353/);
+    const json = await cli('computers', 'add', 'cli-up', '--cgroup', cg.relative, '--json');
+    t.is(JSON.parse(json.stdout).dns_upstream, '127.0.0.1:5353', 'absent keeps it');
+    const bad = await cli('computers', 'add', 'cli-up', '--cgroup', cg.relative, '--dns-upstream', '[::]:53');
+    t.is(bad.code, 1);
+    t.regex(bad.stderr, /dns_upstream: must be the IP address of a resolver.*\(HTTP 400, invalid_request\)/);
+    t.is((await cli('computers', 'remove', 'cli-up')).code, 0);
+  },
+);
+
+test.serial(
   "run --create registers on the API's default node (the agent's), or on --node, and says which it waited for",
   async (t) => {
     // No EGRESSD_NODE on the client: the API's default node, which is its agent's.

@@ -593,6 +593,57 @@ test.serial(
   },
 );
 
+test.serial(
+  "a computer with its own upstream (dns_upstream) gets that resolver's answers; another gets the default's",
+  async (t) => {
+    // The sandbox runtime's resolver: knows allowed.test by another address, and a name of its own.
+    const own = await startDnsmasq([
+      'host-record=allowed.test,203.0.113.131,300',
+      'host-record=internal.test,203.0.113.132,300',
+    ]);
+    t.teardown(() => own.stop());
+    const policy: Policy = {
+      mode: 'allowlist',
+      rules: [
+        { host: 'allowed.test', port: 80, protocol: 'tcp' },
+        { host: 'internal.test', port: 80, protocol: 'tcp' },
+      ],
+      dns: 'listed',
+    };
+    const plain = await computer(policy);
+    const ownId = `d${++counter}`;
+    const ownCg = world.makeCgroup(ownId);
+    const upstream = { host: own.host, port: own.port };
+    const port = await proxy.ensure(ownId, 0, { upstream });
+    enforcer.attach(ownId, ownCg.relative, policy, 1n, { port });
+    t.deepEqual(proxy.upstreamOf(ownId), upstream);
+    t.deepEqual(proxy.upstreamOf(plain.id), { host: dnsmasq.host, port: dnsmasq.port });
+
+    t.deepEqual(await short(ownCg.path, 'allowed.test'), ['203.0.113.131']);
+    t.deepEqual(await short(ownCg.path, 'internal.test', 'A', '+tcp'), ['203.0.113.132']);
+    t.deepEqual(await short(plain.cgroup, 'allowed.test'), ['203.0.113.31']);
+    t.deepEqual(await short(plain.cgroup, 'internal.test'), [], 'the default upstream does not know it');
+    // What is learned is what each one's resolver answered.
+    t.deepEqual(
+      await world.probeResults({ cgroup: ownCg.path }, 'tcp:203.0.113.131:80', 'tcp:203.0.113.31:80'),
+      ['ok', 'EPERM'],
+    );
+    t.deepEqual(
+      await world.probeResults({ cgroup: plain.cgroup }, 'tcp:203.0.113.31:80', 'tcp:203.0.113.131:80'),
+      ['ok', 'EPERM'],
+    );
+
+    // Taking the upstream away (ensure again without one): the default answers, on the same port.
+    t.is(await proxy.ensure(ownId, 0), port);
+    t.deepEqual(await short(ownCg.path, 'allowed.test'), ['203.0.113.31']);
+    // And back.
+    t.is(await proxy.ensure(ownId, 0, { upstream }), port);
+    t.deepEqual(await short(ownCg.path, 'allowed.test', 'A', '+tcp'), ['203.0.113.131']);
+    proxy.release(ownId);
+    enforcer.detach(ownId);
+  },
+);
+
 test.serial('a computer in the host network namespace resolves through the proxy on loopback', async (t) => {
   const c = await computer({ mode: 'allowlist', rules: [{ host: 'allowed.test', protocol: 'tcp' }] });
   const r = await dig(c.cgroup, ['+short', 'allowed.test', 'AAAA'], false);

@@ -114,7 +114,7 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
     }
     const result = await deps.store.putComputer(
       id,
-      { cgroup: body.cgroup, node: body.node, tenant },
+      { cgroup: body.cgroup, node: body.node, tenant, dnsUpstream: body.dns_upstream },
       { scope: scopeOf(principal), defaultNode: deps.config.defaultNode },
     );
     switch (result.status) {

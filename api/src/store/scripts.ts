@@ -90,7 +90,11 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or 
  * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
  *       node cgroups, node changes, tenant computers), stream maxlen,
- *       template (node cgroup paths).
+ *       template (node cgroup paths), dns upstream ('' = none), dns upstream
+ *       given ('1'/'0': absent keeps the current one).
+ * A change of the dns upstream alone is no new version: it appends a
+ * 'computer' record with the policy's current version, so that the agent
+ * re-reads the computer (and gives its DNS proxy port the new upstream).
  * A computer's cgroup is neither an ancestor nor a descendant of another
  * computer's on the node ('cgroup_nested'): one policy per process.
  * A new computer starts without an acknowledgement, deny events or learned
@@ -102,7 +106,8 @@ local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
 local tenant, tenantGiven, now = ARGV[6], ARGV[7] == '1', ARGV[8]
 local tNodeComputers, tNodeCgroups, tNodeChanges, tTenantComputers = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local maxlen, tNodeCgroupPaths = ARGV[13], ARGV[14]
-local old = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup', 'created_at')
+local dnsUpstream, dnsUpstreamGiven = ARGV[15], ARGV[16] == '1'
+local old = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup', 'created_at', 'dns_upstream')
 local exists = old[1] and true or false
 if exists and scope ~= '' and old[1] ~= scope then return {'not_found'} end
 if node == '' then
@@ -117,9 +122,11 @@ if owner and owner ~= id then return {'cgroup_in_use', owner} end
 pathIndex(string.format(tNodeCgroups, node), string.format(tNodeCgroupPaths, node))
 local nested = nestedOwner(string.format(tNodeCgroups, node), string.format(tNodeCgroupPaths, node), cgroup, id)
 if nested then return {'cgroup_nested', nested} end
+if not dnsUpstreamGiven then dnsUpstream = old[5] or '' end
 local placed = (not exists) or old[2] ~= node or old[3] ~= cgroup
-if exists and not placed and old[1] == tenant then
-  return {'unchanged', old[3], old[2], old[1], old[4], redis.call('HGET', KEYS[1], 'updated_at') or old[4]}
+local upstreamChanged = exists and (old[5] or '') ~= dnsUpstream
+if exists and not placed and old[1] == tenant and not upstreamChanged then
+  return {'unchanged', old[3], old[2], old[1], old[4], redis.call('HGET', KEYS[1], 'updated_at') or old[4], dnsUpstream}
 end
 local v = nil
 if placed then v = redis.call('INCR', KEYS[4]) end
@@ -142,6 +149,8 @@ end
 local created = exists and old[4] or now
 redis.call('HSET', KEYS[1], 'id', id, 'cgroup', cgroup, 'node', node, 'tenant', tenant,
   'created_at', created, 'updated_at', now)
+if dnsUpstream == '' then redis.call('HDEL', KEYS[1], 'dns_upstream')
+else redis.call('HSET', KEYS[1], 'dns_upstream', dnsUpstream) end
 redis.call('ZADD', KEYS[5], 0, id)
 redis.call('ZADD', string.format(tNodeComputers, node), 0, id)
 redis.call('HSET', string.format(tNodeCgroups, node), cgroup, id)
@@ -155,8 +164,11 @@ if placed then
     redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'dns', 'all', 'version', v, 'updated_at', now)
   end
   appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
+elseif upstreamChanged then
+  appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer',
+    redis.call('HGET', KEYS[2], 'version') or '0', cgroup, now)
 end
-return {exists and 'updated' or 'created', cgroup, node, tenant, created, now}
+return {exists and 'updated' or 'created', cgroup, node, tenant, created, now, dnsUpstream}
 `;
 
 /**
@@ -244,13 +256,13 @@ return 1
  * KEYS: node computers, node changes. ARGV: computer key template, policy key template.
  * An atomic snapshot for an agent's full resync: the stream's last id and
  * seq, then for each computer its id, cgroup, tenant, mode, rules, version,
- * updated_at, dns ('' when stored before dns existed).
+ * updated_at, dns ('' when stored before dns existed), dns_upstream ('' = none).
  */
 export const NODE_SNAPSHOT = `
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local out = {last[1] and last[1][1] or '0-0', redis.call('GET', KEYS[2] .. ':seq') or '0'}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local c = redis.call('HMGET', string.format(ARGV[1], id), 'cgroup', 'tenant')
+  local c = redis.call('HMGET', string.format(ARGV[1], id), 'cgroup', 'tenant', 'dns_upstream')
   local p = redis.call('HMGET', string.format(ARGV[2], id), 'mode', 'rules', 'version', 'updated_at', 'dns')
   if c[1] then
     table.insert(out, id)
@@ -261,6 +273,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     table.insert(out, p[3] or '0')
     table.insert(out, p[4] or '')
     table.insert(out, p[5] or '')
+    table.insert(out, c[3] or '')
   end
 end
 return out

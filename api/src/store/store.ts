@@ -107,6 +107,8 @@ export interface Computer {
   cgroup: string;
   node: string;
   tenant: string | null;
+  /** The resolver the DNS proxy forwards the computer's queries to ("addr:port", "[v6]:port"); null: the agent's default. */
+  dnsUpstream: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -135,6 +137,7 @@ export interface NodeSnapshot {
     id: string;
     cgroup: string;
     tenant: string | null;
+    dnsUpstream: string | null;
     policy: Policy & { dns: DnsMode };
     version: number;
     updatedAt: string;
@@ -690,11 +693,19 @@ export class Store {
   /**
    * Registers or updates a computer. `node` absent keeps the current node
    * (or takes `defaultNode` for a new computer); `tenant` absent keeps the
-   * current tenant (none for a new computer), null sets none.
+   * current tenant (none for a new computer), null sets none; so does
+   * `dnsUpstream` (stored form: validation.ts normaliseDnsUpstream). A
+   * change of it alone appends a change record with the policy's current
+   * version, so that the agent re-reads the computer (no new version).
    */
   async putComputer(
     id: string,
-    input: { cgroup: string; node?: string | undefined; tenant?: string | null | undefined },
+    input: {
+      cgroup: string;
+      node?: string | undefined;
+      tenant?: string | null | undefined;
+      dnsUpstream?: string | null | undefined;
+    },
     options: { scope?: Scope; defaultNode?: string; now?: Date } = {},
   ): Promise<PutComputerResult> {
     const now = (options.now ?? new Date()).toISOString();
@@ -724,6 +735,8 @@ export class Store {
         templates.tenantComputers,
         this.streamMaxLen,
         templates.nodeCgroupPaths,
+        input.dnsUpstream ?? '',
+        input.dnsUpstream === undefined ? '0' : '1',
       ],
       {
         what: `the registration of computer "${id}"`,
@@ -735,10 +748,18 @@ export class Store {
     const status = r[0];
     if (status === 'not_found' || status === 'node_required') return { status };
     if (status === 'cgroup_in_use' || status === 'cgroup_nested') return { status, owner: r[1] ?? '' };
-    const [, cgroup = '', node = '', tenant = '', createdAt = '', updatedAt = ''] = r;
+    const [, cgroup = '', node = '', tenant = '', createdAt = '', updatedAt = '', dnsUpstream = ''] = r;
     return {
       status: status as 'created' | 'updated' | 'unchanged',
-      computer: { id, cgroup, node, tenant: tenant === '' ? null : tenant, createdAt, updatedAt },
+      computer: {
+        id,
+        cgroup,
+        node,
+        tenant: tenant === '' ? null : tenant,
+        dnsUpstream: dnsUpstream === '' ? null : dnsUpstream,
+        createdAt,
+        updatedAt,
+      },
     };
   }
 
@@ -875,7 +896,7 @@ export class Store {
       [templates.computer, templates.policy],
     )) as string[];
     const computers: NodeSnapshot['computers'] = [];
-    for (let i = 2; i + 8 <= r.length; i += 8) {
+    for (let i = 2; i + 9 <= r.length; i += 9) {
       const [
         id = '',
         cgroup = '',
@@ -885,11 +906,13 @@ export class Store {
         version = '0',
         updatedAt = '',
         dns = '',
-      ] = r.slice(i, i + 8);
+        dnsUpstream = '',
+      ] = r.slice(i, i + 9);
       computers.push({
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
+        dnsUpstream: dnsUpstream === '' ? null : dnsUpstream,
         policy: storedPolicy(mode, rules, dns),
         version: Number(version),
         updatedAt,
@@ -1056,6 +1079,7 @@ function toComputer(h: Record<string, string>): Computer | undefined {
     cgroup: h['cgroup'] ?? '',
     node: h['node'] ?? '',
     tenant: h['tenant'] ? h['tenant'] : null,
+    dnsUpstream: h['dns_upstream'] ? h['dns_upstream'] : null,
     createdAt: h['created_at'] ?? '',
     updatedAt: h['updated_at'] ?? '',
   };

@@ -26,6 +26,7 @@ import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { StoreUnavailableError } from '../../../api/src/errors.js';
 import { AGENT_STATES, type AgentState, type Store } from '../../../api/src/store/store.js';
+import { parseHostPort } from '../config.js';
 import type { DnsProxy } from '../dns/proxy.js';
 import type { DnsSettings, Enforcer } from '../enforcer.js';
 import { EgressdError } from '../errors.js';
@@ -40,6 +41,8 @@ interface Desired {
   cgroup: string;
   policy: Policy;
   version: number;
+  /** The computer's own resolver (`dns_upstream`, stored form "addr:port" / "[v6]:port"); null: the proxy's default. */
+  dnsUpstream: string | null;
 }
 
 export interface ComputerReport {
@@ -287,7 +290,12 @@ export class Agent {
     const seen = new Set<string>();
     for (const c of snapshot.computers) {
       seen.add(c.id);
-      this.desired.set(c.id, { cgroup: c.cgroup, policy: c.policy, version: c.version });
+      this.desired.set(c.id, {
+        cgroup: c.cgroup,
+        policy: c.policy,
+        version: c.version,
+        dnsUpstream: c.dnsUpstream,
+      });
       await this.reconcile(c.id);
     }
     for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
@@ -316,6 +324,7 @@ export class Agent {
       // The stored record: its rules are parsed only if the enforcer must compile them.
       policy: policy ?? { mode: 'unrestricted', rules: [] },
       version: policy?.version ?? 0,
+      dnsUpstream: computer.dnsUpstream,
     });
     await this.reconcile(id);
   }
@@ -345,7 +354,7 @@ export class Agent {
     const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
     this.watcher.track(id, full);
     try {
-      const dns = await this.dnsSettings(id, want.policy);
+      const dns = await this.dnsSettings(id, want.policy, want.dnsUpstream);
       if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
       // After a restart the kernel still has the learned addresses but not their names: Redis has them.
       const names = this.opts.enforcer.awaitsLearnedNames(id, want.cgroup)
@@ -434,11 +443,13 @@ export class Agent {
   /**
    * The computer's DNS proxy port: one while its mode redirects DNS, none
    * when unrestricted; also with `dns` none (the proxy answers, at once). No
-   * free port: port 0, which refuses DNS in the kernel (fail closed).
+   * free port: port 0, which refuses DNS in the kernel (fail closed). The
+   * port forwards to the computer's own upstream when it has one.
    */
   private async dnsSettings(
     id: string,
     policy: Policy,
+    dnsUpstream: string | null,
   ): Promise<{ settings: DnsSettings; exhausted?: string }> {
     const proxy = this.opts.proxy;
     if (!proxy) return { settings: {} };
@@ -447,7 +458,15 @@ export class Agent {
       return { settings: { port: 0 } };
     }
     try {
-      const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0);
+      // The API stores only what parses; anything else (a hand-edited store) is refused, not ignored.
+      const upstream = dnsUpstream === null ? undefined : parseHostPort(dnsUpstream, 53);
+      if (dnsUpstream !== null && !upstream) {
+        throw new EgressdError(
+          'BAD_DNS_UPSTREAM',
+          `dns_upstream "${dnsUpstream}" is not address:port: register the computer again with a valid one`,
+        );
+      }
+      const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0, { upstream });
       return { settings: { port } };
     } catch (err) {
       if (!(err instanceof EgressdError && err.code === 'DNS_PORTS_EXHAUSTED')) throw err;

@@ -229,12 +229,20 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
   if (action === 'add' && id) {
     if (typeof flags['cgroup'] !== 'string')
       throw new EgressdError('USAGE', 'computers add needs --cgroup PATH (relative to the cgroup2 mount)');
+    // --dns-upstream is also the agent's flag (a list): here, one resolver for this computer.
+    const upstreams = flags['dns-upstream'];
+    if (Array.isArray(upstreams) && upstreams.length > 1)
+      throw new EgressdError('USAGE', 'computers add takes one --dns-upstream ADDR[:PORT]');
+    const upstream = Array.isArray(upstreams) ? upstreams[0] : upstreams;
     const c = await api.computers.put(id, {
       cgroup: cgroupArgument(flags['cgroup']),
       ...(typeof flags['node'] === 'string' ? { node: flags['node'] } : {}),
       ...(typeof flags['tenant'] === 'string' ? { tenant: flags['tenant'] } : {}),
+      ...(typeof upstream === 'string' ? { dns_upstream: upstream } : {}),
     });
-    print(ctx, c, () => [`${c.id}: cgroup ${c.cgroup} on node ${c.node}`]);
+    print(ctx, c, () => [
+      `${c.id}: cgroup ${c.cgroup} on node ${c.node}${c.dns_upstream ? `, DNS to ${c.dns_upstream}` : ''}`,
+    ]);
     // The agent reports at once on a computer it can attach; say so when it cannot (the command still
     // succeeded: a computer may be registered before its sandbox runtime makes the cgroup).
     const state = await firstReport(api, id);
@@ -253,7 +261,7 @@ export async function computersCommand(ctx: CommandContext, args: string[], flag
   }
   throw new EgressdError(
     'USAGE',
-    'usage: egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] | remove ID',
+    'usage: egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID',
   );
 }
 

@@ -18,7 +18,7 @@ import { createMetrics } from '../../../api/src/metrics.js';
 import { Store } from '../../../api/src/store/store.js';
 import { Agent } from '../agent/agent.js';
 import { cgroupOfProcess } from '../agent/placement.js';
-import { type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
+import { checkProxyAddressesLocal, type EgressdConfig, parseHostPort, systemResolvers } from '../config.js';
 import { DnsProxy, type DnsProxyOptions } from '../dns/proxy.js';
 import { EmbeddedRedis } from '../embedded-redis.js';
 import { Enforcer } from '../enforcer.js';
@@ -217,6 +217,7 @@ async function startAgent(
   stoppers: Stopper[],
   metricsListen = config.metricsListen,
 ): Promise<string> {
+  checkProxyAddressesLocal(config.dnsProxyAddresses);
   const agentMetrics = createAgentMetrics();
   const { cgroupMount } = await preflight(config.bpffsDir);
   stoppers.push(await lockPinDir(config.bpffsDir));

@@ -39,6 +39,14 @@
  * A CNAME chain counts as listed when any name in it is. Addresses that
  * would open loopback, unspecified, link-local or this host's own
  * addresses are never learned (DNS rebinding).
+ *
+ * Upstream: the first of `upstreams` (the agent's --dns-upstream), or the
+ * computer's own (`ensure(id, port, { upstream })`: the computer's
+ * `dns_upstream`, for a sandbox whose runtime has a resolver of its own,
+ * such as a cluster DNS). Everything above is the same whichever answers.
+ * UDP goes out through up to four sockets per upstream in use; when no
+ * computer uses a computer's own upstream any more, its sockets are closed
+ * (a query still waiting on them is answered SERVFAIL).
  */
 
 import { randomInt } from 'node:crypto';
@@ -96,6 +104,8 @@ export interface DnsStats {
 
 interface ComputerSockets {
   port: number;
+  /** The computer's own resolver; undefined: the proxy's default (upstreams[0]). */
+  upstream?: Upstream;
   udp: dgram.Socket[];
   tcp: net.Server[];
 }
@@ -137,7 +147,8 @@ export class DnsProxy {
   private readonly computers = new Map<string, ComputerSockets>();
   private readonly usedPorts = new Set<number>();
   private readonly ownAddresses: Set<string>;
-  private readonly upstreamSockets: dgram.Socket[] = [];
+  /** UDP sockets to each upstream in use, by upstreamKey: up to four each, picked at random per query. */
+  private readonly upstreamSockets = new Map<string, dgram.Socket[]>();
   private readonly pending = new Map<
     string,
     { finish: (answer: Buffer | undefined) => void; deadline: number }
@@ -160,10 +171,22 @@ export class DnsProxy {
     );
   }
 
-  /** The computer's proxy port, with sockets bound on every listen address; `preferred` first (a restart keeps ports). */
-  async ensure(id: string, preferred = 0): Promise<number> {
+  /**
+   * The computer's proxy port, with sockets bound on every listen address;
+   * `preferred` first (a restart keeps ports). `upstream`: the resolver its
+   * queries go to (its `dns_upstream`); absent, the proxy's default. Called
+   * again, it keeps the port and takes the upstream given.
+   */
+  async ensure(
+    id: string,
+    preferred = 0,
+    options: { upstream?: Upstream | undefined } = {},
+  ): Promise<number> {
     const existing = this.computers.get(id);
-    if (existing) return existing.port;
+    if (existing) {
+      this.setUpstream(existing, options.upstream);
+      return existing.port;
+    }
     const [min, max] = this.opts.portRange;
     const used = this.usedPorts;
     function* candidates() {
@@ -178,6 +201,7 @@ export class DnsProxy {
       try {
         const sockets = await this.bind(id, port);
         this.computers.set(id, sockets);
+        this.setUpstream(sockets, options.upstream);
         return port;
       } catch (err) {
         this.usedPorts.delete(port);
@@ -194,6 +218,33 @@ export class DnsProxy {
     return this.computers.get(id)?.port;
   }
 
+  /** The resolver the computer's queries go to: its own, or the proxy's default; undefined without a port. */
+  upstreamOf(id: string): Upstream | undefined {
+    const s = this.computers.get(id);
+    return s ? (s.upstream ?? this.opts.upstreams[0]) : undefined;
+  }
+
+  private setUpstream(sockets: ComputerSockets, upstream: Upstream | undefined): void {
+    const before = sockets.upstream;
+    if (before && upstream && upstreamKey(before) === upstreamKey(upstream)) return;
+    if (upstream) sockets.upstream = { host: upstream.host, port: upstream.port };
+    else delete sockets.upstream;
+    if (before) this.dropUnusedUpstream(before);
+  }
+
+  /** Closes the UDP sockets of a computer's own upstream that no computer uses any more. */
+  private dropUnusedUpstream(upstream: Upstream): void {
+    const key = upstreamKey(upstream);
+    const fallback = this.opts.upstreams[0];
+    if (fallback && upstreamKey(fallback) === key) return;
+    for (const s of this.computers.values()) if (s.upstream && upstreamKey(s.upstream) === key) return;
+    const sockets = this.upstreamSockets.get(key);
+    if (!sockets) return;
+    this.upstreamSockets.delete(key);
+    for (const [k, p] of this.pending) if (k.startsWith(`${key}#`)) p.finish(undefined);
+    for (const u of sockets) u?.close();
+  }
+
   /** Closes the computer's sockets and frees its port. */
   release(id: string): void {
     const s = this.computers.get(id);
@@ -202,13 +253,15 @@ export class DnsProxy {
     this.usedPorts.delete(s.port);
     for (const u of s.udp) u.close();
     for (const t of s.tcp) t.close();
+    if (s.upstream) this.dropUnusedUpstream(s.upstream);
   }
 
   async close(): Promise<void> {
     this.closed = true;
     for (const id of [...this.computers.keys()]) this.release(id);
     clearInterval(this.deadlines);
-    for (const u of this.upstreamSockets) u?.close();
+    for (const sockets of this.upstreamSockets.values()) for (const u of sockets) u?.close();
+    this.upstreamSockets.clear();
     for (const p of this.pending.values()) p.finish(undefined);
   }
 
@@ -371,7 +424,7 @@ export class DnsProxy {
       }
       forwarded = questionOnly(query, question);
     }
-    const answer = await this.forward(forwarded, transport);
+    const answer = await this.forward(id, forwarded, transport);
     if (!answer) {
       this.stats.failClosed++;
       this.opts.log.warn({ computer: id, name: qname }, 'upstream did not answer in time: SERVFAIL');
@@ -440,32 +493,41 @@ export class DnsProxy {
   }
 
   /** Sends the query upstream under a fresh random id; the answer with that id, or undefined at the deadline. */
-  private forward(msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
-    const upstream = this.opts.upstreams[0]!;
+  private forward(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
+    const upstream = this.computers.get(id)?.upstream ?? this.opts.upstreams[0]!;
     return transport === 'tcp' ? this.forwardTcp(msg, upstream) : this.forwardUdp(msg, upstream);
   }
 
-  private upstreamSocket(upstream: Upstream): dgram.Socket {
+  /** One of the upstream's UDP sockets, and the prefix of its pending keys. */
+  private upstreamSocket(upstream: Upstream): { socket: dgram.Socket; prefix: string } {
+    const key = upstreamKey(upstream);
+    let sockets = this.upstreamSockets.get(key);
+    if (!sockets) {
+      sockets = [];
+      this.upstreamSockets.set(key, sockets);
+    }
     const index = randomInt(4);
-    let socket = this.upstreamSockets[index];
+    const prefix = `${key}#${index}:`;
+    let socket = sockets[index];
     if (!socket) {
       socket = dgram.createSocket(net.isIPv6(upstream.host) ? 'udp6' : 'udp4');
       socket.on('message', (answer, rinfo) => {
         if (rinfo.address !== upstream.host || rinfo.port !== upstream.port || answer.length < 2) return;
-        this.pending.get(`${index}:${answer.readUInt16BE(0)}`)?.finish(answer);
+        this.pending.get(`${prefix}${answer.readUInt16BE(0)}`)?.finish(answer);
       });
-      socket.on('error', (err) => this.opts.log.warn({ err: err.message }, 'upstream socket error'));
-      this.upstreamSockets[index] = socket;
+      socket.on('error', (err) =>
+        this.opts.log.warn({ err: err.message, upstream: key }, 'upstream socket error'),
+      );
+      sockets[index] = socket;
     }
-    return socket;
+    return { socket, prefix };
   }
 
   private forwardUdp(msg: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
-    const socket = this.upstreamSocket(upstream);
-    const index = this.upstreamSockets.indexOf(socket);
+    const { socket, prefix } = this.upstreamSocket(upstream);
     let id = randomInt(65536);
-    while (this.pending.has(`${index}:${id}`)) id = randomInt(65536);
-    const key = `${index}:${id}`;
+    while (this.pending.has(`${prefix}${id}`)) id = randomInt(65536);
+    const key = `${prefix}${id}`;
     const out = Buffer.from(msg);
     out.writeUInt16BE(id, 0);
     return new Promise((resolve) => {
@@ -509,6 +571,11 @@ export class DnsProxy {
       });
     });
   }
+}
+
+/** "host|port": one key per resolver (hosts as the proxy was given them; the API stores them normalised). */
+function upstreamKey(u: Upstream): string {
+  return `${u.host}|${u.port}`;
 }
 
 export function normaliseName(name: string): string {
