@@ -18,7 +18,6 @@ import {
   readdirSync,
   readFileSync,
   rmdirSync,
-  unlinkSync,
 } from 'node:fs';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
@@ -46,6 +45,7 @@ import {
   writeRuleValue,
 } from './bpf/abi.js';
 import * as bpf from './bpf/libbpf.js';
+import { pinCgroupLink, readCgroupLink, unpinCgroupLink } from './bpf/links.js';
 import {
   closeLoaded,
   HOOKS,
@@ -172,7 +172,6 @@ const MODE_NAMES = Object.fromEntries(Object.entries(MODE).map(([k, v]) => [v, k
   keyof typeof MODE
 >;
 
-const LINK_INFO_SIZE = 32; // struct bpf_link_info up to cgroup.attach_type
 const PORT_KEY_SIZE = LAYOUT.egress_port_key.size;
 const RULE_VALUE_SIZE = LAYOUT.egress_rule.size;
 
@@ -324,19 +323,7 @@ export class Enforcer {
    * two steps leaves no attachment behind: nothing to adopt, nothing doubled.
    */
   private attachHook(dir: string, cgroupFd: number, hook: (typeof HOOKS)[number]): void {
-    const pin = path.join(dir, hook.name);
-    const link = bpf.linkCreate(this.obj.programs[hook.name].fd, cgroupFd, hook.attachType);
-    try {
-      bpf.objPin(link, pin);
-    } finally {
-      bpf.closeFd(link);
-    }
-  }
-
-  private linkInfo(fd: number): { progId: number; cgroupId: bigint } {
-    const info = Buffer.alloc(LINK_INFO_SIZE);
-    bpf.objInfo(fd, info);
-    return { progId: info.readUInt32LE(8), cgroupId: info.readBigUInt64LE(16) };
+    pinCgroupLink(this.obj.programs[hook.name].fd, cgroupFd, hook.attachType, path.join(dir, hook.name));
   }
 
   /** The cgroup that the computer's pinned links point at, or undefined when it has none. */
@@ -346,16 +333,10 @@ export class Enforcer {
     const hooks: HookName[] = [];
     let cgroupId: bigint | undefined;
     for (const hook of HOOKS) {
-      const pin = path.join(dir, hook.name);
-      if (!existsSync(pin)) continue;
-      const fd = bpf.objGet(pin);
-      try {
-        const info = this.linkInfo(fd);
-        hooks.push(hook.name);
-        if (cgroupId === undefined || info.cgroupId === 0n) cgroupId = info.cgroupId;
-      } finally {
-        bpf.closeFd(fd);
-      }
+      const info = readCgroupLink(path.join(dir, hook.name));
+      if (!info) continue;
+      hooks.push(hook.name);
+      if (cgroupId === undefined || info.cgroupId === 0n) cgroupId = info.cgroupId;
     }
     return { cgroupId: cgroupId ?? 0n, hooks };
   }
@@ -564,15 +545,8 @@ export class Enforcer {
   /** One pin a computer: the cgroup its first hook's link points at. */
   private indexPinnedCgroups(): void {
     for (const id of this.pinnedIds()) {
-      const pin = path.join(this.computersDir, id, HOOKS[0].name);
-      if (!existsSync(pin)) continue;
-      const fd = bpf.objGet(pin);
-      try {
-        const { cgroupId } = this.linkInfo(fd);
-        if (cgroupId !== 0n) this.pinnedCgroups.set(cgroupId, id);
-      } finally {
-        bpf.closeFd(fd);
-      }
+      const cgroupId = readCgroupLink(path.join(this.computersDir, id, HOOKS[0].name))?.cgroupId ?? 0n;
+      if (cgroupId !== 0n) this.pinnedCgroups.set(cgroupId, id);
     }
   }
 
@@ -825,20 +799,7 @@ export class Enforcer {
       }
     }
     // Connect and sendmsg hooks first, sock_create last: the reverse of attach.
-    for (const hook of [...HOOKS].reverse()) {
-      const pin = path.join(dir, hook.name);
-      if (!existsSync(pin)) continue;
-      const fd = bpf.objGet(pin);
-      try {
-        bpf.linkDetach(fd);
-      } catch (err) {
-        // A link whose cgroup is gone is already detached.
-        if (!(err instanceof bpf.LibbpfError && err.errno === 2)) throw err;
-      } finally {
-        bpf.closeFd(fd);
-      }
-      unlinkSync(pin);
-    }
+    for (const hook of [...HOOKS].reverse()) unpinCgroupLink(path.join(dir, hook.name));
     rmdirSync(dir);
     if (oldPolicyId) this.release(oldPolicyId);
     const record = this.records.get(id);

@@ -9,14 +9,14 @@
  *
  * Pins: <pinDir>/roots/<root, URI-encoded>/<hook>, one link per guard hook.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { encodeCgroupKey } from './bpf/abi.js';
 import * as bpf from './bpf/libbpf.js';
+import { pinCgroupLink, readCgroupLink, unpinCgroupLink } from './bpf/links.js';
 import { GUARD_HOOKS, type LoadedObject } from './bpf/loader.js';
 import { resolveCgroup } from './system.js';
 
-const LINK_INFO_SIZE = 32; // struct bpf_link_info up to cgroup.attach_type
 const GOVERNED = Buffer.from([1]);
 
 export class SandboxGuard {
@@ -88,12 +88,7 @@ export class SandboxGuard {
     const fd = openSync(cgroupPath, 'r');
     try {
       for (const hook of GUARD_HOOKS) {
-        const link = bpf.linkCreate(this.obj.guards[hook.name].fd, fd, hook.attachType);
-        try {
-          bpf.objPin(link, path.join(dir, hook.name));
-        } finally {
-          bpf.closeFd(link);
-        }
+        pinCgroupLink(this.obj.guards[hook.name].fd, fd, hook.attachType, path.join(dir, hook.name));
       }
     } finally {
       closeSync(fd);
@@ -103,39 +98,13 @@ export class SandboxGuard {
   private detachRoot(name: string): void {
     const dir = path.join(this.rootsDir, name);
     if (!existsSync(dir)) return;
-    for (const hook of GUARD_HOOKS) {
-      const pin = path.join(dir, hook.name);
-      if (!existsSync(pin)) continue;
-      const fd = bpf.objGet(pin);
-      try {
-        bpf.linkDetach(fd);
-      } catch (err) {
-        // A link whose cgroup is gone is already detached.
-        if (!(err instanceof bpf.LibbpfError && err.errno === 2)) throw err;
-      } finally {
-        bpf.closeFd(fd);
-      }
-      unlinkSync(pin);
-    }
+    for (const hook of GUARD_HOOKS) unpinCgroupLink(path.join(dir, hook.name));
     rmdirSync(dir);
   }
 
   /** The cgroup id of each pinned guard link of a root (0n for a link whose cgroup is gone). */
   private linkedCgroups(name: string): bigint[] {
     const dir = path.join(this.rootsDir, name);
-    const ids: bigint[] = [];
-    for (const hook of GUARD_HOOKS) {
-      const pin = path.join(dir, hook.name);
-      if (!existsSync(pin)) continue;
-      const fd = bpf.objGet(pin);
-      try {
-        const info = Buffer.alloc(LINK_INFO_SIZE);
-        bpf.objInfo(fd, info);
-        ids.push(info.readBigUInt64LE(16));
-      } finally {
-        bpf.closeFd(fd);
-      }
-    }
-    return ids;
+    return GUARD_HOOKS.flatMap((hook) => readCgroupLink(path.join(dir, hook.name))?.cgroupId ?? []);
   }
 }
