@@ -10,15 +10,7 @@
  * that read the old id can see a half-deleted policy.
  */
 import { createHash } from 'node:crypto';
-import {
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  rmdirSync,
-} from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import {
