@@ -711,15 +711,7 @@ export class Store {
     const now = (options.now ?? new Date()).toISOString();
     const r = (await this.run(
       SCRIPTS.putComputer,
-      [
-        keys.computer(id),
-        keys.policy(id),
-        keys.enforced(id),
-        keys.version(),
-        keys.computers(),
-        keys.events(id),
-        keys.learned(id),
-      ],
+      computerScriptKeys(id),
       [
         options.scope ?? '',
         id,
@@ -770,15 +762,7 @@ export class Store {
   async deleteComputer(id: string, scope: Scope = '', now: Date = new Date()): Promise<boolean> {
     const r = (await this.run(
       SCRIPTS.deleteComputer,
-      [
-        keys.computer(id),
-        keys.policy(id),
-        keys.enforced(id),
-        keys.version(),
-        keys.computers(),
-        keys.events(id),
-        keys.learned(id),
-      ],
+      computerScriptKeys(id),
       [
         scope,
         id,
@@ -1053,6 +1037,19 @@ function storedPolicy(
       return rules();
     },
   };
+}
+
+/** KEYS of PUT_COMPUTER and DELETE_COMPUTER: everything of a computer, the version counter and the index. */
+function computerScriptKeys(id: string): string[] {
+  return [
+    keys.computer(id),
+    keys.policy(id),
+    keys.enforced(id),
+    keys.version(),
+    keys.computers(),
+    keys.events(id),
+    keys.learned(id),
+  ];
 }
 
 function enforced(
