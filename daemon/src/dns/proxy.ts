@@ -377,20 +377,14 @@ export class DnsProxy {
       this.stats.failClosed++;
       return errorReply(query, RCODE.SERVFAIL);
     }
+    // The proxy's own NXDOMAIN for a name the policy does not resolve: a deny event, nothing forwarded.
+    const refuse = (reason: 'dns_refused' | 'dns_unlisted', why: string) => {
+      this.opts.onDenied?.({ computer: id, reason, hostname: qname, family, protocol: transport });
+      return errorReply(query, RCODE.NXDOMAIN, `egressd: ${why}`);
+    };
     if (dns === 'none') {
       this.stats.refused++;
-      this.opts.onDenied?.({
-        computer: id,
-        reason: 'dns_refused',
-        hostname: qname,
-        family,
-        protocol: transport,
-      });
-      return errorReply(
-        query,
-        RCODE.NXDOMAIN,
-        "egressd: this computer's policy resolves no names (dns none)",
-      );
+      return refuse('dns_refused', "this computer's policy resolves no names (dns none)");
     }
     let forwarded = msg;
     if (dns === 'listed') {
@@ -401,17 +395,9 @@ export class DnsProxy {
       }
       if (!this.opts.enforcer.listsName(id, [qname])) {
         this.stats.unlisted++;
-        this.opts.onDenied?.({
-          computer: id,
-          reason: 'dns_unlisted',
-          hostname: qname,
-          family,
-          protocol: transport,
-        });
-        return errorReply(
-          query,
-          RCODE.NXDOMAIN,
-          "egressd: no hostname rule of this computer's policy covers the name (dns listed)",
+        return refuse(
+          'dns_unlisted',
+          "no hostname rule of this computer's policy covers the name (dns listed)",
         );
       }
       if (!LISTED_TYPES.has(question.type) || (question.class ?? 'IN') !== 'IN') {
