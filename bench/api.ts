@@ -1,7 +1,7 @@
 /**
  * API throughput on this machine: a real redis-server (127.0.0.1, append-only
  * file fsynced every second, Redis's usual production setting), the API
- * server as a child process (node dist/api/src/server.js, with 1 and then 2
+ * server as a child process (node dist/api/server.js, with 1 and then 2
  * worker processes), and a load generator: wrk when installed (C, so it
  * takes less of the machine's two cores), otherwise autocannon. Measures GET
  * of a policy and PUT ?wait=0, spread over a set of computers; every PUT is
@@ -38,7 +38,7 @@ const WORKERS = arg('workers', '1,2').split(',').map(Number);
 const WRK = '/usr/bin/wrk';
 const TOOL = arg('tool', existsSync(WRK) ? 'wrk' : 'autocannon');
 const ADMIN_KEY = 'bench-admin-key';
-const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'api', 'src', 'server.js');
+const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'api', 'server.js');
 
 interface Result {
   name: string;

@@ -33,7 +33,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { Rule } from '../daemon/src/policy/types.js';
+import type { Rule } from '../policy/types.js';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
 import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
 import { arg, machine, writeResults } from './common.js';

@@ -33,8 +33,8 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Enforcer } from '../daemon/src/enforcer.js';
-import type { Policy, Rule } from '../daemon/src/policy/types.js';
+import { Enforcer } from '../daemon/kernel/enforcer.js';
+import type { Policy, Rule } from '../policy/types.js';
 import { createWorld, type World } from '../test/helpers/world.js';
 import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
 

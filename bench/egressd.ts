@@ -21,7 +21,7 @@ import path from 'node:path';
 import { parsePrometheus } from '../test/helpers/prometheus.js';
 import { REPO_ROOT, type World } from '../test/helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/daemon/src/cli.js');
+const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 export const BENCH_ADMIN_KEY = 'bench-admin-key-0123456789';
 
 export interface EgressdOptions {

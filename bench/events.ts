@@ -9,8 +9,8 @@
  */
 
 import { readFileSync, writeFileSync } from 'node:fs';
-import { Enforcer } from '../daemon/src/enforcer.js';
-import { DenyEvents } from '../daemon/src/events.js';
+import { DenyEvents } from '../daemon/events.js';
+import { Enforcer } from '../daemon/kernel/enforcer.js';
 import { createWorld, type World } from '../test/helpers/world.js';
 import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
 

@@ -14,4 +14,4 @@ cc -O2 -Wall -Werror -o build/resolve-glibc test/helpers/resolve.c
 musl-gcc -static -O2 -Wall -Werror -o build/resolve-musl test/helpers/resolve.c
 cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
 npx tsc -p tsconfig.json
-chmod +x dist/daemon/src/cli.js
+chmod +x dist/cli/main.js

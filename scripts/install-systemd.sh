@@ -11,7 +11,7 @@ bash scripts/setup.sh
 bash scripts/build.sh
 install -d /opt/egressd
 cp -a package.json package-lock.json README.md dist build node_modules /opt/egressd/
-bash scripts/link-cli.sh /opt/egressd/dist/daemon/src/cli.js
+bash scripts/link-cli.sh /opt/egressd/dist/cli/main.js
 install -m 0644 daemon/systemd/egressd.service daemon/systemd/egressd-agent.service \
   daemon/systemd/egressd-api.service /etc/systemd/system/
 if [[ ! -f /etc/default/egressd ]]; then

@@ -5,7 +5,7 @@
 # that is not a symbolic link is left alone (and reported).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:-$PWD/dist/daemon/src/cli.js}
+target=${1:-$PWD/dist/cli/main.js}
 bin_dir=${EGRESSD_BIN_DIR:-/usr/local/bin}
 link=$bin_dir/egressd
 if [[ ! -f $target ]]; then

@@ -12,4 +12,4 @@ fi
 bash scripts/setup.sh
 bash scripts/build.sh
 bash scripts/link-cli.sh
-exec node dist/daemon/src/cli.js "$@"
+exec node dist/cli/main.js "$@"

@@ -55,7 +55,7 @@ healthy() {
   node -e "fetch('http://127.0.0.1:18080/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
 }
 start=$(date +%s)
-node dist/daemon/src/cli.js all --state-dir /tmp/egressd-state --bpffs-dir /sys/fs/bpf/egressd-vm \
+node dist/cli/main.js all --state-dir /tmp/egressd-state --bpffs-dir /sys/fs/bpf/egressd-vm \
   --listen 127.0.0.1:18080 >/tmp/egressd.log 2>&1 &
 egressd_pid=$!
 started=0

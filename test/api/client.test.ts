@@ -1,5 +1,5 @@
 import test from 'ava';
-import { ApiClientError, Client } from '../../api/src/client.js';
+import { ApiClientError, Client } from '../../api/client.js';
 import { ADMIN_KEY, type Harness, startHarness } from './harness.js';
 
 let h: Harness;

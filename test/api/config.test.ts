@@ -1,5 +1,5 @@
 import test from 'ava';
-import { ConfigError, DEFAULT_API_CONFIG, parseListen, resolveConfig } from '../../api/src/config.js';
+import { ConfigError, DEFAULT_API_CONFIG, parseListen, resolveConfig } from '../../api/config.js';
 
 test('defaults', (t) => {
   const c = resolveConfig({}, {});

@@ -3,8 +3,8 @@
  * agent uses (change stream, snapshot, ackEnforced), with a stand-in agent.
  */
 import test from 'ava';
-import { channels, keys } from '../../api/src/store/keys.js';
-import { Store } from '../../api/src/store/store.js';
+import { channels, keys } from '../../store/keys.js';
+import { Store } from '../../store/store.js';
 import { type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;

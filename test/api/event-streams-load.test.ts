@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
-import { parseOpenFilesLimit } from '../../api/src/fd-budget.js';
+import { parseOpenFilesLimit } from '../../api/fd-budget.js';
 import { type Harness, startHarness } from './harness.js';
 import { openStream, type RawStream } from './sse.js';
 

@@ -7,9 +7,9 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
-import { type App, createApp } from '../../api/src/app.js';
-import { keys } from '../../api/src/store/keys.js';
-import { Store } from '../../api/src/store/store.js';
+import { type App, createApp } from '../../api/app.js';
+import { keys } from '../../store/keys.js';
+import { Store } from '../../store/store.js';
 import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 import { openStream, type RawStream } from './sse.js';
 

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { checkFdBudget, fdsNeeded, parseOpenFilesLimit } from '../../api/src/fd-budget.js';
+import { checkFdBudget, fdsNeeded, parseOpenFilesLimit } from '../../api/fd-budget.js';
 
 const limits = (soft: string, hard: string) =>
   [

@@ -5,10 +5,10 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type App, createApp } from '../../api/src/app.js';
-import { type ApiConfig, resolveConfig } from '../../api/src/config.js';
-import { openApiDocument } from '../../api/src/openapi.js';
-import { Store } from '../../api/src/store/store.js';
+import { type App, createApp } from '../../api/app.js';
+import { type ApiConfig, resolveConfig } from '../../api/config.js';
+import { openApiDocument } from '../../api/openapi.js';
+import { Store } from '../../store/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { checkReply } from './openapi-check.js';
 

@@ -6,7 +6,7 @@
  * harness.ts.)
  */
 import test from 'ava';
-import { MODES } from '../../daemon/src/policy/types.js';
+import { MODES } from '../../policy/types.js';
 import { type Harness, startHarness } from './harness.js';
 import { resolveRef, validate } from './openapi-check.js';
 

@@ -1,6 +1,6 @@
 import test from 'ava';
-import { keys } from '../../api/src/store/keys.js';
-import type { DnsMode } from '../../daemon/src/policy/types.js';
+import type { DnsMode } from '../../policy/types.js';
+import { keys } from '../../store/keys.js';
 import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;

@@ -1,9 +1,9 @@
 /** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
 import { once } from 'node:events';
 import test from 'ava';
-import { createApp } from '../../api/src/app.js';
-import { resolveConfig } from '../../api/src/config.js';
-import { Store } from '../../api/src/store/store.js';
+import { createApp } from '../../api/app.js';
+import { resolveConfig } from '../../api/config.js';
+import { Store } from '../../store/store.js';
 import { startRedis } from '../helpers/redis.js';
 import { ADMIN_KEY, type Harness, type Reply, register, startHarness } from './harness.js';
 
@@ -279,7 +279,7 @@ test.serial('a Store connects by itself, even without connect()', async (t) => {
 });
 
 test.serial('the client retries an idempotent request through an outage', async (t) => {
-  const { Client, ApiClientError } = await import('../../api/src/client.js');
+  const { Client, ApiClientError } = await import('../../api/client.js');
   await register(h, 'retry-1');
   const patient = new Client({ baseUrl: h.baseUrl, apiKey: ADMIN_KEY, retries: 50 });
   const impatient = new Client({ baseUrl: h.baseUrl, apiKey: ADMIN_KEY });

@@ -1,6 +1,6 @@
 import test from 'ava';
-import type { PolicyRecord } from '../../api/src/store/store.js';
-import { isEnforced, policyReplyJson, policyView } from '../../api/src/views.js';
+import { isEnforced, policyReplyJson, policyView } from '../../api/views.js';
+import type { PolicyRecord } from '../../store/store.js';
 
 function record(over: Partial<PolicyRecord>): PolicyRecord {
   const rules = over.rules ?? [];

@@ -5,8 +5,8 @@
  *
  *   node dist/test/helpers/loader-process.js '{"pinDir":..., "cgroupRoot":..., "actions":[...]}'
  */
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import type { Policy } from '../../daemon/src/policy/types.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import type { Policy } from '../../policy/types.js';
 
 export type LoaderAction =
   | { op: 'attach'; id: string; cgroup: string; policy: Policy; version: number }

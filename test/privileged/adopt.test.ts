@@ -7,8 +7,8 @@ import { closeSync, openSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
-import * as bpf from '../../daemon/src/bpf/libbpf.js';
-import { HOOKS } from '../../daemon/src/bpf/loader.js';
+import * as bpf from '../../daemon/kernel/libbpf.js';
+import { HOOKS } from '../../daemon/kernel/loader.js';
 import type { LoaderAction } from '../helpers/loader-process.js';
 import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
 

@@ -24,11 +24,11 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test from 'ava';
-import { Store } from '../../api/src/store/store.js';
+import { Store } from '../../store/store.js';
 import { parsePrometheus } from '../helpers/prometheus.js';
 import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/daemon/src/cli.js');
+const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 const WRK = '/usr/bin/wrk';
 const ADMIN_KEY = 'agent-process-test-admin-key-0123456789';
 const NODE = 'agent-process-node';

@@ -7,11 +7,11 @@
 import { rmdirSync } from 'node:fs';
 import test from 'ava';
 import { pino } from 'pino';
-import { keys } from '../../api/src/store/keys.js';
-import { Store } from '../../api/src/store/store.js';
-import { Agent } from '../../daemon/src/agent/agent.js';
-import { DnsProxy } from '../../daemon/src/dns/proxy.js';
-import { Enforcer } from '../../daemon/src/enforcer.js';
+import { Agent } from '../../daemon/agent/agent.js';
+import { DnsProxy } from '../../daemon/dns/proxy.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import { keys } from '../../store/keys.js';
+import { Store } from '../../store/store.js';
 import { type Harness, startHarness } from '../api/harness.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';

@@ -6,8 +6,8 @@
  * mode and rule set change together.
  */
 import test from 'ava';
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import type { Policy } from '../../daemon/src/policy/types.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import type { Policy } from '../../policy/types.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;

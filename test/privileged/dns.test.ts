@@ -15,12 +15,12 @@ import path from 'node:path';
 import test from 'ava';
 import dnsPacket from 'dns-packet';
 import { pino } from 'pino';
-import { decodeComputer, encodeCgroupKey, encodeComputer, FLAG, LAYOUT } from '../../daemon/src/bpf/abi.js';
-import * as bpf from '../../daemon/src/bpf/libbpf.js';
-import { DnsProxy } from '../../daemon/src/dns/proxy.js';
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import { DenyEvents, type DenyRecord } from '../../daemon/src/events.js';
-import type { Policy } from '../../daemon/src/policy/types.js';
+import { DnsProxy } from '../../daemon/dns/proxy.js';
+import { DenyEvents, type DenyRecord } from '../../daemon/events.js';
+import { decodeComputer, encodeCgroupKey, encodeComputer, FLAG, LAYOUT } from '../../daemon/kernel/abi.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import * as bpf from '../../daemon/kernel/libbpf.js';
+import type { Policy } from '../../policy/types.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
 

@@ -6,9 +6,9 @@
  */
 import { rmdirSync } from 'node:fs';
 import test from 'ava';
-import { HOOKS } from '../../daemon/src/bpf/loader.js';
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import type { Policy } from '../../daemon/src/policy/types.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import { HOOKS } from '../../daemon/kernel/loader.js';
+import type { Policy } from '../../policy/types.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;

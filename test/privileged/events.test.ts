@@ -5,9 +5,9 @@
  */
 import test from 'ava';
 import { pino } from 'pino';
-import { DnsProxy } from '../../daemon/src/dns/proxy.js';
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import { DenyEvents, type DenyRecord } from '../../daemon/src/events.js';
+import { DnsProxy } from '../../daemon/dns/proxy.js';
+import { DenyEvents, type DenyRecord } from '../../daemon/events.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';
 

@@ -1,9 +1,9 @@
 /** The agent's metrics endpoint (egressd agent) serves valid Prometheus text with what the agent measures. */
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
-import { Enforcer } from '../../daemon/src/enforcer.js';
-import { DenyEvents } from '../../daemon/src/events.js';
-import { createAgentMetrics, serveMetrics } from '../../daemon/src/metrics.js';
+import { DenyEvents } from '../../daemon/events.js';
+import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import { createAgentMetrics, serveMetrics } from '../../daemon/metrics.js';
 import { parsePrometheus } from '../helpers/prometheus.js';
 import { createWorld, type World } from '../helpers/world.js';
 

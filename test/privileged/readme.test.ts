@@ -32,7 +32,7 @@ import test from 'ava';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, REPO_ROOT, WORLD_ADDRESSES, type World } from '../helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/daemon/src/cli.js');
+const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 const README = path.join(REPO_ROOT, 'README.md');
 
 interface Step {

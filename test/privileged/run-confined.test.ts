@@ -21,7 +21,7 @@ import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { createWorld, PROBE_PATH, REPO_ROOT, type World } from '../helpers/world.js';
 
 const execFileAsync = promisify(execFile);
-const CLI = path.join(REPO_ROOT, 'dist/daemon/src/cli.js');
+const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 const ADMIN_KEY = 'run-confined-admin-key-0123456789';
 
 let world: World;

@@ -1,4 +1,4 @@
-/** The TypeScript mirror (daemon/src/bpf/abi.ts) against the built object's BTF and the header's constants. */
+/** The TypeScript mirror (daemon/kernel/abi.ts) against the built object's BTF and the header's constants. */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -12,7 +12,7 @@ import {
   MAPS,
   MODE,
   PROTO,
-} from '../../daemon/src/bpf/abi.js';
+} from '../../daemon/kernel/abi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const object = path.join(root, 'build/egress.bpf.o');

@@ -7,8 +7,8 @@ import {
   resolveRunAs,
   SETPRIV,
   UNSHARE,
-} from '../../daemon/src/cli/confine.js';
-import { EgressdError } from '../../daemon/src/errors.js';
+} from '../../cli/confine.js';
+import { EgressdError } from '../../policy/errors.js';
 
 const PASSWD: PasswdEntry[] = [
   { name: 'root', uid: 0, gid: 0, home: '/root' },

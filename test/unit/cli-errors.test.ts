@@ -12,11 +12,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { cgroupArgument, createNode } from '../../daemon/src/cli/commands.js';
-import { EgressdError } from '../../daemon/src/errors.js';
+import { cgroupArgument, createNode } from '../../cli/commands.js';
+import { EgressdError } from '../../policy/errors.js';
 
 const execFileAsync = promisify(execFile);
-const CLI = fileURLToPath(new URL('../../daemon/src/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../cli/main.js', import.meta.url));
 
 let server: Server;
 let api: string;

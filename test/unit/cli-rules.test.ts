@@ -1,5 +1,5 @@
 import test from 'ava';
-import { parseCliRule, RuleSyntaxError } from '../../daemon/src/cli/rules.js';
+import { parseCliRule, RuleSyntaxError } from '../../cli/rules.js';
 
 test('host[:port][/proto]', (t) => {
   t.deepEqual(parseCliRule('github.com:443/tcp'), { host: 'github.com', port: 443, protocol: 'tcp' });

@@ -1,7 +1,7 @@
 import test from 'ava';
-import { MODE, PROTO } from '../../daemon/src/bpf/abi.js';
-import { type CompiledPolicy, compile, nameMatches, nameVerdict } from '../../daemon/src/policy/compile.js';
-import type { Policy, Rule } from '../../daemon/src/policy/types.js';
+import { MODE, PROTO } from '../../daemon/kernel/abi.js';
+import { type CompiledPolicy, compile, nameMatches, nameVerdict } from '../../daemon/kernel/compile.js';
+import type { Policy, Rule } from '../../policy/types.js';
 
 function prefix(c: CompiledPolicy, bytes: number[], len: number) {
   return c.prefixes.find((p) => p.prefixLen === len && p.bytes.join('.') === bytes.join('.'));

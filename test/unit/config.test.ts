@@ -1,10 +1,6 @@
 import test from 'ava';
-import {
-  checkProxyAddressesLocal,
-  configEnvironment,
-  resolveEgressdConfig,
-} from '../../daemon/src/config.js';
-import { resolveLogFormat } from '../../daemon/src/log.js';
+import { checkProxyAddressesLocal, configEnvironment, resolveEgressdConfig } from '../../cli/config.js';
+import { resolveLogFormat } from '../../daemon/log.js';
 
 test('configEnvironment: the variables resolve to the same configuration (how egressd all hands it to its agent)', (t) => {
   const config = resolveEgressdConfig(

@@ -8,11 +8,11 @@ import dgram from 'node:dgram';
 import test from 'ava';
 import dnsPacket from 'dns-packet';
 import { pino } from 'pino';
-import { DnsProxy } from '../../daemon/src/dns/proxy.js';
-import type { Enforcer } from '../../daemon/src/enforcer.js';
-import type { UserDenial } from '../../daemon/src/events.js';
-import { nameMatches } from '../../daemon/src/policy/compile.js';
-import type { DnsMode, Mode } from '../../daemon/src/policy/types.js';
+import { DnsProxy } from '../../daemon/dns/proxy.js';
+import type { UserDenial } from '../../daemon/events.js';
+import { nameMatches } from '../../daemon/kernel/compile.js';
+import type { Enforcer } from '../../daemon/kernel/enforcer.js';
+import type { DnsMode, Mode } from '../../policy/types.js';
 
 interface Setup {
   proxy: DnsProxy;

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { HostError, parseHost } from '../../daemon/src/policy/host.js';
+import { HostError, parseHost } from '../../policy/host.js';
 
 const normalised = (h: string) => parseHost(h).normalised;
 

@@ -14,7 +14,7 @@ import { REPO_ROOT } from '../helpers/world.js';
 
 const execFileAsync = promisify(execFile);
 const SCRIPT = path.join(REPO_ROOT, 'scripts/link-cli.sh');
-const CLI = path.join(REPO_ROOT, 'dist/daemon/src/cli.js');
+const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 
 async function link(binDir: string, ...args: string[]) {
   try {

@@ -1,0 +1,742 @@
+/**
+ * The OpenAPI 3.1 document of the API, served at /api/v1/openapi.json.
+ * test/api/openapi.test.ts keeps it true: every route of the router is here
+ * and every response the tests see validates against its schema.
+ */
+import { DNS_MODES, MODES, PROTOCOLS } from '../policy/types.js';
+import { AGENT_STATES } from '../store/store.js';
+import { COMPUTER_ID_SOURCE, ID_PATTERN, NODE_PATTERN } from './validation.js';
+
+type Json = Record<string, unknown>;
+
+const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const json = (schema: Json, description: string): Json => ({
+  description,
+  content: { 'application/json': { schema } },
+});
+const error = (description: string): Json => json(ref('Error'), description);
+const body = (name: string): Json => ({
+  required: true,
+  content: { 'application/json': { schema: ref(name) } },
+});
+
+const retryAfter = {
+  'Retry-After': { description: 'Seconds to wait before trying again (1)', schema: { type: 'integer' } },
+};
+
+/** Responses of every operation under /api/v1 that only reads. */
+const common: Json = {
+  '400': error('Invalid request: the message names the field path and what to change'),
+  '401': error('Missing or unknown API key'),
+  '503': {
+    ...json(ref('StoreError'), 'store_unavailable: Redis unreachable; retry shortly'),
+    headers: retryAfter,
+  },
+  default: error('Any other error (405, 413, 415, 501, ...)'),
+};
+/** Responses of every operation that changes something: its outcome may be unknown. */
+const changing: Json = {
+  ...common,
+  '503': {
+    ...json(
+      ref('ChangeStoreError'),
+      'store_unavailable: Redis unreachable, nothing was changed; retry shortly. ' +
+        'store_outcome_unknown: the change was sent to Redis and not confirmed, so it may have taken effect: ' +
+        'GET the resource once Redis answers to see which (the message says what to GET); ' +
+        'repeating the same PUT or DELETE is safe',
+    ),
+    headers: retryAfter,
+  },
+};
+const withBody: Json = {
+  '413': error('Body over the configured limit (default 1 MiB)'),
+  '415': error('Body is not application/json'),
+};
+
+const idParam = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'Computer id: a tenant key\'s computers have ids that begin with "<tenant>~"',
+  schema: { type: 'string', pattern: COMPUTER_ID_SOURCE },
+};
+const waitParam = {
+  name: 'wait',
+  in: 'query',
+  required: false,
+  description:
+    'Milliseconds to wait for the agent to enforce the change (default: the service setting, 5000); 0 answers at once',
+  schema: { type: 'integer', minimum: 0 },
+};
+const ifMatchParam = {
+  name: 'If-Match',
+  in: 'header',
+  required: false,
+  description: 'The version the change is based on (compare-and-set): 412 when the policy moved on',
+  schema: { type: 'string' },
+};
+
+const policyChanged = {
+  '200': json(ref('PolicyResponse'), 'Stored, and the agent reports it enforced'),
+  '202': json(ref('PolicyResponse'), 'Stored; the agent had not reported it enforced within the wait'),
+  '404': error('computer not found'),
+  '412': error('If-Match does not match the current version'),
+};
+
+const retryAfterHeader = {
+  description: 'Seconds to wait before retrying',
+  schema: { type: 'integer', minimum: 0 },
+};
+
+const timestamp = { type: 'string', description: 'RFC 3339 UTC time' };
+
+/** The error body; `codes` narrows the code to those listed. */
+const errorSchema = (codes?: string[]): Json => ({
+  type: 'object',
+  required: ['error'],
+  additionalProperties: false,
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      additionalProperties: false,
+      properties: {
+        code: {
+          type: 'string',
+          description: 'Stable machine-readable code, e.g. rules_required',
+          ...(codes ? { enum: codes } : {}),
+        },
+        message: { type: 'string', description: 'What is wrong and what to change' },
+        details: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['path', 'message'],
+            additionalProperties: false,
+            properties: { path: { type: 'string' }, message: { type: 'string' } },
+          },
+        },
+      },
+    },
+  },
+});
+
+const schemas: Json = {
+  Error: errorSchema(),
+  StoreError: errorSchema(['store_unavailable']),
+  ChangeStoreError: errorSchema(['store_unavailable', 'store_outcome_unknown']),
+  RuleInput: {
+    type: 'object',
+    required: ['host'],
+    additionalProperties: false,
+    properties: {
+      host: {
+        type: 'string',
+        description: 'IPv4/IPv6 address, CIDR block, hostname, or *. + hostname; normalised when stored',
+      },
+      port: { type: 'integer', minimum: 1, maximum: 65535, description: 'Omit to match every port' },
+      protocol: { type: 'string', enum: [...PROTOCOLS], default: 'any' },
+    },
+  },
+  Rule: {
+    type: 'object',
+    required: ['host', 'protocol'],
+    additionalProperties: false,
+    properties: {
+      host: { type: 'string' },
+      port: { type: 'integer', minimum: 1, maximum: 65535 },
+      protocol: { type: 'string', enum: [...PROTOCOLS] },
+    },
+  },
+  PolicyInput: {
+    type: 'object',
+    required: ['mode'],
+    additionalProperties: false,
+    properties: {
+      mode: { type: 'string', enum: [...MODES] },
+      dns: {
+        type: 'string',
+        enum: [...DNS_MODES],
+        description:
+          "What the agent's DNS proxy resolves for the computer. listed: only names that the hostname rules cover " +
+          '(exact names, *.suffix for names below suffix, and the CNAME chains their answers hold), types A, AAAA, ' +
+          'CNAME, HTTPS and SVCB (other types are answered NOERROR with no records); every other name is answered ' +
+          'NXDOMAIN by the proxy and never forwarded. all: every name and type is forwarded to the upstream resolver. ' +
+          'none: every query is answered NXDOMAIN by the proxy, nothing is forwarded. Default: listed in allowlist mode ' +
+          'with hostname rules, none in allowlist mode without, all otherwise. listed fits allowlist mode with at least ' +
+          'one hostname rule only; none does not fit allowlist mode with hostname rules (they could never match); ' +
+          'unrestricted mode takes all only. Anything else is 400 dns_not_allowed.',
+      },
+      block_dns: {
+        type: 'boolean',
+        deprecated: true,
+        description: 'Before dns existed: true is "dns": "none" (a different dns with it is 400)',
+      },
+      rules: {
+        type: 'array',
+        items: ref('RuleInput'),
+        description: 'Required (non-empty) for allowlist and denylist; empty or absent otherwise',
+      },
+    },
+  },
+  Policy: {
+    type: 'object',
+    required: ['computer_id', 'mode', 'dns', 'block_dns', 'rules', 'version', 'updated_at', 'enforcement'],
+    additionalProperties: false,
+    properties: {
+      computer_id: { type: 'string' },
+      mode: { type: 'string', enum: [...MODES] },
+      dns: {
+        type: 'string',
+        enum: [...DNS_MODES],
+        description:
+          'What the DNS proxy resolves (see PolicyInput); all in unrestricted mode, where DNS does not pass the proxy',
+      },
+      block_dns: { type: 'boolean', deprecated: true, description: 'dns is "none"' },
+      rules: { type: 'array', items: ref('Rule') },
+      version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
+      updated_at: timestamp,
+      enforcement: ref('Enforcement'),
+    },
+  },
+  Enforcement: {
+    type: 'object',
+    required: ['state', 'reason', 'enforced_version', 'enforced_at'],
+    additionalProperties: false,
+    properties: {
+      state: {
+        type: 'string',
+        enum: ['enforced', 'pending', ...AGENT_STATES.filter((s) => s !== 'enforced')],
+        description:
+          'enforced: in force. dns_ports_exhausted: in force with DNS refused (the agent had no free DNS proxy port). ' +
+          'pending: the agent has not reported on this version yet. cgroup_missing: the cgroup does not exist, nothing is attached. ' +
+          'cgroup_forbidden: the agent refuses to attach there (its own cgroup or an ancestor, the cgroup of its Redis, or outside its sandbox roots). ' +
+          'A PUT answers 200 for enforced and dns_ports_exhausted, 202 otherwise; it answers cgroup_missing and cgroup_forbidden at once.',
+      },
+      reason: {
+        type: ['string', 'null'],
+        description:
+          'Why the state is not enforced, as the agent reported it: the cgroup path it looked for (cgroup_missing), ' +
+          'why it refuses the cgroup (cgroup_forbidden), why DNS is refused (dns_ports_exhausted); null when enforced or pending',
+      },
+      enforced_version: {
+        type: ['integer', 'null'],
+        description: 'The last version in force (never one whose cgroup was missing or forbidden)',
+      },
+      enforced_at: { type: ['string', 'null'] },
+    },
+  },
+  PolicyResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: ref('Policy') },
+  },
+  EventsResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: [
+            'computer',
+            'at',
+            'pid',
+            'comm',
+            'family',
+            'protocol',
+            'address',
+            'port',
+            'hostname',
+            'reason',
+          ],
+          additionalProperties: false,
+          properties: {
+            computer: { type: 'string' },
+            at: timestamp,
+            pid: {
+              type: ['integer', 'null'],
+              description:
+                'null for a refusal of the DNS proxy (dns_unlisted, dns_refused): it does not know the process',
+            },
+            comm: {
+              type: ['string', 'null'],
+              description: 'The command name of the process; null as pid',
+            },
+            family: { type: ['string', 'null'], enum: ['ipv4', 'ipv6', null] },
+            protocol: { type: 'string' },
+            address: { type: ['string', 'null'] },
+            port: { type: ['integer', 'null'] },
+            hostname: {
+              type: ['string', 'null'],
+              description:
+                "The name the computer's DNS lookups mapped the address to; for dns_unlisted and dns_refused, the name asked",
+            },
+            reason: {
+              type: 'string',
+              enum: [
+                'mode',
+                'rule',
+                'socket',
+                'dns',
+                'proxy_port',
+                'ungoverned',
+                'dns_unlisted',
+                'dns_refused',
+              ],
+              description:
+                'mode: the mode refuses it (allowlist: nothing matched; isolated). rule: a denylist rule matched. ' +
+                'socket: not a TCP or UDP socket. dns: DNS sent where no proxy can be reached. proxy_port: a proxy port ' +
+                'reached directly. ungoverned: under a sandbox root, in no attached computer. dns_unlisted: the proxy ' +
+                'answered NXDOMAIN to a name that the hostname rules do not cover (dns listed). dns_refused: the proxy ' +
+                'answered a query itself because the policy resolves nothing (dns none). For the last two, family is ' +
+                "the query's, protocol its transport, address null and port 53.",
+            },
+          },
+        },
+      },
+    },
+  },
+  LearnedResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'array',
+        description: "What the computer's DNS lookups through the agent's proxy taught it, unexpired",
+        items: {
+          type: 'object',
+          required: ['name', 'address', 'expires_at'],
+          additionalProperties: false,
+          properties: {
+            name: { type: 'string', description: 'The hostname asked' },
+            address: {
+              type: 'string',
+              description: 'An address it resolved to, now reachable as its rules say',
+            },
+            expires_at: timestamp,
+          },
+        },
+      },
+    },
+  },
+  ComputerInput: {
+    type: 'object',
+    required: ['cgroup'],
+    additionalProperties: false,
+    properties: {
+      cgroup: { type: 'string', description: 'Path relative to the cgroup2 mount' },
+      node: { type: 'string', pattern: NODE_PATTERN, description: 'Default: the service default node' },
+      tenant: {
+        type: ['string', 'null'],
+        pattern: ID_PATTERN,
+        description: 'Absent keeps the current tenant (none for a new computer); null sets none',
+      },
+      dns_upstream: {
+        type: ['string', 'null'],
+        description:
+          'The resolver the agent\'s DNS proxy forwards this computer\'s queries to, instead of the agent\'s default (--dns-upstream): an IP address reachable from the agent\'s host, optionally with a port: "10.88.0.1", "10.88.0.1:5353", "[fd00::1]:53". For a sandbox whose runtime has a resolver of its own. Absent keeps the current one (none for a new computer); null removes it',
+        examples: ['10.88.0.1:53'],
+      },
+    },
+  },
+  Computer: {
+    type: 'object',
+    required: ['id', 'cgroup', 'node', 'tenant', 'dns_upstream', 'created_at', 'updated_at'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
+      cgroup: { type: 'string' },
+      node: { type: 'string' },
+      tenant: { type: ['string', 'null'] },
+      dns_upstream: {
+        type: ['string', 'null'],
+        description:
+          'The resolver for this computer\'s DNS, "address:port" or "[v6address]:port"; null: the agent\'s default',
+      },
+      created_at: timestamp,
+      updated_at: timestamp,
+    },
+  },
+  ComputerListItem: {
+    type: 'object',
+    required: ['id', 'cgroup', 'node', 'tenant', 'dns_upstream', 'created_at', 'updated_at', 'policy'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string', pattern: COMPUTER_ID_SOURCE },
+      cgroup: { type: 'string' },
+      node: { type: 'string' },
+      tenant: { type: ['string', 'null'] },
+      dns_upstream: { type: ['string', 'null'] },
+      created_at: timestamp,
+      updated_at: timestamp,
+      policy: {
+        type: 'object',
+        description: "The computer's network policy in brief, and the agent's report on it",
+        required: ['mode', 'block_dns', 'version', 'enforcement'],
+        additionalProperties: false,
+        properties: {
+          mode: { type: 'string', enum: [...MODES] },
+          block_dns: { type: 'boolean' },
+          version: { type: 'integer', minimum: 0 },
+          enforcement: ref('Enforcement'),
+        },
+      },
+    },
+  },
+  ServiceResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['default_node', 'cgroup_bases', 'tenant'],
+        additionalProperties: false,
+        properties: {
+          default_node: {
+            type: ['string', 'null'],
+            description:
+              "The node a computer registered without one goes to (in egressd all, its agent's node); null when there is none",
+          },
+          cgroup_bases: {
+            type: 'array',
+            items: { type: 'string' },
+            description:
+              "Where this key's computers may live, relative to the cgroup2 mount: the sandbox roots (admin), the key's cgroup prefix (tenant key)",
+          },
+          tenant: { type: ['string', 'null'] },
+        },
+      },
+    },
+  },
+  ComputerResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: ref('Computer') },
+  },
+  ComputerList: {
+    type: 'object',
+    required: ['data', 'next_cursor'],
+    additionalProperties: false,
+    properties: {
+      data: { type: 'array', items: ref('ComputerListItem') },
+      next_cursor: {
+        type: ['string', 'null'],
+        description: 'Pass as ?cursor= for the next page; null at the end',
+      },
+    },
+  },
+  KeyInput: {
+    type: 'object',
+    required: ['tenant'],
+    additionalProperties: false,
+    properties: {
+      tenant: { type: 'string', pattern: ID_PATTERN },
+      name: { type: 'string', maxLength: 200 },
+      cgroup_prefix: {
+        type: 'string',
+        description:
+          "The cgroup subtree (relative to the cgroup2 mount, below a sandbox root) the key's computers must lie below. Default: <first sandbox root>/<tenant>",
+      },
+    },
+  },
+  ApiKey: {
+    type: 'object',
+    required: ['id', 'tenant', 'cgroup_prefix', 'name', 'created_at'],
+    additionalProperties: false,
+    properties: {
+      id: { type: 'string' },
+      tenant: { type: 'string' },
+      cgroup_prefix: { type: 'string' },
+      name: { type: ['string', 'null'] },
+      created_at: timestamp,
+    },
+  },
+  ApiKeyCreated: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['id', 'tenant', 'cgroup_prefix', 'name', 'created_at', 'key'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string' },
+          tenant: { type: 'string' },
+          cgroup_prefix: { type: 'string' },
+          name: { type: ['string', 'null'] },
+          created_at: timestamp,
+          key: { type: 'string', description: 'The bearer key; shown only in this response' },
+        },
+      },
+    },
+  },
+  ApiKeyList: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: { data: { type: 'array', items: ref('ApiKey') } },
+  },
+  Status: {
+    type: 'object',
+    required: ['status'],
+    additionalProperties: false,
+    properties: { status: { type: 'string' } },
+  },
+};
+
+export function openApiDocument(): Json {
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'egressd Network Policy API',
+      version: '1.0.0',
+      description:
+        'Network policies of computers (sandboxes), the computers registry and tenant API keys. ' +
+        'JSON bodies; send "Authorization: Bearer <key>" under /api/v1.',
+    },
+    servers: [{ url: '/' }],
+    security: [{ bearer: [] }],
+    paths: {
+      '/api/v1/computers/{id}/network-policy': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getNetworkPolicy',
+          summary: 'Get the current network policy (unrestricted when none was set)',
+          responses: {
+            '200': json(ref('PolicyResponse'), 'The policy'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+        put: {
+          operationId: 'updateNetworkPolicy',
+          summary: 'Replace the network policy',
+          parameters: [waitParam, ifMatchParam],
+          requestBody: body('PolicyInput'),
+          responses: { ...policyChanged, ...changing, ...withBody },
+        },
+        delete: {
+          operationId: 'deleteNetworkPolicy',
+          summary: 'Reset to unrestricted (idempotent)',
+          parameters: [waitParam, ifMatchParam],
+          responses: { ...policyChanged, ...changing },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/learned': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getLearnedAddresses',
+          summary: "Hostname → address pairs learned from the computer's DNS lookups",
+          responses: {
+            '200': json(ref('LearnedResponse'), 'The learned addresses'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/events': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getDenyEvents',
+          summary: "The computer's deny events, newest first",
+          parameters: [
+            { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000 } },
+            { name: 'since', in: 'query', schema: { type: 'string', description: 'RFC 3339 time' } },
+          ],
+          responses: {
+            '200': json(ref('EventsResponse'), 'The events'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/events/stream': {
+        parameters: [idParam],
+        get: {
+          operationId: 'streamDenyEvents',
+          summary:
+            'New deny events as Server-Sent Events: one `data:` line with an event (as in /events) each',
+          description:
+            'Events appended after the stream opened, and a `: keep-alive` comment every 15 s. The stream ' +
+            'ends when the client leaves, when its key is revoked (DELETE /api/v1/keys/{keyId}, in every ' +
+            'API process), when Redis goes away, or when the client reads so slowly that more than 64 KiB ' +
+            'wait to be sent (then it is dropped whole, no event is skipped silently); reconnect to follow ' +
+            'on. One key may hold EGRESSD_SSE_PER_KEY streams (default 20; the admin key is one key) and ' +
+            'one API process EGRESSD_SSE_MAX (default 2000).',
+          responses: {
+            '200': {
+              description: 'An event stream until the client goes away (or see above)',
+              content: { 'text/event-stream': {} },
+            },
+            '404': error('computer not found'),
+            '429': {
+              ...error(
+                'too_many_streams: the key holds its most open streams (EGRESSD_SSE_PER_KEY); close one and retry',
+              ),
+              headers: { 'Retry-After': retryAfterHeader },
+            },
+            ...common,
+            '503': {
+              ...error(
+                'store_unavailable (Redis unreachable, Retry-After: 1), or streams_at_capacity: this API ' +
+                  'process serves its most streams (EGRESSD_SSE_MAX; Retry-After: 5)',
+              ),
+              headers: { 'Retry-After': retryAfterHeader },
+            },
+          },
+        },
+      },
+      '/api/v1/computers': {
+        get: {
+          operationId: 'listComputers',
+          summary: 'List computers by id, a page at a time',
+          parameters: [
+            { name: 'node', in: 'query', required: false, schema: { type: 'string', pattern: NODE_PATTERN } },
+            {
+              name: 'limit',
+              in: 'query',
+              required: false,
+              schema: { type: 'integer', minimum: 1, maximum: 1000 },
+            },
+            { name: 'cursor', in: 'query', required: false, schema: { type: 'string' } },
+          ],
+          responses: { '200': json(ref('ComputerList'), 'A page of computers'), ...common },
+        },
+      },
+      '/api/v1/computers/{id}': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getComputer',
+          summary: 'Get a computer',
+          responses: {
+            '200': json(ref('ComputerResponse'), 'The computer'),
+            '404': error('computer not found'),
+            ...common,
+          },
+        },
+        put: {
+          operationId: 'putComputer',
+          summary: 'Register or update a computer',
+          requestBody: body('ComputerInput'),
+          responses: {
+            '200': json(ref('ComputerResponse'), 'Updated'),
+            '201': json(ref('ComputerResponse'), 'Created'),
+            '403': error(
+              'cgroup_outside_prefix: a tenant key registers cgroups below its cgroup prefix only',
+            ),
+            '404': error('computer not found (it belongs to another tenant)'),
+            '409': error(
+              "cgroup_in_use: the cgroup already belongs to another computer on the node; cgroup_nested: it is an ancestor or a descendant of another computer's cgroup",
+            ),
+            ...changing,
+            ...withBody,
+          },
+        },
+        delete: {
+          operationId: 'deleteComputer',
+          summary: 'Remove a computer and its policy',
+          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...changing },
+        },
+      },
+      '/api/v1/keys': {
+        get: {
+          operationId: 'listKeys',
+          summary: 'List tenant keys (admin only; never the keys themselves)',
+          responses: {
+            '200': json(ref('ApiKeyList'), 'The keys'),
+            '403': error('Not the admin key'),
+            ...common,
+          },
+        },
+        post: {
+          operationId: 'createKey',
+          summary: 'Create a tenant key (admin only); the key is shown once',
+          requestBody: body('KeyInput'),
+          responses: {
+            '201': json(ref('ApiKeyCreated'), 'Created'),
+            '403': error('Not the admin key'),
+            ...changing,
+            ...withBody,
+          },
+        },
+      },
+      '/api/v1/keys/{keyId}': {
+        parameters: [{ name: 'keyId', in: 'path', required: true, schema: { type: 'string' } }],
+        delete: {
+          operationId: 'deleteKey',
+          summary: 'Revoke a tenant key (admin only); its open event streams end, in every API process',
+          responses: {
+            '204': { description: 'Revoked' },
+            '403': error('Not the admin key'),
+            '404': error('key not found'),
+            ...changing,
+          },
+        },
+      },
+      '/api/v1/service': {
+        get: {
+          operationId: 'getService',
+          summary:
+            'What this service does by default, for the calling key: the default node, and where its computers may live',
+          responses: { '200': json(ref('ServiceResponse'), 'The service'), ...common },
+        },
+      },
+      '/api/v1/openapi.json': {
+        get: {
+          operationId: 'openapi',
+          summary: 'This document',
+          security: [],
+          responses: { '200': { description: 'OpenAPI 3.1 document', content: { 'application/json': {} } } },
+        },
+      },
+      '/healthz': {
+        get: {
+          operationId: 'healthz',
+          summary: 'Liveness',
+          security: [],
+          responses: { '200': json(ref('Status'), 'Alive') },
+        },
+      },
+      '/readyz': {
+        get: {
+          operationId: 'readyz',
+          summary: 'Readiness: Redis reachable',
+          security: [],
+          responses: {
+            '200': json(ref('Status'), 'Ready'),
+            '503': json(ref('StoreError'), 'Redis unreachable'),
+          },
+        },
+      },
+      '/metrics': {
+        get: {
+          operationId: 'metrics',
+          summary:
+            "Prometheus metrics (admin key: their labels name every tenant's computers). " +
+            'A separately run agent serves its own on --metrics-listen (default 127.0.0.1:9464, no key)',
+          responses: {
+            '200': { description: 'Prometheus text format', content: { 'text/plain': {} } },
+            '401': error('Missing or unknown API key'),
+            '403': error('A tenant key: the metrics need the admin key'),
+            '503': {
+              ...json(ref('StoreError'), 'store_unavailable: Redis unreachable while checking a tenant key'),
+              headers: retryAfter,
+            },
+          },
+        },
+      },
+    },
+    components: {
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      schemas,
+    },
+  };
+}

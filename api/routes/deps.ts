@@ -1,0 +1,41 @@
+/** What every route module gets, and the per-request state it can rely on. */
+import type Router from '@koa/router';
+import type { Middleware } from 'koa';
+import type { Store } from '../../store/store.js';
+import type { Authenticator, Principal } from '../auth.js';
+import type { ApiConfig } from '../config.js';
+import { ApiError } from '../errors.js';
+import type { ApiMetrics } from '../metrics.js';
+import type { EventStreams } from '../streams.js';
+
+export interface ApiState {
+  principal: Principal;
+}
+
+export type ApiRouter = Router<ApiState>;
+
+export interface RouteDeps {
+  store: Store;
+  config: ApiConfig;
+  authenticator: Authenticator;
+  metrics: ApiMetrics;
+  streams: EventStreams;
+}
+
+/** Authenticates the bearer key into `ctx.state.principal` (401 otherwise). */
+export function requireKey(deps: RouteDeps): Middleware<ApiState> {
+  return async (ctx, next) => {
+    ctx.state.principal = await deps.authenticator.authenticate(ctx.get('Authorization') || undefined);
+    await next();
+  };
+}
+
+/** Lets only the admin key through (403 for a tenant key, with `why` it cannot). */
+export function requireAdmin(why: string): Middleware<ApiState> {
+  return async (ctx, next) => {
+    if (ctx.state.principal.kind !== 'admin') {
+      throw new ApiError(403, 'forbidden', `this endpoint needs the admin key: ${why}`);
+    }
+    await next();
+  };
+}

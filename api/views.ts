@@ -1,0 +1,142 @@
+/** The JSON shapes the API answers with (snake_case, as in the seed). */
+import type { DnsMode, Rule } from '../policy/types.js';
+import {
+  type AgentState,
+  type ApiKeyRecord,
+  type Computer,
+  inForce,
+  type PolicyRecord,
+} from '../store/store.js';
+
+/** A policy's enforcement state: what the agent reported of this version, else `pending`. */
+export type EnforcementState = AgentState | 'pending';
+
+export interface PolicyView {
+  computer_id: string;
+  mode: string;
+  /** What the DNS proxy resolves: listed, all or none. */
+  dns: DnsMode;
+  /** Deprecated: `dns` is "none" (kept for clients written before `dns`). */
+  block_dns: boolean;
+  rules: Rule[];
+  version: number;
+  updated_at: string;
+  enforcement: EnforcementView;
+}
+
+export interface EnforcementView {
+  state: EnforcementState;
+  /**
+   * Why the state is not `enforced`, as the agent said (the cgroup path it
+   * looked for, why it refuses the cgroup, why DNS is refused); null when
+   * enforced or pending.
+   */
+  reason: string | null;
+  enforced_version: number | null;
+  enforced_at: string | null;
+}
+
+/** The `enforcement` object of a policy (and of a computer in a list). */
+export function enforcementView(r: Pick<PolicyRecord, 'version' | 'enforced'>): EnforcementView {
+  const state = enforcementState(r);
+  return {
+    state,
+    reason: state !== 'pending' && state !== 'enforced' && r.enforced?.reason ? r.enforced.reason : null,
+    // The last version in force: a report of a cgroup missing or forbidden enforces nothing.
+    enforced_version: r.enforced && inForce(r.enforced.state) ? r.enforced.version : null,
+    enforced_at: r.enforced && inForce(r.enforced.state) ? r.enforced.at : null,
+  };
+}
+
+export function enforcementState(r: Pick<PolicyRecord, 'version' | 'enforced'>): EnforcementState {
+  return r.enforced !== undefined && r.enforced.version >= r.version ? r.enforced.state : 'pending';
+}
+
+/** True when this version of the policy is in force in the kernel (the PUT's 200). */
+export function isEnforced(r: PolicyRecord): boolean {
+  const state = enforcementState(r);
+  return state !== 'pending' && inForce(state);
+}
+
+export function policyView(r: PolicyRecord): PolicyView {
+  return viewOf(r, r.rules);
+}
+
+function viewOf<R>(r: PolicyRecord, rules: R) {
+  return {
+    computer_id: r.computerId,
+    mode: r.mode,
+    dns: r.dns,
+    block_dns: r.dns === 'none',
+    rules,
+    version: r.version,
+    updated_at: r.updatedAt,
+    enforcement: enforcementView(r),
+  };
+}
+
+/**
+ * `{"data": <policy view>}` as JSON text, with the stored rules JSON spliced
+ * in as it is (no parse and re-serialise of a large rule list).
+ */
+export function policyReplyJson(r: PolicyRecord): string {
+  const text = JSON.stringify({ data: viewOf(r, RULES_MARK) });
+  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode, dns and block_dns hold no double quote.
+  return text.replace(`"rules":"${RULES_MARK}"`, () => `"rules":${r.rulesJson}`);
+}
+const RULES_MARK = 'RULES';
+
+export interface ComputerView {
+  id: string;
+  cgroup: string;
+  node: string;
+  tenant: string | null;
+  /** The resolver the DNS proxy forwards the computer's queries to; null: the agent's default. */
+  dns_upstream: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export function computerView(c: Computer): ComputerView {
+  return {
+    id: c.id,
+    cgroup: c.cgroup,
+    node: c.node,
+    tenant: c.tenant,
+    dns_upstream: c.dnsUpstream,
+    created_at: c.createdAt,
+    updated_at: c.updatedAt,
+  };
+}
+
+/** A computer in a list: with its policy's mode and version, and the agent's report on it. */
+export interface ComputerListItemView extends ComputerView {
+  policy: { mode: string; block_dns: boolean; version: number; enforcement: EnforcementView };
+}
+
+export function computerListItemView(
+  c: Computer,
+  status: { mode: string; blockDns?: boolean; version: number; enforced: PolicyRecord['enforced'] },
+): ComputerListItemView {
+  return {
+    ...computerView(c),
+    policy: {
+      mode: status.mode,
+      block_dns: status.blockDns === true,
+      version: status.version,
+      enforcement: enforcementView(status),
+    },
+  };
+}
+
+export interface ApiKeyView {
+  id: string;
+  tenant: string;
+  cgroup_prefix: string;
+  name: string | null;
+  created_at: string;
+}
+
+export function apiKeyView(k: ApiKeyRecord): ApiKeyView {
+  return { id: k.id, tenant: k.tenant, cgroup_prefix: k.cgroupPrefix, name: k.name, created_at: k.createdAt };
+}

@@ -1,0 +1,371 @@
+/**
+ * The long-running modes: `egressd` / `egressd all` (one host: the embedded
+ * Redis unless REDIS_URL is given, the agent in a child process of its own,
+ * see agent-process.ts, and the API), `egressd agent` and `egressd api`
+ * (many hosts against one Redis).
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import { type AddressInfo, createServer, isIP } from 'node:net';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { createApp } from '../api/app.js';
+import { parseListen, resolveConfig } from '../api/config.js';
+import { checkFdBudget } from '../api/fd-budget.js';
+import { createMetrics } from '../api/metrics.js';
+import { Agent } from '../daemon/agent/agent.js';
+import { cgroupOfProcess } from '../daemon/agent/placement.js';
+import { DnsProxy, type DnsProxyOptions } from '../daemon/dns/proxy.js';
+import { EmbeddedRedis } from '../daemon/embedded-redis.js';
+import { DenyEvents, type DenyRecord } from '../daemon/events.js';
+import { Enforcer } from '../daemon/kernel/enforcer.js';
+import { createLogger, resolveLogFormat } from '../daemon/log.js';
+import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../daemon/metrics.js';
+import { preflight } from '../daemon/system.js';
+import { EgressdError } from '../policy/errors.js';
+import { Store } from '../store/store.js';
+import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
+import { checkProxyAddressesLocal, type EgressdConfig, parseHostPort, systemResolvers } from './config.js';
+
+export type ServeMode = 'all' | 'agent' | 'api';
+
+/** A stop function per started part, run in reverse order. */
+type Stopper = () => Promise<void> | void;
+
+/**
+ * One agent per pin directory: an abstract unix socket named after it is
+ * held for the agent's lifetime and released by the kernel if it dies.
+ */
+async function lockPinDir(pinDir: string): Promise<Stopper> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new EgressdError(
+              'AGENT_RUNNING',
+              `another egressd agent already manages ${pinDir}: stop it first`,
+            )
+          : err,
+      ),
+    );
+    server.listen({ path: `\0egressd-agent:${pinDir}` }, resolve);
+  });
+  return () => new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/** EGRESSD_ADMIN_KEY, or the key in <state-dir>/admin.key, generated (0600) at first start. */
+export function adminKey(
+  config: EgressdConfig,
+  env: Record<string, string | undefined>,
+  log: Logger,
+): string {
+  const fromEnv = env['EGRESSD_ADMIN_KEY'];
+  if (fromEnv) return fromEnv;
+  const file = path.join(config.stateDir, 'admin.key');
+  if (!existsSync(file)) {
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(file, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+    log.info(
+      { file },
+      'generated an admin key; use it as the bearer key of the API (EGRESSD_ADMIN_KEY overrides it)',
+    );
+    console.error(`egressd: admin key written to ${file}`);
+  }
+  chmodSync(file, 0o600);
+  return readFileSync(file, 'utf8').trim();
+}
+
+export async function serve(
+  mode: ServeMode,
+  config: EgressdConfig,
+  env: Record<string, string | undefined>,
+  /** `egressd agent` started by `egressd all` (see agent-process.ts): reports to it, ends with it. */
+  supervised = false,
+) {
+  // `auto` is decided here, once: the agent process of `egressd all` writes to the same stdout.
+  const logFormat = resolveLogFormat(config.logFormat);
+  const log = createLogger(config.logLevel, logFormat);
+  const stoppers: Stopper[] = [];
+  const stopAll = async () => {
+    for (const stop of stoppers.reverse()) {
+      try {
+        await stop();
+      } catch (err) {
+        log.error({ err }, 'error while stopping');
+      }
+    }
+  };
+  let agentMetricsUrl = '';
+  let embedded: EmbeddedRedis | undefined;
+  try {
+    let redisUrl = config.redisUrl;
+    if (!redisUrl) {
+      if (mode !== 'all') {
+        throw new EgressdError(
+          'REDIS_REQUIRED',
+          `egressd ${mode} shares one Redis with the other hosts: give it with --redis or REDIS_URL (only "egressd all" embeds one)`,
+        );
+      }
+      const started = await EmbeddedRedis.start(config.stateDir, log);
+      embedded = started;
+      stoppers.push(() => started.stop());
+      redisUrl = started.url;
+    }
+
+    if (mode === 'agent') {
+      // Supervised, on an ephemeral loopback port that the parent's /metrics reads.
+      agentMetricsUrl = await startAgent(
+        config,
+        redisUrl,
+        log,
+        stoppers,
+        supervised ? '127.0.0.1:0' : undefined,
+      );
+    }
+
+    let moreMetrics: (() => Promise<string>) | undefined;
+    if (mode === 'all') {
+      // The agent in a process of its own: API load never delays enforcement.
+      const agent = await AgentProcess.start({ config: { ...config, logFormat }, redisUrl, env, log });
+      stoppers.push(() => agent.stop());
+      moreMetrics = () => agent.metricsText();
+    }
+
+    if (mode !== 'agent') {
+      const apiConfig = resolveConfig(
+        {
+          listen: config.listen,
+          redisUrl,
+          adminKey: adminKey(config, env, log),
+          ...(mode === 'all' ? { defaultNode: config.node } : {}),
+          cgroupRoots: config.cgroupRoots,
+          logLevel: config.logLevel,
+        },
+        env,
+      );
+      const budget = checkFdBudget(apiConfig.sseMax);
+      if (!budget.ok) log.warn({ limit: budget.limit, needed: budget.needed }, budget.message);
+      const store = new Store({ url: redisUrl, streamMaxLen: apiConfig.streamMaxLen });
+      await store.connect();
+      stoppers.push(() => store.close());
+      const app = createApp({
+        store,
+        config: apiConfig,
+        logger: log.child({ component: 'api' }),
+        metrics: createMetrics(),
+        ...(moreMetrics ? { moreMetrics } : {}),
+      });
+      const { host, port } = parseListen(apiConfig.listen);
+      const server: Server = await new Promise((resolve, reject) => {
+        const s = app.listen(port, host, () => resolve(s));
+        s.once('error', (err: NodeJS.ErrnoException) =>
+          reject(
+            new EgressdError(
+              'LISTEN_FAILED',
+              `cannot listen on ${apiConfig.listen} (${err.code}): choose another --listen / EGRESSD_LISTEN`,
+            ),
+          ),
+        );
+      });
+      stoppers.push(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          }),
+      );
+      log.info({ listen: apiConfig.listen }, 'API listening');
+    }
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+
+  if (supervised) {
+    const stopped = supervisorStop(log);
+    await tellSupervisor({ type: 'ready', metrics: agentMetricsUrl });
+    await stopped;
+  } else {
+    notifySystemd(env, log);
+    console.error(`egressd ${mode}: running (node ${config.node}); stop with Ctrl-C or SIGTERM`);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        embedded?.expectExit();
+        log.info({ signal }, 'stopping: pinned programs stay attached and keep enforcing');
+        resolve();
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+  }
+  await stopAll();
+}
+
+/**
+ * The agent's parts: preflight, the pin-directory lock, the enforcer, the DNS
+ * proxy, the agent itself, deny events and the metrics endpoint (on
+ * `metricsListen`, default --metrics-listen). Resolves after the first resync
+ * with the URL of the metrics; each part's stop function is on `stoppers`.
+ */
+async function startAgent(
+  config: EgressdConfig,
+  redisUrl: string,
+  log: Logger,
+  stoppers: Stopper[],
+  metricsListen = config.metricsListen,
+): Promise<string> {
+  checkProxyAddressesLocal(config.dnsProxyAddresses);
+  const agentMetrics = createAgentMetrics();
+  const { cgroupMount } = await preflight(config.bpffsDir);
+  stoppers.push(await lockPinDir(config.bpffsDir));
+  const enforcer = Enforcer.open({
+    pinDir: config.bpffsDir,
+    cgroupRoot: cgroupMount,
+    internalCidrs: config.internalCidrs,
+    log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
+  });
+  stoppers.push(() => enforcer.close());
+  log.info({ pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node }, 'BPF programs ready');
+  let agent: Agent | undefined;
+  let events: ReturnType<typeof startDenyEvents> | undefined;
+  const proxy = startDnsProxy(config, enforcer, log, agentMetrics, {
+    onLearned: (...args) => agent?.learned(...args),
+    // The proxy's refusals take the kernel events' way: one rate limit per computer, one sink.
+    onDenied: (denial) => events?.submit(denial),
+  });
+  stoppers.push(() => proxy.close());
+  const store = new Store({ url: redisUrl });
+  stoppers.push(() => store.close());
+  agent = new Agent({
+    store,
+    enforcer,
+    node: config.node,
+    cgroupRoot: cgroupMount,
+    log,
+    proxy,
+    metrics: agentMetrics,
+    roots: config.cgroupRoots,
+    // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
+    protectedCgroups: [cgroupOfProcess() ?? ''],
+  });
+  const deny = startDenyEvents(enforcer, store, log, agentMetrics);
+  events = deny;
+  stoppers.push(() => deny.close());
+  const gauges = setInterval(() => {
+    for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
+      agentMetrics.mapEntries.set({ map }, n);
+  }, 10_000).unref();
+  stoppers.push(() => clearInterval(gauges));
+  const { host, port } = parseListen(metricsListen);
+  const metricsServer = await serveMetrics(agentMetrics.registry, host, port);
+  stoppers.push(
+    () =>
+      new Promise<void>((resolve) => {
+        metricsServer.close(() => resolve());
+        // Scrapers keep their connections open (egressd all's /metrics does).
+        metricsServer.closeAllConnections();
+      }),
+  );
+  const bound = metricsServer.address() as AddressInfo;
+  const running = agent;
+  stoppers.push(() => running.stop());
+  // Connection failures are retried inside the agent; pins enforce meanwhile.
+  await running.start();
+  return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
+}
+
+/** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */
+function startDnsProxy(
+  config: EgressdConfig,
+  enforcer: Enforcer,
+  log: Logger,
+  metrics: AgentMetrics,
+  callbacks: Pick<DnsProxyOptions, 'onLearned' | 'onDenied'>,
+): DnsProxy {
+  const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
+  if (upstreams.length === 0) {
+    throw new EgressdError(
+      'NO_DNS_UPSTREAM',
+      '/etc/resolv.conf names no nameserver: give the resolver to forward to with --dns-upstream / EGRESSD_DNS_UPSTREAM',
+    );
+  }
+  const [min = 0, max = 0] = config.dnsPorts.split('-').map(Number);
+  const proxyV4 = config.dnsProxyAddresses.find((a) => isIP(a) === 4);
+  const proxyV6 = config.dnsProxyAddresses.find((a) => isIP(a) === 6);
+  enforcer.setDnsConfig([min, max], proxyV4, proxyV6);
+  return new DnsProxy({
+    enforcer,
+    upstreams: upstreams.map((u) => parseHostPort(u, 53)!),
+    listen: ['127.0.0.1', '::1', ...config.dnsProxyAddresses],
+    portRange: [min, max],
+    ttlFloor: Number(config.dnsTtlMin),
+    ttlCeiling: Number(config.dnsTtlMax),
+    timeoutMs: 3000,
+    log: log.child({ component: 'dns' }),
+    metrics,
+    ...callbacks,
+  });
+}
+
+function readResolvConf(): string {
+  try {
+    return readFileSync('/etc/resolv.conf', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Deny events, the kernel's and (submit) the DNS proxy's: one JSON log line
+ * each, and batched into the computer's capped Redis stream.
+ */
+function startDenyEvents(
+  enforcer: Enforcer,
+  store: Store,
+  log: Logger,
+  metrics: AgentMetrics,
+): { submit: DenyEvents['submit']; close(): void } {
+  const eventLog = log.child({ component: 'deny' });
+  let pending = new Map<string, DenyRecord[]>();
+  const flush = async () => {
+    const batch = pending;
+    pending = new Map();
+    for (const [id, records] of batch) {
+      // Dropped by the store if the computer was deleted meanwhile (see Store.appendEvents).
+      await store.appendEvents(id, records).catch((err: Error) => {
+        eventLog.warn(
+          { computer: id, lost: records.length, err: err.message },
+          'deny events not stored (Redis)',
+        );
+      });
+    }
+  };
+  const timer = setInterval(() => void flush(), 250).unref();
+  const events = new DenyEvents({
+    enforcer,
+    metrics,
+    sink: (record) => {
+      eventLog.info({ event: record }, 'denied');
+      pending.set(record.computer, [...(pending.get(record.computer) ?? []), record]);
+    },
+  });
+  return {
+    submit: (denial) => events.submit(denial),
+    close() {
+      clearInterval(timer);
+      events.close();
+      void flush();
+    },
+  };
+}
+
+/** Type=notify units: tell systemd we are ready (NotifyAccess=all lets systemd-notify do it). */
+function notifySystemd(env: Record<string, string | undefined>, log: Logger): void {
+  if (!env['NOTIFY_SOCKET']) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err) log.warn({ err: err.message }, 'systemd-notify failed');
+  });
+}

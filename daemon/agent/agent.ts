@@ -1,0 +1,564 @@
+/**
+ * The agent: makes the kernel enforce what Redis says for this node.
+ *
+ * - At start, and after every Redis outage, a full resync: every computer of
+ *   the node is attached (or adopted) with its policy, pinned computers that
+ *   Redis no longer has are detached, and the enforced version of each is
+ *   acknowledged. Then it follows the node's change stream from the
+ *   snapshot's position, so no change between the two is missed.
+ * - While Redis is unreachable it keeps enforcing what is pinned and retries
+ *   with backoff; it never detaches because Redis is silent.
+ * - A computer whose cgroup does not exist yet is attached when it appears;
+ *   one whose cgroup disappears (the sandbox ended) is detached and its pins
+ *   removed (inotify). A cgroup removed and made again at the path is
+ *   attached afresh (the watcher compares cgroup ids), and a periodic check
+ *   compares every attachment's cgroup id with the path's: what it repairs
+ *   it logs. Under a sandbox root the guard refuses the new cgroup's calls
+ *   until then (see guard.ts).
+ * - Whatever the store says, it attaches only below its sandbox roots and
+ *   never to its own cgroup, Redis's, or an ancestor of them
+ *   (`cgroup_forbidden`); a computer that gets no DNS proxy port is enforced
+ *   with DNS refused (`dns_ports_exhausted`). Each computer's state goes to
+ *   Redis with its version, so the API says why a policy is not enforced.
+ */
+import path from 'node:path';
+import ipaddr from 'ipaddr.js';
+import type { Logger } from 'pino';
+import { parseHostPort } from '../../cli/config.js';
+import { EgressdError } from '../../policy/errors.js';
+import type { Policy } from '../../policy/types.js';
+import { StoreUnavailableError } from '../../store/errors.js';
+import { AGENT_STATES, type AgentState, type Store } from '../../store/store.js';
+import type { DnsProxy } from '../dns/proxy.js';
+import type { DnsSettings, Enforcer } from '../kernel/enforcer.js';
+import type { AgentMetrics } from '../metrics.js';
+import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';
+import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
+
+export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
+
+interface Desired {
+  cgroup: string;
+  policy: Policy;
+  version: number;
+  /** The computer's own resolver (`dns_upstream`, stored form "addr:port" / "[v6]:port"); null: the proxy's default. */
+  dnsUpstream: string | null;
+}
+
+export interface ComputerReport {
+  id: string;
+  cgroup: string;
+  desiredVersion: number;
+  enforcedVersion: number | null;
+  state: AgentState | 'pending' | 'failed';
+  error?: string;
+}
+
+export interface AgentOptions {
+  store: Store;
+  enforcer: Enforcer;
+  node: string;
+  /** The cgroup2 mount; computers' cgroup paths are relative to it. */
+  cgroupRoot: string;
+  log: Logger;
+  /** Longest wait between reconnect attempts. @default 5000 */
+  maxBackoffMs?: number;
+  /** How long one XREAD blocks before it is issued again. @default 5000 */
+  blockMs?: number;
+  /** The DNS proxy; without one, governed computers get no DNS at all (fail closed). */
+  proxy?: DnsProxy;
+  metrics?: AgentMetrics;
+  /**
+   * Sandbox roots (relative to the cgroup2 mount): the guard is attached to
+   * each, and computers are attached only strictly below one. [] attaches
+   * anywhere and guards nothing (tests of the agent alone).
+   * @default []
+   */
+  roots?: string[];
+  /** Cgroups a computer must never be, nor be an ancestor of: egressd's own, Redis's. @default [this process's] */
+  protectedCgroups?: string[];
+  /** How often every attachment's cgroup id is compared with the one at its path. @default 5000 */
+  verifyIntervalMs?: number;
+}
+
+/** What the agent reports of one computer: the version, its state, and why (not enforced). */
+interface Reported {
+  version: number;
+  state: AgentState;
+  reason?: string;
+}
+
+export class Agent {
+  status: AgentStatus = 'starting';
+  private readonly desired = new Map<string, Desired>();
+  /** What was reported (or is to report) per computer; undefined: nothing yet. */
+  private readonly enforced = new Map<string, Reported>();
+  private readonly failures = new Map<string, string>();
+  private readonly unacked = new Set<string>();
+  private readonly reconciling = new Map<string, Promise<void>>();
+  /** Learned hostnames not yet published to Redis, per computer. */
+  private learnedOut = new Map<string, { name: string; address: string; expiresAt: number }[]>();
+  private publishing: NodeJS.Timeout | undefined;
+  private expiry: NodeJS.Timeout | undefined;
+  private verifying: NodeJS.Timeout | undefined;
+  private readonly roots: string[];
+  private readonly protectedCgroups: string[];
+  private readonly watcher: CgroupWatcher;
+  private streamId = '0-0';
+  private seq = 0;
+  private running: Promise<void> | undefined;
+  private stopping = false;
+  private wake: (() => void) | undefined;
+  private readonly log: Logger;
+  private firstSync: { promise: Promise<void>; resolve: () => void };
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.log.child({ component: 'agent', node: opts.node });
+    this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
+    this.roots = (opts.roots ?? []).map(normaliseCgroup);
+    this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
+    for (const p of this.protectedCgroups) {
+      const root = this.roots.find((r) => p === r || isBelow(p, r));
+      if (root !== undefined) {
+        throw new EgressdError(
+          'AGENT_IN_SANDBOX_ROOT',
+          `egressd or its Redis runs in cgroup "${p}", inside the sandbox root "${root}", where the guard refuses every connection: run them outside it, or choose another --cgroup-root`,
+        );
+      }
+    }
+    let resolve = () => {};
+    const promise = new Promise<void>((r) => {
+      resolve = r;
+    });
+    this.firstSync = { promise, resolve };
+  }
+
+  /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
+  /** What the proxy learned for a computer: published to Redis within a second (for the API and deny events). */
+  learned(id: string, name: string, addresses: number[][], ttlSeconds: number): void {
+    const expiresAt = Date.now() + ttlSeconds * 1000;
+    const list = this.learnedOut.get(id) ?? [];
+    for (const bytes of addresses)
+      list.push({ name, address: ipaddr.fromByteArray(bytes).toString(), expiresAt });
+    this.learnedOut.set(id, list);
+    this.publishing ??= setTimeout(() => {
+      this.publishing = undefined;
+      void this.publishLearned();
+    }, 500);
+  }
+
+  private async publishLearned(): Promise<void> {
+    const batch = this.learnedOut;
+    this.learnedOut = new Map();
+    for (const [id, entries] of batch) {
+      try {
+        // Dropped by the store if the computer was deleted meanwhile (see Store.putLearned).
+        await this.opts.store.putLearned(id, entries);
+      } catch {
+        // Redis away: keep them for the next try; the kernel has them either way.
+        this.learnedOut.set(id, [...(this.learnedOut.get(id) ?? []), ...entries]);
+      }
+    }
+  }
+
+  async start(): Promise<void> {
+    if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
+    this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
+    this.verifying ??= setInterval(() => this.verify(), this.opts.verifyIntervalMs ?? 5000).unref();
+    this.running ??= this.loop();
+    await Promise.race([this.firstSync.promise, this.running]);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.expiry);
+    clearInterval(this.verifying);
+    clearTimeout(this.publishing);
+    this.wake?.();
+    this.watcher.close();
+    // A blocked XREAD ends when the store is closed after this; do not wait for it.
+    await Promise.race([this.running, new Promise((r) => setTimeout(r, 200))]);
+    this.setStatus('stopped');
+  }
+
+  private setStatus(status: AgentStatus): void {
+    this.opts.metrics?.redisConnected.set(status === 'following' || status === 'syncing' ? 1 : 0);
+    if (this.status === status) return;
+    this.log.info({ from: this.status, to: status }, 'agent status');
+    this.status = status;
+  }
+
+  private async loop(): Promise<void> {
+    let backoff = 100;
+    let needResync = true;
+    while (!this.stopping) {
+      try {
+        if (needResync) {
+          const status = this.opts.store.redis.status;
+          if (status === 'wait' || status === 'end')
+            await this.opts.store.guard(() => this.opts.store.connect());
+          // Still connecting (the store connects as it is made): wait for it rather than fail the
+          // resync and warn that Redis is unreachable when it is merely not connected yet.
+          else if (status !== 'ready') await this.connected(2000);
+          this.setStatus('syncing');
+          await this.resync();
+          needResync = false;
+          this.firstSync.resolve();
+        }
+        this.setStatus('following');
+        await this.flushAcks();
+        const changes = await this.opts.store.readChanges(this.opts.node, this.streamId, {
+          count: 500,
+          blockMs: this.opts.blockMs ?? 5000,
+        });
+        const ids = new Set<string>();
+        const written = new Map<string, number>();
+        for (const change of changes) {
+          written.set(change.computerId, Date.parse(change.at));
+          if (change.seq !== this.seq + 1) {
+            // Records between were trimmed (MAXLEN) before we read them.
+            this.log.warn({ expected: this.seq + 1, got: change.seq }, 'missed change records: resyncing');
+            needResync = true;
+            break;
+          }
+          ids.add(change.computerId);
+          this.streamId = change.streamId;
+          this.seq = change.seq;
+        }
+        // Together: their Redis reads share round trips (auto-pipelining). All settle before a
+        // failure leads to a resync, so that no refresh from before it lands after it.
+        const refreshed = await Promise.allSettled(
+          [...ids].map(async (id) => {
+            await this.refresh(id);
+            const at = written.get(id);
+            if (at !== undefined && !Number.isNaN(at)) {
+              this.opts.metrics?.enforcementLagSeconds.observe(Math.max(0, Date.now() - at) / 1000);
+            }
+          }),
+        );
+        for (const r of refreshed) if (r.status === 'rejected') throw r.reason;
+        backoff = 100;
+      } catch (err) {
+        if (this.stopping) break;
+        if (!(err instanceof StoreUnavailableError)) {
+          this.log.error({ err }, 'agent loop failed; resyncing');
+        } else {
+          this.setStatus('disconnected');
+          this.log.warn({ retryInMs: backoff }, 'Redis unreachable: enforcing what is pinned, retrying');
+        }
+        needResync = true;
+        await this.sleep(backoff);
+        backoff = Math.min(backoff * 2, this.opts.maxBackoffMs ?? 5000);
+      }
+    }
+  }
+
+  /** Resolves when the store's connection is ready; StoreUnavailableError after `ms` or on its error. */
+  private connected(ms: number): Promise<void> {
+    const redis = this.opts.store.redis;
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        redis.off('error', onError);
+        if (err) reject(new StoreUnavailableError(err));
+        else resolve();
+      };
+      const onReady = () => done();
+      const onError = (err: Error) => done(err);
+      const timer = setTimeout(() => done(new Error(`not connected to Redis within ${ms} ms`)), ms);
+      redis.once('ready', onReady);
+      redis.once('error', onError);
+      if (redis.status === 'ready') done();
+    });
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Brings every computer of the node, and nothing else, to what Redis holds. */
+  private async resync(): Promise<void> {
+    const started = Date.now();
+    const snapshot = await this.opts.store.listComputersOfNode(this.opts.node);
+    const seen = new Set<string>();
+    for (const c of snapshot.computers) {
+      seen.add(c.id);
+      this.desired.set(c.id, {
+        cgroup: c.cgroup,
+        policy: c.policy,
+        version: c.version,
+        dnsUpstream: c.dnsUpstream,
+      });
+      await this.reconcile(c.id);
+    }
+    for (const id of [...this.desired.keys()]) if (!seen.has(id)) this.forget(id);
+    for (const id of this.opts.enforcer.pinnedIds()) if (!seen.has(id)) this.forget(id);
+    const pruned = this.opts.enforcer.pruneGoverned();
+    if (pruned > 0) this.log.info({ pruned }, 'guard: dropped cgroups that went away while no agent ran');
+    this.streamId = snapshot.streamId;
+    this.seq = snapshot.seq;
+    await this.flushAcks();
+    this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
+  }
+
+  /** Re-reads one computer from Redis and enforces it (or forgets it when it is gone or moved away). */
+  private async refresh(id: string): Promise<void> {
+    // Both in one round trip (auto-pipelining); the policy is ignored when the computer is not ours.
+    const [computer, policy] = await Promise.all([
+      this.opts.store.getComputer(id),
+      this.opts.store.getPolicy(id),
+    ]);
+    if (!computer || computer.node !== this.opts.node) {
+      this.forget(id);
+      return;
+    }
+    this.desired.set(id, {
+      cgroup: computer.cgroup,
+      // The stored record: its rules are parsed only if the enforcer must compile them.
+      policy: policy ?? { mode: 'unrestricted', rules: [] },
+      version: policy?.version ?? 0,
+      dnsUpstream: computer.dnsUpstream,
+    });
+    await this.reconcile(id);
+  }
+
+  /** Makes the kernel hold the desired state of `id`; records what to acknowledge. */
+  private reconcile(id: string): Promise<void> {
+    // One reconcile at a time per computer; later calls see the latest desired state.
+    const run = (this.reconciling.get(id) ?? Promise.resolve()).then(() => this.reconcileNow(id));
+    this.reconciling.set(id, run);
+    return run.finally(() => {
+      if (this.reconciling.get(id) === run) this.reconciling.delete(id);
+    });
+  }
+
+  private async reconcileNow(id: string): Promise<void> {
+    const want = this.desired.get(id);
+    if (!want) return;
+    const forbidden = placementProblem(want.cgroup, this.roots, this.protectedCgroups);
+    if (forbidden !== undefined) {
+      this.watcher.untrack(id);
+      this.opts.enforcer.detach(id);
+      this.opts.proxy?.release(id);
+      this.failures.delete(id);
+      this.setReported(id, { version: want.version, state: 'cgroup_forbidden', reason: forbidden });
+      return;
+    }
+    const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+    this.watcher.track(id, full);
+    try {
+      const dns = await this.dnsSettings(id, want.policy, want.dnsUpstream);
+      if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
+      // After a restart the kernel still has the learned addresses but not their names: Redis has them.
+      const names = this.opts.enforcer.awaitsLearnedNames(id, want.cgroup)
+        ? await this.opts.store.getLearned(id).catch(() => undefined)
+        : undefined;
+      if (this.desired.get(id) !== want) return;
+      const started = process.hrtime.bigint();
+      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns.settings, names);
+      this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+      this.failures.delete(id);
+      this.setReported(id, {
+        version: want.version,
+        state: dns.exhausted ? 'dns_ports_exhausted' : 'enforced',
+        ...(dns.exhausted ? { reason: dns.exhausted } : {}),
+      });
+    } catch (err) {
+      if (err instanceof EgressdError && err.code === 'CGROUP_MISSING') {
+        // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
+        this.opts.enforcer.detach(id);
+        this.failures.delete(id);
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
+        return;
+      }
+      this.enforced.delete(id);
+      const message = err instanceof Error ? err.message : String(err);
+      this.failures.set(id, message);
+      this.log.error(
+        { computer: id, err: message },
+        'could not enforce the policy; the previous one stays in force',
+      );
+    }
+  }
+
+  /** Records what to report of a computer (acknowledged by flushAcks); logs changes of state that need an operator. */
+  private setReported(id: string, next: Reported): void {
+    const before = this.enforced.get(id);
+    if (before?.version === next.version && before.state === next.state) return;
+    this.enforced.set(id, next);
+    this.unacked.add(id);
+    if (next.state !== 'enforced' && before?.state !== next.state) {
+      const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
+      this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
+    }
+  }
+
+  /** The egressd_computers gauge, by state (counted by the periodic check: O(computers) every few seconds). */
+  private countStates(): void {
+    const metrics = this.opts.metrics;
+    if (!metrics) return;
+    const counts = new Map<AgentState, number>(AGENT_STATES.map((s) => [s, 0]));
+    for (const r of this.enforced.values()) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
+    for (const [state, n] of counts) metrics.computerStates.set({ state }, n);
+  }
+
+  /**
+   * The periodic check: every computer's attachment against the cgroup that
+   * is at its path now. A mismatch (a cgroup replaced between two inotify
+   * checks, an event lost) is repaired and logged.
+   */
+  verify(): number {
+    this.countStates();
+    let repaired = 0;
+    for (const [id, want] of this.desired) {
+      const reported = this.enforced.get(id);
+      if (reported?.state === 'cgroup_forbidden' || this.failures.has(id) || this.reconciling.has(id))
+        continue;
+      const attached = this.opts.enforcer.attachedCgroupId(id);
+      const now = cgroupIdAt(path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`)));
+      if (attached === now) continue;
+      if (attached === undefined && now === 0n && reported?.state === 'cgroup_missing') continue;
+      repaired++;
+      this.log.warn(
+        { computer: id, cgroup: want.cgroup, attached: String(attached ?? 0n), atPath: String(now) },
+        'attachment does not match the cgroup at its path: repairing',
+      );
+      this.opts.metrics?.attachmentRepairs.inc();
+      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
+    }
+    return repaired;
+  }
+
+  /**
+   * The computer's DNS proxy port: one while its mode redirects DNS, none
+   * when unrestricted; also with `dns` none (the proxy answers, at once). No
+   * free port: port 0, which refuses DNS in the kernel (fail closed). The
+   * port forwards to the computer's own upstream when it has one.
+   */
+  private async dnsSettings(
+    id: string,
+    policy: Policy,
+    dnsUpstream: string | null,
+  ): Promise<{ settings: DnsSettings; exhausted?: string }> {
+    const proxy = this.opts.proxy;
+    if (!proxy) return { settings: {} };
+    if (policy.mode === 'unrestricted') {
+      proxy.release(id);
+      return { settings: { port: 0 } };
+    }
+    try {
+      // The API stores only what parses; anything else (a hand-edited store) is refused, not ignored.
+      const upstream = dnsUpstream === null ? undefined : parseHostPort(dnsUpstream, 53);
+      if (dnsUpstream !== null && !upstream) {
+        throw new EgressdError(
+          'BAD_DNS_UPSTREAM',
+          `dns_upstream "${dnsUpstream}" is not address:port: register the computer again with a valid one`,
+        );
+      }
+      const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0, { upstream });
+      return { settings: { port } };
+    } catch (err) {
+      if (!(err instanceof EgressdError && err.code === 'DNS_PORTS_EXHAUSTED')) throw err;
+      this.opts.metrics?.dnsPortsExhausted.inc();
+      return { settings: { port: 0 }, exhausted: err.message };
+    }
+  }
+
+  /** What the API shows for a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
+  private missingReason(full: string): string {
+    return `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
+  }
+
+  /** Detaches a computer that Redis no longer has on this node. */
+  private forget(id: string): void {
+    this.desired.delete(id);
+    this.enforced.delete(id);
+    this.failures.delete(id);
+    this.unacked.delete(id);
+    this.watcher.untrack(id);
+    this.opts.enforcer.detach(id);
+    this.opts.proxy?.release(id);
+    this.log.info({ computer: id }, 'detached');
+  }
+
+  private onCgroupChange(id: string, change: CgroupChange): void {
+    const want = this.desired.get(id);
+    if (change === 'gone') {
+      this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
+      this.opts.enforcer.detach(id);
+      if (want) {
+        const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+        this.setReported(id, {
+          version: want.version,
+          state: 'cgroup_missing',
+          reason: this.missingReason(full),
+        });
+      }
+    } else {
+      // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
+      this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
+      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
+    }
+    void this.flushAcks().catch(() => {});
+  }
+
+  /** Writes the acknowledgements not yet written, pipelined; failed ones stay queued for the next try. */
+  private async flushAcks(): Promise<void> {
+    const ids = [...this.unacked];
+    this.unacked.clear();
+    const at = new Date();
+    const results = await Promise.allSettled(
+      ids.map(async (id) => {
+        const r = this.enforced.get(id);
+        if (r !== undefined)
+          await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state, r.reason ?? '');
+      }),
+    );
+    const failed = results.flatMap((r, i) =>
+      r.status === 'rejected' ? [{ id: ids[i]!, reason: r.reason }] : [],
+    );
+    for (const f of failed) this.unacked.add(f.id);
+    if (failed[0]) throw failed[0].reason;
+  }
+
+  /** Desired vs. enforced version per computer. */
+  report(): ComputerReport[] {
+    return [...this.desired.entries()].map(([id, want]) => {
+      const reported = this.enforced.get(id);
+      const error = this.failures.get(id) ?? reported?.reason;
+      const state: ComputerReport['state'] = this.failures.has(id)
+        ? 'failed'
+        : reported?.version === want.version
+          ? reported.state
+          : 'pending';
+      return {
+        id,
+        cgroup: want.cgroup,
+        desiredVersion: want.version,
+        enforcedVersion: reported?.version ?? null,
+        state,
+        ...(error ? { error } : {}),
+      };
+    });
+  }
+}
+
+/** Orders Redis stream ids ("ms-seq"). */
+export function compareStreamIds(a: string, b: string): number {
+  const [am = 0n, as = 0n] = a.split('-').map(BigInt);
+  const [bm = 0n, bs = 0n] = b.split('-').map(BigInt);
+  if (am !== bm) return am < bm ? -1 : 1;
+  if (as !== bs) return as < bs ? -1 : 1;
+  return 0;
+}

@@ -1,0 +1,193 @@
+/**
+ * Loads build/egress.bpf.o and pins its maps and programs under the pin
+ * directory, or adopts what an earlier agent pinned there. Pins:
+ *   <pinDir>/maps/<map>        every map of the object
+ *   <pinDir>/progs/<program>   every program (egress_sock_create is pinned last:
+ *                              its pin marks a complete load)
+ *   <pinDir>/computers/<id>/<hook>   links, owned by the enforcer
+ *   <pinDir>/roots/<root>/<hook>     guard links of the sandbox roots, owned by the enforcer
+ * Pinned links and maps keep enforcement in force while no agent runs.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EgressdError } from '../../policy/errors.js';
+import { ABI_VERSION, CONFIG_SLOT, encodeU32, encodeU64, MAPS } from './abi.js';
+import * as bpf from './libbpf.js';
+
+/** The cgroup hooks, in attach order: sock_create first (see Enforcer.attach). */
+export const HOOKS = [
+  { name: 'sock_create', program: 'egress_sock_create', attachType: bpf.ATTACH.inetSockCreate },
+  { name: 'connect4', program: 'egress_connect4', attachType: bpf.ATTACH.inet4Connect },
+  { name: 'connect6', program: 'egress_connect6', attachType: bpf.ATTACH.inet6Connect },
+  { name: 'sendmsg4', program: 'egress_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
+  { name: 'sendmsg6', program: 'egress_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+  { name: 'recvmsg4', program: 'egress_recvmsg4', attachType: bpf.ATTACH.udp4Recvmsg },
+  { name: 'recvmsg6', program: 'egress_recvmsg6', attachType: bpf.ATTACH.udp6Recvmsg },
+  { name: 'getpeername4', program: 'egress_getpeername4', attachType: bpf.ATTACH.inet4Getpeername },
+  { name: 'getpeername6', program: 'egress_getpeername6', attachType: bpf.ATTACH.inet6Getpeername },
+] as const;
+
+export type HookName = (typeof HOOKS)[number]['name'];
+
+/** The guard's hooks, attached to each sandbox root (see "governed" in bpf/include/egress_abi.h). */
+export const GUARD_HOOKS = [
+  { name: 'sock_create', program: 'egress_guard_sock_create', attachType: bpf.ATTACH.inetSockCreate },
+  { name: 'connect4', program: 'egress_guard_connect4', attachType: bpf.ATTACH.inet4Connect },
+  { name: 'connect6', program: 'egress_guard_connect6', attachType: bpf.ATTACH.inet6Connect },
+  { name: 'sendmsg4', program: 'egress_guard_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
+  { name: 'sendmsg6', program: 'egress_guard_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+] as const;
+
+export type GuardHookName = (typeof GUARD_HOOKS)[number]['name'];
+type MapName = (typeof MAPS)[keyof typeof MAPS];
+
+const COMPLETE_MARKER = HOOKS[0].program;
+
+export const DEFAULT_OBJECT_PATH = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../../build/egress.bpf.o',
+);
+
+export interface LoadedObject {
+  pinDir: string;
+  maps: Record<MapName, number>;
+  programs: Record<HookName, { fd: number; id: number }>;
+  guards: Record<GuardHookName, { fd: number; id: number }>;
+  /** True when the pins were already there (a restarted agent). */
+  adopted: boolean;
+}
+
+export interface LoadOptions {
+  pinDir: string;
+  objectPath?: string;
+  log?: (level: 'warn' | 'info' | 'debug', line: string) => void;
+}
+
+let libbpfLog: string[] = [];
+let loggerSet = false;
+
+function captureLibbpfLog(log: LoadOptions['log']): void {
+  if (loggerSet) return;
+  loggerSet = true;
+  bpf.setLibbpfLogger((level, line) => {
+    libbpfLog.push(line);
+    if (libbpfLog.length > 200) libbpfLog = libbpfLog.slice(-100);
+    log?.(level === 'warn' ? 'warn' : 'debug', line);
+  });
+}
+
+export function loadOrAdopt(opts: LoadOptions): LoadedObject {
+  captureLibbpfLog(opts.log);
+  const { pinDir } = opts;
+  mkdirSync(pinDir, { recursive: true });
+  if (existsSync(path.join(pinDir, 'progs', COMPLETE_MARKER))) return adopt(pinDir);
+  // A load that died before its last pin: nothing can be attached yet, start over.
+  if (hasAttachments(pinDir)) {
+    throw new EgressdError(
+      'PINS_INCOMPLETE',
+      `${pinDir} holds computer links but no complete program set: remove it (rm -r ${pinDir}) to detach everything and start again`,
+    );
+  }
+  rmSync(path.join(pinDir, 'maps'), { recursive: true, force: true });
+  rmSync(path.join(pinDir, 'progs'), { recursive: true, force: true });
+  return loadFresh(pinDir, opts.objectPath ?? DEFAULT_OBJECT_PATH);
+}
+
+function hasAttachments(pinDir: string): boolean {
+  const dir = path.join(pinDir, 'computers');
+  return existsSync(dir) && readdirSync(dir).length > 0;
+}
+
+function programId(fd: number): number {
+  const info = Buffer.alloc(8); // struct bpf_prog_info: type, id
+  bpf.objInfo(fd, info);
+  return info.readUInt32LE(4);
+}
+
+/**
+ * Opens and loads the object. The verifier gives up with EAGAIN when a signal
+ * arrives during its work (a profiler's SIGPROF, a child's SIGCHLD): retried.
+ */
+function openAndLoad(objectPath: string): bpf.BpfObject {
+  for (let attempt = 1; ; attempt++) {
+    const obj = bpf.openObject(objectPath);
+    libbpfLog = [];
+    try {
+      bpf.loadObject(obj);
+      return obj;
+    } catch (err) {
+      bpf.closeObject(obj);
+      if (err instanceof bpf.LibbpfError && err.errno === 11 && attempt < 5) continue;
+      throw new EgressdError(
+        'BPF_LOAD_FAILED',
+        `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
+          `socket hooks, LPM tries or cgroup storage (Linux 5.15 or newer is needed), or kernel lockdown forbids BPF. ` +
+          `libbpf said:\n` +
+          libbpfLog.slice(-20).join('\n'),
+        { cause: err },
+      );
+    }
+  }
+}
+
+function loadFresh(pinDir: string, objectPath: string): LoadedObject {
+  if (!existsSync(objectPath)) {
+    throw new EgressdError('NO_BPF_OBJECT', `BPF object ${objectPath} is missing: run npm run build`);
+  }
+  const obj = openAndLoad(objectPath);
+  try {
+    mkdirSync(path.join(pinDir, 'maps'), { recursive: true });
+    mkdirSync(path.join(pinDir, 'progs'), { recursive: true });
+    for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
+    // The marker program goes last, so that its pin means every pin exists.
+    for (const hook of [...GUARD_HOOKS, ...[...HOOKS].reverse()]) {
+      bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.program));
+    }
+  } finally {
+    bpf.closeObject(obj);
+  }
+  const loaded = adopt(pinDir);
+  bpf.mapUpdate(loaded.maps.config, encodeU32(CONFIG_SLOT.abiVersion), encodeU64(BigInt(ABI_VERSION)));
+  bpf.mapUpdate(
+    loaded.maps.config,
+    encodeU32(CONFIG_SLOT.agentNetnsCookie),
+    encodeU64(bpf.currentNetnsCookie()),
+  );
+  return { ...loaded, adopted: false };
+}
+
+function adopt(pinDir: string): LoadedObject {
+  // The ABI first: an older build's pins may lack maps and programs that this one has.
+  const config = bpf.objGet(path.join(pinDir, 'maps', MAPS.config));
+  const version = Buffer.alloc(8);
+  try {
+    bpf.mapLookup(config, encodeU32(CONFIG_SLOT.abiVersion), version);
+  } finally {
+    bpf.closeFd(config);
+  }
+  const pinned = Number(version.readBigUInt64LE());
+  if (pinned !== 0 && pinned !== ABI_VERSION) {
+    throw new EgressdError(
+      'PINS_INCOMPATIBLE',
+      `the programs pinned in ${pinDir} come from an egressd build with ABI ${pinned}; this build has ABI ` +
+        `${ABI_VERSION}. Remove the pins (rm -r ${pinDir}, which detaches every computer) and restart`,
+    );
+  }
+  const maps = {} as Record<MapName, number>;
+  for (const name of Object.values(MAPS)) maps[name] = bpf.objGet(path.join(pinDir, 'maps', name));
+  const program = (name: string) => {
+    const fd = bpf.objGet(path.join(pinDir, 'progs', name));
+    return { fd, id: programId(fd) };
+  };
+  const programs = {} as Record<HookName, { fd: number; id: number }>;
+  for (const hook of HOOKS) programs[hook.name] = program(hook.program);
+  const guards = {} as Record<GuardHookName, { fd: number; id: number }>;
+  for (const hook of GUARD_HOOKS) guards[hook.name] = program(hook.program);
+  return { pinDir, maps, programs, guards, adopted: true };
+}
+
+export function closeLoaded(loaded: LoadedObject): void {
+  for (const fd of Object.values(loaded.maps)) bpf.closeFd(fd);
+  for (const p of [...Object.values(loaded.programs), ...Object.values(loaded.guards)]) bpf.closeFd(p.fd);
+}

@@ -1,0 +1,39 @@
+/**
+ * The store's outage errors. They say what happened to Redis, not how to
+ * answer it: the API turns them into 503s with Retry-After, the agent waits
+ * and resyncs.
+ */
+import { EgressdError } from '../policy/errors.js';
+
+/** Redis could not be reached (or answered that it cannot serve). Nothing was changed. */
+export class StoreUnavailableError extends EgressdError {
+  constructor(cause: unknown, code = 'store_unavailable', message?: string) {
+    super(code, message ?? `the policy store (Redis) is unavailable, retry shortly: ${causeText(cause)}`, {
+      cause,
+    });
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+/**
+ * A change was sent to Redis but no answer came (the command timed out, or
+ * the connection was lost before the reply): it may or may not have taken
+ * effect. A StoreUnavailableError, so whoever treats "Redis is away" as
+ * transient does the same here, with a code of its own and a message that
+ * says how to find out: `change` names what was being changed, `advice`
+ * what to GET and what is safe to repeat.
+ */
+export class StoreOutcomeUnknownError extends StoreUnavailableError {
+  constructor(cause: unknown, change: string, advice: string) {
+    super(
+      cause,
+      'store_outcome_unknown',
+      `the policy store (Redis) did not confirm ${change} (${causeText(cause)}): it may or may not have taken effect. ${advice}`,
+    );
+    this.name = 'StoreOutcomeUnknownError';
+  }
+}
+
+function causeText(cause: unknown): string {
+  return cause instanceof Error ? cause.message : String(cause);
+}
