@@ -1,11 +1,12 @@
 /** The JSON shapes the API answers with (snake_case, as in the seed). */
-import type { DnsMode, Rule } from '../policy/types.js';
+import type { DnsMode, Mode, Rule } from '../policy/types.js';
 import {
   type AgentState,
   type ApiKeyRecord,
   type Computer,
   inForce,
   type PolicyRecord,
+  type PolicyStatus,
 } from '../store/store.js';
 
 /** A policy's enforcement state: what the agent reported of this version, else `pending`. */
@@ -13,7 +14,7 @@ export type EnforcementState = AgentState | 'pending';
 
 export interface PolicyView {
   computer_id: string;
-  mode: string;
+  mode: Mode;
   /** What the DNS proxy resolves: listed, all or none. */
   dns: DnsMode;
   /** Deprecated: `dns` is "none" (kept for clients written before `dns`). */
@@ -111,18 +112,15 @@ export function computerView(c: Computer): ComputerView {
 
 /** A computer in a list: with its policy's mode and version, and the agent's report on it. */
 export interface ComputerListItemView extends ComputerView {
-  policy: { mode: string; block_dns: boolean; version: number; enforcement: EnforcementView };
+  policy: { mode: Mode; block_dns: boolean; version: number; enforcement: EnforcementView };
 }
 
-export function computerListItemView(
-  c: Computer,
-  status: { mode: string; blockDns?: boolean; version: number; enforced: PolicyRecord['enforced'] },
-): ComputerListItemView {
+export function computerListItemView(c: Computer, status: PolicyStatus): ComputerListItemView {
   return {
     ...computerView(c),
     policy: {
       mode: status.mode,
-      block_dns: status.blockDns === true,
+      block_dns: status.dns === 'none',
       version: status.version,
       enforcement: enforcementView(status),
     },

@@ -1,12 +1,14 @@
 /**
  * Lua scripts: each change to the store is one of these, so the policy, its
  * new version and the change record on the node's stream are written in one
- * atomic step (an agent never sees a version without its record).
+ * atomic step (an agent never sees a version without its record). Each is a
+ * command of the store's connection (`defineScripts`).
  *
  * Key names come in as KEYS or, where they depend on a value the script
  * reads (the computer's node), as `%s` templates from keys.ts in ARGV.
  * Replies are flat arrays whose first element is a status word.
  */
+import type { Redis } from 'ioredis';
 
 /**
  * Lua prelude of every script that records a change: appends the record to a
@@ -50,7 +52,7 @@ end
 `;
 
 /** KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any). */
-export const GET_POLICY = `
+const GET_POLICY = `
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
@@ -69,7 +71,7 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
  * took effect (its answer was lost) answers as unchanged rather than 412
  * (RFC 9110 13.1.1 allows a 2xx when the requested change is already made).
  */
-export const PUT_POLICY = `${APPEND_CHANGE}
+const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
@@ -101,7 +103,7 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or 
  * names: whatever a computer of the same id left behind (written by an older
  * build, which did not delete them) is not its.
  */
-export const PUT_COMPUTER = `${APPEND_CHANGE}${CGROUP_PATHS}
+const PUT_COMPUTER = `${APPEND_CHANGE}${CGROUP_PATHS}
 local scope, id, cgroup, node, defaultNode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local tenant, tenantGiven, now = ARGV[6], ARGV[7] == '1', ARGV[8]
 local tNodeComputers, tNodeCgroups, tNodeChanges, tTenantComputers = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
@@ -179,7 +181,7 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now, d
  * Everything of the computer goes (the keys.ts entries under its id): a
  * computer registered later under the same id starts empty.
  */
-export const DELETE_COMPUTER = `${APPEND_CHANGE}
+const DELETE_COMPUTER = `${APPEND_CHANGE}
 local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
@@ -204,7 +206,7 @@ return {'ok', tostring(v)}
  * waiting PUT answers with: it need not read the key again; the reason is
  * the rest of the message, spaces and all).
  */
-export const ACK_ENFORCED = `
+const ACK_ENFORCED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
@@ -220,7 +222,7 @@ return 1
  * The agent's deny events, written only while the computer exists, so that
  * a late flush cannot bring back the stream of a deleted computer.
  */
-export const APPEND_EVENTS = `
+const APPEND_EVENTS = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for i = 2, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
@@ -234,7 +236,7 @@ return #ARGV - 1
  * Written only while the computer exists (as APPEND_EVENTS); drops expired
  * fields, and makes the key expire with its last field.
  */
-export const PUT_LEARNED = `
+const PUT_LEARNED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local now = tonumber(ARGV[1])
 local last = 0
@@ -258,7 +260,7 @@ return 1
  * seq, then for each computer its id, cgroup, tenant, mode, rules, version,
  * updated_at, dns ('' when stored before dns existed), dns_upstream ('' = none).
  */
-export const NODE_SNAPSHOT = `
+const NODE_SNAPSHOT = `
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local out = {last[1] and last[1][1] or '0-0', redis.call('GET', KEYS[2] .. ':seq') or '0'}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -278,3 +280,32 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return out
 `;
+
+/** Each script with its number of KEYS (the rest of a call is ARGV). */
+const SCRIPTS = {
+  getPolicy: { keys: 3, lua: GET_POLICY },
+  putPolicy: { keys: 4, lua: PUT_POLICY },
+  putComputer: { keys: 7, lua: PUT_COMPUTER },
+  deleteComputer: { keys: 7, lua: DELETE_COMPUTER },
+  ackEnforced: { keys: 2, lua: ACK_ENFORCED },
+  appendEvents: { keys: 2, lua: APPEND_EVENTS },
+  putLearned: { keys: 2, lua: PUT_LEARNED },
+  nodeSnapshot: { keys: 2, lua: NODE_SNAPSHOT },
+} as const;
+
+export type ScriptName = keyof typeof SCRIPTS;
+
+/** A connection with each script as a command of its own: `redis.putPolicy(...keys, ...args)`. */
+export type ScriptedRedis = Redis & Record<ScriptName, (...keysThenArgs: string[]) => Promise<unknown>>;
+
+/**
+ * Makes each script a command of `redis` (ioredis defineCommand): sent as
+ * EVAL the first time on each connection, as EVALSHA after that, and once
+ * more as EVAL when Redis answers NOSCRIPT (it ran nothing then).
+ */
+export function defineScripts(redis: Redis): ScriptedRedis {
+  for (const [name, { keys, lua }] of Object.entries(SCRIPTS)) {
+    redis.defineCommand(name, { numberOfKeys: keys, lua });
+  }
+  return redis as ScriptedRedis;
+}
