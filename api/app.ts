@@ -8,11 +8,12 @@ import type { Duplex } from 'node:stream';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { type Logger, pino } from 'pino';
+import { PolicyError } from '../policy/errors.js';
 import { StoreOutcomeUnknownError, StoreUnavailableError } from '../store/errors.js';
 import type { Store } from '../store/store.js';
 import { Authenticator } from './auth.js';
 import type { ApiConfig } from './config.js';
-import { ApiError, storeUnavailable } from './errors.js';
+import { ApiError, invalidPolicy, storeUnavailable } from './errors.js';
 import { type ApiMetrics, createMetrics } from './metrics.js';
 import { computerRoutes } from './routes/computers.js';
 import type { ApiState, RouteDeps } from './routes/deps.js';
@@ -244,6 +245,7 @@ function rawReply(socket: Duplex, reply: RawReply): void {
 
 function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  if (err instanceof PolicyError) return invalidPolicy(err);
   if (err instanceof StoreUnavailableError) return storeUnavailable(err);
   // Koa's own errors (for example a client that sent a malformed request).
   const status = (err as { status?: unknown })?.status;

@@ -3,9 +3,9 @@
  * test/api/openapi.test.ts keeps it true: every route of the router is here
  * and every response the tests see validates against its schema.
  */
-import { DNS_MODES, MODES, PROTOCOLS } from '../policy/types.js';
+import { COMPUTER_ID_SOURCE, DNS_MODES, MODES, PROTOCOLS } from '../policy/types.js';
 import { AGENT_STATES } from '../store/store.js';
-import { COMPUTER_ID_SOURCE, ID_PATTERN, NODE_PATTERN } from './validation.js';
+import { ID_PATTERN, NODE_PATTERN } from './validation.js';
 
 type Json = Record<string, unknown>;
 

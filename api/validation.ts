@@ -1,23 +1,13 @@
 /**
- * Request validation: zod schemas that also normalise (hosts, cgroup paths),
- * and the one place that turns zod issues into 400s naming the field path
- * (`rules[3].port: must be an integer from 1 to 65535`).
+ * API request checks: zod schemas of the computer and key bodies that also
+ * normalise (cgroup paths, DNS upstreams), names and query parameters; 400s
+ * naming the field path. The policy body's schema is the policy model's
+ * (policy/schema.ts).
  */
 import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
-import { HostError, normaliseHost } from '../policy/host.js';
-import {
-  COMPUTER_ID_PATTERN,
-  DNS_MODES,
-  defaultDns,
-  dnsProblem,
-  MODES,
-  modeTakesRules,
-  type Policy,
-  PROTOCOLS,
-  type Rule,
-} from '../policy/types.js';
-import { ApiError, type FieldIssue, RULES_REQUIRED } from './errors.js';
+import { describeIssues } from '../policy/schema.js';
+import { ApiError } from './errors.js';
 
 /** Tenant names: 1–128 of [A-Za-z0-9._-], starting with a letter or digit. */
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
@@ -25,110 +15,9 @@ const ID_RE = new RegExp(ID_PATTERN);
 const ID_MESSAGE =
   'must be 1 to 128 characters of A-Z, a-z, 0-9, ".", "_" or "-", starting with a letter or digit';
 
-/** Computer ids: like tenant names, or `<tenant>~<name>` (a tenant's namespace); at most 200 characters. */
-export { COMPUTER_ID_SOURCE } from '../policy/types.js';
-
-const COMPUTER_ID_MESSAGE =
-  'must be a name of A-Z, a-z, 0-9, ".", "_" or "-" starting with a letter or digit, optionally after "<tenant>~", at most 200 characters';
 /** Node names: like ids, up to 253 characters (a host name fits). */
 export const NODE_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$';
 const NODE_RE = new RegExp(NODE_PATTERN);
-
-const PORT_MESSAGE = 'must be an integer from 1 to 65535';
-
-/**
- * normaliseHost is pure, and policies repeat the same hosts (github.com,
- * pypi.org, ...) across computers, so successful results are memoised; the
- * memo is dropped whole when it reaches MEMO_MAX entries. (Parsing a hostname
- * costs tens of microseconds, most of it in ipaddr.js ruling out an address.)
- */
-const MEMO_MAX = 50_000;
-const normalised = new Map<string, string>();
-function normaliseHostMemo(text: string): string {
-  const hit = normalised.get(text);
-  if (hit !== undefined) return hit;
-  const value = normaliseHost(text);
-  if (normalised.size >= MEMO_MAX) normalised.clear();
-  normalised.set(text, value);
-  return value;
-}
-
-const host = z
-  .string({ error: 'must be a string: an address, a CIDR block or a hostname' })
-  .transform((text, ctx) => {
-    try {
-      return normaliseHostMemo(text);
-    } catch (err) {
-      if (!(err instanceof HostError)) throw err;
-      ctx.issues.push({ code: 'custom', message: err.message, input: text });
-      return z.NEVER;
-    }
-  });
-
-const rule = z.strictObject({
-  host,
-  port: z
-    .int({ error: PORT_MESSAGE })
-    .min(1, { error: PORT_MESSAGE })
-    .max(65535, { error: PORT_MESSAGE })
-    .optional(),
-  protocol: z.enum(PROTOCOLS, { error: `must be one of ${PROTOCOLS.join(', ')}` }).default('any'),
-});
-
-const policyBody = z.strictObject({
-  mode: z.enum(MODES, { error: `must be one of ${MODES.join(', ')}` }),
-  rules: z.array(rule, { error: 'must be an array of rules' }).optional(),
-  dns: z.enum(DNS_MODES, { error: `must be one of ${DNS_MODES.join(', ')}` }).optional(),
-  /** Before `dns`: true is `"dns": "none"`. Replies still carry it (`dns` is "none"). */
-  block_dns: z.boolean({ error: 'must be true or false' }).optional(),
-});
-
-/** Validates and normalises a PUT network-policy body. */
-export function parsePolicy(body: unknown, maxRules: number): Policy {
-  if (isObject(body) && Array.isArray(body['rules']) && body['rules'].length > maxRules) {
-    throw new ApiError(
-      400,
-      'too_many_rules',
-      `rules: at most ${maxRules} rules per policy, got ${body['rules'].length}; merge rules into CIDR blocks or wildcards`,
-    );
-  }
-  const parsed = policyBody.safeParse(body);
-  if (!parsed.success) throw invalid(parsed.error.issues);
-  const { mode, rules = [], dns: given, block_dns: blockDns } = parsed.data;
-  if (modeTakesRules(mode) && rules.length === 0) {
-    throw new ApiError(400, 'rules_required', RULES_REQUIRED);
-  }
-  if (!modeTakesRules(mode) && rules.length > 0) {
-    throw new ApiError(
-      400,
-      'rules_not_allowed',
-      `rules: ${mode} mode takes no rules; send "rules": [] or leave it out, or use allowlist or denylist`,
-    );
-  }
-  // Fixed key order, so that equal policies serialise to equal JSON.
-  const normalised: Rule[] = rules.map((r) =>
-    r.port === undefined
-      ? { host: r.host, protocol: r.protocol }
-      : { host: r.host, port: r.port, protocol: r.protocol },
-  );
-  if (blockDns !== undefined && given !== undefined && blockDns !== (given === 'none')) {
-    throw new ApiError(
-      400,
-      'dns_not_allowed',
-      `block_dns: ${blockDns} contradicts "dns": "${given}" (block_dns true is "dns": "none"); send dns alone`,
-    );
-  }
-  const dns = given ?? (blockDns ? 'none' : defaultDns(mode, normalised));
-  const problem = dnsProblem(mode, normalised, dns);
-  if (problem !== undefined) {
-    const said =
-      given === undefined && blockDns
-        ? `block_dns: true is "dns": "none", which does not fit: ${problem}`
-        : problem;
-    throw new ApiError(400, 'dns_not_allowed', said);
-  }
-  return { mode, rules: normalised, dns };
-}
 
 const cgroup = z
   .string({ error: 'must be a string: the cgroup path relative to the cgroup2 mount' })
@@ -273,16 +162,6 @@ export function checkRelative(raw: unknown, cgroup: string, bases: readonly stri
   );
 }
 
-/** Checks a computer id from the path. */
-export function checkComputerId(id: string): string {
-  if (!COMPUTER_ID_PATTERN.test(id)) {
-    throw new ApiError(400, 'invalid_request', `id: ${COMPUTER_ID_MESSAGE}`, [
-      { path: 'id', message: COMPUTER_ID_MESSAGE },
-    ]);
-  }
-  return id;
-}
-
 /** Checks a node name from a query string. */
 export function checkNode(node: string, field: string): string {
   if (!NODE_RE.test(node)) {
@@ -301,33 +180,6 @@ export function queryInt(value: unknown, name: string, min: number, max: number)
 }
 
 function invalid(issues: readonly z.core.$ZodIssue[]): ApiError {
-  const details: FieldIssue[] = [];
-  for (const issue of issues) {
-    if (issue.code === 'unrecognized_keys') {
-      for (const key of issue.keys) {
-        details.push({ path: formatPath([...issue.path, key]), message: 'unknown field; remove it' });
-      }
-    } else {
-      details.push({ path: formatPath(issue.path), message: issue.message });
-    }
-  }
-  const shown = details
-    .slice(0, 5)
-    .map((d) => (d.path === '' ? `body: ${d.message}` : `${d.path}: ${d.message}`));
-  const more = details.length > 5 ? `; and ${details.length - 5} more` : '';
-  return new ApiError(400, 'invalid_request', shown.join('; ') + more, details);
-}
-
-/** `['rules', 3, 'port']` → `rules[3].port`. */
-export function formatPath(path: readonly PropertyKey[]): string {
-  let out = '';
-  for (const part of path) {
-    if (typeof part === 'number') out += `[${part}]`;
-    else out += out === '' ? String(part) : `.${String(part)}`;
-  }
-  return out;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
+  const { message, details } = describeIssues(issues);
+  return new ApiError(400, 'invalid_request', message, details);
 }

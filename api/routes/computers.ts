@@ -1,11 +1,11 @@
 /** The computers registry: PUT, GET, DELETE /api/v1/computers/{id}, GET /api/v1/computers. */
 
+import { checkComputerId } from '../../policy/schema.js';
 import { tenantNamespace } from '../../policy/types.js';
 import { scopeOf } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
 import {
-  checkComputerId,
   checkNode,
   checkRelative,
   checkUnderRoots,

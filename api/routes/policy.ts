@@ -1,12 +1,13 @@
 /** GET, PUT, DELETE /api/v1/computers/{id}/network-policy: the seed's endpoints. */
 import type { Context } from 'koa';
+import { checkComputerId, parsePolicy } from '../../policy/schema.js';
 import type { Policy } from '../../policy/types.js';
 import { UNRESTRICTED } from '../../policy/types.js';
 import type { PolicyRecord } from '../../store/store.js';
 import { scopeOf } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
-import { checkComputerId, parsePolicy, queryInt } from '../validation.js';
+import { queryInt } from '../validation.js';
 import { enforcementState, isEnforced, policyReplyJson } from '../views.js';
 import { type ApiRouter, type ApiState, type RouteDeps, requireKey } from './deps.js';
 
