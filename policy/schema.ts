@@ -20,7 +20,7 @@ import {
 } from './types.js';
 
 /** The seed's text, verbatim. */
-export const RULES_REQUIRED = 'rules required for allowlist/denylist mode';
+const RULES_REQUIRED = 'rules required for allowlist/denylist mode';
 
 const COMPUTER_ID_MESSAGE =
   'must be a name of A-Z, a-z, 0-9, ".", "_" or "-" starting with a letter or digit, optionally after "<tenant>~", at most 200 characters';

@@ -53,7 +53,7 @@ export function modeTakesRules(mode: Mode): boolean {
 export const UNRESTRICTED: Policy = Object.freeze({ mode: 'unrestricted', rules: [], dns: 'all' }) as Policy;
 
 /** Whether a rule's host is a hostname or a wildcard (not an address or CIDR block). */
-export function isNameRule(rule: Rule): boolean {
+function isNameRule(rule: Rule): boolean {
   return parseHost(rule.host).kind !== 'cidr';
 }
 

@@ -78,7 +78,7 @@ export class Computers {
    * Registers or updates a computer. `node` absent keeps the current node
    * (or takes `defaultNode` for a new computer); `tenant` absent keeps the
    * current tenant (none for a new computer), null sets none; so does
-   * `dnsUpstream` (stored form: validation.ts normaliseDnsUpstream). A
+   * `dnsUpstream` (stored form: api/validation.ts normaliseDnsUpstream). A
    * change of it alone appends a change record with the policy's current
    * version, so that the agent re-reads the computer (no new version).
    */

@@ -36,7 +36,7 @@ const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|READONLY|CLUSTERDOWN|TRYAGAIN
  */
 const NOT_SENT = /^Stream isn't writeable/;
 
-export function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { path?: string } {
+function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { path?: string } {
   const common: RedisOptions = {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,

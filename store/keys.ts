@@ -8,12 +8,15 @@
  * (`[A-Za-z0-9._-]`, and `~` in a tenant's computer ids), so they never
  * contain `:` or `%`.
  */
-export const PREFIX = 'egressd:';
+const PREFIX = 'egressd:';
 
 export const keys = {
-  /** Hash: id, cgroup, node, tenant ('' for none), created_at, updated_at. */
+  /** Hash: id, cgroup, node, tenant ('' for none), created_at, updated_at, dns_upstream (absent: none). */
   computer: (id: string) => `${PREFIX}computer:${id}`,
-  /** Hash: mode, rules (JSON of normalised rules), dns (listed, all, none; absent before it existed), version, updated_at. */
+  /**
+   * Hash: mode, rules (JSON of normalised rules), dns (listed, all, none), version, updated_at.
+   * Written before dns existed: no dns, and "isolated+block_dns" as a mode (still read, see policies.ts).
+   */
   policy: (id: string) => `${PREFIX}computer:${id}:policy`,
   /** Capped stream of a computer's deny events (field `event`: JSON), written by the agent. */
   events: (id: string) => `${PREFIX}computer:${id}:events`,
@@ -29,10 +32,11 @@ export const keys = {
   nodeCgroups: (node: string) => `${PREFIX}node:${node}:cgroups`,
   /** Sorted set (scores 0) of the cgroup paths of one node's computers: finds nested ones by prefix. */
   nodeCgroupPaths: (node: string) => `${PREFIX}node:${node}:cgroup-paths`,
-  /** Stream of change records for one node's agent (see ChangeRecord in store.ts). */
+  /**
+   * Stream of change records for one node's agent (see ChangeRecord in changes.ts); beside it the
+   * counter `<stream>:seq`, the `seq` of the node's last record (the Lua scripts derive its name).
+   */
   nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
-  /** Counter: the `seq` of the node's last change record (the Lua scripts derive it as `<stream>:seq`). */
-  nodeChangeSeq: (node: string) => `${PREFIX}node:${node}:changes:seq`,
   /** Sorted set of the ids of one tenant's computers. */
   tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
   /** Counter: the one sequence that every version is drawn from, so versions never go back. */
