@@ -11,6 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import { EgressdError } from '../../policy/errors.js';
@@ -163,6 +164,8 @@ const MODE_NAMES = Object.fromEntries(Object.entries(MODE).map(([k, v]) => [v, k
   number,
   keyof typeof MODE
 >;
+
+const { E2BIG, EINVAL, ENOMEM, ENOSPC, EOPNOTSUPP } = constants.errno;
 
 const PORT_KEY_SIZE = LAYOUT.egress_port_key.size;
 const RULE_VALUE_SIZE = LAYOUT.egress_rule.size;
@@ -703,7 +706,7 @@ export class Enforcer {
       );
     } catch (err) {
       this.deleteEntries(policyId);
-      if (err instanceof bpf.LibbpfError && (err.errno === 7 || err.errno === 28 || err.errno === 12)) {
+      if (err instanceof bpf.LibbpfError && [E2BIG, ENOSPC, ENOMEM].includes(err.errno)) {
         throw new EgressdError(
           'MAPS_FULL',
           `the rule maps are full (${err.message}): fewer rules, or fewer computers per host, are needed`,
@@ -1128,7 +1131,7 @@ function updateMany(fd: number, keys: Buffer, values: Buffer, keySize: number, v
       bpf.mapUpdateBatch(fd, keys, values, count);
       return;
     } catch (err) {
-      if (!(err instanceof bpf.LibbpfError && (err.errno === 22 || err.errno === 95 || err.errno === 524)))
+      if (!(err instanceof bpf.LibbpfError && [EINVAL, EOPNOTSUPP, bpf.ENOTSUPP].includes(err.errno)))
         throw err;
       batchUpdateWorks = false;
     }

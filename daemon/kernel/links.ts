@@ -5,6 +5,7 @@
  * between linking and pinning leaves no attachment behind.
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { constants } from 'node:os';
 import * as bpf from './libbpf.js';
 
 /** struct bpf_link_info up to cgroup.attach_type: prog_id at 8, cgroup.cgroup_id at 16. */
@@ -41,7 +42,7 @@ export function unpinCgroupLink(pin: string): void {
     bpf.linkDetach(fd);
   } catch (err) {
     // A link whose cgroup is gone is already detached.
-    if (!(err instanceof bpf.LibbpfError && err.errno === 2)) throw err;
+    if (!(err instanceof bpf.LibbpfError && err.errno === constants.errno.ENOENT)) throw err;
   } finally {
     bpf.closeFd(fd);
   }

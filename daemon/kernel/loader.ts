@@ -9,6 +9,7 @@
  * Pinned links and maps keep enforcement in force while no agent runs.
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EgressdError } from '../../policy/errors.js';
@@ -118,7 +119,7 @@ function openAndLoad(objectPath: string): bpf.BpfObject {
       return obj;
     } catch (err) {
       bpf.closeObject(obj);
-      if (err instanceof bpf.LibbpfError && err.errno === 11 && attempt < 5) continue;
+      if (err instanceof bpf.LibbpfError && err.errno === constants.errno.EAGAIN && attempt < 5) continue;
       throw new EgressdError(
         'BPF_LOAD_FAILED',
         `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
