@@ -1,11 +1,10 @@
 /**
  * The enforcer: what the agent, the DNS proxy and the tests ask of the
- * kernel side, one computer at a time (attach, apply, detach, learn, list).
- * It keeps each computer's record and its storage value in the "computers"
- * map; the rest is delegated: pins to attachments.ts, rule entries to
- * policy-table.ts, DNS-learned addresses to learned-table.ts, deferred
- * deletion to reclaimer.ts, host settings to host-config.ts, the programs
- * and maps to loader.ts.
+ * kernel side, one computer at a time (attach, apply, detach, learn, list),
+ * over the modules that do the work: loader.ts (programs and maps),
+ * attachments.ts (link pins), computers.ts (storage values and records),
+ * policy-table.ts (rule entries), learned-table.ts (DNS-learned addresses),
+ * reclaimer.ts (deferred deletion), host-config.ts, guard.ts.
  *
  * Atomic replace: a policy's entries are written under a fresh policy id,
  * then one cgroup-storage write switches {mode, policy_id, version} for the
@@ -14,37 +13,26 @@
  * the old id can see a half-deleted policy.
  */
 import { EgressdError } from '../../policy/errors.js';
-import { COMPUTER_ID_PATTERN, type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
+import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
 import { findCgroup2Mount, resolveCgroup } from '../system.js';
-import {
-  CGROUP_KEY_SIZE,
-  type ComputerValue,
-  decodeComputer,
-  decodeMode,
-  encodeCgroupKey,
-  encodeComputer,
-  FLAG,
-  type KernelMode,
-  LAYOUT,
-} from './abi.js';
+import { type ComputerValue, decodeMode, FLAG } from './abi.js';
 import { Attachments } from './attachments.js';
-import { type CompiledPolicy, nameVerdict } from './compile.js';
+import {
+  type ComputerState,
+  Computers,
+  cachedVerdict,
+  checkComputerId,
+  type DnsSettings,
+} from './computers.js';
 import { SandboxGuard } from './guard.js';
 import { HostConfig } from './host-config.js';
-import { type LearnedName, LearnedTable, type Verdict } from './learned-table.js';
-import * as bpf from './libbpf.js';
-import {
-  closeLoaded,
-  HOOKS,
-  type HookName,
-  type LoadedObject,
-  type LoadOptions,
-  loadOrAdopt,
-} from './loader.js';
-import { allKeys, lookup, mapMemory } from './maps.js';
+import { type LearnedName, LearnedTable } from './learned-table.js';
+import { closeLoaded, HOOKS, type LoadedObject, type LoadOptions, loadOrAdopt } from './loader.js';
+import { mapMemory } from './maps.js';
 import { PolicyTable } from './policy-table.js';
 import { Reclaimer } from './reclaimer.js';
 
+export type { ComputerState, DnsSettings } from './computers.js';
 export type { LearnedName } from './learned-table.js';
 
 export interface EnforcerOptions extends LoadOptions {
@@ -54,60 +42,13 @@ export interface EnforcerOptions extends LoadOptions {
   cgroupRoot?: string;
 }
 
-export interface ComputerState {
-  id: string;
-  /** Inode of the attached cgroup; 0n when the cgroup is gone (links defunct). */
-  cgroupId: bigint;
-  hooks: HookName[];
-  mode: KernelMode | 'unknown';
-  version: bigint;
-  policyId: number;
-  learnedId: number;
-  dnsPort: number;
-  /** EGRESS_FLAG_* bits of the storage value (none are set by this build). */
-  flags: number;
-}
-
-/**
- * DNS settings of a computer's storage value. What the proxy resolves
- * (`dns` of the policy) is the proxy's business: the kernel sends every
- * governed computer's DNS to it whatever the policy's `dns`.
- */
-export interface DnsSettings {
-  /** The computer's proxy port; 0 or absent at first attach: DNS refused until the proxy has one. */
-  port?: number;
-}
-
-/** What this process knows of a computer it attached or adopted. */
-interface ComputerRecord {
-  cgroupId: bigint;
-  policyId: number;
-  learnedId: number;
-  /** Its policy as compiled for name verdicts (no prefixes). */
-  compiled: CompiledPolicy;
-  /** What the DNS proxy resolves for the computer (the policy's dns, or its default). */
-  dns: DnsMode;
-  /** Name chain → its verdict under `compiled` (the record is replaced on every install). */
-  verdicts: Map<string, Verdict | undefined>;
-}
-
-function cachedVerdict(record: ComputerRecord, names: string[]): Verdict | undefined {
-  const key = names.join(' ');
-  if (!record.verdicts.has(key)) {
-    if (record.verdicts.size > 10_000) record.verdicts.clear();
-    record.verdicts.set(key, nameVerdict(record.compiled, names));
-  }
-  return record.verdicts.get(key);
-}
-
 export class Enforcer {
   private readonly attachments: Attachments;
   private readonly reclaimer: Reclaimer;
   private readonly policies: PolicyTable;
   private readonly learned: LearnedTable;
   private readonly host: HostConfig;
-  /** Per computer id: its compiled policy and ids. */
-  private readonly records = new Map<string, ComputerRecord>();
+  private readonly computers: Computers;
   private closed = false;
   /** The sandbox-root guard; attach() and detach() keep its governed map. */
   readonly guard: SandboxGuard;
@@ -122,6 +63,7 @@ export class Enforcer {
     this.policies = new PolicyTable(obj.maps, this.reclaimer);
     this.learned = new LearnedTable(obj.maps, this.policies, this.reclaimer);
     this.host = new HostConfig(obj.maps);
+    this.computers = new Computers(obj.maps.computers);
   }
 
   /** Loads the programs, or adopts the pinned ones, and rebuilds the index of installed policies. */
@@ -143,10 +85,7 @@ export class Enforcer {
   private adoptMaps(): void {
     const policyRefs = new Map<number, number>();
     const learnedIds = new Set<number>();
-    for (const key of allKeys(this.obj.maps.computers, CGROUP_KEY_SIZE)) {
-      const value = lookup(this.obj.maps.computers, key, LAYOUT.egress_computer.size);
-      if (!value) continue;
-      const v = decodeComputer(value);
+    for (const v of this.computers.values()) {
       policyRefs.set(v.policyId, (policyRefs.get(v.policyId) ?? 0) + 1);
       if (v.learnedId) learnedIds.add(v.learnedId);
     }
@@ -187,22 +126,22 @@ export class Enforcer {
     dns: DnsSettings = {},
     learnedNames?: readonly LearnedName[],
   ): { cgroupId: bigint; attached: boolean } {
-    this.checkId(id);
+    checkComputerId(id);
     const target = resolveCgroup(cgroup, this.cgroupRoot);
     // A computer this process attached or adopted at this very cgroup has every hook: no need to
     // read its pins again (nine links each) on every policy change.
     const current =
-      this.records.get(id)?.cgroupId === target.id
+      this.computers.record(id)?.cgroupId === target.id
         ? { cgroupId: target.id, hooks: HOOKS.map((h) => h.name) }
         : this.attachments.linked(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
-      const value = this.storage(target.id);
+      const value = this.computers.value(target.id);
       // An earlier build's EGRESS_FLAG_BLOCK_DNS is cleared: the proxy refuses DNS now, the kernel sends it there.
       const sameDns =
         (dns.port === undefined || dns.port === value?.dnsPort) &&
         ((value?.flags ?? 0) & FLAG.blockDns) === 0;
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
-      if (value && !this.records.has(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
+      if (value && !this.computers.record(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
       if (!value || value.version !== version || !sameDns) this.install(id, target.id, policy, version, dns);
       this.guard.govern(target.id);
       return { cgroupId: target.id, attached: false };
@@ -224,7 +163,7 @@ export class Enforcer {
 
   /** Replaces the computer's policy atomically (DNS settings kept unless given). */
   apply(id: string, policy: Policy, version: bigint, dns: DnsSettings = {}): void {
-    this.checkId(id);
+    checkComputerId(id);
     const linked = this.attachments.linked(id);
     if (!linked || linked.cgroupId === 0n || linked.hooks.length !== HOOKS.length) {
       throw new EgressdError(
@@ -237,18 +176,19 @@ export class Enforcer {
 
   /** Detaches every hook from the computer's cgroup and removes its pins. Idempotent. */
   detach(id: string): void {
-    this.checkId(id);
+    checkComputerId(id);
     if (!this.attachments.has(id)) return;
     const linked = this.attachments.linked(id);
     // The guard refuses the cgroup before its own hooks go.
-    this.guard.ungovern(this.records.get(id)?.cgroupId ?? 0n);
+    this.guard.ungovern(this.computers.record(id)?.cgroupId ?? 0n);
     this.guard.ungovern(linked?.cgroupId ?? 0n);
-    const oldPolicyId = linked && linked.cgroupId !== 0n ? (this.storage(linked.cgroupId)?.policyId ?? 0) : 0;
+    const oldPolicyId =
+      linked && linked.cgroupId !== 0n ? (this.computers.value(linked.cgroupId)?.policyId ?? 0) : 0;
     this.attachments.detach(id, linked?.cgroupId);
     if (oldPolicyId) this.policies.release(oldPolicyId);
-    const record = this.records.get(id);
+    const record = this.computers.record(id);
     if (record) this.learned.retire(record.learnedId);
-    this.records.delete(id);
+    this.computers.forget(id);
   }
 
   /**
@@ -259,8 +199,8 @@ export class Enforcer {
    */
   private install(id: string, cgroupId: bigint, policy: Policy, version: bigint, dns: DnsSettings): void {
     const { policyId, compiled } = this.policies.acquire(policy);
-    const previous = this.storage(cgroupId);
-    const record = this.records.get(id);
+    const previous = this.computers.value(cgroupId);
+    const record = this.computers.record(id);
     let learnedId = 0;
     try {
       if (compiled.names.length > 0) {
@@ -276,7 +216,7 @@ export class Enforcer {
         flags: 0,
         cgroupId,
       };
-      bpf.mapUpdate(this.obj.maps.computers, encodeCgroupKey(cgroupId), encodeComputer(value));
+      this.computers.write(value);
     } catch (err) {
       if (policyId) this.policies.release(policyId);
       this.learned.retire(learnedId);
@@ -284,14 +224,7 @@ export class Enforcer {
     }
     if (previous?.policyId) this.policies.release(previous.policyId);
     if (record) this.learned.retire(record.learnedId);
-    this.records.set(id, {
-      cgroupId,
-      policyId,
-      learnedId,
-      compiled,
-      dns: dnsOf(policy),
-      verdicts: new Map(),
-    });
+    this.computers.remember(id, { cgroupId, policyId, learnedId, compiled, dns: dnsOf(policy) });
   }
 
   /** Takes over a computer attached by an earlier agent, with its learned entries (named by `names`), without rewriting anything. */
@@ -303,13 +236,12 @@ export class Enforcer {
     names: readonly LearnedName[] = [],
   ): void {
     this.learned.nameAdopted(value.learnedId, names);
-    this.records.set(id, {
+    this.computers.remember(id, {
       cgroupId,
       policyId: value.policyId,
       learnedId: value.learnedId,
       compiled: this.policies.compiledFor(policy),
       dns: dnsOf(policy),
-      verdicts: new Map(),
     });
   }
 
@@ -320,14 +252,14 @@ export class Enforcer {
    * `cgroup` is where attach() will look (a stat, not the nine pins).
    */
   awaitsLearnedNames(id: string, cgroup: string): boolean {
-    if (!this.learned.awaitsAnyNames() || this.records.has(id)) return false;
+    if (!this.learned.awaitsAnyNames() || this.computers.record(id)) return false;
     let cgroupId: bigint;
     try {
       cgroupId = resolveCgroup(cgroup, this.cgroupRoot).id;
     } catch {
       return false; // attach() says what is wrong with the cgroup
     }
-    const value = this.storage(cgroupId);
+    const value = this.computers.value(cgroupId);
     return value !== undefined && this.learned.awaitsNames(value.learnedId);
   }
 
@@ -348,38 +280,28 @@ export class Enforcer {
     addresses: number[][],
     ttlSeconds: number,
   ): { lifetimeS: number; written: number[][] } | undefined {
-    const record = this.records.get(id);
+    const record = this.computers.record(id);
     if (!record?.learnedId) return undefined;
-    const verdict = cachedVerdict(record, names);
-    if (!verdict) return undefined;
     const verdictOf = (chain: string[]) => cachedVerdict(record, chain);
-    return this.learned.learn(
-      record.learnedId,
-      record.policyId,
-      names,
-      verdict,
-      verdictOf,
-      addresses,
-      ttlSeconds,
-    );
+    return this.learned.learn(record.learnedId, record.policyId, names, addresses, ttlSeconds, verdictOf);
   }
 
   /** Whether the computer's policy lists one of `names` (allowlist: allowed; denylist: denied). */
   listsName(id: string, names: string[]): boolean {
-    const record = this.records.get(id);
+    const record = this.computers.record(id);
     return record !== undefined && cachedVerdict(record, names) !== undefined;
   }
 
   /** The computer's mode as compiled by this process, if it knows the computer. */
   modeOf(id: string): Policy['mode'] | undefined {
-    const mode = this.records.get(id)?.compiled.mode;
+    const mode = this.computers.record(id)?.compiled.mode;
     const name = mode === undefined ? undefined : decodeMode(mode);
     return name === 'pending' ? undefined : name;
   }
 
   /** What the DNS proxy resolves for the computer under the policy in force, if this process knows it. */
   dnsOf(id: string): DnsMode | undefined {
-    return this.records.get(id)?.dns;
+    return this.computers.record(id)?.dns;
   }
 
   /**
@@ -388,19 +310,18 @@ export class Enforcer {
    * not reached yet).
    */
   computerAt(cgroupId: bigint): string | undefined {
-    for (const [id, record] of this.records) if (record.cgroupId === cgroupId) return id;
-    return this.attachments.pinnedComputerAt(cgroupId);
+    return this.computers.idAt(cgroupId) ?? this.attachments.pinnedComputerAt(cgroupId);
   }
 
   /** The hostname whose DNS answer taught computer `id` the address, if any. */
   nameOf(id: string, bytes: number[]): string | undefined {
-    const record = this.records.get(id);
+    const record = this.computers.record(id);
     return record && this.learned.nameOf(record.learnedId, bytes);
   }
 
   /** Hostname → addresses that the computer's DNS lookups taught it, unexpired. */
   learnedNames(id: string): { name: string; address: string; expiresInS: number }[] {
-    const record = this.records.get(id);
+    const record = this.computers.record(id);
     return record ? this.learned.list(record.learnedId) : [];
   }
 
@@ -409,25 +330,21 @@ export class Enforcer {
     return this.learned.expire();
   }
 
-  /**
-   * Deletes the entries of retired policy and learned ids once an RCU grace
-   * period has passed since they were retired. Resolves when the ids retired
-   * before the call are gone.
-   */
+  /** Deletes what was retired before the call (policy and learned ids) once an RCU grace period has passed. */
   sweep(): Promise<void> {
     return this.reclaimer.sweep();
   }
 
   /** The cgroup id this process attached (or adopted) the computer at; undefined when it holds none. */
   attachedCgroupId(id: string): bigint | undefined {
-    return this.records.get(id)?.cgroupId;
+    return this.computers.record(id)?.cgroupId;
   }
 
   /** Drops governed cgroup ids that no pinned computer is attached to (cgroups gone while no agent ran). */
   pruneGoverned(): number {
     const keep = new Set<bigint>();
     for (const id of this.pinnedIds()) {
-      const cgroupId = this.records.get(id)?.cgroupId ?? this.attachments.linked(id)?.cgroupId ?? 0n;
+      const cgroupId = this.computers.record(id)?.cgroupId ?? this.attachments.linked(id)?.cgroupId ?? 0n;
       if (cgroupId !== 0n) keep.add(cgroupId);
     }
     return this.guard.prune(keep);
@@ -448,26 +365,10 @@ export class Enforcer {
   /** What the kernel holds for one computer, or undefined when it has no pins. */
   state(id: string): ComputerState | undefined {
     const linked = this.attachments.linked(id);
-    if (!linked) return undefined;
-    const v = linked.cgroupId !== 0n ? this.storage(linked.cgroupId) : undefined;
-    return {
-      id,
-      cgroupId: linked.cgroupId,
-      hooks: linked.hooks,
-      mode: v ? (decodeMode(v.mode) ?? 'unknown') : 'unknown',
-      version: v?.version ?? 0n,
-      policyId: v?.policyId ?? 0,
-      learnedId: v?.learnedId ?? 0,
-      dnsPort: v?.dnsPort ?? 0,
-      flags: v?.flags ?? 0,
-    };
+    return linked && this.computers.state(id, linked);
   }
 
-  /**
-   * Where the proxy can be reached: the port range computers' proxy ports
-   * come from, and the addresses the hooks use for sockets in other network
-   * namespaces than the agent's (none: DNS refused there).
-   */
+  /** Where the DNS proxy can be reached: computers' port range, addresses for other namespaces (see HostConfig). */
   setDnsConfig(ports: [number, number], proxyV4?: string, proxyV6?: string): void {
     this.host.setDns(ports, proxyV4, proxyV6);
   }
@@ -498,20 +399,5 @@ export class Enforcer {
     this.closed = true;
     this.reclaimer.close();
     closeLoaded(this.obj);
-  }
-
-  /** The computer's storage value, or undefined when no programs are attached to the cgroup. */
-  private storage(cgroupId: bigint): ComputerValue | undefined {
-    const value = lookup(this.obj.maps.computers, encodeCgroupKey(cgroupId), LAYOUT.egress_computer.size);
-    return value && decodeComputer(value);
-  }
-
-  private checkId(id: string): void {
-    if (!COMPUTER_ID_PATTERN.test(id)) {
-      throw new EgressdError(
-        'BAD_COMPUTER_ID',
-        `computer id "${id}" must be 1 to 128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit`,
-      );
-    }
   }
 }

@@ -151,18 +151,19 @@ export class LearnedTable {
 
   /**
    * Records what a DNS answer taught learned id `learnedId` (see
-   * Enforcer.learn): `verdictOf` answers for a name chain under the
-   * computer's policy, `verdict` for `names`.
+   * Enforcer.learn); `verdictOf` answers for a name chain under the
+   * computer's policy (`policyId`). Undefined when it lists none of `names`.
    */
   learn(
     learnedId: number,
     policyId: number,
     names: string[],
-    verdict: Verdict,
-    verdictOf: (names: string[]) => Verdict | undefined,
     addresses: number[][],
     ttlSeconds: number,
-  ): { lifetimeS: number; written: number[][] } {
+    verdictOf: (names: string[]) => Verdict | undefined,
+  ): { lifetimeS: number; written: number[][] } | undefined {
+    const verdict = verdictOf(names);
+    if (!verdict) return undefined;
     const learned = this.entries(learnedId);
     const now = process.hrtime.bigint();
     const wanted = now + BigInt(Math.round(ttlSeconds * 1e9));
