@@ -3,7 +3,8 @@
  * only functions that write or read raw bytes of kernel structures (map keys
  * and values, and the parts of the kernel's own bpf_*_info structs egressd
  * reads). Every layout here must match its struct; test/unit/abi.test.ts
- * compares them with the BTF of the built object and with <linux/bpf.h>.
+ * compares them with the BTF of the built object and with <linux/bpf.h>,
+ * test/unit/abi-bytes.test.ts every encoder with bytes written out by hand.
  */
 import type { Mode } from '../../policy/types.js';
 
@@ -335,6 +336,8 @@ export function encodeU32(n: number): Buffer {
 }
 
 /** Values of "config" (__u64 slots). */
+export const CONFIG_VALUE_SIZE = 8;
+
 export function encodeU64(n: bigint): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(n);

@@ -6,7 +6,7 @@
 
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { decodeU64, encodeU32, encodeU64 } from './abi.js';
+import { CONFIG_VALUE_SIZE, decodeU64, encodeU32, encodeU64 } from './abi.js';
 import * as bpf from './libbpf.js';
 
 const { EINVAL, EOPNOTSUPP } = constants.errno;
@@ -69,7 +69,7 @@ export function deleteMany(fd: number, keys: Buffer, keySize: number): void {
 
 /** A slot of the "config" array (CONFIG_SLOT); 0n when never written. */
 export function readConfig(configFd: number, slot: number): bigint {
-  return decodeU64(lookup(configFd, encodeU32(slot), 8) ?? Buffer.alloc(8));
+  return decodeU64(lookup(configFd, encodeU32(slot), CONFIG_VALUE_SIZE) ?? Buffer.alloc(CONFIG_VALUE_SIZE));
 }
 
 /** Writes a slot of the "config" array: a number, or a value already encoded (abi.ts). */
