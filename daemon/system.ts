@@ -92,7 +92,7 @@ export function checkKernel(netnsCookie: () => bigint, release = os.release()): 
   try {
     netnsCookie();
   } catch (err) {
-    if ((err as { errno?: number }).errno !== 92) throw err; // ENOPROTOOPT
+    if ((err as { errno?: number }).errno !== os.constants.errno.ENOPROTOOPT) throw err;
     throw new EgressdError(
       'KERNEL_TOO_OLD',
       `this kernel (${release}) lacks SO_NETNS_COOKIE (Linux 5.14+), which egressd needs to tell a computer's own ` +

@@ -163,6 +163,7 @@ export class Agent {
 
   async start(): Promise<void> {
     if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
+    this.measureMaps();
     this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
     this.verifying ??= setInterval(() => this.verify(), this.opts.verifyIntervalMs ?? 5000).unref();
     this.running ??= this.loop();
@@ -413,13 +414,23 @@ export class Agent {
     for (const [state, n] of counts) metrics.computerStates.set({ state }, n);
   }
 
+  /** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
+  private measureMaps(): void {
+    const metrics = this.opts.metrics;
+    if (!metrics) return;
+    for (const [map, bytes] of Object.entries(this.opts.enforcer.mapMemory()))
+      metrics.mapMemory.set({ map }, bytes);
+  }
+
   /**
    * The periodic check: every computer's attachment against the cgroup that
    * is at its path now. A mismatch (a cgroup replaced between two inotify
-   * checks, an event lost) is repaired and logged.
+   * checks, an event lost) is repaired and logged. The state and map gauges
+   * are updated on the way.
    */
   verify(): number {
     this.countStates();
+    this.measureMaps();
     let repaired = 0;
     for (const [id, want] of this.desired) {
       const reported = this.enforced.get(id);
@@ -552,13 +563,4 @@ export class Agent {
       };
     });
   }
-}
-
-/** Orders Redis stream ids ("ms-seq"). */
-export function compareStreamIds(a: string, b: string): number {
-  const [am = 0n, as = 0n] = a.split('-').map(BigInt);
-  const [bm = 0n, bs = 0n] = b.split('-').map(BigInt);
-  if (am !== bm) return am < bm ? -1 : 1;
-  if (as !== bs) return as < bs ? -1 : 1;
-  return 0;
 }

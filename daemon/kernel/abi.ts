@@ -1,17 +1,35 @@
 /**
  * TypeScript mirror of bpf/include/egress_abi.h: constants, layouts and the
- * only functions that write or read raw map buffers. Every layout here must
- * match its struct in the header; test/privileged/abi.test.ts compares them
- * with the BTF of the built object.
+ * only functions that write or read raw bytes of kernel structures (map keys
+ * and values, and the parts of the kernel's own bpf_*_info structs egressd
+ * reads). Every layout here must match its struct; test/unit/abi.test.ts
+ * compares them with the BTF of the built object and with <linux/bpf.h>,
+ * test/unit/abi-bytes.test.ts every encoder with bytes written out by hand.
  */
+import type { Mode } from '../../policy/types.js';
 
-export const MODE = {
+/** What a computer's storage can hold: a policy's mode, or pending (all zeroes: nothing written yet). */
+export type KernelMode = Mode | 'pending';
+
+/** The one mode table: EGRESS_MODE_* by the policy's mode name. */
+export const MODE: Readonly<Record<KernelMode, number>> = {
   pending: 0,
   unrestricted: 1,
   allowlist: 2,
   denylist: 3,
   isolated: 4,
-} as const;
+};
+
+const MODE_BY_CODE = new Map(Object.entries(MODE).map(([name, code]) => [code, name as KernelMode]));
+
+export function encodeMode(mode: KernelMode): number {
+  return MODE[mode];
+}
+
+/** The mode of a storage value's code; undefined for a code this build does not know. */
+export function decodeMode(code: number): KernelMode | undefined {
+  return MODE_BY_CODE.get(code);
+}
 
 export const PROTO = { tcp: 0x1, udp: 0x2, other: 0x4, any: 0x7 } as const;
 
@@ -187,61 +205,119 @@ export function decodeLearned(b: Buffer): LearnedValue {
   };
 }
 
-/** Cgroup storage key: the cgroup's inode number. */
+/** Keys of cgroup storage and "governed": the cgroup's inode number. */
+export const CGROUP_KEY_SIZE = 8;
+
 export function encodeCgroupKey(cgroupId: bigint): Buffer {
-  const b = Buffer.alloc(8);
+  const b = Buffer.alloc(CGROUP_KEY_SIZE);
   b.writeBigUInt64LE(cgroupId);
   return b;
 }
 
-/** Writes a rule trie key for (policyId, prefix) at `offset` of `into`; the family follows bytes.length. */
-export function writeRuleKey(
-  into: Buffer,
-  offset: number,
-  policyId: number,
-  bytes: readonly number[],
-  prefixLen: number,
-) {
-  const layout = bytes.length === 4 ? L.egress_lpm_v4 : L.egress_lpm_v6;
-  into.writeUInt32LE(32 + prefixLen, offset + layout.offsets.prefixlen);
-  into.writeUInt32LE(policyId, offset + layout.offsets.policy_id);
-  for (let i = 0; i < bytes.length; i++) into[offset + layout.offsets.addr + i] = bytes[i] ?? 0;
+export function decodeCgroupKey(b: Buffer): bigint {
+  return b.readBigUInt64LE(0);
 }
+
+export function learnedKeySize(family: 4 | 6): number {
+  return family === 4 ? L.egress_learned_v4.size : L.egress_learned_v6.size;
+}
+
+/** The learned id and address bytes of a learned map key; the family follows the key's size. */
+export function decodeLearnedKey(b: Buffer): { learnedId: number; bytes: number[] } {
+  const layout = b.length === L.egress_learned_v4.size ? L.egress_learned_v4 : L.egress_learned_v6;
+  const o = layout.offsets;
+  return { learnedId: b.readUInt32LE(o.learned_id), bytes: [...b.subarray(o.addr, layout.size)] };
+}
+
+/** What a rule trie entry holds for one prefix (the fields of CompiledPrefix that the maps store). */
+export interface RuleEntry {
+  bytes: readonly number[];
+  prefixLen: number;
+  portSet: number;
+  anyPortProtos: number;
+}
+
+export const RULE_VALUE_SIZE = L.egress_rule.size;
+export const PORT_KEY_SIZE = L.egress_port_key.size;
 
 export function ruleKeySize(family: 4 | 6): number {
   return family === 4 ? L.egress_lpm_v4.size : L.egress_lpm_v6.size;
 }
 
-export function readRuleKeyPolicyId(key: Buffer): number {
-  return key.readUInt32LE(L.egress_lpm_v4.offsets.policy_id);
-}
-
-export function writeRuleValue(into: Buffer, offset: number, portSet: number, anyPortProtos: number) {
-  into.writeUInt32LE(portSet, offset + L.egress_rule.offsets.port_set);
-  into[offset + L.egress_rule.offsets.any_port_protos] = anyPortProtos;
-}
-
-export function writePortKey(
-  into: Buffer,
-  offset: number,
+/**
+ * Packed keys and values of `rules_v4` or `rules_v6` (the family follows
+ * `family`) for the prefixes of policy `policyId`, for one batch update.
+ */
+export function encodeRules(
   policyId: number,
-  portSet: number,
-  port: number,
-  proto: number,
-) {
+  family: 4 | 6,
+  entries: readonly RuleEntry[],
+): { keys: Buffer; values: Buffer } {
+  const layout = family === 4 ? L.egress_lpm_v4 : L.egress_lpm_v6;
+  const v = L.egress_rule.offsets;
+  const keys = Buffer.alloc(entries.length * layout.size);
+  const values = Buffer.alloc(entries.length * RULE_VALUE_SIZE);
+  entries.forEach((e, i) => {
+    const k = i * layout.size;
+    // prefixlen counts from policy_id, which is always matched in full.
+    keys.writeUInt32LE(32 + e.prefixLen, k + layout.offsets.prefixlen);
+    keys.writeUInt32LE(policyId, k + layout.offsets.policy_id);
+    for (let j = 0; j < e.bytes.length; j++) keys[k + layout.offsets.addr + j] = e.bytes[j] ?? 0;
+    values.writeUInt32LE(e.portSet, i * RULE_VALUE_SIZE + v.port_set);
+    values[i * RULE_VALUE_SIZE + v.any_port_protos] = e.anyPortProtos;
+  });
+  return { keys, values };
+}
+
+/** The policy id, address bytes and CIDR length of a rule trie key; the family follows the key's size. */
+export function decodeRuleKey(b: Buffer): { policyId: number; bytes: number[]; prefixLen: number } {
+  const layout = b.length === L.egress_lpm_v4.size ? L.egress_lpm_v4 : L.egress_lpm_v6;
+  const o = layout.offsets;
+  return {
+    policyId: b.readUInt32LE(o.policy_id),
+    bytes: [...b.subarray(o.addr, layout.size)],
+    prefixLen: b.readUInt32LE(o.prefixlen) - 32,
+  };
+}
+
+export interface PortKey {
+  portSet: number;
+  port: number;
+  /** One PROTO bit. */
+  proto: number;
+}
+
+/** Packed `rule_ports` keys of policy `policyId`, for one batch update (values: encodeMarks). */
+export function encodePortKeys(policyId: number, entries: readonly PortKey[]): Buffer {
   const o = L.egress_port_key.offsets;
-  into.writeUInt32LE(policyId, offset + o.policy_id);
-  into.writeUInt32LE(portSet, offset + o.port_set);
-  into.writeUInt16LE(port, offset + o.port);
-  into[offset + o.proto] = proto;
+  const keys = Buffer.alloc(entries.length * PORT_KEY_SIZE);
+  entries.forEach((e, i) => {
+    const k = i * PORT_KEY_SIZE;
+    keys.writeUInt32LE(policyId, k + o.policy_id);
+    keys.writeUInt32LE(e.portSet, k + o.port_set);
+    keys.writeUInt16LE(e.port, k + o.port);
+    keys[k + o.proto] = e.proto;
+  });
+  return keys;
 }
 
-export function readPortKeyPolicyId(key: Buffer): number {
-  return key.readUInt32LE(L.egress_port_key.offsets.policy_id);
+export function decodePortKey(b: Buffer): PortKey & { policyId: number } {
+  const o = L.egress_port_key.offsets;
+  return {
+    policyId: b.readUInt32LE(o.policy_id),
+    portSet: b.readUInt32LE(o.port_set),
+    port: b.readUInt16LE(o.port),
+    proto: b[o.proto] ?? 0,
+  };
 }
 
-export function readPortKeyPortSet(key: Buffer): number {
-  return key.readUInt32LE(L.egress_port_key.offsets.port_set);
+/** Values of the set maps (rule_ports, internal_v4/v6, governed): one byte, always 1; `count` packed. */
+export function encodeMarks(count = 1): Buffer {
+  return Buffer.alloc(count, 1);
+}
+
+export function internalKeySize(family: 4 | 6): number {
+  return family === 4 ? L.egress_internal_v4.size : L.egress_internal_v6.size;
 }
 
 export function encodeInternalKey(bytes: readonly number[], prefixLen: number): Buffer {
@@ -252,14 +328,62 @@ export function encodeInternalKey(bytes: readonly number[], prefixLen: number): 
   return b;
 }
 
+/** Keys of "config" and of the RCU barrier's array maps. */
 export function encodeU32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n);
   return b;
 }
 
+/** Values of "config" (__u64 slots). */
+export const CONFIG_VALUE_SIZE = 8;
+
 export function encodeU64(n: bigint): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(n);
   return b;
+}
+
+export function decodeU64(b: Buffer): bigint {
+  return b.readBigUInt64LE(0);
+}
+
+/** EGRESS_CONFIG_DNS_PORTS: min | max << 16, host byte order. */
+export function encodeDnsPorts(min: number, max: number): Buffer {
+  return encodeU64(BigInt(min) | (BigInt(max) << 16n));
+}
+
+/** EGRESS_CONFIG_PROXY_V4: the address in network order in the slot's first bytes; none: 0. */
+export function encodeProxyV4(bytes?: readonly number[]): Buffer {
+  const b = Buffer.alloc(8);
+  if (bytes) Buffer.from(bytes).copy(b, 0);
+  return b;
+}
+
+/** EGRESS_CONFIG_PROXY_V6_HI and _LO: the address's bytes 0-7 and 8-15 as in memory; none: 0 and 0. */
+export function encodeProxyV6(bytes?: readonly number[]): { hi: Buffer; lo: Buffer } {
+  const b = Buffer.alloc(16);
+  if (bytes) Buffer.from(bytes).copy(b, 0);
+  return { hi: b.subarray(0, 8), lo: b.subarray(8, 16) };
+}
+
+/**
+ * The leading members of the kernel's own structs (uapi <linux/bpf.h>) that
+ * egressd reads from bpf_obj_get_info_by_fd; a buffer of `size` bytes is
+ * enough for them (the kernel fills at most what it is given).
+ */
+export const UAPI_LAYOUT = {
+  bpf_prog_info: { size: 8, offsets: { type: 0, id: 4 } },
+  /** Up to the cgroup member of its union: cgroup_id, then attach_type. */
+  bpf_link_info: { size: 32, offsets: { type: 0, id: 4, prog_id: 8, cgroup_id: 16, attach_type: 24 } },
+} as const;
+
+export function decodeProgInfo(b: Buffer): { id: number } {
+  return { id: b.readUInt32LE(UAPI_LAYOUT.bpf_prog_info.offsets.id) };
+}
+
+/** The program and the cgroup of a cgroup link; cgroupId is 0n once the cgroup is gone. */
+export function decodeCgroupLinkInfo(b: Buffer): { progId: number; cgroupId: bigint } {
+  const o = UAPI_LAYOUT.bpf_link_info.offsets;
+  return { progId: b.readUInt32LE(o.prog_id), cgroupId: b.readBigUInt64LE(o.cgroup_id) };
 }

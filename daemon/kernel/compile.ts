@@ -10,8 +10,8 @@
  */
 
 import { parseHost } from '../../policy/host.js';
-import { type Mode, modeTakesRules, type Policy, type Protocol } from '../../policy/types.js';
-import { MODE, PROTO } from './abi.js';
+import { modeTakesRules, type Policy, type Protocol } from '../../policy/types.js';
+import { encodeMode, PROTO } from './abi.js';
 
 export interface CompiledPrefix {
   family: 4 | 6;
@@ -32,6 +32,7 @@ export interface PortEntry {
 }
 
 export interface CompiledPolicy {
+  /** EGRESS_MODE_* code (encodeMode). */
   mode: number;
   prefixes: CompiledPrefix[];
   ports: PortEntry[];
@@ -50,13 +51,6 @@ export interface CompiledName {
   portSet: number;
 }
 
-const MODE_CODE: Record<Mode, number> = {
-  unrestricted: MODE.unrestricted,
-  allowlist: MODE.allowlist,
-  denylist: MODE.denylist,
-  isolated: MODE.isolated,
-};
-
 const PROTO_BITS: Record<Protocol, number> = { tcp: PROTO.tcp, udp: PROTO.udp, any: PROTO.any };
 
 interface Node {
@@ -71,7 +65,7 @@ interface Node {
 }
 
 export function compile(policy: Policy): CompiledPolicy {
-  const mode = MODE_CODE[policy.mode];
+  const mode = encodeMode(policy.mode);
   if (!modeTakesRules(policy.mode)) {
     return { mode, prefixes: [], ports: [], names: [] };
   }

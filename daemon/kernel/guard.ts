@@ -12,12 +12,11 @@
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { resolveCgroup } from '../system.js';
-import { encodeCgroupKey } from './abi.js';
+import { CGROUP_KEY_SIZE, decodeCgroupKey, encodeCgroupKey, encodeMarks } from './abi.js';
 import * as bpf from './libbpf.js';
 import { pinCgroupLink, readCgroupLink, unpinCgroupLink } from './links.js';
 import { GUARD_HOOKS, type LoadedObject } from './loader.js';
-
-const GOVERNED = Buffer.from([1]);
+import { allKeys, lookup } from './maps.js';
 
 export class SandboxGuard {
   private readonly rootsDir: string;
@@ -56,7 +55,7 @@ export class SandboxGuard {
 
   /** Lets the cgroup's calls past the guard (its computer's own programs judge them). */
   govern(cgroupId: bigint): void {
-    if (cgroupId !== 0n) bpf.mapUpdate(this.obj.maps.governed, encodeCgroupKey(cgroupId), GOVERNED);
+    if (cgroupId !== 0n) bpf.mapUpdate(this.obj.maps.governed, encodeCgroupKey(cgroupId), encodeMarks());
   }
 
   /** The guard refuses the cgroup's calls again. */
@@ -66,20 +65,16 @@ export class SandboxGuard {
 
   /** Removes every governed id that is not in `keep` (cgroups that went away while no agent watched). */
   prune(keep: ReadonlySet<bigint>): number {
-    const stale: Buffer[] = [];
-    const key = Buffer.alloc(8);
-    let prev: Buffer | null = null;
-    while (bpf.mapNextKey(this.obj.maps.governed, prev, key)) {
-      if (!keep.has(key.readBigUInt64LE())) stale.push(Buffer.from(key));
-      prev = Buffer.from(key);
-    }
+    const stale = allKeys(this.obj.maps.governed, CGROUP_KEY_SIZE).filter(
+      (k) => !keep.has(decodeCgroupKey(k)),
+    );
     for (const k of stale) bpf.mapDelete(this.obj.maps.governed, k);
     return stale.length;
   }
 
   /** Whether a cgroup id is in the governed map. */
   isGoverned(cgroupId: bigint): boolean {
-    return bpf.mapLookup(this.obj.maps.governed, encodeCgroupKey(cgroupId), Buffer.alloc(1));
+    return lookup(this.obj.maps.governed, encodeCgroupKey(cgroupId), 1) !== undefined;
   }
 
   private attachRoot(name: string, cgroupPath: string): void {

@@ -4,8 +4,14 @@
  * namespace cookie. Everything else goes through the typed wrappers below,
  * which turn libbpf's negative-errno returns into LibbpfError.
  */
+import { constants } from 'node:os';
 import koffi, { type LibraryHandle } from 'koffi';
 import { EgressdError } from '../../policy/errors.js';
+
+const { errno: E } = constants;
+
+/** The kernel's ENOTSUPP: kernel-internal, so not in os.constants.errno, yet syscalls return it. */
+export const ENOTSUPP = 524;
 
 export class LibbpfError extends Error {
   constructor(
@@ -18,23 +24,13 @@ export class LibbpfError extends Error {
   }
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM',
-  2: 'ENOENT',
-  7: 'E2BIG',
-  9: 'EBADF',
-  12: 'ENOMEM',
-  13: 'EACCES',
-  16: 'EBUSY',
-  17: 'EEXIST',
-  22: 'EINVAL',
-  28: 'ENOSPC',
-  95: 'EOPNOTSUPP',
-  524: 'ENOTSUPP',
-};
+const ERRNO_NAMES = new Map<number, string>([[ENOTSUPP, 'ENOTSUPP']]);
+for (const [name, n] of Object.entries(E)) if (!ERRNO_NAMES.has(n)) ERRNO_NAMES.set(n, name);
+// Linux spells 95 EOPNOTSUPP (ENOTSUP is its alias).
+ERRNO_NAMES.set(E.EOPNOTSUPP, 'EOPNOTSUPP');
 
 export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }
 
 let lib: LibraryHandle;
@@ -74,8 +70,6 @@ const sym = {
   bpf_obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)'),
   bpf_link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
   bpf_link_detach: lib.func('int bpf_link_detach(int link_fd)'),
-  bpf_link_get_next_id: lib.func('int bpf_link_get_next_id(uint32_t start_id, void *next_id)'),
-  bpf_link_get_fd_by_id: lib.func('int bpf_link_get_fd_by_id(uint32_t id)'),
   bpf_prog_query: lib.func(
     'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, void *attach_flags, void *prog_ids, void *prog_cnt)',
   ),
@@ -87,9 +81,6 @@ const sym = {
   bpf_map_get_next_key: lib.func('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
   bpf_map_update_batch: lib.func(
     'int bpf_map_update_batch(int fd, const void *keys, const void *values, void *count, void *opts)',
-  ),
-  bpf_map_delete_batch: lib.func(
-    'int bpf_map_delete_batch(int fd, const void *keys, void *count, void *opts)',
   ),
   ring_buffer__new: lib.func(
     'ring_buffer *ring_buffer__new(int map_fd, egressd_ring_buffer_sample_fn *cb, void *ctx, void *opts)',
@@ -154,13 +145,13 @@ export function closeObject(obj: BpfObject): void {
 
 export function programFd(obj: BpfObject, name: string): number {
   const prog = sym.bpf_object__find_program_by_name(obj, name);
-  if (!prog) throw new LibbpfError(`find program ${name}`, 2);
+  if (!prog) throw new LibbpfError(`find program ${name}`, E.ENOENT);
   return check(`bpf_program__fd(${name})`, sym.bpf_program__fd(prog));
 }
 
 export function mapFd(obj: BpfObject, name: string): number {
   const map = sym.bpf_object__find_map_by_name(obj, name);
-  if (!map) throw new LibbpfError(`find map ${name}`, 2);
+  if (!map) throw new LibbpfError(`find map ${name}`, E.ENOENT);
   return check(`bpf_map__fd(${name})`, sym.bpf_map__fd(map));
 }
 
@@ -186,26 +177,6 @@ export function linkCreate(progFd: number, targetFd: number, attachType: number)
 
 export function linkDetach(linkFd: number): void {
   check('bpf_link_detach', sym.bpf_link_detach(linkFd));
-}
-
-/** Every link id in the system, in order. */
-export function* linkIds(): Generator<number> {
-  const next = Buffer.alloc(4);
-  let id = 0;
-  for (;;) {
-    const rc = sym.bpf_link_get_next_id(id, next);
-    if (rc === -2) return; // ENOENT: no more links
-    check('bpf_link_get_next_id', rc);
-    id = next.readUInt32LE();
-    yield id;
-  }
-}
-
-/** Returns an fd for link `id`, or undefined when the link went away meanwhile. */
-export function linkFdById(id: number): number | undefined {
-  const rc = sym.bpf_link_get_fd_by_id(id);
-  if (rc === -2) return undefined;
-  return check('bpf_link_get_fd_by_id', rc);
 }
 
 /** Ids of the programs attached to a cgroup for one attach type (this cgroup only, not inherited). */
@@ -237,7 +208,7 @@ export function mapUpdateAsync(fd: number, key: Buffer, value: Buffer, flags = U
 /** Returns false when the key is absent. */
 export function mapLookup(fd: number, key: Buffer, value: Buffer): boolean {
   const rc = sym.bpf_map_lookup_elem(fd, key, value);
-  if (rc === -2) return false;
+  if (rc === -E.ENOENT) return false;
   check('bpf_map_lookup_elem', rc);
   return true;
 }
@@ -245,7 +216,7 @@ export function mapLookup(fd: number, key: Buffer, value: Buffer): boolean {
 /** Returns false when the key was absent. */
 export function mapDelete(fd: number, key: Buffer): boolean {
   const rc = sym.bpf_map_delete_elem(fd, key);
-  if (rc === -2) return false;
+  if (rc === -E.ENOENT) return false;
   check('bpf_map_delete_elem', rc);
   return true;
 }
@@ -253,22 +224,16 @@ export function mapDelete(fd: number, key: Buffer): boolean {
 /** Writes the key after `key` (or the first key when `key` is null) into `next`; false at the end. */
 export function mapNextKey(fd: number, key: Buffer | null, next: Buffer): boolean {
   const rc = sym.bpf_map_get_next_key(fd, key, next);
-  if (rc === -2) return false;
+  if (rc === -E.ENOENT) return false;
   check('bpf_map_get_next_key', rc);
   return true;
 }
 
-/** Batch update of `count` packed keys and values; returns how many the kernel took before an error. */
+/** Batch update of `count` packed keys and values. */
 export function mapUpdateBatch(fd: number, keys: Buffer, values: Buffer, count: number): void {
   const n = Buffer.alloc(4);
   n.writeUInt32LE(count);
   check('bpf_map_update_batch', sym.bpf_map_update_batch(fd, keys, values, n, null));
-}
-
-export function mapDeleteBatch(fd: number, keys: Buffer, count: number): void {
-  const n = Buffer.alloc(4);
-  n.writeUInt32LE(count);
-  check('bpf_map_delete_batch', sym.bpf_map_delete_batch(fd, keys, n, null));
 }
 
 /**
@@ -278,7 +243,7 @@ export function mapDeleteBatch(fd: number, keys: Buffer, count: number): void {
  * (the callback's negative return stops libbpf after the current record).
  */
 export function openRingBuffer(mapFd: number, onSample: (data: Buffer) => void, budget = 2000) {
-  const STOP = -11; // EAGAIN: "more next time", not an error
+  const STOP = -E.EAGAIN; // "more next time", not an error
   let taken = 0;
   const cb = koffi.register((_ctx: unknown, data: unknown, size: number | bigint) => {
     onSample(Buffer.from(koffi.view(data, Number(size)).slice(0)));

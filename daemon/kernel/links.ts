@@ -5,10 +5,9 @@
  * between linking and pinning leaves no attachment behind.
  */
 import { existsSync, unlinkSync } from 'node:fs';
+import { constants } from 'node:os';
+import { decodeCgroupLinkInfo, UAPI_LAYOUT } from './abi.js';
 import * as bpf from './libbpf.js';
-
-/** struct bpf_link_info up to cgroup.attach_type: prog_id at 8, cgroup.cgroup_id at 16. */
-const LINK_INFO_SIZE = 32;
 
 /** Attaches `progFd` to the cgroup open as `cgroupFd` and pins the link at `pin`. */
 export function pinCgroupLink(progFd: number, cgroupFd: number, attachType: number, pin: string): void {
@@ -25,9 +24,9 @@ export function readCgroupLink(pin: string): { progId: number; cgroupId: bigint 
   if (!existsSync(pin)) return undefined;
   const fd = bpf.objGet(pin);
   try {
-    const info = Buffer.alloc(LINK_INFO_SIZE);
+    const info = Buffer.alloc(UAPI_LAYOUT.bpf_link_info.size);
     bpf.objInfo(fd, info);
-    return { progId: info.readUInt32LE(8), cgroupId: info.readBigUInt64LE(16) };
+    return decodeCgroupLinkInfo(info);
   } finally {
     bpf.closeFd(fd);
   }
@@ -41,7 +40,7 @@ export function unpinCgroupLink(pin: string): void {
     bpf.linkDetach(fd);
   } catch (err) {
     // A link whose cgroup is gone is already detached.
-    if (!(err instanceof bpf.LibbpfError && err.errno === 2)) throw err;
+    if (!(err instanceof bpf.LibbpfError && err.errno === constants.errno.ENOENT)) throw err;
   } finally {
     bpf.closeFd(fd);
   }

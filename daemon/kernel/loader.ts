@@ -9,11 +9,13 @@
  * Pinned links and maps keep enforcement in force while no agent runs.
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EgressdError } from '../../policy/errors.js';
-import { ABI_VERSION, CONFIG_SLOT, encodeU32, encodeU64, MAPS } from './abi.js';
+import { ABI_VERSION, CONFIG_SLOT, decodeProgInfo, MAPS, UAPI_LAYOUT } from './abi.js';
 import * as bpf from './libbpf.js';
+import { readConfig, writeConfig } from './maps.js';
 
 /** The cgroup hooks, in attach order: sock_create first (see Enforcer.attach). */
 export const HOOKS = [
@@ -100,9 +102,9 @@ function hasAttachments(pinDir: string): boolean {
 }
 
 function programId(fd: number): number {
-  const info = Buffer.alloc(8); // struct bpf_prog_info: type, id
+  const info = Buffer.alloc(UAPI_LAYOUT.bpf_prog_info.size);
   bpf.objInfo(fd, info);
-  return info.readUInt32LE(4);
+  return decodeProgInfo(info).id;
 }
 
 /**
@@ -118,7 +120,7 @@ function openAndLoad(objectPath: string): bpf.BpfObject {
       return obj;
     } catch (err) {
       bpf.closeObject(obj);
-      if (err instanceof bpf.LibbpfError && err.errno === 11 && attempt < 5) continue;
+      if (err instanceof bpf.LibbpfError && err.errno === constants.errno.EAGAIN && attempt < 5) continue;
       throw new EgressdError(
         'BPF_LOAD_FAILED',
         `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
@@ -148,25 +150,20 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
     bpf.closeObject(obj);
   }
   const loaded = adopt(pinDir);
-  bpf.mapUpdate(loaded.maps.config, encodeU32(CONFIG_SLOT.abiVersion), encodeU64(BigInt(ABI_VERSION)));
-  bpf.mapUpdate(
-    loaded.maps.config,
-    encodeU32(CONFIG_SLOT.agentNetnsCookie),
-    encodeU64(bpf.currentNetnsCookie()),
-  );
+  writeConfig(loaded.maps.config, CONFIG_SLOT.abiVersion, BigInt(ABI_VERSION));
+  writeConfig(loaded.maps.config, CONFIG_SLOT.agentNetnsCookie, bpf.currentNetnsCookie());
   return { ...loaded, adopted: false };
 }
 
 function adopt(pinDir: string): LoadedObject {
   // The ABI first: an older build's pins may lack maps and programs that this one has.
   const config = bpf.objGet(path.join(pinDir, 'maps', MAPS.config));
-  const version = Buffer.alloc(8);
+  let pinned: number;
   try {
-    bpf.mapLookup(config, encodeU32(CONFIG_SLOT.abiVersion), version);
+    pinned = Number(readConfig(config, CONFIG_SLOT.abiVersion));
   } finally {
     bpf.closeFd(config);
   }
-  const pinned = Number(version.readBigUInt64LE());
   if (pinned !== 0 && pinned !== ABI_VERSION) {
     throw new EgressdError(
       'PINS_INCOMPATIBLE',

@@ -1,0 +1,180 @@
+/**
+ * Every encoder and decoder of daemon/kernel/abi.ts against bytes written out
+ * by hand (little-endian host order, addresses in network order), one group
+ * per struct member in the order of the header.
+ */
+import test from 'ava';
+import {
+  decodeCgroupKey,
+  decodeCgroupLinkInfo,
+  decodeComputer,
+  decodeDenyEvent,
+  decodeLearned,
+  decodeLearnedKey,
+  decodeMode,
+  decodePortKey,
+  decodeProgInfo,
+  decodeRuleKey,
+  decodeU64,
+  encodeCgroupKey,
+  encodeComputer,
+  encodeDnsPorts,
+  encodeInternalKey,
+  encodeLearned,
+  encodeLearnedKey,
+  encodeMarks,
+  encodeMode,
+  encodePortKeys,
+  encodeProxyV4,
+  encodeProxyV6,
+  encodeRules,
+  encodeU32,
+  encodeU64,
+} from '../../daemon/kernel/abi.js';
+
+/** Bytes from hex, spaces ignored. */
+const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+
+const V6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]; // 2001:db8::1
+
+test('modes: encodeMode and decodeMode', (t) => {
+  t.deepEqual(
+    (['pending', 'unrestricted', 'allowlist', 'denylist', 'isolated'] as const).map(encodeMode),
+    [0, 1, 2, 3, 4],
+  );
+  t.deepEqual([0, 1, 2, 3, 4].map(decodeMode), [
+    'pending',
+    'unrestricted',
+    'allowlist',
+    'denylist',
+    'isolated',
+  ]);
+  t.is(decodeMode(5), undefined);
+});
+
+test('struct egress_computer: encodeComputer, decodeComputer', (t) => {
+  const value = {
+    mode: 2,
+    policyId: 0x01020304,
+    version: 0x1122334455667788n,
+    learnedId: 7,
+    dnsPort: 44001,
+    flags: 1,
+    cgroupId: 0x0a0b0c0d0e0f1011n,
+  };
+  const bytes = hex('02000000 04030201 8877665544332211 07000000 e1ab 0100 11100f0e0d0c0b0a');
+  t.deepEqual(encodeComputer(value), bytes);
+  t.deepEqual(decodeComputer(bytes), value);
+});
+
+test('struct egress_deny_event: decodeDenyEvent (IPv4, IPv6, a socket creation)', (t) => {
+  const event = (addr: string, family: string) =>
+    hex(
+      `0807060504030201 3412000000000000 92100000 02000000 6375726c000000000000000000000000 ${addr} bb01 ${family} 06 00000000`,
+    );
+  const common = { timeNs: 0x0102030405060708n, cgroupId: 0x1234n, pid: 4242, reason: 2, comm: 'curl' };
+  t.deepEqual(decodeDenyEvent(event('c0000201 000000000000000000000000', '04')), {
+    ...common,
+    address: [192, 0, 2, 1],
+    port: 443,
+    protocol: 6,
+  });
+  t.deepEqual(decodeDenyEvent(event('20010db8000000000000000000000001', '06')), {
+    ...common,
+    address: V6,
+    port: 443,
+    protocol: 6,
+  });
+  t.deepEqual(decodeDenyEvent(event('00000000000000000000000000000000', '00')).address, []);
+  // A full 16-byte comm has no terminating zero.
+  const long = event('00000000000000000000000000000000', '00');
+  long.fill(0x61, 24, 40);
+  t.is(decodeDenyEvent(long).comm, 'a'.repeat(16));
+});
+
+test('cgroup storage and "governed" keys: encodeCgroupKey, decodeCgroupKey', (t) => {
+  t.deepEqual(encodeCgroupKey(0x0102030405060708n), hex('0807060504030201'));
+  t.is(decodeCgroupKey(hex('0807060504030201')), 0x0102030405060708n);
+});
+
+test('struct egress_learned_v4/v6: encodeLearnedKey, decodeLearnedKey', (t) => {
+  t.deepEqual(encodeLearnedKey(5, [203, 0, 113, 7]), hex('05000000 cb007107'));
+  t.deepEqual(encodeLearnedKey(5, V6), hex('05000000 20010db8000000000000000000000001'));
+  t.deepEqual(decodeLearnedKey(hex('05000000 cb007107')), { learnedId: 5, bytes: [203, 0, 113, 7] });
+  t.deepEqual(decodeLearnedKey(hex('05000000 20010db8000000000000000000000001')), {
+    learnedId: 5,
+    bytes: V6,
+  });
+});
+
+test('struct egress_learned: encodeLearned, decodeLearned', (t) => {
+  const value = { expiresNs: 0x0102030405060708n, portSet: 3, anyPortProtos: 5 };
+  const bytes = hex('0807060504030201 03000000 05 000000');
+  t.deepEqual(encodeLearned(value), bytes);
+  t.deepEqual(decodeLearned(bytes), value);
+});
+
+test('struct egress_lpm_v4 and egress_rule: encodeRules, decodeRuleKey', (t) => {
+  const { keys, values } = encodeRules(9, 4, [
+    { bytes: [10, 0, 0, 0], prefixLen: 8, portSet: 2, anyPortProtos: 1 },
+    { bytes: [10, 1, 0, 0], prefixLen: 16, portSet: 0, anyPortProtos: 7 },
+  ]);
+  // prefixlen counts the 32 bits of policy_id too.
+  t.deepEqual(keys, hex('28000000 09000000 0a000000  30000000 09000000 0a010000'));
+  t.deepEqual(values, hex('02000000 01 000000  00000000 07 000000'));
+  t.deepEqual(decodeRuleKey(keys.subarray(12)), { policyId: 9, bytes: [10, 1, 0, 0], prefixLen: 16 });
+});
+
+test('struct egress_lpm_v6: encodeRules, decodeRuleKey', (t) => {
+  const { keys, values } = encodeRules(9, 6, [{ bytes: V6, prefixLen: 128, portSet: 1, anyPortProtos: 2 }]);
+  t.deepEqual(keys, hex('a0000000 09000000 20010db8000000000000000000000001'));
+  t.deepEqual(values, hex('01000000 02 000000'));
+  t.deepEqual(decodeRuleKey(keys), { policyId: 9, bytes: V6, prefixLen: 128 });
+  t.deepEqual(encodeRules(9, 6, []), { keys: Buffer.alloc(0), values: Buffer.alloc(0) });
+});
+
+test('struct egress_port_key: encodePortKeys, decodePortKey; set values: encodeMarks', (t) => {
+  const keys = encodePortKeys(9, [
+    { portSet: 2, port: 443, proto: 1 },
+    { portSet: 3, port: 53, proto: 2 },
+  ]);
+  t.deepEqual(keys, hex('09000000 02000000 bb01 01 00  09000000 03000000 3500 02 00'));
+  t.deepEqual(decodePortKey(keys.subarray(12)), { policyId: 9, portSet: 3, port: 53, proto: 2 });
+  t.deepEqual(encodeMarks(), hex('01'));
+  t.deepEqual(encodeMarks(3), hex('010101'));
+});
+
+test('struct egress_internal_v4/v6: encodeInternalKey', (t) => {
+  t.deepEqual(encodeInternalKey([10, 0, 0, 0], 8), hex('08000000 0a000000'));
+  t.deepEqual(
+    encodeInternalKey([0xfd, ...Array(15).fill(0)], 8),
+    hex('08000000 fd000000000000000000000000000000'),
+  );
+});
+
+test('config keys and values: encodeU32, encodeU64, decodeU64', (t) => {
+  t.deepEqual(encodeU32(0x01020304), hex('04030201'));
+  t.deepEqual(encodeU64(0x0102030405060708n), hex('0807060504030201'));
+  t.is(decodeU64(hex('0807060504030201')), 0x0102030405060708n);
+});
+
+test('config EGRESS_CONFIG_DNS_PORTS: encodeDnsPorts (min | max << 16)', (t) => {
+  t.deepEqual(encodeDnsPorts(44000, 44999), hex('e0abc7af 00000000'));
+});
+
+test('config EGRESS_CONFIG_PROXY_V4 / _V6_HI / _V6_LO: encodeProxyV4, encodeProxyV6', (t) => {
+  t.deepEqual(encodeProxyV4([10, 0, 0, 1]), hex('0a000001 00000000'));
+  t.deepEqual(encodeProxyV4(), hex('0000000000000000'));
+  const v6 = encodeProxyV6(V6);
+  t.deepEqual(v6.hi, hex('20010db800000000'));
+  t.deepEqual(v6.lo, hex('0000000000000001'));
+  const none = encodeProxyV6();
+  t.deepEqual([none.hi, none.lo], [hex('0000000000000000'), hex('0000000000000000')]);
+});
+
+test('struct bpf_prog_info and bpf_link_info (uapi): decodeProgInfo, decodeCgroupLinkInfo', (t) => {
+  t.deepEqual(decodeProgInfo(hex('02000000 2a000000')), { id: 42 });
+  // type BPF_LINK_TYPE_CGROUP (3), id 7, prog_id 42, padding, cgroup_id 0x1234, attach_type 10, padding.
+  const link = hex('03000000 07000000 2a000000 00000000 3412000000000000 0a000000 00000000');
+  t.deepEqual(decodeCgroupLinkInfo(link), { progId: 42, cgroupId: 0x1234n });
+});
