@@ -21,7 +21,8 @@
  * it). Each round runs every variant once, in rotated order; figures are min
  * and median over rounds, as ratios to the no-program baseline of the same
  * run, plus the mean run time of the egressd hook itself from the kernel's
- * BPF statistics (robust to the noise of a shared machine) and the ratio it
+ * BPF statistics (min and median over rounds; robust to the noise of a
+ * shared machine) and the ratio it
  * makes on its own: 1 + hook time / fastest no-program call. Before timing,
  * every variant must refuse 192.0.2.2 (so a benchmark of a policy that is not
  * in force fails). Also: the time to apply 10,000- and 100,000-rule policies,
@@ -314,6 +315,7 @@ async function main(): Promise<void> {
           median_ns: Math.round(s.median),
           ratio_min: +(s.min / base.min).toFixed(3),
           ratio_median: +(s.median / base.median).toFixed(3),
+          hook_ns_min: Number.isNaN(hook.min) ? '-' : Math.round(hook.min),
           hook_ns_median: Number.isNaN(hook.median) ? '-' : Math.round(hook.median),
           // The hook's own cost on top of the fastest no-program call: steadier than the end-to-end
           // ratios on a shared machine, whose noise is larger than the hook.
