@@ -28,116 +28,96 @@
 #include "lib/guard.h"
 #include "lib/verdict.h"
 
+/* A computer's programs, attached to its cgroup (daemon/kernel/loader.ts: HOOKS). */
+
 SEC("cgroup/connect4")
 int egress_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_judge(ctx);
+	return judge_addr(ctx, 4);
 }
 
 SEC("cgroup/connect6")
 int egress_connect6(struct bpf_sock_addr *ctx)
 {
-	return sock6_judge(ctx);
+	return judge_addr(ctx, 6);
 }
 
 SEC("cgroup/sendmsg4")
 int egress_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_judge(ctx);
+	return judge_addr(ctx, 4);
 }
 
 SEC("cgroup/sendmsg6")
 int egress_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock6_judge(ctx);
+	return judge_addr(ctx, 6);
 }
 
 SEC("cgroup/recvmsg4")
 int egress_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	sock4_unproxy(ctx);
+	dns_unproxy(ctx, 4);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/recvmsg6")
 int egress_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	sock6_unproxy(ctx);
+	dns_unproxy(ctx, 6);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername4")
 int egress_getpeername4(struct bpf_sock_addr *ctx)
 {
-	sock4_unproxy(ctx);
+	dns_unproxy(ctx, 4);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername6")
 int egress_getpeername6(struct bpf_sock_addr *ctx)
 {
-	sock6_unproxy(ctx);
+	dns_unproxy(ctx, 6);
 	return SYS_PROCEED;
 }
 
-/* Only plain TCP and UDP sockets exist in a governed computer. */
 SEC("cgroup/sock_create")
 int egress_sock_create(struct bpf_sock *sk)
 {
-	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
-
-	__u32 none[4] = {};
-
-	if (c->mode == EGRESS_MODE_UNRESTRICTED)
-		return SYS_PROCEED;
-	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)
-		return SYS_PROCEED;
-	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
-		return SYS_PROCEED;
-	report(c, EGRESS_REASON_SOCKET, 0, sk->protocol, none, 0);
-	return SYS_REJECT;
+	return judge_socket(sk);
 }
+
+/* The guard's programs, attached to each sandbox root (daemon/kernel/loader.ts: GUARD_HOOKS). */
 
 SEC("cgroup/connect4")
 int egress_guard_connect4(struct bpf_sock_addr *ctx)
 {
-	return guard4(ctx);
+	return guard_addr(ctx, 4);
 }
 
 SEC("cgroup/connect6")
 int egress_guard_connect6(struct bpf_sock_addr *ctx)
 {
-	return guard6(ctx);
+	return guard_addr(ctx, 6);
 }
 
 SEC("cgroup/sendmsg4")
 int egress_guard_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return guard4(ctx);
+	return guard_addr(ctx, 4);
 }
 
 SEC("cgroup/sendmsg6")
 int egress_guard_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return guard6(ctx);
+	return guard_addr(ctx, 6);
 }
 
 SEC("cgroup/sock_create")
 int egress_guard_sock_create(struct bpf_sock *sk)
 {
-	__u64 owner = governing_computer();
-	__u32 none[4] = {};
-	__u64 *slot;
-
-	if (owner) {
-		slot = bpf_sk_storage_get(&socket_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (slot) {
-			*slot = owner;
-			return SYS_PROCEED;
-		}
-	}
-	report_ungoverned(0, sk->protocol, none, 0);
-	return SYS_REJECT;
+	return guard_socket(sk);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -18,14 +18,50 @@ static __always_inline int is_proxy_port(__u16 port)
 	return min && port >= min && port <= max;
 }
 
-/*
- * Step 1: DNS may leave only through the proxy. A policy that resolves
- * nothing is the proxy's to answer (at once: a refused send makes some stub
- * resolvers wait for their timeout), so only a missing port refuses here.
- */
-static __always_inline int dns_allowed(const struct egress_computer *c)
+/* Where the proxy listens for this socket: loopback in the agent's namespace, else the configured address. */
+static __always_inline int is_proxy_addr(struct bpf_sock_addr *ctx, const struct eg_addr *a)
 {
-	return c->dns_port != 0;
+	__u64 hi, lo;
+
+	if (in_agent_netns(ctx))
+		return addr_is_loopback(a);
+	if (a->family == 4)
+		return addr_v4(a) == (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
+	hi = config_get(EGRESS_CONFIG_PROXY_V6_HI);
+	lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
+	if (!hi && !lo)
+		return 0;
+	return a->ip[0] == (__u32)hi && a->ip[1] == (__u32)(hi >> 32) && a->ip[2] == (__u32)lo &&
+	       a->ip[3] == (__u32)(lo >> 32);
+}
+
+/* The proxy's address of `family` for this socket (IPv4 in ip[0]); 0 when there is none. */
+static __always_inline int proxy_addr(struct bpf_sock_addr *ctx, __u8 family, __u32 ip[4])
+{
+	__u64 hi, lo;
+
+	if (in_agent_netns(ctx)) {
+		if (family == 4) {
+			ip[0] = bpf_htonl(0x7f000001); /* 127.0.0.1 */
+			return 1;
+		}
+		ip[0] = 0; /* ::1 */
+		ip[1] = 0;
+		ip[2] = 0;
+		ip[3] = bpf_htonl(1);
+		return 1;
+	}
+	if (family == 4) {
+		ip[0] = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
+		return ip[0] != 0;
+	}
+	hi = config_get(EGRESS_CONFIG_PROXY_V6_HI);
+	lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
+	ip[0] = (__u32)hi;
+	ip[1] = (__u32)(hi >> 32);
+	ip[2] = (__u32)lo;
+	ip[3] = (__u32)(lo >> 32);
+	return hi || lo;
 }
 
 static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const struct egress_dns_origin *origin)
@@ -35,165 +71,54 @@ static __always_inline int remember_origin(struct bpf_sock_addr *ctx, const stru
 	return bpf_map_update_elem(&dns_origin, &cookie, origin, BPF_ANY) == 0;
 }
 
-/* Where the proxy listens for this socket: loopback in the agent's namespace, else the configured address. */
-static __always_inline int is_v4_proxy(struct bpf_sock_addr *ctx, __u32 ip4)
+/*
+ * Step 1: DNS may leave only through the proxy; redirects it there, to the
+ * proxy of the family it is judged as (mapped on an IPv6 socket), and
+ * returns the verdict. A policy that resolves nothing is the proxy's to
+ * answer (at once: a refused send makes some stub resolvers wait for their
+ * timeout), so only a missing port or proxy refuses here.
+ */
+static __always_inline __u32 dns_redirect(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+					  const struct eg_addr *a)
 {
-	__u32 host = bpf_ntohl(ip4);
+	struct egress_dns_origin origin = {.family = a->sock};
+	__u32 proxy[4] = {};
 
-	if (in_agent_netns(ctx))
-		return (host >> 24) == 127 || (host >> 24) == 0;
-	return ip4 == (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
-}
-
-/* Redirects an IPv4 DNS message to the proxy; the verdict. */
-static __always_inline __u32 sock4_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, __u32 ip4)
-{
-	struct egress_dns_origin origin = {.family = 4};
-	__u32 proxy = bpf_htonl(0x7f000001); /* 127.0.0.1 */
-
-	if (!dns_allowed(c))
+	if (!c->dns_port)
 		return EGRESS_REASON_DNS;
-	if (!in_agent_netns(ctx)) {
-		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
-		if (!proxy)
-			return EGRESS_REASON_DNS;
-	}
-	origin.addr[0] = ip4;
+	if (!proxy_addr(ctx, a->family, proxy))
+		return EGRESS_REASON_DNS;
+	__builtin_memcpy(origin.addr, a->ip, 16);
 	origin.port = (__u16)ctx->user_port;
 	if (!remember_origin(ctx, &origin))
 		return EGRESS_REASON_DNS;
-	ctx->user_ip4 = proxy;
-	ctx->user_port = bpf_htons(c->dns_port);
-	return ALLOW;
-}
-
-/* Where the proxy listens for this socket: ::1 in the agent's namespace, else the configured address. */
-static __always_inline int is_v6_proxy(struct bpf_sock_addr *ctx, const __u32 ip6[4])
-{
-	__u64 hi, lo;
-
-	if (in_agent_netns(ctx))
-		return is_v6_loopback_or_any(ip6);
-	hi = config_get(EGRESS_CONFIG_PROXY_V6_HI);
-	lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
-	if (!hi && !lo)
-		return 0;
-	return ip6[0] == (__u32)hi && ip6[1] == (__u32)(hi >> 32) && ip6[2] == (__u32)lo &&
-	       ip6[3] == (__u32)(lo >> 32);
-}
-
-/* Redirects an IPv6 DNS message to the proxy; the verdict. */
-static __always_inline __u32 sock6_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c, const __u32 ip6[4])
-{
-	struct egress_dns_origin origin = {.family = 6};
-	__u32 proxy[4] = {0, 0, 0, bpf_htonl(1)}; /* ::1 */
-
-	if (!dns_allowed(c))
-		return EGRESS_REASON_DNS;
-	if (!in_agent_netns(ctx)) {
-		__u64 hi = config_get(EGRESS_CONFIG_PROXY_V6_HI), lo = config_get(EGRESS_CONFIG_PROXY_V6_LO);
-
-		if (!hi && !lo)
-			return EGRESS_REASON_DNS;
-		proxy[0] = (__u32)hi;
-		proxy[1] = (__u32)(hi >> 32);
-		proxy[2] = (__u32)lo;
-		proxy[3] = (__u32)(lo >> 32);
-	}
-	origin.addr[0] = ip6[0];
-	origin.addr[1] = ip6[1];
-	origin.addr[2] = ip6[2];
-	origin.addr[3] = ip6[3];
-	origin.port = (__u16)ctx->user_port;
-	if (!remember_origin(ctx, &origin))
-		return EGRESS_REASON_DNS;
-	/* Verifier: user_ip6 is written one 32-bit word at a time. */
-	ctx->user_ip6[0] = proxy[0];
-	ctx->user_ip6[1] = proxy[1];
-	ctx->user_ip6[2] = proxy[2];
-	ctx->user_ip6[3] = proxy[3];
-	ctx->user_port = bpf_htons(c->dns_port);
-	return ALLOW;
-}
-
-/* Redirects DNS sent to an IPv4-mapped address on an IPv6 socket, to the mapped 127.0.0.1 or proxy. */
-static __always_inline __u32 sock6_mapped_dns(struct bpf_sock_addr *ctx, const struct egress_computer *c,
-					    const __u32 ip6[4])
-{
-	struct egress_dns_origin origin = {.family = 6};
-	__u32 proxy = bpf_htonl(0x7f000001);
-
-	if (!dns_allowed(c))
-		return EGRESS_REASON_DNS;
-	if (!in_agent_netns(ctx)) {
-		proxy = (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
-		if (!proxy)
-			return EGRESS_REASON_DNS;
-	}
-	origin.addr[0] = ip6[0];
-	origin.addr[1] = ip6[1];
-	origin.addr[2] = ip6[2];
-	origin.addr[3] = ip6[3];
-	origin.port = (__u16)ctx->user_port;
-	if (!remember_origin(ctx, &origin))
-		return EGRESS_REASON_DNS;
-	ctx->user_ip6[0] = 0;
-	ctx->user_ip6[1] = 0;
-	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-	ctx->user_ip6[3] = proxy;
+	addr_write(ctx, a->sock, a->family, proxy);
 	ctx->user_port = bpf_htons(c->dns_port);
 	return ALLOW;
 }
 
 /*
  * Replies from the proxy (recvmsg) and the peer of a socket connected to it
- * (getpeername) show the resolver the application asked. These hooks never
- * refuse anything.
+ * (getpeername) show the resolver the application asked. Never refuses.
  */
-static __always_inline void sock4_unproxy(struct bpf_sock_addr *ctx)
+static __always_inline void dns_unproxy(struct bpf_sock_addr *ctx, __u8 sock)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
 	struct egress_dns_origin *origin;
+	struct eg_addr a;
 	__u64 cookie;
-
-	if (!c->dns_port || bpf_ntohs((__u16)ctx->user_port) != c->dns_port || !is_v4_proxy(ctx, ctx->user_ip4))
-		return;
-	cookie = bpf_get_socket_cookie(ctx);
-	origin = bpf_map_lookup_elem(&dns_origin, &cookie);
-	if (origin && origin->family == 4) {
-		ctx->user_ip4 = origin->addr[0];
-		ctx->user_port = origin->port;
-	}
-}
-
-static __always_inline void sock6_unproxy(struct bpf_sock_addr *ctx)
-{
-	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
-	struct egress_dns_origin *origin;
-	__u64 cookie;
-	__u32 ip6[4];
 
 	if (!c->dns_port || bpf_ntohs((__u16)ctx->user_port) != c->dns_port)
 		return;
-	read_ip6(ctx, ip6);
-	if (is_v4_mapped(ip6) ? !is_v4_proxy(ctx, ip6[3]) : !is_v6_proxy(ctx, ip6))
+	addr_read(ctx, sock, &a);
+	if (!is_proxy_addr(ctx, &a))
 		return;
 	cookie = bpf_get_socket_cookie(ctx);
 	origin = bpf_map_lookup_elem(&dns_origin, &cookie);
-	if (!origin)
+	if (!origin || (sock == 4 && origin->family != 4))
 		return;
-	if (origin->family == 4) {
-		/* Sent through sendmsg4 (a v6 socket to a mapped address): answer as the mapped resolver. */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = origin->addr[0];
-	} else {
-		ctx->user_ip6[0] = origin->addr[0];
-		ctx->user_ip6[1] = origin->addr[1];
-		ctx->user_ip6[2] = origin->addr[2];
-		ctx->user_ip6[3] = origin->addr[3];
-	}
+	/* An origin of family 4 on an IPv6 socket went through sendmsg4 (a mapped address): answer as the mapped resolver. */
+	addr_write(ctx, sock, origin->family == 4 ? 4 : 6, origin->addr);
 	ctx->user_port = origin->port;
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The guard of the sandbox roots. */
+/* The guard of the sandbox roots: calls from cgroups that no attached computer covers are refused. */
 #ifndef EG_LIB_GUARD_H
 #define EG_LIB_GUARD_H
 
@@ -55,24 +55,33 @@ static __always_inline void report_ungoverned(__u8 family, __u8 protocol, const 
 	report(&none, EGRESS_REASON_UNGOVERNED, family, protocol, addr, port);
 }
 
-static __always_inline int guard4(struct bpf_sock_addr *ctx)
+/* connect and sendmsg of a socket of family `sock` (4 or 6). */
+static __always_inline int guard_addr(struct bpf_sock_addr *ctx, __u8 sock)
 {
-	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
+	struct eg_addr a;
 
 	if (governed_socket(ctx))
 		return SYS_PROCEED;
-	report_ungoverned(4, ctx->protocol, addr, bpf_ntohs((__u16)ctx->user_port));
+	addr_read(ctx, sock, &a);
+	report_ungoverned(sock, ctx->protocol, a.ip, a.port);
 	return SYS_REJECT;
 }
 
-static __always_inline int guard6(struct bpf_sock_addr *ctx)
+/* A socket is made only in a governed computer, and remembers which. */
+static __always_inline int guard_socket(struct bpf_sock *sk)
 {
-	__u32 ip6[4];
+	__u64 owner = governing_computer();
+	__u32 none[4] = {};
+	__u64 *slot;
 
-	if (governed_socket(ctx))
-		return SYS_PROCEED;
-	read_ip6(ctx, ip6);
-	report_ungoverned(6, ctx->protocol, ip6, bpf_ntohs((__u16)ctx->user_port));
+	if (owner) {
+		slot = bpf_sk_storage_get(&socket_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (slot) {
+			*slot = owner;
+			return SYS_PROCEED;
+		}
+	}
+	report_ungoverned(0, sk->protocol, none, 0);
 	return SYS_REJECT;
 }
 
