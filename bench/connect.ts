@@ -35,6 +35,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
+import type { HookName } from '../daemon/kernel/loader.js';
 import type { Policy, Rule } from '../policy/types.js';
 import { createWorld, type World } from '../test/helpers/world.js';
 import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
@@ -181,11 +182,11 @@ interface Sample {
 }
 
 type Mode = 'tcp' | 'udp' | 'tcp-vary' | 'udp-vary';
-const MODES: { mode: Mode; op: string; program: string }[] = [
-  { mode: 'tcp', op: 'tcp connect+close, fixed', program: 'egress_connect4' },
-  { mode: 'tcp-vary', op: 'tcp connect+close, varied', program: 'egress_connect4' },
-  { mode: 'udp', op: 'udp sendto, fixed', program: 'egress_sendmsg4' },
-  { mode: 'udp-vary', op: 'udp sendto, varied', program: 'egress_sendmsg4' },
+const MODES: { mode: Mode; op: string; hook: HookName }[] = [
+  { mode: 'tcp', op: 'tcp connect+close, fixed', hook: 'connect4' },
+  { mode: 'tcp-vary', op: 'tcp connect+close, varied', hook: 'connect4' },
+  { mode: 'udp', op: 'udp sendto, fixed', hook: 'sendmsg4' },
+  { mode: 'udp-vary', op: 'udp sendto, varied', hook: 'sendmsg4' },
 ];
 
 async function loop(world: World, cgroup: string, mode: Mode, iterations: number): Promise<number> {
@@ -271,18 +272,17 @@ async function main(): Promise<void> {
       for (const v of order) {
         if (v.nft) nftHook(world, v.cgroup, true);
         try {
-          for (const { mode, program } of MODES) {
-            const guard = program.replace('egress_', 'egress_guard_');
-            const before = progStats(world, program);
-            const guardBefore = progStats(world, guard);
+          for (const { mode, hook } of MODES) {
+            const before = progStats(world, hook);
+            const guardBefore = progStats(world, hook, true);
             const nsPerOp = await loop(
               world,
               v.cgroup,
               mode,
               mode.startsWith('tcp') ? TCP_ITERATIONS : UDP_ITERATIONS,
             );
-            const after = progStats(world, program);
-            const guardAfter = progStats(world, guard);
+            const after = progStats(world, hook);
+            const guardAfter = progStats(world, hook, true);
             const runs = after.runs - before.runs;
             // Per call: the computer's program, plus the guard's where it ran (once per call).
             const guardNs = v.guarded ? guardAfter.ns - guardBefore.ns : 0;

@@ -21,9 +21,14 @@
  * created in any mode but unrestricted: no connect or sendmsg hook sees
  * their packets.
  *
- * Under a sandbox root the guard programs (egress_guard_*, attached to the
+ * Under a sandbox root the guard programs (eg_guard_*, attached to the
  * root) run after the computer's own and refuse every call from a cgroup that
  * no attached computer covers (see "governed" in the ABI header).
+ *
+ * Program names: eg_[guard_]<op><family>, op one of sock (sock_create), conn
+ * (connect), send (sendmsg), recv (recvmsg), peer (getpeername). The kernel
+ * keeps 15 characters of a name (BPF_OBJ_NAME_LEN): longer ones are cut in
+ * bpf_prog_info, /proc/kallsyms and perf. The workers are in lib/.
  */
 #include "lib/guard.h"
 #include "lib/verdict.h"
@@ -31,59 +36,59 @@
 /* A computer's programs, attached to its cgroup (daemon/kernel/loader.ts: HOOKS). */
 
 SEC("cgroup/connect4")
-int egress_connect4(struct bpf_sock_addr *ctx)
+int eg_conn4(struct bpf_sock_addr *ctx)
 {
 	return judge_addr(ctx, 4);
 }
 
 SEC("cgroup/connect6")
-int egress_connect6(struct bpf_sock_addr *ctx)
+int eg_conn6(struct bpf_sock_addr *ctx)
 {
 	return judge_addr(ctx, 6);
 }
 
 SEC("cgroup/sendmsg4")
-int egress_sendmsg4(struct bpf_sock_addr *ctx)
+int eg_send4(struct bpf_sock_addr *ctx)
 {
 	return judge_addr(ctx, 4);
 }
 
 SEC("cgroup/sendmsg6")
-int egress_sendmsg6(struct bpf_sock_addr *ctx)
+int eg_send6(struct bpf_sock_addr *ctx)
 {
 	return judge_addr(ctx, 6);
 }
 
 SEC("cgroup/recvmsg4")
-int egress_recvmsg4(struct bpf_sock_addr *ctx)
+int eg_recv4(struct bpf_sock_addr *ctx)
 {
 	dns_unproxy(ctx, 4);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/recvmsg6")
-int egress_recvmsg6(struct bpf_sock_addr *ctx)
+int eg_recv6(struct bpf_sock_addr *ctx)
 {
 	dns_unproxy(ctx, 6);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername4")
-int egress_getpeername4(struct bpf_sock_addr *ctx)
+int eg_peer4(struct bpf_sock_addr *ctx)
 {
 	dns_unproxy(ctx, 4);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/getpeername6")
-int egress_getpeername6(struct bpf_sock_addr *ctx)
+int eg_peer6(struct bpf_sock_addr *ctx)
 {
 	dns_unproxy(ctx, 6);
 	return SYS_PROCEED;
 }
 
 SEC("cgroup/sock_create")
-int egress_sock_create(struct bpf_sock *sk)
+int eg_sock(struct bpf_sock *sk)
 {
 	return judge_socket(sk);
 }
@@ -91,31 +96,31 @@ int egress_sock_create(struct bpf_sock *sk)
 /* The guard's programs, attached to each sandbox root (daemon/kernel/loader.ts: GUARD_HOOKS). */
 
 SEC("cgroup/connect4")
-int egress_guard_connect4(struct bpf_sock_addr *ctx)
+int eg_guard_conn4(struct bpf_sock_addr *ctx)
 {
 	return guard_addr(ctx, 4);
 }
 
 SEC("cgroup/connect6")
-int egress_guard_connect6(struct bpf_sock_addr *ctx)
+int eg_guard_conn6(struct bpf_sock_addr *ctx)
 {
 	return guard_addr(ctx, 6);
 }
 
 SEC("cgroup/sendmsg4")
-int egress_guard_sendmsg4(struct bpf_sock_addr *ctx)
+int eg_guard_send4(struct bpf_sock_addr *ctx)
 {
 	return guard_addr(ctx, 4);
 }
 
 SEC("cgroup/sendmsg6")
-int egress_guard_sendmsg6(struct bpf_sock_addr *ctx)
+int eg_guard_send6(struct bpf_sock_addr *ctx)
 {
 	return guard_addr(ctx, 6);
 }
 
 SEC("cgroup/sock_create")
-int egress_guard_sock_create(struct bpf_sock *sk)
+int eg_guard_sock(struct bpf_sock *sk)
 {
 	return guard_socket(sk);
 }
