@@ -30,4 +30,5 @@
  * refusal; the hooks turn that into SYS_REJECT plus a deny event.
  */
 #define ALLOW 0
+
 #endif /* EG_LIB_COMMON_H */
