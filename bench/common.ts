@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { GUARD_HOOKS, HOOKS, type HookName } from '../daemon/kernel/loader.js';
 import { CONNECT_LOOP_PATH, REPO_ROOT, type World } from '../test/helpers/world.js';
 
 /** A numeric `--name N` option. */
@@ -24,15 +25,18 @@ export function writeResults(name: string, data: object): void {
   writeFileSync(path.join(out, `${name}.json`), `${JSON.stringify(data, null, 2)}\n`);
 }
 
-/** run_cnt and run_time_ns of a pinned program (kernel.bpf_stats_enabled must be 1). */
-export function progStats(world: World, program: string): { runs: number; ns: number } {
+/** run_cnt and run_time_ns of the program on `hook`, or of the guard's (kernel.bpf_stats_enabled must be 1). */
+export function progStats(world: World, hook: HookName, guard = false): { runs: number; ns: number } {
+  const table: readonly { name: string; pin: string }[] = guard ? GUARD_HOOKS : HOOKS;
+  const pin = table.find((h) => h.name === hook)?.pin;
+  if (!pin) throw new Error(`no ${guard ? 'guard ' : ''}program on ${hook}`);
   const info = JSON.parse(
     execFileSync('bpftool', [
       '-j',
       'prog',
       'show',
       'pinned',
-      path.join(world.pinDir, 'progs', program),
+      path.join(world.pinDir, 'progs', pin),
     ]).toString(),
   ) as { run_cnt?: number; run_time_ns?: number };
   return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };

@@ -44,9 +44,9 @@ async function main(): Promise<void> {
           variant === 'with the event reader'
             ? new DenyEvents({ enforcer, ratePerSecond: 1e9, burst: 1e9, sink: () => delivered++ })
             : undefined;
-        const before = progStats(world, 'egress_connect4');
+        const before = progStats(world, 'connect4');
         const ns = await deniedLoop(world, cg.path);
-        const after = progStats(world, 'egress_connect4');
+        const after = progStats(world, 'connect4');
         reader?.poll();
         reader?.close();
         samples[variant]!.ns.push(ns);

@@ -6,7 +6,7 @@ mkdir -p build
 arch_inc="/usr/include/$(uname -m)-linux-gnu"
 for src in bpf/*.bpf.c; do
   obj="build/$(basename "${src%.c}").o"
-  clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -c "$src" -o "$obj"
+  clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -Ibpf -c "$src" -o "$obj"
 done
 cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
 # One getaddrinfo() timed, with each C library's stub resolver (test/privileged/dns.test.ts).

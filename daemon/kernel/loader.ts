@@ -2,7 +2,7 @@
  * Loads build/egress.bpf.o and pins its maps and programs under the pin
  * directory, or adopts what an earlier agent pinned there. Pins:
  *   <pinDir>/maps/<map>        every map of the object
- *   <pinDir>/progs/<program>   every program (egress_sock_create is pinned last:
+ *   <pinDir>/progs/<pin>       every program (egress_sock_create is pinned last:
  *                              its pin marks a complete load)
  *   <pinDir>/computers/<id>/<hook>   links, owned by the enforcer
  *   <pinDir>/roots/<root>/<hook>     guard links of the sandbox roots, owned by the enforcer
@@ -17,34 +17,81 @@ import { ABI_VERSION, CONFIG_SLOT, decodeProgInfo, MAPS, UAPI_LAYOUT } from './a
 import * as bpf from './libbpf.js';
 import { readConfig, writeConfig } from './maps.js';
 
-/** The cgroup hooks, in attach order: sock_create first (see Enforcer.attach). */
+/**
+ * The cgroup hooks, in attach order: sock_create first (see Enforcer.attach).
+ * `program` is the name in build/egress.bpf.o (at most 15 characters, which
+ * the kernel keeps whole); `pin` is its file under <pinDir>/progs, the name
+ * the program had before names were shortened. Pins keep those names so that
+ * an agent adopts the pins of an earlier or a later build alike (within one
+ * ABI version): the marker and every file it looks for are where they were.
+ */
 export const HOOKS = [
-  { name: 'sock_create', program: 'egress_sock_create', attachType: bpf.ATTACH.inetSockCreate },
-  { name: 'connect4', program: 'egress_connect4', attachType: bpf.ATTACH.inet4Connect },
-  { name: 'connect6', program: 'egress_connect6', attachType: bpf.ATTACH.inet6Connect },
-  { name: 'sendmsg4', program: 'egress_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
-  { name: 'sendmsg6', program: 'egress_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
-  { name: 'recvmsg4', program: 'egress_recvmsg4', attachType: bpf.ATTACH.udp4Recvmsg },
-  { name: 'recvmsg6', program: 'egress_recvmsg6', attachType: bpf.ATTACH.udp6Recvmsg },
-  { name: 'getpeername4', program: 'egress_getpeername4', attachType: bpf.ATTACH.inet4Getpeername },
-  { name: 'getpeername6', program: 'egress_getpeername6', attachType: bpf.ATTACH.inet6Getpeername },
+  {
+    name: 'sock_create',
+    program: 'eg_sock',
+    pin: 'egress_sock_create',
+    attachType: bpf.ATTACH.inetSockCreate,
+  },
+  { name: 'connect4', program: 'eg_conn4', pin: 'egress_connect4', attachType: bpf.ATTACH.inet4Connect },
+  { name: 'connect6', program: 'eg_conn6', pin: 'egress_connect6', attachType: bpf.ATTACH.inet6Connect },
+  { name: 'sendmsg4', program: 'eg_send4', pin: 'egress_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
+  { name: 'sendmsg6', program: 'eg_send6', pin: 'egress_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+  { name: 'recvmsg4', program: 'eg_recv4', pin: 'egress_recvmsg4', attachType: bpf.ATTACH.udp4Recvmsg },
+  { name: 'recvmsg6', program: 'eg_recv6', pin: 'egress_recvmsg6', attachType: bpf.ATTACH.udp6Recvmsg },
+  {
+    name: 'getpeername4',
+    program: 'eg_peer4',
+    pin: 'egress_getpeername4',
+    attachType: bpf.ATTACH.inet4Getpeername,
+  },
+  {
+    name: 'getpeername6',
+    program: 'eg_peer6',
+    pin: 'egress_getpeername6',
+    attachType: bpf.ATTACH.inet6Getpeername,
+  },
 ] as const;
 
 export type HookName = (typeof HOOKS)[number]['name'];
 
 /** The guard's hooks, attached to each sandbox root (see "governed" in bpf/include/egress_abi.h). */
 export const GUARD_HOOKS = [
-  { name: 'sock_create', program: 'egress_guard_sock_create', attachType: bpf.ATTACH.inetSockCreate },
-  { name: 'connect4', program: 'egress_guard_connect4', attachType: bpf.ATTACH.inet4Connect },
-  { name: 'connect6', program: 'egress_guard_connect6', attachType: bpf.ATTACH.inet6Connect },
-  { name: 'sendmsg4', program: 'egress_guard_sendmsg4', attachType: bpf.ATTACH.udp4Sendmsg },
-  { name: 'sendmsg6', program: 'egress_guard_sendmsg6', attachType: bpf.ATTACH.udp6Sendmsg },
+  {
+    name: 'sock_create',
+    program: 'eg_guard_sock',
+    pin: 'egress_guard_sock_create',
+    attachType: bpf.ATTACH.inetSockCreate,
+  },
+  {
+    name: 'connect4',
+    program: 'eg_guard_conn4',
+    pin: 'egress_guard_connect4',
+    attachType: bpf.ATTACH.inet4Connect,
+  },
+  {
+    name: 'connect6',
+    program: 'eg_guard_conn6',
+    pin: 'egress_guard_connect6',
+    attachType: bpf.ATTACH.inet6Connect,
+  },
+  {
+    name: 'sendmsg4',
+    program: 'eg_guard_send4',
+    pin: 'egress_guard_sendmsg4',
+    attachType: bpf.ATTACH.udp4Sendmsg,
+  },
+  {
+    name: 'sendmsg6',
+    program: 'eg_guard_send6',
+    pin: 'egress_guard_sendmsg6',
+    attachType: bpf.ATTACH.udp6Sendmsg,
+  },
 ] as const;
 
 export type GuardHookName = (typeof GUARD_HOOKS)[number]['name'];
 type MapName = (typeof MAPS)[keyof typeof MAPS];
 
-const COMPLETE_MARKER = HOOKS[0].program;
+const COMPLETE_MARKER = HOOKS[0].pin;
 
 export const DEFAULT_OBJECT_PATH = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -144,7 +191,7 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
     for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
     // The marker program goes last, so that its pin means every pin exists.
     for (const hook of [...GUARD_HOOKS, ...[...HOOKS].reverse()]) {
-      bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.program));
+      bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.pin));
     }
   } finally {
     bpf.closeObject(obj);
@@ -173,14 +220,14 @@ function adopt(pinDir: string): LoadedObject {
   }
   const maps = {} as Record<MapName, number>;
   for (const name of Object.values(MAPS)) maps[name] = bpf.objGet(path.join(pinDir, 'maps', name));
-  const program = (name: string) => {
-    const fd = bpf.objGet(path.join(pinDir, 'progs', name));
+  const program = (pin: string) => {
+    const fd = bpf.objGet(path.join(pinDir, 'progs', pin));
     return { fd, id: programId(fd) };
   };
   const programs = {} as Record<HookName, { fd: number; id: number }>;
-  for (const hook of HOOKS) programs[hook.name] = program(hook.program);
+  for (const hook of HOOKS) programs[hook.name] = program(hook.pin);
   const guards = {} as Record<GuardHookName, { fd: number; id: number }>;
-  for (const hook of GUARD_HOOKS) guards[hook.name] = program(hook.program);
+  for (const hook of GUARD_HOOKS) guards[hook.name] = program(hook.pin);
   return { pinDir, maps, programs, guards, adopted: true };
 }
 
