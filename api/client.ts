@@ -6,7 +6,8 @@
  *
  * Failures are thrown as ApiClientError with the HTTP status and the API's
  * stable code, or as ApiUnreachableError (with the URL and the system error)
- * when no answer came. Uses the global fetch.
+ * when no answer came. `send()` is the request underneath, answering any
+ * status (for tests and benchmarks). Uses the global fetch unless given one.
  */
 import type { DnsMode, Mode, Protocol } from '../policy/types.js';
 import type { ServiceView } from './routes/service.js';
@@ -38,6 +39,21 @@ export interface ChangeOptions {
   wait?: number;
   /** Compare-and-set: the version this change is based on. */
   ifMatch?: number;
+}
+
+export interface RequestOptions {
+  /** Sent as JSON, as application/json unless `headers` names another content-type. */
+  body?: unknown;
+  /**
+   * Sent as it is, with the content-type of `headers` if any: a body
+   * serialized ahead of time (benchmarks), or one the API must refuse (tests).
+   */
+  rawBody?: string;
+  query?: Record<string, string | number | undefined>;
+  /** Lower-case names; these win over the client's own. */
+  headers?: Record<string, string>;
+  /** This request's key instead of the client's; '' sends no Authorization header. */
+  apiKey?: string;
 }
 
 export interface ClientOptions {
@@ -118,26 +134,49 @@ export class Client {
   async request<T>(
     method: string,
     path: string,
-    options: {
-      body?: unknown;
-      query?: Record<string, string | number | undefined>;
-      headers?: Record<string, string>;
-    } = {},
+    options: RequestOptions = {},
   ): Promise<{ status: number; body: T }> {
+    const reply = await this.send(method, path, options);
+    if (reply.status < 200 || reply.status > 299) {
+      const err = (reply.body as { error?: { code?: string; message?: string; details?: [] } } | undefined)
+        ?.error;
+      throw new ApiClientError(
+        reply.status,
+        err?.code ?? 'http_error',
+        err?.message ?? `HTTP ${reply.status}: ${reply.text.slice(0, 200)}`,
+        err?.details,
+      );
+    }
+    return { status: reply.status, body: reply.body as T };
+  }
+
+  /**
+   * One request, answered whatever its status (tests look at 4xx and 5xx
+   * answers and their headers); throws ApiUnreachableError only when no
+   * answer came.
+   */
+  async send(method: string, path: string, options: RequestOptions = {}): Promise<Reply> {
     const url = new URL(this.baseUrl + path);
     for (const [name, value] of Object.entries(options.query ?? {})) {
       if (value !== undefined) url.searchParams.set(name, String(value));
     }
-    const headers: Record<string, string> = { authorization: `Bearer ${this.apiKey}`, ...options.headers };
+    const headers: Record<string, string> = {
+      ...(options.apiKey === '' ? {} : { authorization: `Bearer ${options.apiKey ?? this.apiKey}` }),
+      ...options.headers,
+    };
     const init: RequestInit = { method, headers };
-    if (options.body !== undefined) {
-      headers['content-type'] = 'application/json';
+    if (options.rawBody !== undefined) {
+      init.body = options.rawBody;
+    } else if (options.body !== undefined) {
+      headers['content-type'] ??= 'application/json';
       init.body = JSON.stringify(options.body);
     }
     const idempotent = method !== 'POST';
     let res: Response | undefined;
+    let sentAt = 0n;
     for (let attempt = 0; ; attempt++) {
       const last = !idempotent || attempt >= this.retries;
+      sentAt = process.hrtime.bigint();
       try {
         res = await this.fetchFn(url, init);
       } catch (err) {
@@ -151,24 +190,36 @@ export class Client {
       const after = Number(res.headers.get('retry-after'));
       await delay(Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 1000) : 200);
     }
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text === '' ? undefined : JSON.parse(text);
-    } catch {
-      parsed = undefined;
+    const headersAt = process.hrtime.bigint();
+    return new Reply(res.status, res.headers, await res.text(), sentAt, headersAt);
+  }
+}
+
+/** An answer as it came. */
+export class Reply {
+  private parsed?: { value: unknown };
+  constructor(
+    readonly status: number,
+    readonly headers: Headers,
+    readonly text: string,
+    /** process.hrtime.bigint() when the request (its last try) was handed to fetch. */
+    readonly sentAt: bigint,
+    /** process.hrtime.bigint() when its status and headers were in. */
+    readonly headersAt: bigint,
+  ) {}
+
+  /** The JSON body, undefined when empty or not JSON; parsed on first use (benchmarks time megabyte answers). */
+  get body(): unknown {
+    if (!this.parsed) {
+      let value: unknown;
+      try {
+        value = this.text === '' ? undefined : JSON.parse(this.text);
+      } catch {
+        value = undefined;
+      }
+      this.parsed = { value };
     }
-    if (!res.ok) {
-      const err = (parsed as { error?: { code?: string; message?: string; details?: [] } } | undefined)
-        ?.error;
-      throw new ApiClientError(
-        res.status,
-        err?.code ?? 'http_error',
-        err?.message ?? `HTTP ${res.status}: ${text.slice(0, 200)}`,
-        err?.details,
-      );
-    }
-    return { status: res.status, body: parsed as T };
+    return this.parsed.value;
   }
 }
 
@@ -201,7 +252,6 @@ export class NetworkPolicyApi {
     ).body.data;
   }
 
-  /** Resets to unrestricted (idempotent). */
   /** The computer's deny events, newest first. */
   async events(
     computerId: string,
@@ -226,6 +276,7 @@ export class NetworkPolicyApi {
     ).body.data;
   }
 
+  /** Resets to unrestricted (idempotent). */
   async delete(computerId: string, options: ChangeOptions = {}): Promise<PolicyView> {
     return (
       await this.client.request<{ data: PolicyView }>(

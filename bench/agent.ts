@@ -35,35 +35,37 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
+import type { Reply } from '../api/client.js';
 import { Agent } from '../daemon/agent/agent.js';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
 import type { Rule } from '../policy/types.js';
 import { Store } from '../store/store.js';
+import { type Egressd, startEgressd } from '../test/helpers/egressd.js';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
 import { createWorld, type World } from '../test/helpers/world.js';
-import { arg, machine, writeResults } from './common.js';
-import {
-  Client,
-  cpuSeconds,
-  histogramDelta,
-  metrics,
-  percentile,
-  type Reply,
-  type RunningEgressd,
-  round,
-  startEgressd,
-} from './egressd.js';
+import { benchOptions, machine, runBenchmark, writeResults } from './common.js';
+import { BenchClient, cpuSeconds, failure, histogramDelta, percentile, round } from './egressd.js';
 
-const RATES = stringArg('rates', '250,500,1000')
-  .split(',')
-  .map(Number)
-  .filter((n) => Number.isInteger(n) && n > 0);
-const SECONDS = arg('seconds', 10);
-const LOAD_COMPUTERS = arg('load-computers', 100);
-const LOAD_RULES = arg('load-rules', 100);
-const IDLE_PUTS = arg('idle-puts', 100);
-const PROFILE = process.argv.includes('--profile');
-const COMPUTERS = arg('computers', 10_000);
+const OPTIONS = benchOptions(
+  'sudo node dist/bench/agent.js',
+  'Sustained policy changes against egressd all, and a cold resync of many computers.',
+  {
+    rates: { type: 'numbers', default: [250, 500, 1000], help: 'PUTs per second, one load each (0: none)' },
+    seconds: { type: 'number', default: 10, help: 'length of each load' },
+    'load-computers': { type: 'number', default: 100, help: 'computers the load is spread over' },
+    'load-rules': { type: 'number', default: 100, help: "rules of each load computer's allowlist" },
+    'idle-puts': { type: 'number', default: 100, help: 'PUTs of the idle baseline' },
+    profile: { type: 'flag', help: 'run egressd with --cpu-prof and summarize where its time went' },
+    computers: { type: 'number', default: 10_000, help: 'computers of the cold resync (0: none)' },
+  },
+);
+const RATES = OPTIONS.rates.filter((n) => Number.isInteger(n) && n > 0);
+const SECONDS = OPTIONS.seconds;
+const LOAD_COMPUTERS = OPTIONS['load-computers'];
+const LOAD_RULES = OPTIONS['load-rules'];
+const IDLE_PUTS = OPTIONS['idle-puts'];
+const PROFILE = OPTIONS.profile;
+const COMPUTERS = OPTIONS.computers;
 /** How long each PUT of the sustained load waits for enforcement (then 202). */
 const WAIT_MS = 10_000;
 /** The client gives up on an answer after this long. */
@@ -71,11 +73,6 @@ const CLIENT_TIMEOUT_MS = 30_000;
 /** At most this many connections to egressd; further requests queue in the client (and their lag counts it). */
 const MAX_SOCKETS = 512;
 const log = pino({ level: 'silent' });
-
-function stringArg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-}
 
 function rules(seed: number): Rule[] {
   return Array.from({ length: 100 }, (_, i) => ({
@@ -175,7 +172,7 @@ async function commandCalls(store: Store): Promise<Map<string, number>> {
 }
 
 interface Load {
-  egressd: RunningEgressd;
+  egressd: Egressd;
   store: Store;
   redisPid: number;
   put: (i: number, payload: string, wait: number) => Promise<Reply>;
@@ -192,9 +189,9 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
   const failures = new Map<string, number>();
   let inFlight = 0;
   let maxInFlight = 0;
-  const before = await metrics(l.egressd.origin);
+  const before = await l.egressd.metrics();
   const callsBefore = await commandCalls(l.store);
-  const agentPid = l.egressd.agentPid();
+  const agentPid = l.egressd.helpers().agent;
   if (agentPid === undefined) throw new Error('egressd all has no agent process');
   const cpuBefore = {
     egressd: cpuSeconds(l.egressd.pid),
@@ -220,9 +217,9 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
             scheduledMs: Number(scheduled - start) / 1e6,
           });
         },
-        (err: Error) => {
+        (err: unknown) => {
           inFlight--;
-          const key = /timed out/.test(err.message) ? 'timeout' : err.message;
+          const key = failure(err);
           failures.set(key, (failures.get(key) ?? 0) + 1);
         },
       ),
@@ -243,12 +240,12 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
   };
   const callsIssued = await commandCalls(l.store);
   // egressd's event-loop delay over the window (prom-client resets it at each scrape).
-  const mid = await metrics(l.egressd.origin);
+  const mid = await l.egressd.metrics();
   const loopDelay = (q: string) =>
     round((mid.get(`egressd_api_process_nodejs_eventloop_lag_${q}_seconds`) ?? Number.NaN) * 1000);
   await Promise.all(pending);
   const allSeconds = msSince(start) / 1000;
-  const after = await metrics(l.egressd.origin);
+  const after = await l.egressd.metrics();
 
   const ok = outcomes.filter((o) => o.status === 200);
   // Answers that arrived from the end of the first second to the end of sending: the rate enforced
@@ -333,40 +330,29 @@ async function loadAt(l: Load, rate: number, firstChange: number) {
 
 async function sustained(world: World, redis: TestRedis, store: Store, redisPid: number) {
   const profDir = PROFILE ? mkdtempSync(path.join(tmpdir(), 'egressd-bench-prof-')) : undefined;
-  let egressd: RunningEgressd | undefined;
-  let client: Client | undefined;
+  let egressd: Egressd | undefined;
+  let bench: BenchClient | undefined;
   try {
     const options = { world, redisUrl: redis.url, node: 'bench-load' };
     egressd = await startEgressd(options);
-    client = new Client(egressd.origin, MAX_SOCKETS);
+    bench = new BenchClient(egressd, MAX_SOCKETS, CLIENT_TIMEOUT_MS);
     const body = (i: number, change: number) =>
       JSON.stringify({ mode: 'allowlist', rules: loadRules(i, LOAD_RULES, change) });
-    const put = (i: number, payload: string, wait: number) =>
-      client!.send(
-        'PUT',
-        `/api/v1/computers/load-${i}/network-policy?wait=${wait}`,
-        payload,
-        CLIENT_TIMEOUT_MS,
-      );
+    const put = (i: number, payload: string, wait: number) => bench!.putPolicy(`load-${i}`, payload, wait);
     for (let i = 0; i < LOAD_COMPUTERS; i++) {
       const cg = world.makeCgroup(`load/c${i}`);
-      const r = await client.send(
-        'PUT',
-        `/api/v1/computers/load-${i}`,
-        JSON.stringify({ cgroup: cg.relative }),
-      );
-      if (r.status !== 200 && r.status !== 201) throw new Error(`register load-${i}: ${r.status} ${r.body}`);
+      await bench.computers.put(`load-${i}`, { cgroup: cg.relative });
       const p = await put(i, body(i, 0), WAIT_MS);
-      if (p.status !== 200) throw new Error(`first policy of load-${i}: ${p.status} ${p.body}`);
+      if (p.status !== 200) throw new Error(`first policy of load-${i}: ${p.status} ${p.text}`);
     }
     let change = 1;
     if (profDir) {
       // Profiled from here on. Not from the start: the profiler's signals would keep interrupting the
       // BPF verifier (EAGAIN); this second egressd adopts the programs the first one pinned.
-      client.close();
+      bench.close();
       await egressd.stop();
       egressd = await startEgressd({ ...options, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] });
-      client = new Client(egressd.origin, MAX_SOCKETS);
+      bench = new BenchClient(egressd, MAX_SOCKETS, CLIENT_TIMEOUT_MS);
     }
 
     // Baseline: the same PUT, one at a time, on an otherwise idle egressd.
@@ -428,7 +414,7 @@ async function sustained(world: World, redis: TestRedis, store: Store, redisPid:
       profiles,
     };
   } finally {
-    client?.close();
+    bench?.close();
     await egressd?.stop();
     if (profDir) rmSync(profDir, { recursive: true, force: true });
   }
@@ -534,7 +520,4 @@ async function main(): Promise<void> {
   }
 }
 
-// Interrupted: exit through the exit hooks, which remove the world and end egressd and redis-server.
-process.once('SIGINT', () => process.exit(130));
-process.once('SIGTERM', () => process.exit(143));
-await main();
+await runBenchmark(main);

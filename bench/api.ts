@@ -20,23 +20,37 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { Client } from '../api/client.js';
+import { freePort } from '../test/helpers/egressd.js';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
-import { machine, writeResults } from './common.js';
+import { benchOptions, machine, writeResults } from './common.js';
 
 const execFileAsync = promisify(execFile);
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? (process.argv[i + 1] ?? fallback) : fallback;
-}
-
-const DURATION = Number(arg('duration', '10'));
-const CONNECTIONS = Number(arg('connections', '64'));
-const COMPUTERS = Number(arg('computers', '100'));
-const RULES = Number(arg('rules', '10'));
-const WORKERS = arg('workers', '1,2').split(',').map(Number);
 const WRK = '/usr/bin/wrk';
-const TOOL = arg('tool', existsSync(WRK) ? 'wrk' : 'autocannon');
+const OPTIONS = benchOptions(
+  'node dist/bench/api.js',
+  'API throughput: GET and PUT ?wait=0 of policies under wrk or autocannon, against a bare node:http server.',
+  {
+    duration: { type: 'number', default: 10, help: 'seconds of each measured load' },
+    connections: { type: 'number', default: 64, help: "the load generator's connections" },
+    computers: { type: 'number', default: 100, help: 'computers the requests are spread over' },
+    rules: { type: 'number', default: 10, help: 'rules per policy' },
+    workers: { type: 'numbers', default: [1, 2], help: 'API worker processes, one run each' },
+    tool: {
+      type: 'string',
+      default: existsSync(WRK) ? 'wrk' : 'autocannon',
+      choices: ['wrk', 'autocannon'],
+      help: 'the load generator',
+    },
+  },
+);
+const DURATION = OPTIONS.duration;
+const CONNECTIONS = OPTIONS.connections;
+const COMPUTERS = OPTIONS.computers;
+const RULES = OPTIONS.rules;
+const WORKERS = OPTIONS.workers;
+const TOOL = OPTIONS.tool;
 const ADMIN_KEY = 'bench-admin-key';
 const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'api', 'server.js');
 
@@ -80,15 +94,6 @@ type Autocannon = (options: Record<string, unknown>) => Promise<{
   non2xx: number;
   errors: number;
 }>;
-
-async function freePort(): Promise<number> {
-  const { createServer } = await import('node:net');
-  const s = createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  return port;
-}
 
 function policyBody(i: number): string {
   const rules = Array.from({ length: RULES }, (_, j) => ({
@@ -209,10 +214,11 @@ async function startServer(redisUrl: string, port: number, workers: number): Pro
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   // Bounded: up to 10 s for every worker to answer (readiness is per process; ask a few times).
+  const client = new Client({ baseUrl: `http://127.0.0.1:${port}`, apiKey: ADMIN_KEY });
   let ready = 0;
   for (let i = 0; i < 100 && ready < 2 * workers; i++) {
-    const ok = await fetch(`http://127.0.0.1:${port}/readyz`).then(
-      (r) => r.ok,
+    const ok = await client.send('GET', '/readyz').then(
+      (r) => r.status === 200,
       () => false,
     );
     if (ok) ready++;
@@ -278,19 +284,15 @@ async function main(): Promise<void> {
       const port = await freePort();
       const base = `http://127.0.0.1:${port}`;
       server = await startServer(redis.url, port, workers);
-      const headers = { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' };
+      const client = new Client({ baseUrl: base, apiKey: ADMIN_KEY });
       for (let i = 0; i < COMPUTERS; i++) {
         const id = `bench-${i}`;
-        const r = await fetch(`${base}/api/v1/computers/${id}`, {
-          method: 'PUT',
-          headers,
-          body: JSON.stringify({ cgroup: `bench/${id}` }),
-        });
-        if (!r.ok) throw new Error(`register ${id}: ${r.status}`);
-        await fetch(`${base}/api/v1/computers/${id}/network-policy?wait=0`, {
-          method: 'PUT',
-          headers,
-          body: policyBody(i),
+        // Below the default sandbox root ("egressd"): the API refuses cgroups outside its roots.
+        await client.computers.put(id, { cgroup: `egressd/${id}` });
+        await client.request('PUT', `/api/v1/computers/${id}/network-policy`, {
+          rawBody: policyBody(i),
+          headers: { 'content-type': 'application/json' },
+          query: { wait: 0 },
         });
       }
       await load(base, 'get', 2); // warm-up (JIT, connections), not reported

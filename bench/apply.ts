@@ -34,17 +34,36 @@
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { Rule } from '../policy/types.js';
+import { type Egressd, startEgressd } from '../test/helpers/egressd.js';
 import { startRedis, type TestRedis } from '../test/helpers/redis.js';
 import { CONNECT_LOOP_PATH, createWorld, type World } from '../test/helpers/world.js';
-import { arg, machine, writeResults } from './common.js';
-import { Client, percentile, type RunningEgressd, round, startEgressd } from './egressd.js';
+import { benchOptions, machine, runBenchmark, writeResults } from './common.js';
+import { BenchClient, percentile, round } from './egressd.js';
 
 const SIZES = [10, 1_000, 100_000];
-const REPS = listArg('reps', [200, 100, 8]);
-const EPERM_REPS = arg('eperm-reps', 50);
-const EPERM_RULES = arg('eperm-rules', 10);
-const INTERVAL_US = arg('interval-us', 20);
-const RT = !process.argv.includes('--no-rt');
+const OPTIONS = benchOptions(
+  'sudo node dist/bench/apply.js',
+  'Apply latency against egressd all: PUT → 200 by policy size, and PUT → first EPERM.',
+  {
+    reps: {
+      type: 'numbers',
+      default: [200, 100, 8],
+      help: `PUTs of each kind for ${SIZES.join(', ')} rules`,
+    },
+    'eperm-reps': { type: 'number', default: 50, help: 'PUT → first EPERM measurements' },
+    'eperm-rules': { type: 'number', default: 10, help: 'rules of the allowlists switched between' },
+    'interval-us': { type: 'number', default: 20, help: "the probe's pause between datagrams, µs" },
+    'no-rt': { type: 'flag', help: 'run the probe at normal priority instead of SCHED_FIFO 1' },
+  },
+);
+const REPS = OPTIONS.reps;
+if (REPS.length !== SIZES.length || REPS.some((n) => !Number.isInteger(n) || n < 1)) {
+  throw new Error(`--reps takes ${SIZES.length} positive integers, e.g. 200,100,8`);
+}
+const EPERM_REPS = OPTIONS['eperm-reps'];
+const EPERM_RULES = OPTIONS['eperm-rules'];
+const INTERVAL_US = OPTIONS['interval-us'];
+const RT = !OPTIONS['no-rt'];
 const MAX_RULES = Math.max(...SIZES, EPERM_RULES);
 const BODY_LIMIT = 64 * 1024 * 1024;
 const NODE = 'bench-apply';
@@ -53,17 +72,6 @@ const WAIT = 60_000;
 /** The probe's destination: a world address, UDP, a port without listener. */
 const TARGET = { host: '192.0.2.1', port: 9 };
 const OTHER = { host: '192.0.2.2', port: 9 };
-
-/** `--name a,b,c`: numbers, one per entry of SIZES. */
-function listArg(name: string, fallback: number[]): number[] {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0) return fallback;
-  const list = (process.argv[i + 1] ?? '').split(',').map(Number);
-  if (list.length !== fallback.length || list.some((n) => !Number.isInteger(n) || n < 1)) {
-    throw new Error(`--${name} takes ${fallback.length} positive integers, e.g. ${fallback.join(',')}`);
-  }
-  return list;
-}
 
 /** `n` distinct CIDR rules in 10.0.0.0/8 (nothing the world has); `variant` changes the first one's port. */
 function fillerRules(n: number, variant: number): Rule[] {
@@ -104,21 +112,20 @@ async function withTimeout<T>(promise: Promise<T>, millis: number, what: string)
 
 interface Bench {
   world: World;
-  egressd: RunningEgressd;
-  client: Client;
+  egressd: Egressd;
+  client: BenchClient;
 }
 
 async function register(b: Bench, id: string): Promise<string> {
   const cg = b.world.makeCgroup(id);
-  const r = await b.client.send('PUT', `/api/v1/computers/${id}`, JSON.stringify({ cgroup: cg.relative }));
-  if (r.status !== 200 && r.status !== 201) throw new Error(`register ${id}: ${r.status} ${r.body}`);
+  await b.client.computers.put(id, { cgroup: cg.relative });
   return cg.path;
 }
 
 async function putEnforced(b: Bench, id: string, body: string) {
-  const r = await b.client.send('PUT', `/api/v1/computers/${id}/network-policy?wait=${WAIT}`, body);
+  const r = await b.client.putPolicy(id, body, WAIT);
   if (r.status !== 200) {
-    throw new Error(`PUT (enforced) of ${id} answered ${r.status}: ${r.body.toString().slice(0, 300)}`);
+    throw new Error(`PUT (enforced) of ${id} answered ${r.status}: ${r.text.slice(0, 300)}`);
   }
   return r;
 }
@@ -165,7 +172,7 @@ async function putLatency(b: Bench, size: number, reps: number): Promise<SizeRow
       const r = await putEnforced(b, id, body);
       if (!warm) enforced.push(ms(process.hrtime.bigint() - r.sentAt));
     } else {
-      const r = await b.client.send('PUT', `/api/v1/computers/${id}/network-policy?wait=0`, body);
+      const r = await b.client.putPolicy(id, body, 0);
       const took = ms(process.hrtime.bigint() - r.sentAt);
       if (r.status !== 202 && r.status !== 200) throw new Error(`PUT ?wait=0 answered ${r.status}`);
       if (!warm) stored.push(took);
@@ -366,8 +373,8 @@ async function putToEperm(b: Bench) {
 async function main(): Promise<void> {
   let world: World | undefined;
   let redis: TestRedis | undefined;
-  let egressd: RunningEgressd | undefined;
-  let client: Client | undefined;
+  let egressd: Egressd | undefined;
+  let client: BenchClient | undefined;
   try {
     world = await createWorld();
     redis = await startRedis({ appendfsync: 'everysec' });
@@ -377,7 +384,7 @@ async function main(): Promise<void> {
       node: NODE,
       env: { EGRESSD_MAX_RULES: String(MAX_RULES), EGRESSD_BODY_LIMIT: String(BODY_LIMIT) },
     });
-    client = new Client(egressd.origin, 4);
+    client = new BenchClient(egressd, 4);
     const b: Bench = { world, egressd, client };
 
     const sizes: SizeRow[] = [];
@@ -437,7 +444,4 @@ async function main(): Promise<void> {
   }
 }
 
-// Interrupted: exit through the exit hooks, which remove the world and end egressd and redis-server.
-process.once('SIGINT', () => process.exit(130));
-process.once('SIGTERM', () => process.exit(143));
-await main();
+await runBenchmark(main);

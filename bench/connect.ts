@@ -32,17 +32,26 @@
  */
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
 import type { HookName } from '../daemon/kernel/loader.js';
 import type { Policy, Rule } from '../policy/types.js';
 import { createWorld, type World } from '../test/helpers/world.js';
-import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
+import { benchOptions, connectLoop, enableBpfStats, machine, progStats, writeResults } from './common.js';
 
-const ROUNDS = arg('rounds', 7);
-const TCP_ITERATIONS = arg('tcp-iterations', 20_000);
-const UDP_ITERATIONS = arg('udp-iterations', 200_000);
+const OPTIONS = benchOptions(
+  'sudo node dist/bench/connect.js',
+  'connect() and sendto() cost under egressd, against no program and against nftables.',
+  {
+    rounds: { type: 'number', default: 7, help: 'rounds of every variant, in rotated order' },
+    'tcp-iterations': { type: 'number', default: 20_000, help: 'connect+close calls per TCP measurement' },
+    'udp-iterations': { type: 'number', default: 200_000, help: 'sendto calls per UDP measurement' },
+  },
+);
+const ROUNDS = OPTIONS.rounds;
+const TCP_ITERATIONS = OPTIONS['tcp-iterations'];
+const UDP_ITERATIONS = OPTIONS['udp-iterations'];
 const SIZES = [10, 1_000, 100_000];
 const LEARNED = 1_000;
 const FIXED = '192.0.2.1';
@@ -233,8 +242,7 @@ function timeApply(enforcer: Enforcer, id: string, policy: Policy, times: number
 
 async function main(): Promise<void> {
   const world = await createWorld();
-  const statsWas = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
-  writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
+  const restoreStats = enableBpfStats();
   const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   try {
     const variants: Variant[] = [{ name: 'no program', cgroup: world.makeCgroup('none').path }];
@@ -361,7 +369,7 @@ async function main(): Promise<void> {
       applies,
     });
   } finally {
-    writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
+    restoreStats();
     enforcer.close();
     await world.destroy();
   }

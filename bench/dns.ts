@@ -59,16 +59,27 @@ import { DnsProxy } from '../daemon/dns/proxy.js';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
 import { startDnsmasq } from '../test/helpers/dnsmasq.js';
 import { createWorld, type World } from '../test/helpers/world.js';
-import { arg, machine, writeResults } from './common.js';
+import { benchOptions, machine, writeResults } from './common.js';
 
-const ROUNDS = arg('rounds', 3);
-const SECONDS = arg('seconds', 5);
+const OPTIONS = benchOptions(
+  'sudo node dist/bench/dns.js',
+  "The DNS proxy's cost: dnsperf and resperf against dnsmasq directly and through the proxy.",
+  {
+    rounds: { type: 'number', default: 3, help: 'rounds of every variant, in rotated order' },
+    seconds: { type: 'number', default: 5, help: 'length of each dnsperf run' },
+    resperf: { type: 'number', default: 1, help: '0 skips the resperf ramps' },
+    'resperf-max-qps': { type: 'number', default: 60000, help: "the end of resperf's ramp, queries/s" },
+    'resperf-ramp': { type: 'number', default: 20, help: "the length of resperf's ramp, seconds" },
+  },
+);
+const ROUNDS = OPTIONS.rounds;
+const SECONDS = OPTIONS.seconds;
 /** resperf's ramp: 0 to this many queries per second... */
-const RESPERF_MAX_QPS = arg('resperf-max-qps', 60000);
+const RESPERF_MAX_QPS = OPTIONS['resperf-max-qps'];
 /** ...over this many seconds (3000 q/s more each second by default, 300 per plot interval). */
-const RESPERF_RAMP = arg('resperf-ramp', 20);
+const RESPERF_RAMP = OPTIONS['resperf-ramp'];
 /** 0: no resperf ramps. */
-const RESPERF = arg('resperf', 1);
+const RESPERF = OPTIONS.resperf;
 /** resperf stops ramping at this many unanswered queries: well past the point of overload. */
 const RESPERF_OUTSTANDING = 5000;
 /** Seconds after which resperf counts a query as lost. */

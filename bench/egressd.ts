@@ -1,210 +1,86 @@
 /**
- * The real `egressd all` (the API in its main process, the agent in a child
- * process of its own) for the benchmarks, in a process of its own so that the
- * load generator does not share its event loop; an HTTP client with keep-alive connections and timestamps; the
- * Prometheus text of /metrics; CPU time of a process from /proc.
- *
- * The process is started with the test world's pin directory, a redis-server
- * of test/helpers/redis.ts, a temporary state directory, a free loopback
- * port and a DNS upstream that is nothing (127.0.0.1:9: no benchmark asks
- * DNS, and nothing may leave this host). stop() ends it by its own pid
- * (SIGTERM, then SIGKILL) and removes the state directory; an exit hook does
- * the same if the benchmark dies first.
+ * What the benchmarks of the real `egressd all` (test/helpers/egressd.ts,
+ * in a process of its own so that the load generator does not share its
+ * event loop) use besides: api/client.ts on node:http keep-alive
+ * connections, histogram quantiles between two scrapes of /metrics, the CPU
+ * time of a process, percentiles.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { Agent, request } from 'node:http';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { parsePrometheus } from '../test/helpers/prometheus.js';
-import { REPO_ROOT, type World } from '../test/helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
-export const BENCH_ADMIN_KEY = 'bench-admin-key-0123456789';
+import { readFileSync } from 'node:fs';
+import { Agent, type IncomingMessage, request } from 'node:http';
+import { ApiUnreachableError, Client, type Reply } from '../api/client.js';
+import type { Egressd } from '../test/helpers/egressd.js';
 
-export interface EgressdOptions {
-  world: World;
-  redisUrl: string;
-  node: string;
-  /** More environment for egressd (EGRESSD_MAX_RULES, EGRESSD_BODY_LIMIT, ...). */
-  env?: Record<string, string>;
-  /** Node options before the script (e.g. --cpu-prof); the agent process gets them too. */
-  nodeArgs?: string[];
-}
-
-export interface RunningEgressd {
-  /** The main process (the API). */
-  pid: number;
-  /** The agent process's pid, as it is now (egressd all restarts it if it dies). */
-  agentPid(): number | undefined;
-  /** http://127.0.0.1:PORT */
-  origin: string;
-  child: ChildProcess;
-  /** Its stderr so far (the last 64 KiB). */
-  stderr(): string;
-  /** SIGTERM (SIGKILL after 10 s); removes the state directory. Idempotent. */
-  stop(): Promise<void>;
-}
-
-export async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function alive(child: ChildProcess): boolean {
-  return child.exitCode === null && child.signalCode === null;
-}
-
-/** Starts `egressd all`; resolves once it says it is running and /readyz answers 200 (within 30 s). */
-export async function startEgressd(opts: EgressdOptions): Promise<RunningEgressd> {
-  const port = await freePort();
-  const stateDir = mkdtempSync(path.join(tmpdir(), 'egressd-bench-state-'));
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, 'all'], {
-    env: {
-      PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-      REDIS_URL: opts.redisUrl,
-      EGRESSD_ADMIN_KEY: BENCH_ADMIN_KEY,
-      EGRESSD_STATE_DIR: stateDir,
-      EGRESSD_BPFFS_DIR: opts.world.pinDir,
-      EGRESSD_LISTEN: `127.0.0.1:${port}`,
-      EGRESSD_NODE: opts.node,
-      EGRESSD_CGROUP_ROOTS: opts.world.cgroupRelative(),
-      EGRESSD_LOG_LEVEL: 'warn',
-      EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',
-      ...opts.env,
-    },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString()).slice(-65536);
-  });
-  const onExit = () => {
-    if (child.pid !== undefined && alive(child)) process.kill(child.pid, 'SIGKILL');
-    rmSync(stateDir, { recursive: true, force: true });
-  };
-  process.on('exit', onExit);
-  let stopping: Promise<void> | undefined;
-  const stop = () => {
-    stopping ??= (async () => {
-      if (child.pid !== undefined && alive(child)) {
-        const exited = once(child, 'exit');
-        process.kill(child.pid, 'SIGTERM');
-        const timer = setTimeout(() => {
-          if (child.pid !== undefined && alive(child)) process.kill(child.pid, 'SIGKILL');
-        }, 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      rmSync(stateDir, { recursive: true, force: true });
-      process.off('exit', onExit);
-    })();
-    return stopping;
-  };
-  const origin = `http://127.0.0.1:${port}`;
-  try {
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      if (!alive(child)) throw new Error(`egressd exited (${child.exitCode ?? child.signalCode}): ${stderr}`);
-      const ready = await fetch(`${origin}/readyz`).then(
-        (r) => r.status === 200,
-        () => false,
-      );
-      if (ready && stderr.includes('running')) break;
-      if (Date.now() > deadline) throw new Error(`egressd did not become ready in 30 s: ${stderr}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  const agentPid = () =>
-    childPids(child.pid ?? -1).find((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('agent');
-      } catch {
-        return false;
-      }
+/**
+ * A Response whose text() is the answer's bytes as they came: Response's
+ * own body stream costs about 70 µs an answer, which a load generator of
+ * 1,000 requests a second cannot spare.
+ */
+class HttpResponse extends Response {
+  readonly #text: Promise<string>;
+  constructor(res: IncomingMessage) {
+    const headers = new Headers();
+    for (let i = 0; i + 1 < res.rawHeaders.length; i += 2)
+      headers.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+    super(null, { status: res.statusCode ?? 0, headers });
+    this.#text = new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.once('end', () => resolve(Buffer.concat(chunks).toString()));
+      res.once('error', reject);
     });
-  return { pid: child.pid ?? -1, agentPid, origin, child, stderr: () => stderr, stop };
-}
-
-/** The direct children of a process, from /proc ([] once it is gone). */
-function childPids(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
-      readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
-    );
-  } catch {
-    return [];
+    this.#text.catch(() => {});
   }
-}
 
-export interface Reply {
-  status: number;
-  body: Buffer;
-  /** process.hrtime.bigint() when the request was handed to the socket layer. */
-  sentAt: bigint;
-  /** process.hrtime.bigint() when the status line and headers arrived. */
-  headersAt: bigint;
+  override text(): Promise<string> {
+    return this.#text;
+  }
 }
 
 /**
- * An HTTP/1.1 client on keep-alive connections to one origin (node:http,
- * less overhead per request than fetch), with the admin key.
+ * A fetch for api/client.ts over node:http: less work per request than the
+ * global fetch, and at most `maxSockets` connections (further requests
+ * queue). Fails with ETIMEDOUT when the whole answer is not in within
+ * `timeoutMs`.
  */
-export class Client {
-  readonly agent: Agent;
-  constructor(
-    readonly origin: string,
-    maxSockets = 64,
-  ) {
-    this.agent = new Agent({ keepAlive: true, maxSockets });
-  }
-
-  /** One request; rejects on a socket error or after `timeoutMs`. */
-  send(method: string, urlPath: string, body?: string | Buffer, timeoutMs = 120_000): Promise<Reply> {
-    return new Promise((resolve, reject) => {
-      const sentAt = process.hrtime.bigint();
+function httpFetch(agent: Agent, timeoutMs: number): typeof fetch {
+  return ((input: string | URL, init: RequestInit = {}) =>
+    new Promise<Response>((resolve, reject) => {
       const req = request(
-        `${this.origin}${urlPath}`,
-        {
-          method,
-          agent: this.agent,
-          headers: {
-            authorization: `Bearer ${BENCH_ADMIN_KEY}`,
-            ...(body === undefined
-              ? {}
-              : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
-          },
-        },
+        input,
+        { method: init.method ?? 'GET', agent, headers: init.headers as Record<string, string> },
         (res) => {
-          const headersAt = process.hrtime.bigint();
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.once('end', () => {
-            clearTimeout(timer);
-            resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), sentAt, headersAt });
-          });
-          res.once('error', (err) => {
-            clearTimeout(timer);
-            reject(err);
-          });
+          res.once('end', () => clearTimeout(timer));
+          resolve(new HttpResponse(res));
         },
       );
       const timer = setTimeout(() => {
-        req.destroy(new Error(`timed out after ${timeoutMs} ms`));
+        req.destroy(Object.assign(new Error(`timed out after ${timeoutMs} ms`), { code: 'ETIMEDOUT' }));
       }, timeoutMs);
       req.once('error', (err) => {
         clearTimeout(timer);
         reject(err);
       });
-      req.end(body);
+      req.end(init.body as string | undefined);
+    })) as typeof fetch;
+}
+
+/** api/client.ts for egressd's admin, on at most `maxSockets` keep-alive connections. */
+export class BenchClient extends Client {
+  private readonly agent: Agent;
+
+  constructor(egressd: Egressd, maxSockets: number, timeoutMs = 120_000) {
+    const agent = new Agent({ keepAlive: true, maxSockets });
+    super({ baseUrl: egressd.origin, apiKey: egressd.adminKey, fetch: httpFetch(agent, timeoutMs) });
+    this.agent = agent;
+  }
+
+  /** PUT of a policy serialized ahead of time (no JSON work on the clock), ?wait=`wait`. */
+  putPolicy(id: string, json: string, wait: number): Promise<Reply> {
+    return this.send('PUT', `/api/v1/computers/${encodeURIComponent(id)}/network-policy`, {
+      rawBody: json,
+      headers: { 'content-type': 'application/json' },
+      query: { wait },
     });
   }
 
@@ -213,11 +89,12 @@ export class Client {
   }
 }
 
-/** /metrics of egressd (with the admin key) as name{labels} → value. */
-export async function metrics(origin: string): Promise<Map<string, number>> {
-  const r = await fetch(`${origin}/metrics`, { headers: { authorization: `Bearer ${BENCH_ADMIN_KEY}` } });
-  if (!r.ok) throw new Error(`GET ${origin}/metrics: ${r.status} ${await r.text()}`);
-  return parsePrometheus(await r.text());
+/** What a failed request ran into, without its URL: 'timeout', a system error code, or the message. */
+export function failure(err: unknown): string {
+  const e = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (e.code === 'ETIMEDOUT') return 'timeout';
+  if (typeof e.code === 'string' && e.code !== '') return e.code;
+  return err instanceof ApiUnreachableError ? failure(err.cause) : String(e.message ?? err);
 }
 
 /**

@@ -8,14 +8,21 @@
  *   sudo node dist/bench/events.js [--rounds 5] [--iterations 50000]
  */
 
-import { readFileSync, writeFileSync } from 'node:fs';
 import { DenyEvents } from '../daemon/events.js';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
 import { createWorld, type World } from '../test/helpers/world.js';
-import { arg, connectLoop, machine, progStats, writeResults } from './common.js';
+import { benchOptions, connectLoop, enableBpfStats, machine, progStats, writeResults } from './common.js';
 
-const ROUNDS = arg('rounds', 5);
-const ITERATIONS = arg('iterations', 50_000);
+const OPTIONS = benchOptions(
+  'sudo node dist/bench/events.js',
+  "Refused connects per second with and without the agent's deny-event reader.",
+  {
+    rounds: { type: 'number', default: 5, help: 'rounds of both variants, in alternating order' },
+    iterations: { type: 'number', default: 50_000, help: 'refused connects per measurement' },
+  },
+);
+const ROUNDS = OPTIONS.rounds;
+const ITERATIONS = OPTIONS.iterations;
 
 async function deniedLoop(world: World, cgroup: string): Promise<number> {
   const { stdout, result } = await connectLoop(world, cgroup, 'tcp', '192.0.2.1', ITERATIONS);
@@ -26,8 +33,7 @@ async function deniedLoop(world: World, cgroup: string): Promise<number> {
 
 async function main(): Promise<void> {
   const world = await createWorld();
-  const statsWas = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
-  writeFileSync('/proc/sys/kernel/bpf_stats_enabled', '1');
+  const restoreStats = enableBpfStats();
   const enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   try {
     const cg = world.makeCgroup('denied');
@@ -69,7 +75,7 @@ async function main(): Promise<void> {
     console.table(rows);
     writeResults('events', { machine: host, rows, delivered });
   } finally {
-    writeFileSync('/proc/sys/kernel/bpf_stats_enabled', statsWas);
+    restoreStats();
     enforcer.close();
     await world.destroy();
   }

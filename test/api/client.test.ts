@@ -69,6 +69,28 @@ test('failures are ApiClientError with status and code', async (t) => {
   t.is(unauthorized?.code, 'unauthorized');
 });
 
+test('send() answers any status with its headers; a raw body goes as it is; apiKey "" sends none', async (t) => {
+  const missing = await client.send('GET', '/api/v1/computers/nope/network-policy');
+  t.is(missing.status, 404);
+  t.like(missing.body, { error: { code: 'computer_not_found' } });
+  t.regex(missing.headers.get('content-type') ?? '', /^application\/json/);
+  t.true(missing.headersAt >= missing.sentAt);
+  await client.computers.put('sdk-3', { cgroup: 'egressd/sdk-3' });
+  const raw = await client.send('PUT', '/api/v1/computers/sdk-3/network-policy', {
+    rawBody: '{"mode":',
+    headers: { 'content-type': 'application/json' },
+  });
+  t.is(raw.status, 400);
+  t.like(raw.body, { error: { code: 'invalid_json' } });
+  const stored = await client.send('PUT', '/api/v1/computers/sdk-3/network-policy', {
+    body: { mode: 'isolated' },
+    query: { wait: 0 },
+  });
+  t.is(stored.status, 202);
+  t.is(stored.headers.get('etag'), `"${(stored.body as { data: { version: number } }).data.version}"`);
+  t.is((await client.send('GET', '/api/v1/computers', { apiKey: '' })).status, 401);
+});
+
 test('computers and keys through the client; a tenant client sees only its own', async (t) => {
   await client.computers.put('sdk-admin-only', { cgroup: 'egressd/sdk-admin-only' });
   const key = await client.keys.create({ tenant: 'sdk-tenant', name: 'ci', cgroup_prefix: 'egressd' });

@@ -6,6 +6,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type App, createApp } from '../../api/app.js';
+import { Client } from '../../api/client.js';
 import { type ApiConfig, resolveConfig } from '../../api/config.js';
 import { openApiDocument } from '../../api/openapi.js';
 import { Store } from '../../store/store.js';
@@ -21,7 +22,7 @@ export interface Harness {
   config: ApiConfig;
   server: Server;
   baseUrl: string;
-  /** fetch with the admin key unless `key` is given ('' for none). */
+  /** api/client.ts's send() with the admin key unless `key` is given ('' for none). */
   call(method: string, path: string, options?: CallOptions): Promise<Reply>;
   close(): Promise<void>;
 }
@@ -63,30 +64,19 @@ export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const client = new Client({ baseUrl, apiKey: ADMIN_KEY });
   const call = async (method: string, path: string, options: CallOptions = {}): Promise<Reply> => {
     const headers: Record<string, string> = { ...options.headers };
-    const key = options.key ?? ADMIN_KEY;
-    if (key !== '') headers['authorization'] = `Bearer ${key}`;
-    let body: string | undefined;
-    if (options.raw !== undefined) {
-      body = options.raw;
-      if (options.contentType) headers['content-type'] = options.contentType;
-    } else if (options.body !== undefined) {
-      body = JSON.stringify(options.body);
-      headers['content-type'] = options.contentType ?? 'application/json';
-    }
-    const res = await fetch(baseUrl + path, { method, headers, ...(body === undefined ? {} : { body }) });
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text === '' ? undefined : JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    const problems = checkReply(DOC, method, path, res.status, res.headers.get('content-type'), parsed);
+    if (options.contentType !== undefined) headers['content-type'] = options.contentType;
+    const r = await client.send(method, path, {
+      headers,
+      apiKey: options.key,
+      ...(options.raw === undefined ? { body: options.body } : { rawBody: options.raw }),
+    });
+    const problems = checkReply(DOC, method, path, r.status, r.headers.get('content-type'), r.body);
     if (problems.length > 0)
       throw new Error(`reply does not conform to the OpenAPI document: ${problems.join('; ')}`);
-    return { status: res.status, headers: res.headers, body: parsed, text };
+    return { status: r.status, headers: r.headers, body: r.body, text: r.text };
   };
   return {
     redis,

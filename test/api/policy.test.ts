@@ -325,6 +325,7 @@ test('events: newest first, limit and since; 404 for unknown computers', async (
 test('events/stream delivers new events live as Server-Sent Events; 404 for unknown computers', async (t) => {
   await register(h, 'events-live');
   const abort = new AbortController();
+  // fetch, not api/client.ts: the client reads whole answers, a stream never ends.
   const res = await fetch(`${h.baseUrl}${path('events-live')}/events/stream`, {
     headers: { authorization: `Bearer ${ADMIN_KEY}` },
     signal: abort.signal,

@@ -2,6 +2,7 @@
 import { once } from 'node:events';
 import test from 'ava';
 import { createApp } from '../../api/app.js';
+import { Client } from '../../api/client.js';
 import { resolveConfig } from '../../api/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis } from '../helpers/redis.js';
@@ -192,12 +193,8 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
     server.close();
   });
   const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  const call = (method: string, path: string, body?: unknown) =>
-    fetch(base + path, {
-      method,
-      headers: { authorization: 'Bearer k', 'content-type': 'application/json' },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
+  const client = new Client({ baseUrl: base, apiKey: 'k' });
+  const call = (method: string, path: string, body?: unknown) => client.send(method, path, { body });
   t.is((await call('GET', '/api/v1/computers')).status, 503);
   await redis.restart();
   let status = 0;

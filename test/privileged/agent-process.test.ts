@@ -19,20 +19,15 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { Store } from '../../store/store.js';
-import { parsePrometheus } from '../helpers/prometheus.js';
-import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
+import { type Egressd, running, SCALE, startEgressd, waitFor } from '../helpers/egressd.js';
+import { createWorld, type World } from '../helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 const WRK = '/usr/bin/wrk';
-const ADMIN_KEY = 'agent-process-test-admin-key-0123456789';
 const NODE = 'agent-process-node';
-const SCALE = Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
 /** Changes measured in each phase. */
 const CHANGES = 40;
 /** Computers the list requests return (on another node: the agent has nothing to do with them). */
@@ -48,183 +43,17 @@ const LOAD_MARGIN_MS = 20;
 
 let world: World;
 
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
-
 function alive(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null;
 }
 
-/** The direct children of a process (from /proc), [] once it is gone. */
-function childrenOf(pid: number): number[] {
-  try {
-    return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
-      readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
-    );
-  } catch {
-    return [];
-  }
+/** `egressd all` with its embedded Redis (no REDIS_URL). */
+function start(opts: { expectFailure?: boolean } = {}): Promise<Egressd> {
+  return startEgressd({ world, node: NODE, ...opts });
 }
 
-function commandOf(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
-  } catch {
-    return '';
-  }
-}
-
-function running(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms * SCALE;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms * SCALE} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-interface Egressd {
-  child: ChildProcess;
-  pid: number;
-  stateDir: string;
-  origin: string;
-  stderr(): string;
-  /** Its log (JSON lines, warnings and errors) so far. */
-  stdout(): string;
-  /** The pids of the agent process and redis-server, as they are now. */
-  helpers(): { agent: number | undefined; redis: number | undefined };
-  /**
-   * Ends egressd (SIGTERM, or the signal given); what it started and left
-   * running 5 s later is killed by pid, and returned. Idempotent.
-   */
-  stop(signal?: NodeJS.Signals): Promise<number[]>;
-}
-
-/** Starts `egressd all` (embedded Redis, no REDIS_URL) with a private state directory and port. */
-async function startEgressd(opts: { stateDir?: string; expectFailure?: boolean } = {}): Promise<Egressd> {
-  const port = await freePort();
-  const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'egressd-agent-process-'));
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin',
-    EGRESSD_ADMIN_KEY: ADMIN_KEY,
-    EGRESSD_STATE_DIR: stateDir,
-    EGRESSD_BPFFS_DIR: world.pinDir,
-    EGRESSD_LISTEN: `127.0.0.1:${port}`,
-    EGRESSD_NODE: NODE,
-    EGRESSD_CGROUP_ROOTS: world.cgroupRelative(),
-    EGRESSD_LOG_LEVEL: 'warn',
-    // Nothing here asks DNS, and nothing may leave this host.
-    EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',
-  };
-  const child = spawn(process.execPath, [CLI, 'all'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  let stdout = '';
-  child.stderr?.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString()).slice(-65536);
-  });
-  child.stdout?.on('data', (d: Buffer) => {
-    stdout = (stdout + d.toString()).slice(-65536);
-  });
-  const pid = child.pid ?? -1;
-  const seen = new Set<number>();
-  const helpers = () => {
-    const found: { agent: number | undefined; redis: number | undefined } = {
-      agent: undefined,
-      redis: undefined,
-    };
-    for (const p of childrenOf(pid)) {
-      seen.add(p);
-      const cmd = commandOf(p);
-      if (cmd.includes('redis-server')) found.redis = p;
-      else if (cmd.includes(' agent')) found.agent = p;
-    }
-    return found;
-  };
-  const killLeft = () => {
-    const left = [...seen].filter(running);
-    for (const p of left) {
-      try {
-        process.kill(p, 'SIGKILL');
-      } catch {}
-    }
-    return left;
-  };
-  // Safety net if this test process exits without stop(): nothing egressd started may stay.
-  const onExit = () => {
-    if (alive(child)) process.kill(pid, 'SIGKILL');
-    killLeft();
-  };
-  process.on('exit', onExit);
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
-    helpers();
-    if (alive(child)) {
-      const exited = once(child, 'exit');
-      process.kill(pid, signal);
-      const timer = setTimeout(() => alive(child) && process.kill(pid, 'SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(timer);
-    }
-    // What egressd started ends with it (or, after SIGKILL, soon after); what is left is killed here.
-    await waitFor('egressd helpers ended', () => ![...seen].some(running), 5000).catch(() => {});
-    const left = killLeft();
-    if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true });
-    process.off('exit', onExit);
-    return left;
-  };
-  const origin = `http://127.0.0.1:${port}`;
-  const e: Egressd = {
-    child,
-    pid,
-    stateDir,
-    origin,
-    stderr: () => stderr,
-    stdout: () => stdout,
-    helpers,
-    stop,
-  };
-  try {
-    await waitFor(
-      'egressd all ready',
-      async () => {
-        if (!alive(child)) {
-          if (opts.expectFailure) return true;
-          throw new Error(`egressd exited (${child.exitCode ?? child.signalCode}): ${stderr}`);
-        }
-        helpers();
-        const ready = await fetch(`${origin}/readyz`).then(
-          (r) => r.status === 200,
-          () => false,
-        );
-        return ready && stderr.includes('running');
-      },
-      30_000,
-    );
-  } catch (err) {
-    await stop('SIGKILL');
-    throw err;
-  }
-  return e;
-}
-
-function api(e: Egressd, method: string, urlPath: string, body?: unknown): Promise<Response> {
-  return fetch(`${e.origin}${urlPath}`, {
-    method,
-    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
+function api(e: Egressd, method: string, urlPath: string, body?: unknown) {
+  return e.client.send(method, urlPath, { body });
 }
 
 /** Nearest-rank percentile. */
@@ -243,9 +72,8 @@ async function putLatencies(e: Egressd, id: string, n: number, first = 0): Promi
     };
     const started = performance.now();
     const r = await api(e, 'PUT', `/api/v1/computers/${id}/network-policy?wait=10000`, body);
-    const text = await r.text();
     took.push(performance.now() - started);
-    if (r.status !== 200) throw new Error(`PUT ${i} answered ${r.status}: ${text}`);
+    if (r.status !== 200) throw new Error(`PUT ${i} answered ${r.status}: ${r.text}`);
   }
   return took;
 }
@@ -283,7 +111,7 @@ test.after.always(async () => {
 test.serial('API list load does not delay enforcement (the agent has a process of its own)', async (t) => {
   t.timeout(180_000 * SCALE);
   t.true(existsSync(WRK), `${WRK} is missing: scripts/setup.sh installs wrk`);
-  const e = await startEgressd();
+  const e = await start();
   t.teardown(() => e.stop());
   // The computers the list returns, on another node; registered 16 at a time.
   for (let i = 0; i < LISTED; i += 16) {
@@ -294,7 +122,7 @@ test.serial('API list load does not delay enforcement (the agent has a process o
           cgroup: `${world.cgroupRelative('listed')}/${id}`,
           node: 'elsewhere',
         });
-        if (r.status !== 201) throw new Error(`register ${id}: ${r.status} ${await r.text()}`);
+        if (r.status !== 201) throw new Error(`register ${id}: ${r.status} ${r.text}`);
       }),
     );
   }
@@ -318,7 +146,7 @@ test.serial('API list load does not delay enforcement (the agent has a process o
       '--timeout',
       '10s',
       '-H',
-      `Authorization: Bearer ${ADMIN_KEY}`,
+      `Authorization: Bearer ${e.adminKey}`,
       `${e.origin}/api/v1/computers?limit=${LISTED}`,
     ],
     { stdio: ['ignore', 'pipe', 'ignore'] },
@@ -359,7 +187,7 @@ test.serial('API list load does not delay enforcement (the agent has a process o
 });
 
 test.serial("a killed agent process is started again; its metrics are on the API's /metrics", async (t) => {
-  const e = await startEgressd();
+  const e = await start();
   t.teardown(() => e.stop());
   const cg = world.makeCgroup('restarted');
   t.is((await api(e, 'PUT', '/api/v1/computers/restarted', { cgroup: cg.relative })).status, 201);
@@ -377,17 +205,11 @@ test.serial("a killed agent process is started again; its metrics are on the API
     'ok',
     'EPERM',
   ]);
-  await waitFor('agent metrics on /metrics', async () => {
-    const metrics = parsePrometheus(
-      await (
-        await fetch(`${e.origin}/metrics`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })
-      ).text(),
-    );
-    return metrics.get('egressd_agent_redis_connected') === 1;
-  });
-  const metrics = parsePrometheus(
-    await (await fetch(`${e.origin}/metrics`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } })).text(),
+  await waitFor(
+    'agent metrics on /metrics',
+    async () => (await e.metrics()).get('egressd_agent_redis_connected') === 1,
   );
+  const metrics = await e.metrics();
   t.true((metrics.get('egressd_policy_apply_seconds_count') ?? 0) > 0, 'the new agent applied a policy');
   t.true(
     (metrics.get(
@@ -398,10 +220,10 @@ test.serial("a killed agent process is started again; its metrics are on the API
 });
 
 test.serial("egressd all fails with the agent's message when the agent cannot start", async (t) => {
-  const first = await startEgressd();
+  const first = await start();
   t.teardown(() => first.stop());
   // A second egressd on the same pin directory: its agent finds the first one's.
-  const second = await startEgressd({ expectFailure: true });
+  const second = await start({ expectFailure: true });
   t.teardown(() => second.stop());
   t.is(second.child.exitCode, 1);
   const lines = second
@@ -411,13 +233,13 @@ test.serial("egressd all fails with the agent's message when the agent cannot st
   t.deepEqual(lines, [`egressd: another egressd agent already manages ${world.pinDir}: stop it first`]);
   t.deepEqual(await second.stop(), [], 'its Redis ended with it');
   // The first one is unharmed.
-  t.is((await fetch(`${first.origin}/readyz`)).status, 200);
+  t.is((await first.client.send('GET', '/readyz')).status, 200);
 });
 
 test.serial(
   'SIGTERM ends egressd all, its agent and its Redis; a killed egressd all takes its agent along',
   async (t) => {
-    const a = await startEgressd();
+    const a = await start();
     t.teardown(() => a.stop());
     const { agent, redis } = a.helpers();
     t.truthy(agent);
@@ -425,7 +247,7 @@ test.serial(
     t.deepEqual(await a.stop('SIGTERM'), [], 'the agent process and redis-server ended with it');
     t.is(a.child.exitCode, 0, a.stderr());
 
-    const b = await startEgressd();
+    const b = await start();
     t.teardown(() => b.stop());
     const bAgent = b.helpers().agent;
     t.truthy(bAgent);

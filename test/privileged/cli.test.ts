@@ -4,85 +4,29 @@
  * and JSON output, errors, and kill -9 of the agent while a sandboxed
  * process keeps connecting.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
+import { CLI, type Egressd, type EgressdOptions, freePort, startEgressd } from '../helpers/egressd.js';
 import { parsePrometheus } from '../helpers/prometheus.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
-import { createWorld, PROBE_PATH, REPO_ROOT, type World } from '../helpers/world.js';
+import { createWorld, PROBE_PATH, type World } from '../helpers/world.js';
 
 const execFileAsync = promisify(execFile);
-const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
-const ADMIN_KEY = 'cli-test-admin-key-0123456789';
 
 let world: World;
 let redis: TestRedis;
-let stateDir: string;
-let port: number;
-let egressd: ChildProcess | undefined;
 let dnsmasq: Dnsmasq;
-
-async function freePort(): Promise<number> {
-  const s = createServer().listen(0, '127.0.0.1');
-  await new Promise((r) => s.once('listening', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
+/** The same port and state directory for every start: the client commands' environment names them. */
+let options: EgressdOptions & { port: number; stateDir: string };
+let egressd: Egressd;
 
 function env(): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    REDIS_URL: redis.url,
-    EGRESSD_ADMIN_KEY: ADMIN_KEY,
-    EGRESSD_API_KEY: ADMIN_KEY,
-    EGRESSD_STATE_DIR: stateDir,
-    EGRESSD_BPFFS_DIR: world.pinDir,
-    EGRESSD_LISTEN: `127.0.0.1:${port}`,
-    EGRESSD_API: `http://127.0.0.1:${port}`,
-    EGRESSD_NODE: 'cli-node',
-    EGRESSD_CGROUP_ROOTS: world.cgroupRelative(),
-    EGRESSD_LOG_LEVEL: 'warn',
-    // Never the host's resolver: a dnsmasq on loopback that knows learned.test only.
-    EGRESSD_DNS_UPSTREAM: `${dnsmasq.host}:${dnsmasq.port}`,
-  };
-}
-
-/** Starts `egressd all` and resolves once the API answers. */
-async function startEgressd(): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, 'all'], { env: env(), stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d) => {
-    stderr += d;
-  });
-  // Slower machines (a VM under emulation) scale every wait here.
-  const deadline = Date.now() + 15_000 * Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`egressd exited (${child.exitCode}): ${stderr}`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (r.status === 200 && stderr.includes('running')) return child;
-    } catch {}
-    if (Date.now() > deadline) {
-      if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGKILL');
-      throw new Error(`egressd did not become ready: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-async function stopEgressd(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  const child = egressd;
-  egressd = undefined;
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  if (child.pid !== undefined) process.kill(child.pid, signal);
-  await exited;
+  return egressd.clientEnv();
 }
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -105,20 +49,57 @@ async function cliWith(
   }
 }
 
+/** `egressd events ID --json` lines, polled every 100 ms until there is one (at most 50 times). */
+async function eventLines(id: string): Promise<string[]> {
+  let lines: string[] = [];
+  for (let i = 0; i < 50 && lines.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const r = await cli('events', id, '--json');
+    lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
+  }
+  return lines;
+}
+
+/**
+ * `egressd run` of a probe in a new isolated computer ID. CMD runs as nobody, which cannot enter
+ * the world's netns itself: it connects to the host's loopback, which an isolated computer in the
+ * host namespace may not reach either. (test/privileged/run-confined.test.ts runs it in the world.)
+ */
+function isolatedProbe(id: string): string[] {
+  return [
+    'run',
+    '--computer',
+    id,
+    '--create',
+    '--mode',
+    'isolated',
+    '--',
+    PROBE_PATH,
+    `tcp:127.0.0.1:${world.hostLoopbackPort}`,
+  ];
+}
+
 test.before(async () => {
   world = await createWorld();
   dnsmasq = await startDnsmasq(['host-record=learned.test,203.0.113.77,300']);
   redis = await startRedis();
-  stateDir = mkdtempSync(path.join(tmpdir(), 'egressd-cli-'));
-  port = await freePort();
-  egressd = await startEgressd();
+  options = {
+    world,
+    redisUrl: redis.url,
+    node: 'cli-node',
+    port: await freePort(),
+    stateDir: mkdtempSync(path.join(tmpdir(), 'egressd-cli-')),
+    // Never the host's resolver: a dnsmasq on loopback that knows learned.test only.
+    dnsUpstream: `${dnsmasq.host}:${dnsmasq.port}`,
+  };
+  egressd = await startEgressd(options);
 });
 
 test.after.always(async () => {
-  await stopEgressd('SIGKILL');
+  await egressd?.stop('SIGKILL');
   await redis?.cleanup();
   await dnsmasq?.stop();
-  if (stateDir) rmSync(stateDir, { recursive: true, force: true });
+  if (options?.stateDir) rmSync(options.stateDir, { recursive: true, force: true });
   await world?.destroy();
 });
 
@@ -212,12 +193,7 @@ test.serial("policy set --dns; the proxy's refusals show up in egressd events, n
     netns: false,
   });
   t.regex(out, /status: NXDOMAIN/);
-  let lines: string[] = [];
-  for (let i = 0; i < 50 && lines.length === 0; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    const r = await cli('events', 'cli-dns', '--json');
-    lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
-  }
+  const lines = await eventLines('cli-dns');
   t.is(lines.length, 1, 'exactly one event');
   t.like(JSON.parse(lines[0] ?? '{}'), {
     computer: 'cli-dns',
@@ -237,20 +213,7 @@ test.serial("policy set --dns; the proxy's refusals show up in egressd events, n
 test.serial(
   'run --create: the command runs confined, its status comes back, the computer is removed after',
   async (t) => {
-    const r = await cli(
-      'run',
-      '--computer',
-      'cli-run',
-      '--create',
-      '--mode',
-      'isolated',
-      '--',
-      // CMD runs as nobody, which cannot enter the world's netns itself: it connects to the host's
-      // loopback, which an isolated computer in the host namespace may not reach either.
-      // (test/privileged/run-confined.test.ts runs `egressd run` in the world.)
-      PROBE_PATH,
-      `tcp:127.0.0.1:${world.hostLoopbackPort}`,
-    );
+    const r = await cli(...isolatedProbe('cli-run'));
     t.is(r.code, 0, r.stderr);
     t.is(JSON.parse(r.stdout.trim()).result, 'EPERM');
     const status = await cli('run', '--computer', 'cli-run2', '--create', '--', '/bin/sh', '-c', 'exit 7');
@@ -269,10 +232,10 @@ test.serial(
     const denied = world.spawnProbe({ cgroup: cg.path }, 'loop:30000:10000000:tcp:192.0.2.2:80');
     const allowed = world.spawnProbe({ cgroup: cg.path }, 'loop:30000:10000000:tcp:192.0.2.1:80');
     await Promise.all([denied.ready, allowed.ready]);
-    await stopEgressd('SIGKILL');
+    await egressd.stop('SIGKILL');
     // No egressd at all now; change the policy behind its back in Redis through a new instance later.
     await new Promise((r) => setTimeout(r, 300));
-    egressd = await startEgressd();
+    egressd = await startEgressd(options);
     const set = await cli('policy', 'set', 'cli-kill', '--mode', 'allowlist', '--rule', '192.0.2.1:80/tcp');
     t.is(set.code, 0, set.stderr);
     const [d] = await denied.stop();
@@ -293,12 +256,7 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
   t.is((await cli('computers', 'add', 'cli-events', '--cgroup', cg.relative)).code, 0);
   t.is((await cli('policy', 'set', 'cli-events', '--mode', 'isolated')).code, 0);
   t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:8080'), ['EPERM']);
-  let lines: string[] = [];
-  for (let i = 0; i < 50 && lines.length === 0; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    const r = await cli('events', 'cli-events', '--json');
-    lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
-  }
+  const lines = await eventLines('cli-events');
   t.is(lines.length, 1, 'exactly one event');
   t.like(JSON.parse(lines[0] ?? '{}'), {
     computer: 'cli-events',
@@ -311,11 +269,9 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
   const readable = await cli('events', 'cli-events');
   t.regex(readable.stdout, /cli-events probe\[\d+\] denied 192\.0\.2\.1:8080\/tcp \(mode\)/);
   // The agent's metrics are in the all-in-one /metrics (admin key), as valid Prometheus text.
-  const scrape = await fetch(`http://127.0.0.1:${port}/metrics`, {
-    headers: { authorization: `Bearer ${ADMIN_KEY}` },
-  });
+  const scrape = await egressd.client.send('GET', '/metrics');
   t.is(scrape.status, 200);
-  const metrics = parsePrometheus(await scrape.text());
+  const metrics = parsePrometheus(scrape.text);
   t.is(metrics.get('egressd_denials_total{computer="cli-events",reason="mode"}'), 1);
   t.is(metrics.get('egressd_agent_redis_connected'), 1);
   t.true((metrics.get('egressd_policy_apply_seconds_count') ?? 0) > 0);
@@ -449,20 +405,7 @@ test.serial(
   "run --create registers on the API's default node (the agent's), or on --node, and says which it waited for",
   async (t) => {
     // No EGRESSD_NODE on the client: the API's default node, which is its agent's.
-    const r = await cliWith(
-      { EGRESSD_NODE: undefined },
-      'run',
-      '--computer',
-      'cli-run-node',
-      '--create',
-      '--mode',
-      'isolated',
-      '--',
-      // CMD runs as nobody, which cannot enter the world's netns: the host's loopback, which an
-      // isolated computer in the host namespace may not reach either.
-      PROBE_PATH,
-      `tcp:127.0.0.1:${world.hostLoopbackPort}`,
-    );
+    const r = await cliWith({ EGRESSD_NODE: undefined }, ...isolatedProbe('cli-run-node'));
     t.is(r.code, 0, r.stderr);
     t.is(JSON.parse(r.stdout.trim()).result, 'EPERM');
     // A node no agent serves: refused after the wait, naming the node; the command never ran.
@@ -507,7 +450,7 @@ test.serial('the CLI inside a computer that refuses it says EPERM, with the URL'
   t.regex(
     out,
     new RegExp(
-      `^egressd: cannot reach the API at http://127\\.0\\.0\\.1:${port}/api/v1/computers \\(EPERM\\): .*inside a computer whose policy refuses it`,
+      `^egressd: cannot reach the API at http://127\\.0\\.0\\.1:${options.port}/api/v1/computers \\(EPERM\\): .*inside a computer whose policy refuses it`,
     ),
   );
   t.is(out.trim().split('\n').length, 1, out);
@@ -518,7 +461,7 @@ test.serial('denials while no agent runs show under their computer once egressd 
   const cg = world.makeCgroup('cli-down');
   t.is((await cli('computers', 'add', 'cli-down', '--cgroup', cg.relative)).code, 0);
   t.is((await cli('policy', 'set', 'cli-down', '--mode', 'isolated')).code, 0);
-  await stopEgressd('SIGKILL');
+  await egressd.stop('SIGKILL');
   // The agent process ends with its parent; wait until none holds the pins' lock.
   await new Promise((r) => setTimeout(r, 500));
   t.deepEqual(
@@ -526,16 +469,8 @@ test.serial('denials while no agent runs show under their computer once egressd 
     ['EPERM'],
     'enforced with no agent',
   );
-  egressd = await startEgressd();
-  let events: { computer: string; port: number }[] = [];
-  for (let i = 0; i < 50 && events.length === 0; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    const r = await cli('events', 'cli-down', '--json');
-    events = r.stdout
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l));
-  }
+  egressd = await startEgressd(options);
+  const events = (await eventLines('cli-down')).map((l) => JSON.parse(l));
   t.is(events.length, 1);
   t.like(events[0], { computer: 'cli-down', port: 81, reason: 'mode' });
 });

@@ -16,23 +16,15 @@
  * its command: the test runs as root already); the sandbox root `egressd/`
  * is the world's cgroup root; /var/lib/egressd is a temporary state directory.
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
-import {
-  chmodSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
+import { CLI, type EgressdProcess, launch } from '../helpers/egressd.js';
 import { createWorld, REPO_ROOT, WORLD_ADDRESSES, type World } from '../helpers/world.js';
 
-const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 const README = path.join(REPO_ROOT, 'README.md');
 
 interface Step {
@@ -75,7 +67,7 @@ function pattern(expected: string): RegExp {
 let world: World;
 let dnsmasq: Dnsmasq;
 let dir: string;
-let egressd: ChildProcess | undefined;
+let egressd: EgressdProcess | undefined;
 
 test.before(async () => {
   // The world's server keeps off 8080: the API listens there, on the world's loopback.
@@ -89,31 +81,12 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await stopEgressd();
+  // SIGTERM: egressd stops its API, its agent and its redis-server; what is left of them is killed by PID.
+  await egressd?.stop();
   await dnsmasq?.stop();
   await world?.destroy();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
-
-/** SIGTERM: egressd stops its API, its agent and its redis-server; whatever of them is left after 10 s is killed by PID. */
-async function stopEgressd(): Promise<void> {
-  const child = egressd;
-  egressd = undefined;
-  if (child?.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise((r) => child.once('exit', r));
-    process.kill(child.pid, 'SIGTERM');
-    await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
-  }
-  // The embedded redis-server runs from the state directory; end it if egressd could not.
-  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    try {
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (dir && cmdline.startsWith('/usr/bin/redis-server') && cmdline.includes(dir)) {
-        process.kill(Number(pid), 'SIGKILL');
-      }
-    } catch {}
-  }
-}
 
 test.serial('the README walkthrough runs as written', async (t) => {
   const steps = walkthroughSteps(readFileSync(README, 'utf8'));
@@ -135,17 +108,11 @@ test.serial('the README walkthrough runs as written', async (t) => {
     EGRESSD_LOG_LEVEL: 'warn',
   };
   // As the README's first lines do (scripts/run.sh ends in it): egressd, in the world's namespace.
-  const child = world.spawn(process.execPath, [CLI], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  egressd = child;
-  let log = '';
-  child.stderr?.on('data', (d) => {
-    log += d;
+  egressd = await launch({
+    args: [CLI],
+    env,
+    spawn: (command, args, opts) => world.spawn(command, args, opts),
   });
-  const deadline = Date.now() + 20_000;
-  while (!log.includes('running')) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`egressd did not start: ${log}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 
   // One bash for all the commands; each one's output and status in files of its own.
   const out = (i: number) => path.join(dir, `out.${i}`);
@@ -177,7 +144,7 @@ test.serial('the README walkthrough runs as written', async (t) => {
       t.regex(output, pattern(line), `${step.command}: the README shows "${line}"`);
     }
   });
-  t.false(log.includes('"level":50'), log);
+  t.false(egressd.stderr().includes('"level":50'), egressd.stderr());
 });
 
 test('walkthroughSteps: commands, continuation lines and the outputs under them', (t) => {

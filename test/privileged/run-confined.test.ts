@@ -10,73 +10,22 @@
  * (nsenter), and reaches the API over the world's veth gateway, where
  * egressd listens.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { CLI, type Egressd, startEgressd } from '../helpers/egressd.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
-import { createWorld, PROBE_PATH, REPO_ROOT, type World } from '../helpers/world.js';
+import { createWorld, PROBE_PATH, type World } from '../helpers/world.js';
 
 const execFileAsync = promisify(execFile);
-const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
-const ADMIN_KEY = 'run-confined-admin-key-0123456789';
 
 let world: World;
 let redis: TestRedis;
-let stateDir: string;
-let api: string;
-let egressd: ChildProcess | undefined;
-
-async function freePort(host: string): Promise<number> {
-  const s = createServer().listen(0, host);
-  await new Promise((r) => s.once('listening', r));
-  const p = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return p;
-}
+let egressd: Egressd;
 
 function env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    REDIS_URL: redis.url,
-    EGRESSD_ADMIN_KEY: ADMIN_KEY,
-    EGRESSD_API_KEY: ADMIN_KEY,
-    EGRESSD_STATE_DIR: stateDir,
-    EGRESSD_BPFFS_DIR: world.pinDir,
-    EGRESSD_LISTEN: api,
-    EGRESSD_API: `http://${api}`,
-    EGRESSD_NODE: 'run-node',
-    EGRESSD_CGROUP_ROOTS: world.cgroupRelative(),
-    EGRESSD_LOG_LEVEL: 'warn',
-    // Never the host's resolver: nothing here asks DNS, and nothing may leave this host.
-    EGRESSD_DNS_UPSTREAM: '127.0.0.1:9',
-    ...extra,
-  };
-}
-
-/** Starts `egressd all` and resolves once the API answers. */
-async function startEgressd(): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [CLI, 'all'], { env: env(), stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d) => {
-    stderr += d;
-  });
-  const deadline = Date.now() + 15_000 * Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`egressd exited (${child.exitCode}): ${stderr}`);
-    try {
-      const r = await fetch(`http://${api}/readyz`);
-      if (r.status === 200 && stderr.includes('running')) return child;
-    } catch {}
-    if (Date.now() > deadline) {
-      if (child.pid !== undefined && child.exitCode === null) process.kill(child.pid, 'SIGKILL');
-      throw new Error(`egressd did not become ready: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return egressd.clientEnv(extra);
 }
 
 /** `egressd ARGS` in the host namespace. */
@@ -226,21 +175,13 @@ async function confinedCheck(id: string, extraArgs: string[], extraEnv: NodeJS.P
 test.before(async () => {
   world = await createWorld({ gateway: true });
   redis = await startRedis();
-  stateDir = mkdtempSync(path.join(tmpdir(), 'egressd-run-'));
-  const host = world.gateway!.host4;
-  api = `${host}:${await freePort(host)}`;
-  egressd = await startEgressd();
+  // On the world's veth gateway, where `egressd run` in the world reaches it.
+  egressd = await startEgressd({ world, redisUrl: redis.url, node: 'run-node', host: world.gateway!.host4 });
 });
 
 test.after.always(async () => {
-  const child = egressd;
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGKILL');
-    await exited;
-  }
+  await egressd?.stop('SIGKILL');
   await redis?.cleanup();
-  if (stateDir) rmSync(stateDir, { recursive: true, force: true });
   await world?.destroy();
 });
 
