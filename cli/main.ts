@@ -6,8 +6,9 @@
 import { parseArgs } from 'node:util';
 import { EgressdError } from '../policy/errors.js';
 import { isSupervised, tellSupervisor } from './agent-process.js';
-import { computersCommand, describeError, eventsCommand, policyCommand, runCommand } from './commands.js';
+import { computersCommand, describeError, eventsCommand, policyCommand } from './commands.js';
 import { CONFIG_FLAGS, resolveEgressdConfig } from './config.js';
+import { runCommand } from './run.js';
 import type { ServeMode } from './serve.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
