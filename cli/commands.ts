@@ -31,9 +31,9 @@ export interface CommandContext {
   accounts?: Accounts;
 }
 
-/** EGRESSD_API_KEY, else the admin key file of the state directory (readable by root). */
+/** EGRESSD_API_KEY (else EGRESSD_ADMIN_KEY), else the admin key file of the state directory (readable by root). */
 export function client(ctx: CommandContext): Client {
-  let apiKey = ctx.env['EGRESSD_API_KEY'] ?? ctx.env['EGRESSD_ADMIN_KEY'] ?? '';
+  let apiKey = ctx.config.apiKey || ctx.config.adminKey;
   const file = path.join(ctx.config.stateDir, 'admin.key');
   if (!apiKey && existsSync(file)) {
     try {
