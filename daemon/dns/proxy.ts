@@ -52,8 +52,8 @@
  */
 
 import { randomInt } from 'node:crypto';
-import dgram from 'node:dgram';
-import net from 'node:net';
+import type dgram from 'node:dgram';
+import type net from 'node:net';
 import os from 'node:os';
 import dnsPacket from 'dns-packet';
 import ipaddr from 'ipaddr.js';
@@ -62,17 +62,9 @@ import { EgressdError } from '../../policy/errors.js';
 import type { UserDenial } from '../events.js';
 import type { Enforcer } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
+import { type Family, listenDns, type Transport } from './listen.js';
 import { type Upstream, UpstreamClient, upstreamKey } from './upstream.js';
-import {
-  capAnswerTtls,
-  errorReply,
-  normaliseName,
-  questionOnly,
-  RCODE,
-  resolveChain,
-  TcpFrames,
-  tcpFrame,
-} from './wire.js';
+import { capAnswerTtls, errorReply, normaliseName, questionOnly, RCODE, resolveChain } from './wire.js';
 
 export type { Upstream } from './upstream.js';
 
@@ -256,35 +248,18 @@ export class DnsProxy {
 
   private async bind(id: string, port: number): Promise<ComputerSockets> {
     const sockets: ComputerSockets = { port, udp: [], tcp: [] };
+    // Nothing goes out once the proxy is closed (a query may still be upstream).
+    const handle = async (msg: Buffer, transport: Transport, family: Family) => {
+      const reply = await this.handle(id, msg, transport, family);
+      return this.closed ? undefined : reply;
+    };
     try {
       for (const address of this.opts.listen) {
-        const v6 = net.isIPv6(address);
-        const udp = dgram.createSocket(v6 ? { type: 'udp6', ipv6Only: true } : { type: 'udp4' });
-        sockets.udp.push(udp);
-        await new Promise<void>((resolve, reject) => {
-          udp.once('error', reject);
-          udp.bind(port, address, () => {
-            udp.off('error', reject);
-            resolve();
-          });
-        });
-        udp.on('message', (msg, rinfo) => {
-          void this.handle(id, msg, 'udp', v6 ? 'ipv6' : 'ipv4').then((reply) => {
-            if (reply && !this.closed) udp.send(reply, rinfo.port, rinfo.address);
-          });
-        });
-        udp.on('error', (err) =>
+        const { udp, tcp } = await listenDns(address, port, handle, (err) =>
           this.opts.log.warn({ computer: id, err: err.message }, 'DNS proxy socket error'),
         );
-        const tcp = net.createServer((conn) => this.serveTcp(id, conn, v6 ? 'ipv6' : 'ipv4'));
+        sockets.udp.push(udp);
         sockets.tcp.push(tcp);
-        await new Promise<void>((resolve, reject) => {
-          tcp.once('error', reject);
-          tcp.listen({ port, host: address, ...(v6 ? { ipv6Only: true } : {}) }, () => {
-            tcp.off('error', reject);
-            resolve();
-          });
-        });
       }
       return sockets;
     } catch (err) {
@@ -292,22 +267,6 @@ export class DnsProxy {
       for (const t of sockets.tcp) t.close();
       throw err;
     }
-  }
-
-  /** DNS over TCP: 2-byte length-prefixed messages, answered in order. */
-  private serveTcp(id: string, conn: net.Socket, family: Family): void {
-    const frames = new TcpFrames();
-    let chain = Promise.resolve();
-    conn.setTimeout(30_000, () => conn.destroy());
-    conn.on('error', () => conn.destroy());
-    conn.on('data', (chunk) => {
-      for (const msg of frames.push(chunk)) {
-        chain = chain.then(async () => {
-          const reply = await this.handle(id, msg, 'tcp', family);
-          if (reply && !conn.destroyed) conn.write(tcpFrame(reply));
-        });
-      }
-    });
   }
 
   /**
@@ -464,6 +423,3 @@ export class DnsProxy {
     return !this.ownAddresses.has(addr.toString());
   }
 }
-
-type Transport = 'udp' | 'tcp';
-type Family = 'ipv4' | 'ipv6';
