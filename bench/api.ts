@@ -1,7 +1,7 @@
 /**
  * API throughput on this machine: a real redis-server (127.0.0.1, append-only
  * file fsynced every second, Redis's usual production setting), the API
- * server as a child process (node dist/api/server.js, with 1 and then 2
+ * server as a child process (node dist/cli/main.js api, with 1 and then 2
  * worker processes), and a load generator: wrk when installed (C, so it
  * takes less of the machine's two cores), otherwise autocannon. Measures GET
  * of a policy and PUT ?wait=0, spread over a set of computers; every PUT is
@@ -52,7 +52,7 @@ const RULES = OPTIONS.rules;
 const WORKERS = OPTIONS.workers;
 const TOOL = OPTIONS.tool;
 const ADMIN_KEY = 'bench-admin-key';
-const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'api', 'server.js');
+const SERVER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'main.js');
 
 interface Result {
   name: string;
@@ -201,13 +201,14 @@ async function runAutocannon(base: string, kind: 'get' | 'put', seconds: number)
 }
 
 async function startServer(redisUrl: string, port: number, workers: number): Promise<ChildProcess> {
-  const server = spawn(process.execPath, [SERVER], {
+  const server = spawn(process.execPath, [SERVER, 'api'], {
     env: {
       PATH: process.env['PATH'] ?? '',
       REDIS_URL: redisUrl,
       EGRESSD_ADMIN_KEY: ADMIN_KEY,
-      EGRESSD_API_LISTEN: `127.0.0.1:${port}`,
+      EGRESSD_LISTEN: `127.0.0.1:${port}`,
       EGRESSD_DEFAULT_NODE: 'bench-node',
+      EGRESSD_CGROUP_ROOTS: 'bench',
       EGRESSD_API_WORKERS: String(workers),
       EGRESSD_LOG_LEVEL: 'warn',
     },

@@ -173,18 +173,22 @@ export function isSupervised(): boolean {
 }
 
 /**
- * Resolves when the supervised agent should stop: SIGTERM (from the parent,
- * or anyone), or the channel to the parent closed. SIGINT is ignored.
+ * Resolves when the supervised agent (or API worker, api-server.ts) should
+ * stop: SIGTERM (from the parent, or anyone), or the channel to the parent
+ * closed. SIGINT is ignored: the parent stops it in order.
  */
-export function supervisorStop(log: Logger): Promise<void> {
+export function supervisorStop(
+  log: Logger,
+  message = 'agent process stopping: pinned programs stay attached and keep enforcing',
+): Promise<void> {
   return new Promise<void>((resolve) => {
     const stop = (why: string) => {
-      log.info({ why }, 'agent process stopping: pinned programs stay attached and keep enforcing');
+      log.info({ why }, message);
       resolve();
     };
     process.on('SIGINT', () => {});
     process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('disconnect', () => stop('egressd all ended'));
-    if (!process.connected) stop('egressd all ended');
+    process.once('disconnect', () => stop('its parent process ended'));
+    if (!process.connected) stop('its parent process ended');
   });
 }

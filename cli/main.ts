@@ -3,11 +3,13 @@
  * The one `egressd` command. The only module that reads process.env: it
  * resolves the configuration once and hands it down.
  */
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { EgressdError } from '../policy/errors.js';
 import { isSupervised, tellSupervisor } from './agent-process.js';
-import { computersCommand, describeError, eventsCommand, policyCommand, runCommand } from './commands.js';
-import { CONFIG_FLAGS, resolveEgressdConfig } from './config.js';
+import { computersCommand, describeError, eventsCommand, policyCommand } from './commands.js';
+import { CONFIG_FLAGS, optionsHelp, resolveEgressdConfig } from './config.js';
+import { runCommand } from './run.js';
 import type { ServeMode } from './serve.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
@@ -24,32 +26,15 @@ run (needs root, and unshare and setpriv from util-linux): CMD runs in the compu
   move itself out of any cgroup, and so out of the computer's policy. CMD's exit status is run's. CMD's
   environment is run's without EGRESSD_API_KEY and EGRESSD_ADMIN_KEY; HOME, USER, LOGNAME are its user's.
 
-options (flag, environment variable, default):
-  --listen        EGRESSD_LISTEN          127.0.0.1:8080
-  --redis         REDIS_URL               (empty: a private redis-server under the state directory)
-  --state-dir     EGRESSD_STATE_DIR       /var/lib/egressd
-  --bpffs-dir     EGRESSD_BPFFS_DIR       /sys/fs/bpf/egressd
-  --node          EGRESSD_NODE            the host name
-  --internal-cidr EGRESSD_INTERNAL_CIDRS  none (repeat the flag; comma-separated in the variable)
-  --log-level     EGRESSD_LOG_LEVEL       info
-  --log-format    EGRESSD_LOG_FORMAT      auto (pretty: readable lines, local times; json: one JSON object a line; auto: pretty on a terminal)
-  --api           EGRESSD_API             http://127.0.0.1:8080 (client commands)
-  --dns-upstream  EGRESSD_DNS_UPSTREAM    first nameserver of /etc/resolv.conf (host[:port], repeatable)
-  --dns-proxy-address EGRESSD_DNS_PROXY_ADDRESSES  none (this host's address that sandboxes with their own netns reach)
-  --dns-ports     EGRESSD_DNS_PORTS       42000-51999 (per-computer proxy ports)
-  --dns-ttl-min   EGRESSD_DNS_TTL_MIN     5 (seconds; learned addresses live for the clamped TTL)
-  --dns-ttl-max   EGRESSD_DNS_TTL_MAX     3600
-  --metrics-listen EGRESSD_METRICS_LISTEN 127.0.0.1:9464 (egressd agent, no key: keep it private; in all, the API's /metrics, admin key)
-
 policy set --dns: what the DNS proxy resolves for the computer. listed: only names the hostname rules
   cover (the default in allowlist mode with hostname rules; others get NXDOMAIN, never forwarded);
   all: every name (the default in denylist and isolated mode); none: nothing (the default in allowlist
   mode with address rules only). --block-dns, from before --dns, is --dns none.
-  EGRESSD_ADMIN_KEY: the admin bearer key (default: generated into <state-dir>/admin.key)
-  EGRESSD_API_KEY:   the key client commands use (default: <state-dir>/admin.key)`;
 
-/** `egressd agent` started by `egressd all`: its start-up error goes to the parent. */
-let supervisedAgent = false;
+${optionsHelp()}`;
+
+/** `egressd agent` started by `egressd all`, or an API worker: its start-up error goes to the parent. */
+let supervised = false;
 /** --debug: errors with their stack. */
 const debug = process.argv.includes('--debug');
 
@@ -97,9 +82,10 @@ async function main(argv: string[]): Promise<number> {
     case 'agent':
     case 'api':
       // Loaded only here: the client commands need neither libbpf nor Koa. An agent with an
-      // IPC channel was started by `egressd all` (cli/agent-process.ts).
-      supervisedAgent = command === 'agent' && isSupervised();
-      await (await import('./serve.js')).serve(command as ServeMode, config, env, supervisedAgent);
+      // IPC channel was started by `egressd all` (cli/agent-process.ts); an API worker by the
+      // API's serving path (cli/api-server.ts).
+      supervised = (command === 'agent' && isSupervised()) || (command === 'api' && cluster.isWorker);
+      await (await import('./serve.js')).serve(command as ServeMode, config, env, supervised);
       return 0;
     case 'policy':
       await policyCommand(ctx, rest, values);
@@ -125,9 +111,10 @@ main(process.argv.slice(2)).then(
       (err instanceof EgressdError && err.code === 'USAGE') ||
       (err instanceof TypeError && /^(Unknown option|Option '.*' argument)/.test(err.message));
     const message = usage && err instanceof Error ? err.message : describeError(err);
-    // The agent of `egressd all` hands its error to the parent, which fails with it (one line, not two).
+    // The agent of `egressd all` (or an API worker) hands its error to the parent, which fails with it
+    // (one line, not two).
     const code = err instanceof EgressdError ? err.code : 'AGENT_START_FAILED';
-    if (!(supervisedAgent && (await tellSupervisor({ type: 'failed', code, message })))) {
+    if (!(supervised && (await tellSupervisor({ type: 'failed', code, message })))) {
       console.error(`egressd: ${message}`);
     }
     if (debug && err instanceof Error && err.stack) console.error(err.stack);

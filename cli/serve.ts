@@ -2,22 +2,20 @@
  * The long-running modes: `egressd` / `egressd all` (one host: the embedded
  * Redis unless REDIS_URL is given, the agent in a child process of its own,
  * see agent-process.ts, and the API), `egressd agent` and `egressd api`
- * (many hosts against one Redis).
+ * (many hosts against one Redis). The API serves through api-server.ts, in
+ * this process or in --api-workers processes.
  */
 import { execFile } from 'node:child_process';
+import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import type { Server } from 'node:http';
 import { type AddressInfo, createServer, isIP } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { createApp } from '../api/app.js';
-import { parseListen, resolveConfig } from '../api/config.js';
-import { checkFdBudget } from '../api/fd-budget.js';
-import { createMetrics } from '../api/metrics.js';
 import { Agent } from '../daemon/agent/agent.js';
 import { cgroupOfProcess } from '../daemon/agent/placement.js';
 import { DnsProxy, type DnsProxyOptions } from '../daemon/dns/proxy.js';
+import { parseHostPort, systemResolvers } from '../daemon/dns/upstream.js';
 import { EmbeddedRedis } from '../daemon/embedded-redis.js';
 import { DenyEvents, type DenyRecord } from '../daemon/events.js';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
@@ -27,12 +25,10 @@ import { preflight } from '../daemon/system.js';
 import { EgressdError } from '../policy/errors.js';
 import { Store } from '../store/store.js';
 import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
-import { checkProxyAddressesLocal, type EgressdConfig, parseHostPort, systemResolvers } from './config.js';
+import { type Stopper, startApi } from './api-server.js';
+import { checkProxyAddressesLocal, type EgressdConfig, hideSecrets, parseListen } from './config.js';
 
 export type ServeMode = 'all' | 'agent' | 'api';
-
-/** A stop function per started part, run in reverse order. */
-type Stopper = () => Promise<void> | void;
 
 /**
  * One agent per pin directory: an abstract unix socket named after it is
@@ -57,13 +53,8 @@ async function lockPinDir(pinDir: string): Promise<Stopper> {
 }
 
 /** EGRESSD_ADMIN_KEY, or the key in <state-dir>/admin.key, generated (0600) at first start. */
-export function adminKey(
-  config: EgressdConfig,
-  env: Record<string, string | undefined>,
-  log: Logger,
-): string {
-  const fromEnv = env['EGRESSD_ADMIN_KEY'];
-  if (fromEnv) return fromEnv;
+export function adminKey(config: EgressdConfig, log: Logger): string {
+  if (config.adminKey) return config.adminKey;
   const file = path.join(config.stateDir, 'admin.key');
   if (!existsSync(file)) {
     mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
@@ -82,7 +73,10 @@ export async function serve(
   mode: ServeMode,
   config: EgressdConfig,
   env: Record<string, string | undefined>,
-  /** `egressd agent` started by `egressd all` (see agent-process.ts): reports to it, ends with it. */
+  /**
+   * `egressd agent` started by `egressd all` (see agent-process.ts), or an
+   * API worker (api-server.ts): reports to its parent, ends with it.
+   */
   supervised = false,
 ) {
   // `auto` is decided here, once: the agent process of `egressd all` writes to the same stdout.
@@ -135,49 +129,15 @@ export async function serve(
     }
 
     if (mode !== 'agent') {
-      const apiConfig = resolveConfig(
-        {
-          listen: config.listen,
-          redisUrl,
-          adminKey: adminKey(config, env, log),
-          ...(mode === 'all' ? { defaultNode: config.node } : {}),
-          cgroupRoots: config.cgroupRoots,
-          logLevel: config.logLevel,
-        },
-        env,
-      );
-      const budget = checkFdBudget(apiConfig.sseMax);
-      if (!budget.ok) log.warn({ limit: budget.limit, needed: budget.needed }, budget.message);
-      const store = new Store({ url: redisUrl, streamMaxLen: apiConfig.streamMaxLen });
-      await store.connect();
-      stoppers.push(() => store.close());
-      const app = createApp({
-        store,
-        config: apiConfig,
-        logger: log.child({ component: 'api' }),
-        metrics: createMetrics(),
-        ...(moreMetrics ? { moreMetrics } : {}),
+      const apiConfig = hideSecrets({
+        ...config,
+        redisUrl,
+        apiKey: '',
+        adminKey: adminKey(config, log),
+        defaultNode: mode === 'all' ? config.node : config.defaultNode,
+        logFormat,
       });
-      const { host, port } = parseListen(apiConfig.listen);
-      const server: Server = await new Promise((resolve, reject) => {
-        const s = app.listen(port, host, () => resolve(s));
-        s.once('error', (err: NodeJS.ErrnoException) =>
-          reject(
-            new EgressdError(
-              'LISTEN_FAILED',
-              `cannot listen on ${apiConfig.listen} (${err.code}): choose another --listen / EGRESSD_LISTEN`,
-            ),
-          ),
-        );
-      });
-      stoppers.push(
-        () =>
-          new Promise<void>((resolve) => {
-            server.close(() => resolve());
-            server.closeAllConnections();
-          }),
-      );
-      log.info({ listen: apiConfig.listen }, 'API listening');
+      stoppers.push(await startApi(apiConfig, log, moreMetrics));
     }
   } catch (err) {
     await stopAll();
@@ -185,7 +145,12 @@ export async function serve(
   }
 
   if (supervised) {
-    const stopped = supervisorStop(log);
+    const stopped = supervisorStop(
+      log,
+      cluster.isWorker
+        ? 'API worker stopping'
+        : 'agent process stopping: pinned programs stay attached and keep enforcing',
+    );
     await tellSupervisor({ type: 'ready', metrics: agentMetricsUrl });
     await stopped;
   } else {
@@ -301,8 +266,8 @@ function startDnsProxy(
     upstreams: upstreams.map((u) => parseHostPort(u, 53)!),
     listen: ['127.0.0.1', '::1', ...config.dnsProxyAddresses],
     portRange: [min, max],
-    ttlFloor: Number(config.dnsTtlMin),
-    ttlCeiling: Number(config.dnsTtlMax),
+    ttlFloor: config.dnsTtlMin,
+    ttlCeiling: config.dnsTtlMax,
     timeoutMs: 3000,
     log: log.child({ component: 'dns' }),
     metrics,

@@ -24,12 +24,12 @@
 import path from 'node:path';
 import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
-import { parseHostPort } from '../../cli/config.js';
 import { EgressdError } from '../../policy/errors.js';
 import type { Policy } from '../../policy/types.js';
 import { StoreUnavailableError } from '../../store/errors.js';
 import { AGENT_STATES, type AgentState, type Store } from '../../store/store.js';
 import type { DnsProxy } from '../dns/proxy.js';
+import { parseHostPort } from '../dns/upstream.js';
 import type { DnsSettings, Enforcer } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
 import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';

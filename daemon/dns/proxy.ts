@@ -40,18 +40,20 @@
  * would open loopback, unspecified, link-local or this host's own
  * addresses are never learned (DNS rebinding).
  *
- * Upstream: the first of `upstreams` (the agent's --dns-upstream), or the
- * computer's own (`ensure(id, port, { upstream })`: the computer's
- * `dns_upstream`, for a sandbox whose runtime has a resolver of its own,
- * such as a cluster DNS). Everything above is the same whichever answers.
- * UDP goes out through up to four sockets per upstream in use; when no
- * computer uses a computer's own upstream any more, its sockets are closed
- * (a query still waiting on them is answered SERVFAIL).
+ * Upstream: `upstreams` (the agent's --dns-upstream), asked in order, the
+ * next when one does not answer in time, cannot be reached, or answers
+ * SERVFAIL, NOTIMP or REFUSED (upstream.ts); or the computer's own alone
+ * (`ensure(id, port, { upstream })`: the computer's `dns_upstream`, for a
+ * sandbox whose runtime has a resolver of its own, such as a cluster DNS,
+ * which knows names the agent's do not: no fallback to those). Everything
+ * above is the same whichever answers. When no computer uses a computer's
+ * own upstream any more, its sockets are closed (a query still waiting on
+ * them is answered SERVFAIL).
  */
 
 import { randomInt } from 'node:crypto';
-import dgram from 'node:dgram';
-import net from 'node:net';
+import type dgram from 'node:dgram';
+import type net from 'node:net';
 import os from 'node:os';
 import dnsPacket from 'dns-packet';
 import ipaddr from 'ipaddr.js';
@@ -60,14 +62,15 @@ import { EgressdError } from '../../policy/errors.js';
 import type { UserDenial } from '../events.js';
 import type { Enforcer } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
+import { type Family, listenDns, type Transport } from './listen.js';
+import { type Upstream, UpstreamClient, upstreamKey } from './upstream.js';
+import { capAnswerTtls, errorReply, normaliseName, questionOnly, RCODE, resolveChain } from './wire.js';
 
-export interface Upstream {
-  host: string;
-  port: number;
-}
+export type { Upstream } from './upstream.js';
 
 export interface DnsProxyOptions {
   enforcer: Enforcer;
+  /** Asked in order (see upstream.ts). */
   upstreams: Upstream[];
   /** Addresses to listen on, per computer port: loopback for the host namespace, plus addresses reachable from sandboxes' own namespaces. */
   listen: string[];
@@ -76,7 +79,7 @@ export interface DnsProxyOptions {
   /** TTL clamp for learned addresses, seconds. */
   ttlFloor: number;
   ttlCeiling: number;
-  /** Upstream answer deadline. */
+  /** Each upstream's answer deadline. */
   timeoutMs: number;
   log: Logger;
   metrics?: AgentMetrics;
@@ -90,8 +93,10 @@ export interface DnsStats {
   queries: number;
   answered: number;
   nxdomain: number;
-  /** Answers replaced by SERVFAIL because the map write failed or the upstream timed out. */
+  /** Answers replaced by SERVFAIL because the map write failed or no upstream answered in time. */
   failClosed: number;
+  /** Upstreams that failed a query before the next one was asked (see upstream.ts). */
+  fallbacks: number;
   /** Learned-map writes (an address learned again within its lifetime is not written again). */
   learned: number;
   /** dns listed: names answered NXDOMAIN by the proxy, not forwarded (not covered by the rules). */
@@ -104,14 +109,11 @@ export interface DnsStats {
 
 interface ComputerSockets {
   port: number;
-  /** The computer's own resolver; undefined: the proxy's default (upstreams[0]). */
+  /** The computer's own resolver; undefined: the proxy's default (upstreams, in order). */
   upstream?: Upstream;
   udp: dgram.Socket[];
   tcp: net.Server[];
 }
-
-const RCODE = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4 } as const;
-const MAX_TCP_MESSAGE = 65535;
 
 /**
  * Query types that `dns: listed` forwards for covered names: addresses,
@@ -129,16 +131,13 @@ const LISTED_TYPES: ReadonlySet<string> = new Set([
   'UNKNOWN_65',
 ]);
 
-/** RFC 8914 Extended DNS Error option (EDNS option 15), INFO-CODE 15 "Blocked". */
-const EDE_OPTION = 15;
-const EDE_BLOCKED = 15;
-
 export class DnsProxy {
   readonly stats: DnsStats = {
     queries: 0,
     answered: 0,
     nxdomain: 0,
     failClosed: 0,
+    fallbacks: 0,
     learned: 0,
     unlisted: 0,
     typeNotForwarded: 0,
@@ -147,22 +146,12 @@ export class DnsProxy {
   private readonly computers = new Map<string, ComputerSockets>();
   private readonly usedPorts = new Set<number>();
   private readonly ownAddresses: Set<string>;
-  /** UDP sockets to each upstream in use, by upstreamKey: up to four each, picked at random per query. */
-  private readonly upstreamSockets = new Map<string, dgram.Socket[]>();
-  private readonly pending = new Map<
-    string,
-    { finish: (answer: Buffer | undefined) => void; deadline: number }
-  >();
-  /** One timer for every upstream deadline (a timer per query costs more than the query). */
-  private readonly deadlines: NodeJS.Timeout;
+  private readonly upstream: UpstreamClient;
   private closed = false;
 
   constructor(private readonly opts: DnsProxyOptions) {
     if (opts.upstreams.length === 0) throw new Error('the DNS proxy needs at least one upstream resolver');
-    this.deadlines = setInterval(() => {
-      const now = Date.now();
-      for (const p of this.pending.values()) if (p.deadline <= now) p.finish(undefined);
-    }, 100).unref();
+    this.upstream = new UpstreamClient({ timeoutMs: opts.timeoutMs, log: opts.log });
     this.ownAddresses = new Set(
       Object.values(os.networkInterfaces())
         .flat()
@@ -235,14 +224,9 @@ export class DnsProxy {
   /** Closes the UDP sockets of a computer's own upstream that no computer uses any more. */
   private dropUnusedUpstream(upstream: Upstream): void {
     const key = upstreamKey(upstream);
-    const fallback = this.opts.upstreams[0];
-    if (fallback && upstreamKey(fallback) === key) return;
+    if (this.opts.upstreams.some((u) => upstreamKey(u) === key)) return;
     for (const s of this.computers.values()) if (s.upstream && upstreamKey(s.upstream) === key) return;
-    const sockets = this.upstreamSockets.get(key);
-    if (!sockets) return;
-    this.upstreamSockets.delete(key);
-    for (const [k, p] of this.pending) if (k.startsWith(`${key}#`)) p.finish(undefined);
-    for (const u of sockets) u?.close();
+    this.upstream.drop(upstream);
   }
 
   /** Closes the computer's sockets and frees its port. */
@@ -259,43 +243,23 @@ export class DnsProxy {
   async close(): Promise<void> {
     this.closed = true;
     for (const id of [...this.computers.keys()]) this.release(id);
-    clearInterval(this.deadlines);
-    for (const sockets of this.upstreamSockets.values()) for (const u of sockets) u?.close();
-    this.upstreamSockets.clear();
-    for (const p of this.pending.values()) p.finish(undefined);
+    this.upstream.close();
   }
 
   private async bind(id: string, port: number): Promise<ComputerSockets> {
     const sockets: ComputerSockets = { port, udp: [], tcp: [] };
+    // Nothing goes out once the proxy is closed (a query may still be upstream).
+    const handle = async (msg: Buffer, transport: Transport, family: Family) => {
+      const reply = await this.handle(id, msg, transport, family);
+      return this.closed ? undefined : reply;
+    };
     try {
       for (const address of this.opts.listen) {
-        const v6 = net.isIPv6(address);
-        const udp = dgram.createSocket(v6 ? { type: 'udp6', ipv6Only: true } : { type: 'udp4' });
-        sockets.udp.push(udp);
-        await new Promise<void>((resolve, reject) => {
-          udp.once('error', reject);
-          udp.bind(port, address, () => {
-            udp.off('error', reject);
-            resolve();
-          });
-        });
-        udp.on('message', (msg, rinfo) => {
-          void this.handle(id, msg, 'udp', v6 ? 'ipv6' : 'ipv4').then((reply) => {
-            if (reply && !this.closed) udp.send(reply, rinfo.port, rinfo.address);
-          });
-        });
-        udp.on('error', (err) =>
+        const { udp, tcp } = await listenDns(address, port, handle, (err) =>
           this.opts.log.warn({ computer: id, err: err.message }, 'DNS proxy socket error'),
         );
-        const tcp = net.createServer((conn) => this.serveTcp(id, conn, v6 ? 'ipv6' : 'ipv4'));
+        sockets.udp.push(udp);
         sockets.tcp.push(tcp);
-        await new Promise<void>((resolve, reject) => {
-          tcp.once('error', reject);
-          tcp.listen({ port, host: address, ...(v6 ? { ipv6Only: true } : {}) }, () => {
-            tcp.off('error', reject);
-            resolve();
-          });
-        });
       }
       return sockets;
     } catch (err) {
@@ -303,32 +267,6 @@ export class DnsProxy {
       for (const t of sockets.tcp) t.close();
       throw err;
     }
-  }
-
-  /** DNS over TCP: 2-byte length-prefixed messages, answered in order. */
-  private serveTcp(id: string, conn: net.Socket, family: Family): void {
-    let buffered = Buffer.alloc(0);
-    let chain = Promise.resolve();
-    conn.setTimeout(30_000, () => conn.destroy());
-    conn.on('error', () => conn.destroy());
-    conn.on('data', (chunk) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      while (buffered.length >= 2) {
-        const len = buffered.readUInt16BE(0);
-        if (buffered.length < 2 + len) break;
-        const msg = buffered.subarray(2, 2 + len);
-        buffered = buffered.subarray(2 + len);
-        chain = chain.then(async () => {
-          const reply = await this.handle(id, msg, 'tcp', family);
-          if (reply && !conn.destroyed) {
-            const frame = Buffer.alloc(2 + reply.length);
-            frame.writeUInt16BE(reply.length);
-            reply.copy(frame, 2);
-            conn.write(frame);
-          }
-        });
-      }
-    });
   }
 
   /**
@@ -410,10 +348,17 @@ export class DnsProxy {
       }
       forwarded = questionOnly(query, question);
     }
-    const answer = await this.forward(id, forwarded, transport);
+    // The computer's own resolver alone, else the agent's in order.
+    const own = this.computers.get(id)?.upstream;
+    const { answer, fallbacks } = await this.upstream.ask(
+      own ? [own] : this.opts.upstreams,
+      forwarded,
+      transport,
+    );
+    this.stats.fallbacks += fallbacks;
     if (!answer) {
       this.stats.failClosed++;
-      this.opts.log.warn({ computer: id, name: qname }, 'upstream did not answer in time: SERVFAIL');
+      this.opts.log.warn({ computer: id, name: qname }, 'no upstream answered in time: SERVFAIL');
       return errorReply(query, RCODE.SERVFAIL);
     }
     let response: dnsPacket.Packet;
@@ -477,235 +422,4 @@ export class DnsProxy {
       return false;
     return !this.ownAddresses.has(addr.toString());
   }
-
-  /** Sends the query upstream under a fresh random id; the answer with that id, or undefined at the deadline. */
-  private forward(id: string, msg: Buffer, transport: 'udp' | 'tcp'): Promise<Buffer | undefined> {
-    const upstream = this.computers.get(id)?.upstream ?? this.opts.upstreams[0]!;
-    return transport === 'tcp' ? this.forwardTcp(msg, upstream) : this.forwardUdp(msg, upstream);
-  }
-
-  /** One of the upstream's UDP sockets, and the prefix of its pending keys. */
-  private upstreamSocket(upstream: Upstream): { socket: dgram.Socket; prefix: string } {
-    const key = upstreamKey(upstream);
-    let sockets = this.upstreamSockets.get(key);
-    if (!sockets) {
-      sockets = [];
-      this.upstreamSockets.set(key, sockets);
-    }
-    const index = randomInt(4);
-    const prefix = `${key}#${index}:`;
-    let socket = sockets[index];
-    if (!socket) {
-      socket = dgram.createSocket(net.isIPv6(upstream.host) ? 'udp6' : 'udp4');
-      socket.on('message', (answer, rinfo) => {
-        if (rinfo.address !== upstream.host || rinfo.port !== upstream.port || answer.length < 2) return;
-        this.pending.get(`${prefix}${answer.readUInt16BE(0)}`)?.finish(answer);
-      });
-      socket.on('error', (err) =>
-        this.opts.log.warn({ err: err.message, upstream: key }, 'upstream socket error'),
-      );
-      sockets[index] = socket;
-    }
-    return { socket, prefix };
-  }
-
-  private forwardUdp(msg: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
-    const { socket, prefix } = this.upstreamSocket(upstream);
-    let id = randomInt(65536);
-    while (this.pending.has(`${prefix}${id}`)) id = randomInt(65536);
-    const key = `${prefix}${id}`;
-    const out = Buffer.from(msg);
-    out.writeUInt16BE(id, 0);
-    return new Promise((resolve) => {
-      const finish = (answer: Buffer | undefined) => {
-        this.pending.delete(key);
-        resolve(answer);
-      };
-      this.pending.set(key, { finish, deadline: Date.now() + this.opts.timeoutMs });
-      socket.send(out, upstream.port, upstream.host, (err) => {
-        if (err) finish(undefined);
-      });
-    });
-  }
-
-  private forwardTcp(msg: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
-    return new Promise((resolve) => {
-      const id = randomInt(65536);
-      const conn = net.connect({ host: upstream.host, port: upstream.port });
-      let buffered = Buffer.alloc(0);
-      const timer = setTimeout(() => finish(undefined), this.opts.timeoutMs);
-      const finish = (answer: Buffer | undefined) => {
-        clearTimeout(timer);
-        conn.destroy();
-        resolve(answer);
-      };
-      conn.on('error', () => finish(undefined));
-      conn.on('connect', () => {
-        const frame = Buffer.alloc(2 + msg.length);
-        frame.writeUInt16BE(msg.length);
-        msg.copy(frame, 2);
-        frame.writeUInt16BE(id, 2);
-        conn.write(frame);
-      });
-      conn.on('data', (chunk) => {
-        buffered = Buffer.concat([buffered, chunk]);
-        if (buffered.length > 2 + MAX_TCP_MESSAGE) return finish(undefined);
-        if (buffered.length >= 2 && buffered.length >= 2 + buffered.readUInt16BE(0)) {
-          const answer = buffered.subarray(2, 2 + buffered.readUInt16BE(0));
-          finish(answer.length >= 2 && answer.readUInt16BE(0) === id ? answer : undefined);
-        }
-      });
-    });
-  }
-}
-
-/** "host|port": one key per resolver (hosts as the proxy was given them; the API stores them normalised). */
-function upstreamKey(u: Upstream): string {
-  return `${u.host}|${u.port}`;
-}
-
-export function normaliseName(name: string): string {
-  const lower = name.toLowerCase();
-  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
-}
-
-/** Follows CNAMEs from `qname`: every name of the chain, the A/AAAA bytes at its end, and the smallest TTL on the way. */
-export function resolveChain(
-  qname: string,
-  answers: dnsPacket.Answer[],
-): { names: string[]; addresses: number[][]; ttl: number } {
-  const names = [qname];
-  let ttl = Number.POSITIVE_INFINITY;
-  let current = qname;
-  for (let hops = 0; hops < 16; hops++) {
-    const cname = answers.find((a) => a.type === 'CNAME' && normaliseName(a.name) === current) as
-      | { ttl?: number; data: unknown }
-      | undefined;
-    if (!cname) break;
-    ttl = Math.min(ttl, cname.ttl ?? 0);
-    current = normaliseName(String(cname.data));
-    if (names.includes(current)) break;
-    names.push(current);
-  }
-  const addresses: number[][] = [];
-  for (const a of answers) {
-    if ((a.type !== 'A' && a.type !== 'AAAA') || !names.includes(normaliseName(a.name))) continue;
-    try {
-      const data = String((a as { data: unknown }).data);
-      addresses.push(a.type === 'A' ? data.split('.').map(Number) : ipaddr.parse(data).toByteArray());
-      ttl = Math.min(ttl, (a as { ttl?: number }).ttl ?? 0);
-    } catch {}
-  }
-  return { names, addresses, ttl: Number.isFinite(ttl) ? ttl : 0 };
-}
-
-/**
- * Lowers every answer-section TTL of a wire-format DNS message above `max`
- * to `max`, in place. A message it cannot walk is left alone (it was
- * decoded already; the addresses came from the decoded answers).
- */
-export function capAnswerTtls(msg: Buffer, max: number): void {
-  if (msg.length < 12) return;
-  const questions = msg.readUInt16BE(4);
-  const answers = msg.readUInt16BE(6);
-  let o = 12;
-  const skipName = (): boolean => {
-    while (o < msg.length) {
-      const len = msg[o]!;
-      if (len === 0) {
-        o += 1;
-        return true;
-      }
-      if ((len & 0xc0) === 0xc0) {
-        o += 2; // a compression pointer ends the name
-        return true;
-      }
-      o += 1 + len;
-    }
-    return false;
-  };
-  for (let i = 0; i < questions; i++) {
-    if (!skipName()) return;
-    o += 4;
-  }
-  for (let i = 0; i < answers; i++) {
-    if (!skipName() || o + 10 > msg.length) return;
-    if (msg.readUInt32BE(o + 4) > max) msg.writeUInt32BE(max, o + 4);
-    o += 10 + msg.readUInt16BE(o + 8);
-  }
-}
-
-/**
- * dns listed: the query as it goes upstream, rebuilt from what was judged:
- * the decoded question (the name as the rules matched it: a label with a
- * dot in it, which the decoder joins, goes out as two labels, so the name
- * forwarded is the name judged), recursion desired and checking disabled
- * as asked, and of EDNS only the payload size and the DO bit. Nothing else
- * the client put in its message (answer, authority or additional records,
- * EDNS options, other flags) goes upstream.
- */
-function questionOnly(query: dnsPacket.Packet, question: dnsPacket.Question): Buffer {
-  const opt = (query.additionals ?? []).find((a) => a.type === 'OPT') as
-    | { udpPayloadSize?: number; flags?: number }
-    | undefined;
-  return dnsPacket.encode({
-    type: 'query',
-    id: query.id ?? 0,
-    flags: (query.flags ?? 0) & (dnsPacket.RECURSION_DESIRED | dnsPacket.CHECKING_DISABLED),
-    questions: [{ name: question.name, type: question.type, class: question.class ?? 'IN' }],
-    ...(opt
-      ? {
-          additionals: [
-            {
-              type: 'OPT',
-              name: '.',
-              udpPayloadSize: Math.max(512, opt.udpPayloadSize ?? 512),
-              extendedRcode: 0,
-              ednsVersion: 0,
-              flags: (opt.flags ?? 0) & dnsPacket.DNSSEC_OK,
-              flag_do: ((opt.flags ?? 0) & dnsPacket.DNSSEC_OK) !== 0,
-              options: [],
-            },
-          ],
-        }
-      : {}),
-  });
-}
-
-type Transport = 'udp' | 'tcp';
-type Family = 'ipv4' | 'ipv6';
-
-/**
- * An answer the proxy makes itself: the question, no records, `rcode`. With
- * `blocked` and a query that had EDNS, an OPT record with an Extended DNS
- * Error "Blocked" and that text (no OPT without EDNS in the query: RFC 6891).
- */
-function errorReply(query: dnsPacket.Packet, rcode: number, blocked?: string): Buffer {
-  const rd = (query.flags ?? 0) & dnsPacket.RECURSION_DESIRED;
-  const edns = blocked !== undefined && (query.additionals ?? []).some((a) => a.type === 'OPT');
-  return dnsPacket.encode({
-    type: 'response',
-    id: query.id ?? 0,
-    flags: rd | dnsPacket.RECURSION_AVAILABLE | rcode,
-    questions: query.questions ?? [],
-    ...(edns ? { additionals: [blockedOpt(blocked)] } : {}),
-  });
-}
-
-/** An OPT record with an Extended DNS Error "Blocked" and `text`. */
-function blockedOpt(text: string): dnsPacket.Answer {
-  const data = Buffer.alloc(2 + Buffer.byteLength(text));
-  data.writeUInt16BE(EDE_BLOCKED);
-  data.write(text, 2);
-  // dns-packet's types name only a few option codes; it encodes any code given with `data`.
-  return {
-    type: 'OPT',
-    name: '.',
-    udpPayloadSize: 1232,
-    extendedRcode: 0,
-    ednsVersion: 0,
-    flags: 0,
-    flag_do: false,
-    options: [{ code: EDE_OPTION, data }],
-  } as unknown as dnsPacket.Answer;
 }

@@ -7,8 +7,9 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type App, createApp } from '../../api/app.js';
 import { Client } from '../../api/client.js';
-import { type ApiConfig, resolveConfig } from '../../api/config.js';
+import type { ApiConfig } from '../../api/config.js';
 import { openApiDocument } from '../../api/openapi.js';
+import { type EgressdConfig, resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { checkReply } from './openapi-check.js';
@@ -19,7 +20,7 @@ export interface Harness {
   redis: TestRedis;
   store: Store;
   app: App;
-  config: ApiConfig;
+  config: EgressdConfig;
   server: Server;
   baseUrl: string;
   /** api/client.ts's send() with the admin key unless `key` is given ('' for none). */
@@ -52,10 +53,14 @@ const DOC = openApiDocument();
  */
 export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<Harness> {
   const redis = await startRedis();
-  const config = resolveConfig(
+  const config = Object.assign(
+    resolveEgressdConfig(
+      {},
+      { EGRESSD_ADMIN_KEY: ADMIN_KEY, REDIS_URL: redis.url, EGRESSD_DEFAULT_NODE: 'node-a' },
+    ),
     // Sandbox root '' (any cgroup): most API tests are not about roots; those that are say so.
-    { adminKey: ADMIN_KEY, redisUrl: redis.url, defaultNode: 'node-a', cgroupRoots: [''], ...overrides },
-    {},
+    { cgroupRoots: [''] },
+    overrides,
   );
   const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });
   await store.connect();

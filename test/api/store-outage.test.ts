@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import test from 'ava';
 import { createApp } from '../../api/app.js';
 import { Client } from '../../api/client.js';
-import { resolveConfig } from '../../api/config.js';
+import { resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis } from '../helpers/redis.js';
 import { ADMIN_KEY, type Harness, type Reply, register, startHarness } from './harness.js';
@@ -185,7 +185,10 @@ test.serial('an API started while Redis is down answers 503, then serves once Re
   const store = new Store({ url: redis.url, waitPollMs: 60_000 });
   t.teardown(() => store.close());
   await t.throwsAsync(() => store.connect());
-  const config = resolveConfig({ adminKey: 'k', defaultNode: 'late-node', waitTimeoutMs: 10_000 }, {});
+  const config = resolveEgressdConfig(
+    {},
+    { EGRESSD_ADMIN_KEY: 'k', EGRESSD_DEFAULT_NODE: 'late-node', EGRESSD_WAIT_TIMEOUT_MS: '10000' },
+  );
   const server = createApp({ store, config }).createServer().listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => {

@@ -86,7 +86,7 @@ function alive(child: ChildProcess): boolean {
 }
 
 /** The direct children of a process (from /proc), [] once it is gone. */
-function childrenOf(pid: number): number[] {
+export function childrenOf(pid: number): number[] {
   try {
     return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
       readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').split(' ').filter(Boolean).map(Number),
@@ -96,7 +96,7 @@ function childrenOf(pid: number): number[] {
   }
 }
 
-function commandOf(pid: number): string {
+export function commandOf(pid: number): string {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
   } catch {
@@ -209,6 +209,8 @@ export interface EgressdOptions {
   env?: Record<string, string>;
   /** Node options before the CLI (e.g. --cpu-prof); its agent process gets them too. */
   nodeArgs?: string[];
+  /** More arguments after `egressd all` (e.g. --api-workers 2). */
+  args?: string[];
   expectFailure?: boolean;
 }
 
@@ -248,7 +250,7 @@ export async function startEgressd(opts: EgressdOptions): Promise<Egressd> {
   const origin = `http://${host}:${port}`;
   const client = new Client({ baseUrl: origin, apiKey: ADMIN_KEY });
   const proc = await launch({
-    args: [...(opts.nodeArgs ?? []), CLI, 'all'],
+    args: [...(opts.nodeArgs ?? []), CLI, 'all', ...(opts.args ?? [])],
     env,
     ready: () =>
       client.send('GET', '/readyz').then(

@@ -16,6 +16,8 @@
  *   `egressd all` on the same pin directory fails with the agent's own
  *   message instead of hanging; SIGTERM ends egressd, its agent and its
  *   Redis; the agent does not outlive a killed `egressd all`.
+ * - With --api-workers 2, worker processes serve the API, each /metrics with
+ *   the agent's metrics (through the main process).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -23,7 +25,16 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { Store } from '../../store/store.js';
-import { type Egressd, running, SCALE, startEgressd, waitFor } from '../helpers/egressd.js';
+import {
+  childrenOf,
+  commandOf,
+  type Egressd,
+  running,
+  SCALE,
+  startEgressd,
+  waitFor,
+} from '../helpers/egressd.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 const WRK = '/usr/bin/wrk';
@@ -48,7 +59,7 @@ function alive(child: ChildProcess): boolean {
 }
 
 /** `egressd all` with its embedded Redis (no REDIS_URL). */
-function start(opts: { expectFailure?: boolean } = {}): Promise<Egressd> {
+function start(opts: { expectFailure?: boolean; args?: string[] } = {}): Promise<Egressd> {
   return startEgressd({ world, node: NODE, ...opts });
 }
 
@@ -255,5 +266,30 @@ test.serial(
     await waitFor('the orphaned agent ended', () => !running(bAgent!), 5000);
     // (Its redis-server outlives a SIGKILL; under systemd, KillMode=mixed ends it.)
     t.false((await b.stop()).includes(bAgent!));
+  },
+);
+
+test.serial(
+  "egressd all --api-workers 2: worker processes serve the API, the agent's metrics on each one's /metrics",
+  async (t) => {
+    const e = await start({ args: ['--api-workers', '2'] });
+    t.teardown(() => e.stop());
+    const workers = childrenOf(e.pid).filter((p) => /main\.js api $/.test(commandOf(p)));
+    t.is(workers.length, 2, e.stdout());
+    t.truthy(e.helpers().agent);
+    const cg = world.makeCgroup('workers');
+    t.is((await api(e, 'PUT', '/api/v1/computers/workers', { cgroup: cg.relative })).status, 201);
+    await putLatencies(e, 'workers', 2);
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.2:80', 'tcp:192.0.2.1:80'), [
+      'ok',
+      'EPERM',
+    ]);
+    // Round robin over the workers: every answer has the agent's metrics, through the primary.
+    for (let i = 0; i < 4; i++) {
+      const metrics = parsePrometheus((await api(e, 'GET', '/metrics')).text);
+      t.is(metrics.get('egressd_agent_redis_connected'), 1);
+    }
+    t.deepEqual(await e.stop('SIGTERM'), [], 'the workers, the agent process and redis-server ended with it');
+    t.is(e.child.exitCode, 0, e.stderr());
   },
 );

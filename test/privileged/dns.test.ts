@@ -35,16 +35,16 @@ let counter = 0;
 const PORTS: [number, number] = [42000, 42999];
 const log = pino({ level: process.env['EGRESSD_TEST_LOG'] ?? 'silent' });
 
-function startProxy(): DnsProxy {
+function startProxy(upstreams: Dnsmasq[] = [dnsmasq], timeoutMs = 2000): DnsProxy {
   const gw = world.gateway!;
   return new DnsProxy({
     enforcer,
-    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
+    upstreams: upstreams.map((u) => ({ host: u.host, port: u.port })),
     listen: ['127.0.0.1', '::1', gw.host4, gw.host6],
     portRange: PORTS,
     ttlFloor: 1,
     ttlCeiling: 3600,
-    timeoutMs: 2000,
+    timeoutMs,
     log,
     onDenied: (d) => events?.submit(d),
   });
@@ -592,6 +592,58 @@ test.serial(
     );
   },
 );
+
+test.serial(
+  'upstreams in order: a dead one is passed over (UDP after its timeout, TCP at once), so is one that answers REFUSED',
+  async (t) => {
+    // A real resolver that is gone (its port closed), and one that refuses: no names, no resolver of its own.
+    const dead = await startDnsmasq([]);
+    await dead.stop();
+    const refusing = await startDnsmasq([], { logQueries: true });
+    t.teardown(() => refusing.stop());
+    const fallback = startProxy([dead, refusing, dnsmasq], 3000);
+    t.teardown(() => fallback.close());
+    const id = `d${++counter}`;
+    const cg = world.makeCgroup(id);
+    const policy: Policy = {
+      mode: 'allowlist',
+      rules: [{ host: 'allowed.test', port: 80, protocol: 'tcp' }],
+    };
+    enforcer.attach(id, cg.relative, policy, 1n, { port: await fallback.ensure(id) });
+    t.teardown(() => enforcer.detach(id));
+
+    let started = Date.now();
+    t.deepEqual(await short(cg.path, 'allowed.test', 'A', '+time=8'), ['203.0.113.31']);
+    t.true(Date.now() - started >= 3000, 'the dead one had its 3 s (UDP: a closed port is silence)');
+    t.is(fallback.stats.fallbacks, 2);
+    t.deepEqual(refusing.queries(), ['A allowed.test'], 'the second was asked, and refused');
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:203.0.113.31:80'), ['ok'], 'and learned');
+
+    started = Date.now();
+    t.deepEqual(await short(cg.path, 'allowed.test', 'AAAA', '+tcp', '+time=8'), ['2001:db8:ff::31']);
+    t.true(Date.now() - started < 3000, 'over TCP the dead one refuses the connection: no wait');
+    t.is(fallback.stats.fallbacks, 4);
+    t.is(fallback.stats.failClosed, 0);
+  },
+);
+
+test.serial('upstreams in order: NXDOMAIN is final, the next one is not asked', async (t) => {
+  // Knows nothing under test. but says so: NXDOMAIN.
+  const nx = await startDnsmasq(['local=/test/']);
+  t.teardown(() => nx.stop());
+  const fallback = startProxy([nx, dnsmasq]);
+  t.teardown(() => fallback.close());
+  const id = `d${++counter}`;
+  const cg = world.makeCgroup(id);
+  const policy: Policy = { mode: 'allowlist', rules: [{ host: 'other.test', port: 80, protocol: 'tcp' }] };
+  enforcer.attach(id, cg.relative, policy, 1n, { port: await fallback.ensure(id) });
+  t.teardown(() => enforcer.detach(id));
+  const asked = upstreamAsked(' other.test').length;
+  const r = await dig(cg.path, ['other.test', 'A']);
+  t.regex(r.out, /status: NXDOMAIN/);
+  t.is(upstreamAsked(' other.test').length, asked, 'the second upstream never saw it');
+  t.is(fallback.stats.fallbacks, 0);
+});
 
 test.serial(
   "a computer with its own upstream (dns_upstream) gets that resolver's answers; another gets the default's",

@@ -12,7 +12,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { cgroupArgument, createNode } from '../../cli/commands.js';
+import { cgroupArgument } from '../../cli/commands.js';
+import { createNode } from '../../cli/run.js';
 import { EgressdError } from '../../policy/errors.js';
 
 const execFileAsync = promisify(execFile);

@@ -1,6 +1,118 @@
 import test from 'ava';
-import { checkProxyAddressesLocal, configEnvironment, resolveEgressdConfig } from '../../cli/config.js';
+import {
+  ConfigError,
+  checkProxyAddressesLocal,
+  configEnvironment,
+  optionsHelp,
+  parseListen,
+  resolveEgressdConfig,
+} from '../../cli/config.js';
+import { OPTIONS } from '../../cli/options.js';
 import { resolveLogFormat } from '../../daemon/log.js';
+
+// The API's options (from test/api/config.test.ts, when the API resolved its own).
+test('defaults', (t) => {
+  const c = resolveEgressdConfig({}, {});
+  t.is(c.listen, '127.0.0.1:8080');
+  t.is(c.waitTimeoutMs, 5000);
+  t.is(c.bodyLimitBytes, 1024 * 1024);
+  t.is(c.maxRules, 10_000);
+  t.is(c.workers, 1);
+  t.is(c.ssePerKey, 20);
+  t.is(c.sseMax, 2000);
+  t.is(c.adminKey, '');
+  t.deepEqual(
+    Object.keys(c).sort(),
+    Object.keys(OPTIONS)
+      .filter((k) => k !== 'adminKey' && k !== 'apiKey')
+      .sort(),
+  );
+});
+
+test('argument, then environment, then default; the admin key is not enumerable', (t) => {
+  const env = {
+    EGRESSD_ADMIN_KEY: 'from-env',
+    EGRESSD_WAIT_TIMEOUT_MS: '250',
+    REDIS_URL: 'unix:///run/redis.sock',
+    EGRESSD_DEFAULT_NODE: 'host-1',
+  };
+  const c = resolveEgressdConfig(
+    { 'wait-timeout-ms': '10' },
+    { ...env, EGRESSD_SSE_PER_KEY: '5', EGRESSD_SSE_MAX: '300' },
+  );
+  t.is(c.ssePerKey, 5);
+  t.is(c.sseMax, 300);
+  t.is(c.adminKey, 'from-env');
+  t.is(c.waitTimeoutMs, 10);
+  t.is(c.redisUrl, 'unix:///run/redis.sock');
+  t.is(c.defaultNode, 'host-1');
+  t.false(JSON.stringify(c).includes('from-env'));
+  t.false(JSON.stringify({ ...c }).includes('from-env'));
+});
+
+test('bad values are refused with the variable named', (t) => {
+  t.throws(() => resolveEgressdConfig({}, { EGRESSD_MAX_RULES: 'lots' }), {
+    instanceOf: ConfigError,
+    message: /EGRESSD_MAX_RULES="lots" must be a non-negative integer/,
+  });
+  t.throws(() => resolveEgressdConfig({ listen: 'nowhere' }, {}), { instanceOf: ConfigError });
+  t.throws(() => resolveEgressdConfig({ 'api-workers': '0' }, {}), { instanceOf: ConfigError });
+});
+
+test('parseListen', (t) => {
+  t.deepEqual(parseListen('127.0.0.1:8080'), { host: '127.0.0.1', port: 8080 });
+  t.deepEqual(parseListen('[::1]:9000'), { host: '::1', port: 9000 });
+  t.deepEqual(parseListen(':80'), { host: '127.0.0.1', port: 80 });
+});
+
+test('every error names the flag and the variable; a value from the environment is shown as it is set there', (t) => {
+  const message = (flags: Record<string, string | string[]>, env: Record<string, string> = {}) =>
+    t.throws(() => resolveEgressdConfig(flags, env), { instanceOf: ConfigError }).message;
+  t.is(message({ 'api-workers': '0' }), '--api-workers / EGRESSD_API_WORKERS: "0" must be at least 1');
+  t.is(
+    message({}, { EGRESSD_API_WORKERS: 'two' }),
+    '--api-workers / EGRESSD_API_WORKERS: EGRESSD_API_WORKERS="two" must be a non-negative integer',
+  );
+  t.is(
+    message({ 'internal-cidr': ['10.0.0.0/8', 'example.com'] }),
+    '--internal-cidr / EGRESSD_INTERNAL_CIDRS: "example.com" is not an IPv4/IPv6 address or CIDR block',
+  );
+  t.is(
+    message({}, { EGRESSD_CGROUP_ROOTS: ',' }),
+    '--cgroup-root / EGRESSD_CGROUP_ROOTS: give at least one sandbox root, for example egressd',
+  );
+  t.is(
+    message({ 'dns-ttl-min': '60', 'dns-ttl-max': '30' }),
+    '--dns-ttl-min / EGRESSD_DNS_TTL_MIN (60) must not exceed --dns-ttl-max / EGRESSD_DNS_TTL_MAX (30)',
+  );
+  t.regex(
+    message({ 'dns-upstream': ['192.0.2.53', 'resolver.example'] }),
+    /^--dns-upstream \/ EGRESSD_DNS_UPSTREAM: "resolver\.example" must be an IP address/,
+  );
+  t.regex(message({ node: 'no spaces' }), /^--node \/ EGRESSD_NODE: "no spaces" must be 1 to 128 letters/);
+});
+
+test('EGRESSD_API_LISTEN (the API alone listened there) is refused, saying what to rename it to', (t) => {
+  t.throws(() => resolveEgressdConfig({}, { EGRESSD_API_LISTEN: '0.0.0.0:8080' }), {
+    instanceOf: ConfigError,
+    message: 'EGRESSD_API_LISTEN is no longer read: rename it to EGRESSD_LISTEN',
+  });
+  t.throws(
+    () => resolveEgressdConfig({}, { EGRESSD_API_LISTEN: '0.0.0.0:8080', EGRESSD_LISTEN: '127.0.0.1:8080' }),
+    { message: /rename it to EGRESSD_LISTEN \(EGRESSD_LISTEN is set too: keep one\)/ },
+  );
+});
+
+test('--help lists every option of the table: its flag, its variable and its default', (t) => {
+  const help = optionsHelp();
+  for (const o of Object.values(OPTIONS)) {
+    const flag = 'flag' in o ? `--${o.flag}` : '';
+    t.regex(help, new RegExp(`^  ${flag}\\s+${o.env}\\s+\\S`, 'm'), o.env);
+  }
+  t.regex(help, /^ {2}--api-workers +EGRESSD_API_WORKERS +1$/m);
+  t.regex(help, /^ {2}--listen +EGRESSD_LISTEN +127\.0\.0\.1:8080$/m);
+  t.regex(help, /^ +EGRESSD_ADMIN_KEY +generated into <state-dir>\/admin\.key$/m);
+});
 
 test('configEnvironment: the variables resolve to the same configuration (how egressd all hands it to its agent)', (t) => {
   const config = resolveEgressdConfig(

@@ -1,7 +1,7 @@
 /** capAnswerTtls: no client caches an answer longer than the kernel keeps its addresses. */
 import test from 'ava';
 import dnsPacket from 'dns-packet';
-import { capAnswerTtls } from '../../daemon/dns/proxy.js';
+import { capAnswerTtls } from '../../daemon/dns/wire.js';
 
 const ttls = (msg: Buffer) => (dnsPacket.decode(msg).answers ?? []).map((a) => (a as { ttl?: number }).ttl);
 
