@@ -10,8 +10,7 @@
  * status (for tests and benchmarks). Uses the global fetch unless given one.
  */
 import type { DnsMode, Mode, Protocol } from '../policy/types.js';
-import type { ServiceView } from './routes/service.js';
-import type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView } from './views.js';
+import type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView, ServiceView } from './views.js';
 
 export type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView, ServiceView };
 

@@ -12,6 +12,15 @@ import {
 /** A policy's enforcement state: what the agent reported of this version, else `pending`. */
 export type EnforcementState = AgentState | 'pending';
 
+/** GET /api/v1/service. */
+export interface ServiceView {
+  /** The node a computer registered without one goes to; null when the service has none. */
+  default_node: string | null;
+  /** Where this key's computers may live: every sandbox root for the admin, the key's prefix for a tenant key. */
+  cgroup_bases: string[];
+  tenant: string | null;
+}
+
 export interface PolicyView {
   computer_id: string;
   mode: Mode;

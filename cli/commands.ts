@@ -13,7 +13,7 @@ import {
   type PolicyView,
   type RuleInput,
 } from '../api/client.js';
-import { findCgroup2Mount } from '../daemon/system.js';
+import { findCgroup2Mount } from '../daemon/kernel/system.js';
 import { EgressdError } from '../policy/errors.js';
 import { DNS_MODES, type DnsMode, MODES, type Mode } from '../policy/types.js';
 import type { EgressdConfig } from './config.js';

@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Client } from '../api/client.js';
-import { findCgroup2Mount } from '../daemon/system.js';
+import { findCgroup2Mount } from '../daemon/kernel/system.js';
 import { EgressdError } from '../policy/errors.js';
 import type { Mode } from '../policy/types.js';
 import { type CommandContext, client, describeState } from './commands.js';

@@ -4,18 +4,12 @@
  * node (where `egressd run --create` registers its computer), and where the
  * key's computers may live (the sandbox roots, or a tenant key's prefix).
  */
+
+import type { ServiceView } from '../views.js';
 import { type ApiRouter, type RouteDeps, requireKey } from './deps.js';
 import { keyPrefix } from './keys.js';
 
 export const SERVICE_PATH = '/api/v1/service';
-
-export interface ServiceView {
-  /** The node a computer registered without one goes to; null when the service has none. */
-  default_node: string | null;
-  /** Where this key's computers may live: every sandbox root for the admin, the key's prefix for a tenant key. */
-  cgroup_bases: string[];
-  tenant: string | null;
-}
 
 export function serviceRoutes(router: ApiRouter, deps: RouteDeps): void {
   router.get(SERVICE_PATH, requireKey(deps), (ctx) => {

@@ -22,20 +22,16 @@
  *   Redis with its version, so the API says why a policy is not enforced.
  */
 import path from 'node:path';
-import ipaddr from 'ipaddr.js';
 import type { Logger } from 'pino';
 import { EgressdError } from '../../policy/errors.js';
 import type { Policy } from '../../policy/types.js';
 import { StoreUnavailableError } from '../../store/errors.js';
-import { AGENT_STATES, type AgentState, type Store } from '../../store/store.js';
-import type { DnsProxy } from '../dns/proxy.js';
-import { parseHostPort } from '../dns/upstream.js';
-import type { DnsSettings, Enforcer } from '../kernel/enforcer.js';
-import type { AgentMetrics } from '../metrics.js';
 import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';
+import { dnsSettings } from './dns-settings.js';
+import { LearnedPublisher } from './learned-publisher.js';
+import type { AgentOptions, AgentStatus, ComputerReport } from './options.js';
 import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
-
-export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
+import { Reports } from './reports.js';
 
 interface Desired {
   cgroup: string;
@@ -45,60 +41,14 @@ interface Desired {
   dnsUpstream: string | null;
 }
 
-export interface ComputerReport {
-  id: string;
-  cgroup: string;
-  desiredVersion: number;
-  enforcedVersion: number | null;
-  state: AgentState | 'pending' | 'failed';
-  error?: string;
-}
-
-export interface AgentOptions {
-  store: Store;
-  enforcer: Enforcer;
-  node: string;
-  /** The cgroup2 mount; computers' cgroup paths are relative to it. */
-  cgroupRoot: string;
-  log: Logger;
-  /** Longest wait between reconnect attempts. @default 5000 */
-  maxBackoffMs?: number;
-  /** How long one XREAD blocks before it is issued again. @default 5000 */
-  blockMs?: number;
-  /** The DNS proxy; without one, governed computers get no DNS at all (fail closed). */
-  proxy?: DnsProxy;
-  metrics?: AgentMetrics;
-  /**
-   * Sandbox roots (relative to the cgroup2 mount): the guard is attached to
-   * each, and computers are attached only strictly below one. [] attaches
-   * anywhere and guards nothing (tests of the agent alone).
-   * @default []
-   */
-  roots?: string[];
-  /** Cgroups a computer must never be, nor be an ancestor of: egressd's own, Redis's. @default [this process's] */
-  protectedCgroups?: string[];
-  /** How often every attachment's cgroup id is compared with the one at its path. @default 5000 */
-  verifyIntervalMs?: number;
-}
-
-/** What the agent reports of one computer: the version, its state, and why (not enforced). */
-interface Reported {
-  version: number;
-  state: AgentState;
-  reason?: string;
-}
-
 export class Agent {
   status: AgentStatus = 'starting';
   private readonly desired = new Map<string, Desired>();
-  /** What was reported (or is to report) per computer; undefined: nothing yet. */
-  private readonly enforced = new Map<string, Reported>();
+  /** What was reported (or is to report) per computer, and its acknowledgement. */
+  private readonly reports: Reports;
   private readonly failures = new Map<string, string>();
-  private readonly unacked = new Set<string>();
   private readonly reconciling = new Map<string, Promise<void>>();
-  /** Learned hostnames not yet published to Redis, per computer. */
-  private learnedOut = new Map<string, { name: string; address: string; expiresAt: number }[]>();
-  private publishing: NodeJS.Timeout | undefined;
+  private readonly learnedOut: LearnedPublisher;
   private expiry: NodeJS.Timeout | undefined;
   private verifying: NodeJS.Timeout | undefined;
   private readonly roots: string[];
@@ -114,6 +64,8 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log.child({ component: 'agent', node: opts.node });
+    this.learnedOut = new LearnedPublisher(opts.store);
+    this.reports = new Reports(opts.store, opts.node, this.log);
     this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
     this.roots = (opts.roots ?? []).map(normaliseCgroup);
     this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
@@ -133,34 +85,12 @@ export class Agent {
     this.firstSync = { promise, resolve };
   }
 
-  /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
   /** What the proxy learned for a computer: published to Redis within a second (for the API and deny events). */
   learned(id: string, name: string, addresses: number[][], ttlSeconds: number): void {
-    const expiresAt = Date.now() + ttlSeconds * 1000;
-    const list = this.learnedOut.get(id) ?? [];
-    for (const bytes of addresses)
-      list.push({ name, address: ipaddr.fromByteArray(bytes).toString(), expiresAt });
-    this.learnedOut.set(id, list);
-    this.publishing ??= setTimeout(() => {
-      this.publishing = undefined;
-      void this.publishLearned();
-    }, 500);
+    this.learnedOut.add(id, name, addresses, ttlSeconds);
   }
 
-  private async publishLearned(): Promise<void> {
-    const batch = this.learnedOut;
-    this.learnedOut = new Map();
-    for (const [id, entries] of batch) {
-      try {
-        // Dropped by the store if the computer was deleted meanwhile (see Store.putLearned).
-        await this.opts.store.putLearned(id, entries);
-      } catch {
-        // Redis away: keep them for the next try; the kernel has them either way.
-        this.learnedOut.set(id, [...(this.learnedOut.get(id) ?? []), ...entries]);
-      }
-    }
-  }
-
+  /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
   async start(): Promise<void> {
     if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
     this.measureMaps();
@@ -174,7 +104,7 @@ export class Agent {
     this.stopping = true;
     clearInterval(this.expiry);
     clearInterval(this.verifying);
-    clearTimeout(this.publishing);
+    this.learnedOut.close();
     this.wake?.();
     this.watcher.close();
     // A blocked XREAD ends when the store is closed after this; do not wait for it.
@@ -207,7 +137,7 @@ export class Agent {
           this.firstSync.resolve();
         }
         this.setStatus('following');
-        await this.flushAcks();
+        await this.reports.flush();
         const changes = await this.opts.store.readChanges(this.opts.node, this.streamId, {
           count: 500,
           blockMs: this.opts.blockMs ?? 5000,
@@ -305,7 +235,7 @@ export class Agent {
     if (pruned > 0) this.log.info({ pruned }, 'guard: dropped cgroups that went away while no agent ran');
     this.streamId = snapshot.streamId;
     this.seq = snapshot.seq;
-    await this.flushAcks();
+    await this.reports.flush();
     this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
   }
 
@@ -349,13 +279,13 @@ export class Agent {
       this.opts.enforcer.detach(id);
       this.opts.proxy?.release(id);
       this.failures.delete(id);
-      this.setReported(id, { version: want.version, state: 'cgroup_forbidden', reason: forbidden });
+      this.reports.set(id, { version: want.version, state: 'cgroup_forbidden', reason: forbidden });
       return;
     }
     const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
     this.watcher.track(id, full);
     try {
-      const dns = await this.dnsSettings(id, want.policy, want.dnsUpstream);
+      const dns = await dnsSettings(this.opts, id, want.policy, want.dnsUpstream);
       if (this.desired.get(id) !== want) return; // changed meanwhile: the next reconcile applies it
       // After a restart the kernel still has the learned addresses but not their names: Redis has them.
       const names = this.opts.enforcer.awaitsLearnedNames(id, want.cgroup)
@@ -366,7 +296,7 @@ export class Agent {
       this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns.settings, names);
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
-      this.setReported(id, {
+      this.reports.set(id, {
         version: want.version,
         state: dns.exhausted ? 'dns_ports_exhausted' : 'enforced',
         ...(dns.exhausted ? { reason: dns.exhausted } : {}),
@@ -376,14 +306,14 @@ export class Agent {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
         this.opts.enforcer.detach(id);
         this.failures.delete(id);
-        this.setReported(id, {
+        this.reports.set(id, {
           version: want.version,
           state: 'cgroup_missing',
           reason: this.missingReason(full),
         });
         return;
       }
-      this.enforced.delete(id);
+      this.reports.delete(id);
       const message = err instanceof Error ? err.message : String(err);
       this.failures.set(id, message);
       this.log.error(
@@ -391,27 +321,6 @@ export class Agent {
         'could not enforce the policy; the previous one stays in force',
       );
     }
-  }
-
-  /** Records what to report of a computer (acknowledged by flushAcks); logs changes of state that need an operator. */
-  private setReported(id: string, next: Reported): void {
-    const before = this.enforced.get(id);
-    if (before?.version === next.version && before.state === next.state) return;
-    this.enforced.set(id, next);
-    this.unacked.add(id);
-    if (next.state !== 'enforced' && before?.state !== next.state) {
-      const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
-      this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
-    }
-  }
-
-  /** The egressd_computers gauge, by state (counted by the periodic check: O(computers) every few seconds). */
-  private countStates(): void {
-    const metrics = this.opts.metrics;
-    if (!metrics) return;
-    const counts = new Map<AgentState, number>(AGENT_STATES.map((s) => [s, 0]));
-    for (const r of this.enforced.values()) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
-    for (const [state, n] of counts) metrics.computerStates.set({ state }, n);
   }
 
   /** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
@@ -429,11 +338,11 @@ export class Agent {
    * are updated on the way.
    */
   verify(): number {
-    this.countStates();
+    this.reports.countStates(this.opts.metrics);
     this.measureMaps();
     let repaired = 0;
     for (const [id, want] of this.desired) {
-      const reported = this.enforced.get(id);
+      const reported = this.reports.get(id);
       if (reported?.state === 'cgroup_forbidden' || this.failures.has(id) || this.reconciling.has(id))
         continue;
       const attached = this.opts.enforcer.attachedCgroupId(id);
@@ -446,44 +355,9 @@ export class Agent {
         'attachment does not match the cgroup at its path: repairing',
       );
       this.opts.metrics?.attachmentRepairs.inc();
-      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
+      void this.reconcile(id).then(() => this.reports.flush().catch(() => {}));
     }
     return repaired;
-  }
-
-  /**
-   * The computer's DNS proxy port: one while its mode redirects DNS, none
-   * when unrestricted; also with `dns` none (the proxy answers, at once). No
-   * free port: port 0, which refuses DNS in the kernel (fail closed). The
-   * port forwards to the computer's own upstream when it has one.
-   */
-  private async dnsSettings(
-    id: string,
-    policy: Policy,
-    dnsUpstream: string | null,
-  ): Promise<{ settings: DnsSettings; exhausted?: string }> {
-    const proxy = this.opts.proxy;
-    if (!proxy) return { settings: {} };
-    if (policy.mode === 'unrestricted') {
-      proxy.release(id);
-      return { settings: { port: 0 } };
-    }
-    try {
-      // The API stores only what parses; anything else (a hand-edited store) is refused, not ignored.
-      const upstream = dnsUpstream === null ? undefined : parseHostPort(dnsUpstream, 53);
-      if (dnsUpstream !== null && !upstream) {
-        throw new EgressdError(
-          'BAD_DNS_UPSTREAM',
-          `dns_upstream "${dnsUpstream}" is not address:port: register the computer again with a valid one`,
-        );
-      }
-      const port = await proxy.ensure(id, this.opts.enforcer.state(id)?.dnsPort ?? 0, { upstream });
-      return { settings: { port } };
-    } catch (err) {
-      if (!(err instanceof EgressdError && err.code === 'DNS_PORTS_EXHAUSTED')) throw err;
-      this.opts.metrics?.dnsPortsExhausted.inc();
-      return { settings: { port: 0 }, exhausted: err.message };
-    }
   }
 
   /** What the API shows for a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
@@ -494,9 +368,8 @@ export class Agent {
   /** Detaches a computer that Redis no longer has on this node. */
   private forget(id: string): void {
     this.desired.delete(id);
-    this.enforced.delete(id);
+    this.reports.delete(id);
     this.failures.delete(id);
-    this.unacked.delete(id);
     this.watcher.untrack(id);
     this.opts.enforcer.detach(id);
     this.opts.proxy?.release(id);
@@ -510,7 +383,7 @@ export class Agent {
       this.opts.enforcer.detach(id);
       if (want) {
         const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
-        this.setReported(id, {
+        this.reports.set(id, {
           version: want.version,
           state: 'cgroup_missing',
           reason: this.missingReason(full),
@@ -519,34 +392,15 @@ export class Agent {
     } else {
       // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
       this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
-      void this.reconcile(id).then(() => this.flushAcks().catch(() => {}));
+      void this.reconcile(id).then(() => this.reports.flush().catch(() => {}));
     }
-    void this.flushAcks().catch(() => {});
-  }
-
-  /** Writes the acknowledgements not yet written, pipelined; failed ones stay queued for the next try. */
-  private async flushAcks(): Promise<void> {
-    const ids = [...this.unacked];
-    this.unacked.clear();
-    const at = new Date();
-    const results = await Promise.allSettled(
-      ids.map(async (id) => {
-        const r = this.enforced.get(id);
-        if (r !== undefined)
-          await this.opts.store.ackEnforced(id, r.version, at, this.opts.node, r.state, r.reason ?? '');
-      }),
-    );
-    const failed = results.flatMap((r, i) =>
-      r.status === 'rejected' ? [{ id: ids[i]!, reason: r.reason }] : [],
-    );
-    for (const f of failed) this.unacked.add(f.id);
-    if (failed[0]) throw failed[0].reason;
+    void this.reports.flush().catch(() => {});
   }
 
   /** Desired vs. enforced version per computer. */
   report(): ComputerReport[] {
     return [...this.desired.entries()].map(([id, want]) => {
-      const reported = this.enforced.get(id);
+      const reported = this.reports.get(id);
       const error = this.failures.get(id) ?? reported?.reason;
       const state: ComputerReport['state'] = this.failures.has(id)
         ? 'failed'

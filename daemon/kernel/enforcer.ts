@@ -14,7 +14,6 @@
  */
 import { EgressdError } from '../../policy/errors.js';
 import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
-import { findCgroup2Mount, resolveCgroup } from '../system.js';
 import { type ComputerValue, decodeMode, FLAG } from './abi.js';
 import { Attachments } from './attachments.js';
 import {
@@ -31,6 +30,7 @@ import { closeLoaded, HOOKS, type LoadedObject, type LoadOptions, loadOrAdopt } 
 import { mapMemory } from './maps.js';
 import { PolicyTable } from './policy-table.js';
 import { Reclaimer } from './reclaimer.js';
+import { findCgroup2Mount, resolveCgroup } from './system.js';
 
 export type { ComputerState, DnsSettings } from './computers.js';
 export type { LearnedName } from './learned-table.js';

@@ -11,12 +11,12 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
-import { resolveCgroup } from '../system.js';
 import { CGROUP_KEY_SIZE, decodeCgroupKey, encodeCgroupKey, encodeMarks } from './abi.js';
 import * as bpf from './libbpf.js';
 import { pinCgroupLink, readCgroupLink, unpinCgroupLink } from './links.js';
 import { GUARD_HOOKS, type LoadedObject } from './loader.js';
 import { allKeys, lookup } from './maps.js';
+import { resolveCgroup } from './system.js';
 
 export class SandboxGuard {
   private readonly rootsDir: string;

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
-import { type App, createApp } from '../../api/app.js';
+import { type App, createApp } from '../../api/routes/app.js';
 import { keys } from '../../store/keys.js';
 import { Store } from '../../store/store.js';
 import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';

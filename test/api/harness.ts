@@ -5,10 +5,10 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type App, createApp } from '../../api/app.js';
 import { Client } from '../../api/client.js';
 import type { ApiConfig } from '../../api/config.js';
 import { openApiDocument } from '../../api/openapi.js';
+import { type App, createApp } from '../../api/routes/app.js';
 import { type EgressdConfig, resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';

@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import { Writable } from 'node:stream';
 import test from 'ava';
 import { pino } from 'pino';
-import { createApp } from '../../api/app.js';
+import { createApp } from '../../api/routes/app.js';
 import { ADMIN_KEY, type Harness, register, startHarness } from './harness.js';
 
 let h: Harness;

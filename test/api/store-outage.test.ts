@@ -1,8 +1,8 @@
 /** Concurrency, and Redis going away mid-run (503) and coming back (recovery). */
 import { once } from 'node:events';
 import test from 'ava';
-import { createApp } from '../../api/app.js';
 import { Client } from '../../api/client.js';
+import { createApp } from '../../api/routes/app.js';
 import { resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis } from '../helpers/redis.js';

@@ -58,7 +58,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import ipaddr from 'ipaddr.js';
-import { ensureBpffs, findCgroup2Mount } from '../../daemon/system.js';
+import { ensureBpffs, findCgroup2Mount } from '../../daemon/kernel/system.js';
 
 const execFileAsync = promisify(execFile);
 

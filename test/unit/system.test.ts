@@ -5,7 +5,7 @@ import {
   parseMountInfo,
   requireRoot,
   resolveCgroup,
-} from '../../daemon/system.js';
+} from '../../daemon/kernel/system.js';
 
 const HYBRID = [
   '24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw',

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { EgressdError } from '../policy/errors.js';
+import { EgressdError } from '../../policy/errors.js';
 
 export interface MountInfo {
   mountPoint: string;
@@ -82,7 +82,7 @@ export async function preflight(pinDir: string): Promise<{ cgroupMount: string }
   }
   ensureBpffs(pinDir);
   // Loading libbpf throws NO_LIBBPF with the package to install.
-  const bpf = await import('./kernel/libbpf.js');
+  const bpf = await import('./libbpf.js');
   checkKernel(() => bpf.currentNetnsCookie());
   return { cgroupMount };
 }

@@ -1,0 +1,74 @@
+/**
+ * What the agent reports of each computer (the version in force, its state,
+ * and why when it is not enforced), and the acknowledgements of it not yet
+ * written to Redis.
+ */
+import type { Logger } from 'pino';
+import { AGENT_STATES, type AgentState, type Store } from '../../store/store.js';
+import type { AgentMetrics } from '../metrics.js';
+
+export interface Reported {
+  version: number;
+  state: AgentState;
+  reason?: string;
+}
+
+export class Reports {
+  private readonly reported = new Map<string, Reported>();
+  private readonly unacked = new Set<string>();
+
+  constructor(
+    private readonly store: Pick<Store, 'ackEnforced'>,
+    private readonly node: string,
+    private readonly log: Logger,
+  ) {}
+
+  get(id: string): Reported | undefined {
+    return this.reported.get(id);
+  }
+
+  /** Records what to report of a computer (written by flush); logs changes of state that need an operator. */
+  set(id: string, next: Reported): void {
+    const before = this.reported.get(id);
+    if (before?.version === next.version && before.state === next.state) return;
+    this.reported.set(id, next);
+    this.unacked.add(id);
+    if (next.state !== 'enforced' && before?.state !== next.state) {
+      const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
+      this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
+    }
+  }
+
+  /** Forgets a computer: nothing more is reported of it. */
+  delete(id: string): void {
+    this.reported.delete(id);
+    this.unacked.delete(id);
+  }
+
+  /** The egressd_computers gauge, by state (O(computers), from the periodic check). */
+  countStates(metrics: AgentMetrics | undefined): void {
+    if (!metrics) return;
+    const counts = new Map<AgentState, number>(AGENT_STATES.map((s) => [s, 0]));
+    for (const r of this.reported.values()) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
+    for (const [state, n] of counts) metrics.computerStates.set({ state }, n);
+  }
+
+  /** Writes the acknowledgements not yet written, pipelined; failed ones stay queued for the next try. */
+  async flush(): Promise<void> {
+    const ids = [...this.unacked];
+    this.unacked.clear();
+    const at = new Date();
+    const results = await Promise.allSettled(
+      ids.map(async (id) => {
+        const r = this.reported.get(id);
+        if (r !== undefined)
+          await this.store.ackEnforced(id, r.version, at, this.node, r.state, r.reason ?? '');
+      }),
+    );
+    const failed = results.flatMap((r, i) =>
+      r.status === 'rejected' ? [{ id: ids[i]!, reason: r.reason }] : [],
+    );
+    for (const f of failed) this.unacked.add(f.id);
+    if (failed[0]) throw failed[0].reason;
+  }
+}
