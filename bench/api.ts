@@ -208,7 +208,7 @@ async function startServer(redisUrl: string, port: number, workers: number): Pro
       EGRESSD_ADMIN_KEY: ADMIN_KEY,
       EGRESSD_LISTEN: `127.0.0.1:${port}`,
       EGRESSD_DEFAULT_NODE: 'bench-node',
-      EGRESSD_CGROUP_ROOTS: 'bench',
+      EGRESSD_CGROUP_ROOTS: 'egressd',
       EGRESSD_API_WORKERS: String(workers),
       EGRESSD_LOG_LEVEL: 'warn',
     },
