@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * egressd ABI: every struct and constant shared between the kernel programs
- * (bpf/egress.bpf.c) and user space (daemon/src/bpf/abi.ts mirrors this file;
- * test/privileged/abi.test.ts compares that mirror with the object's BTF).
+ * (bpf/egress.bpf.c) and user space (daemon/kernel/abi.ts mirrors this file;
+ * test/unit/abi.test.ts compares that mirror with the object's BTF).
  *
  * Rules of the maps, in prose:
  * - "computers" is cgroup storage: one struct egress_computer per cgroup that
