@@ -94,6 +94,16 @@ export async function serve(
   };
   let agentMetricsUrl = '';
   let embedded: EmbeddedRedis | undefined;
+  let ready = false;
+  if (supervised) {
+    // A parent gone before this process is ready (the agent's first sync can wait on Redis for
+    // long) would leave it running, holding the pin directory: end at once; the pins keep enforcing.
+    process.once('disconnect', () => {
+      if (ready) return;
+      log.warn('the parent process ended before this one was ready: exiting');
+      process.exit(1);
+    });
+  }
   try {
     let redisUrl = config.redisUrl;
     if (!redisUrl) {
@@ -145,6 +155,7 @@ export async function serve(
   }
 
   if (supervised) {
+    ready = true;
     const stopped = supervisorStop(
       log,
       cluster.isWorker
