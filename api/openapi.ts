@@ -201,7 +201,7 @@ const schemas: Json = {
   },
   Enforcement: {
     type: 'object',
-    required: ['state', 'reason', 'enforced_version', 'enforced_at'],
+    required: ['state', 'reason', 'enforced_version', 'enforced_at', 'revocation', 'revoked'],
     additionalProperties: false,
     properties: {
       state: {
@@ -224,6 +224,22 @@ const schemas: Json = {
         description: 'The last version in force (never one whose cgroup was missing or forbidden)',
       },
       enforced_at: { type: ['string', 'null'] },
+      revocation: {
+        type: ['string', 'null'],
+        enum: ['on', 'off', 'unsupported', 'failed', null],
+        description:
+          'Live revocation: what became of the connections (TCP, connected UDP) that this version no longer allows. ' +
+          'on: the agent closed every one of them before it reported, and a 200 means they are closed; off: the agent ' +
+          'runs with --revocation off; unsupported: the kernel cannot close them (Linux 6.5+ is needed, see the README); ' +
+          'failed: the agent could not finish (its log says why). null while pending or when the agent did not say',
+      },
+      revoked: {
+        type: ['integer', 'null'],
+        minimum: 0,
+        description:
+          'How many connections putting this version in force closed (each is a deny event with reason "revoked"); ' +
+          'null unless revocation is "on"',
+      },
     },
   },
   PolicyResponse: {

@@ -44,6 +44,15 @@ export interface EnforcementView {
   reason: string | null;
   enforced_version: number | null;
   enforced_at: string | null;
+  /**
+   * What became of the computer's connections that this version no longer
+   * allows: `on` (closed, `revoked` of them), `off` (the agent does not
+   * revoke), `unsupported` (the kernel cannot), `failed` (see the agent's
+   * log); null while pending, or when the agent did not say.
+   */
+  revocation: 'on' | 'off' | 'unsupported' | 'failed' | null;
+  /** How many connections putting this version in force closed; null unless `revocation` is `on`. */
+  revoked: number | null;
 }
 
 /** The `enforcement` object of a policy (and of a computer in a list). */
@@ -55,6 +64,8 @@ export function enforcementView(r: Pick<PolicyRecord, 'version' | 'enforced'>): 
     // The last version in force: a report of a cgroup missing or forbidden enforces nothing.
     enforced_version: r.enforced && inForce(r.enforced.state) ? r.enforced.version : null,
     enforced_at: r.enforced && inForce(r.enforced.state) ? r.enforced.at : null,
+    revocation: state !== 'pending' ? (r.enforced?.revocation?.state ?? null) : null,
+    revoked: state !== 'pending' ? (r.enforced?.revocation?.revoked ?? null) : null,
   };
 }
 

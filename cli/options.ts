@@ -145,6 +145,13 @@ export const OPTIONS = {
     help: 'CIDRs every computer reaches in every mode (platform services)',
     schema: z.array(z.string().refine(isCidr, 'is not an IPv4/IPv6 address or CIDR block')),
   },
+  revocation: {
+    flag: 'revocation',
+    env: 'EGRESSD_REVOCATION',
+    default: 'on',
+    help: "on: a policy change closes the computer's connections it no longer allows (Linux 6.5+); off: it does not",
+    schema: z.enum(['on', 'off'], 'must be on or off'),
+  },
   logLevel: {
     flag: 'log-level',
     env: 'EGRESSD_LOG_LEVEL',

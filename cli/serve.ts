@@ -201,10 +201,25 @@ async function startAgent(
     pinDir: config.bpffsDir,
     cgroupRoot: cgroupMount,
     internalCidrs: config.internalCidrs,
+    revocation: config.revocation === 'on',
     log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
   });
   stoppers.push(() => enforcer.close());
-  log.info({ pinDir: config.bpffsDir, adopted: enforcer.adopted, node: config.node }, 'BPF programs ready');
+  log.info(
+    {
+      pinDir: config.bpffsDir,
+      adopted: enforcer.adopted,
+      node: config.node,
+      revocation: enforcer.revocation,
+    },
+    'BPF programs ready',
+  );
+  if (enforcer.revocation === 'unsupported') {
+    log.warn(
+      { reason: enforcer.revocationProblem },
+      'live revocation unsupported: a policy change applies to new connections only (the PUT answers revocation "unsupported")',
+    );
+  }
   let agent: Agent | undefined;
   let events: ReturnType<typeof startDenyEvents> | undefined;
   const proxy = startDnsProxy(config, enforcer, log, agentMetrics, {
@@ -226,6 +241,7 @@ async function startAgent(
     roots: config.cgroupRoots,
     // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
     protectedCgroups: [cgroupOfProcess() ?? ''],
+    onRevoked: (id, socket) => events?.revoked(id, socket),
   });
   const deny = startDenyEvents(enforcer, store, log, agentMetrics);
   events = deny;
@@ -303,7 +319,7 @@ function startDenyEvents(
   store: Store,
   log: Logger,
   metrics: AgentMetrics,
-): { submit: DenyEvents['submit']; close(): void } {
+): { submit: DenyEvents['submit']; revoked: DenyEvents['revoked']; close(): void } {
   const eventLog = log.child({ component: 'deny' });
   let pending = new Map<string, DenyRecord[]>();
   const flush = async () => {
@@ -330,6 +346,7 @@ function startDenyEvents(
   });
   return {
     submit: (denial) => events.submit(denial),
+    revoked: (id, socket) => events.revoked(id, socket),
     close() {
       clearInterval(timer);
       events.close();

@@ -35,9 +35,10 @@ export type KernelReason = 'mode' | 'rule' | 'socket' | 'dns' | 'proxy_port' | '
  * Reasons of user space's refusals: the DNS proxy answered a name itself,
  * NXDOMAIN, because the policy's hostname rules do not cover it
  * (`dns_unlisted`, dns listed) or because it resolves nothing (`dns_refused`,
- * dns none).
+ * dns none); a policy change closed a connection that it no longer allows
+ * (`revoked`, live revocation: see revoked()).
  */
-export type UserReason = 'dns_unlisted' | 'dns_refused';
+export type UserReason = 'dns_unlisted' | 'dns_refused' | 'revoked';
 
 /** A refusal made in user space, as submit() takes it. */
 export interface UserDenial {
@@ -48,6 +49,14 @@ export interface UserDenial {
   /** The query's address family and transport. */
   family: 'ipv4' | 'ipv6';
   protocol: 'udp' | 'tcp';
+}
+
+/** A connection closed by live revocation (daemon/kernel/revoker.ts), as revoked() takes it. */
+export interface RevokedSocket {
+  /** The peer: 4 bytes for IPv4, 16 for IPv6. */
+  address: number[];
+  port: number;
+  protocol: number;
 }
 
 export interface DenyEventsOptions {
@@ -114,6 +123,26 @@ export class DenyEvents {
       port: 53,
       hostname: denial.hostname,
       reason: denial.reason,
+    }));
+  }
+
+  /**
+   * A connection that a policy change closed: an event with reason
+   * `revoked`, the peer, and the name the address was learned for. The
+   * kernel does not keep which process made a socket: no pid.
+   */
+  revoked(computer: string, socket: RevokedSocket): void {
+    this.deliver(computer, 'revoked', () => ({
+      computer,
+      at: new Date().toISOString(),
+      pid: null,
+      comm: null,
+      family: socket.address.length === 4 ? 'ipv4' : 'ipv6',
+      protocol: PROTOCOL_NAMES[socket.protocol] ?? String(socket.protocol),
+      address: formatAddress(socket.address),
+      port: socket.port,
+      hostname: this.opts.enforcer.nameOf(computer, socket.address) ?? null,
+      reason: 'revoked',
     }));
   }
 

@@ -27,6 +27,33 @@ export function inForce(state: AgentState): boolean {
   return state === 'enforced' || state === 'dns_ports_exhausted';
 }
 
+/**
+ * What became of the connections a policy no longer allows when the agent
+ * put it in force (live revocation):
+ * - `{ state: 'on', revoked }`: every one was closed, `revoked` of them;
+ * - `off`: the agent was told not to (--revocation off);
+ * - `unsupported`: this kernel cannot close them (see the README's kernel table);
+ * - `failed`: the agent tried and could not finish (its log says why).
+ * Undefined: the agent did not say (an earlier agent, or a report that enforces nothing).
+ */
+export type Revocation =
+  | { state: 'on'; revoked: number }
+  | { state: 'off' | 'unsupported' | 'failed'; revoked?: undefined };
+
+/** Revocation as one word (the `revocation` field and the channel's message): on:<n>, off, unsupported, failed. */
+export function formatRevocation(r: Revocation | undefined): string {
+  if (r === undefined) return '-';
+  return r.state === 'on' ? `on:${r.revoked}` : r.state;
+}
+
+export function parseRevocation(word: string | null | undefined): Revocation | undefined {
+  const on = /^on:(\d+)$/.exec(word ?? '');
+  if (on) return { state: 'on', revoked: Number(on[1]) };
+  return word === 'off' || word === 'unsupported' || word === 'failed' ? { state: word } : undefined;
+}
+
+const REVOCATION_WORD = /^(?:on:\d+|off|unsupported|failed|-)$/;
+
 /** The agent's acknowledgement: the version it reports on, since when, its state, and why (when not enforced). */
 export interface Enforced {
   version: number;
@@ -34,6 +61,7 @@ export interface Enforced {
   state: AgentState;
   /** What the agent found (the cgroup path it looked for, why it refuses it); '' when there is nothing to say. */
   reason: string;
+  revocation?: Revocation;
 }
 
 /** An acknowledgement as stored (or published); undefined when there is none. */
@@ -42,15 +70,18 @@ export function toEnforced(
   at: string | null | undefined,
   state: string | null | undefined,
   reason: string | null | undefined,
+  revocation?: string | null,
 ): Enforced | undefined {
   if (!version) return undefined;
   // An older agent wrote no state: it acknowledged only what it enforced.
   const known = (AGENT_STATES as readonly string[]).includes(state ?? '');
+  const revoked = parseRevocation(revocation);
   return {
     version: Number(version),
     at: at ?? '',
     state: known ? (state as AgentState) : 'enforced',
     reason: reason ?? '',
+    ...(revoked ? { revocation: revoked } : {}),
   };
 }
 
@@ -66,11 +97,13 @@ export class Acks {
 
   /** A message of the `enforced` channel: wakes the computer's waiters with the report it carries. */
   notice(message: string): void {
-    const [id = '', version, at, state, ...reason] = message.split(' ');
-    // "<id> <version> <at> <state>[ <reason>]"; an older writer's "<id> <version>" makes waiters read the key.
+    const [id = '', version, at, state, ...rest] = message.split(' ');
+    // "<id> <version> <at> <state> <revocation>[ <reason>]"; an older writer's has no revocation word,
+    // and "<id> <version>" makes waiters read the key.
+    const revocation = REVOCATION_WORD.test(rest[0] ?? '') ? rest.shift() : undefined;
     const ack =
       at !== undefined && Number.isSafeInteger(Number(version))
-        ? toEnforced(version, at, state, reason.join(' '))
+        ? toEnforced(version, at, state, rest.join(' '), revocation)
         : undefined;
     for (const wake of this.waiters.get(id) ?? []) wake(ack);
   }
@@ -82,10 +115,10 @@ export class Acks {
 
   /** The agent's acknowledgement for a computer, if any. */
   async get(id: string): Promise<Enforced | undefined> {
-    const [version, at, state, reason] = await this.conn.guard(() =>
-      this.conn.redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason'),
+    const [version, at, state, reason, revocation] = await this.conn.guard(() =>
+      this.conn.redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason', 'revocation'),
     );
-    return toEnforced(version, at, state, reason);
+    return toEnforced(version, at, state, reason, revocation);
   }
 
   /**
@@ -167,11 +200,21 @@ export class Acks {
     node: string,
     state: AgentState,
     reason: string,
+    revocation?: Revocation,
   ): Promise<boolean> {
     const r = await this.conn.run(
       'ackEnforced',
       [keys.computer(id), keys.enforced(id)],
-      [id, String(version), at.toISOString(), node, channels.enforced, state, reason.replace(/\s+/g, ' ')],
+      [
+        id,
+        String(version),
+        at.toISOString(),
+        node,
+        channels.enforced,
+        state,
+        reason.replace(/\s+/g, ' '),
+        formatRevocation(revocation),
+      ],
     );
     return r === 1;
   }

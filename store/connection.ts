@@ -89,13 +89,21 @@ export class Connection {
     return client;
   }
 
-  /** Resolves once the main connection is ready; rejects if Redis cannot be reached now. */
-  async ready(): Promise<void> {
+  /**
+   * Resolves once the main connection is ready; rejects if Redis cannot be
+   * reached now, or (`timeoutMs`) is not ready in time.
+   */
+  async ready(timeoutMs?: number): Promise<void> {
     const redis = this.redis;
     if (redis.status === 'wait') await redis.connect();
     else if (redis.status !== 'ready') {
       await new Promise<void>((resolve, reject) => {
+        const timer =
+          timeoutMs === undefined
+            ? undefined
+            : setTimeout(() => done(new Error(`not connected to Redis within ${timeoutMs} ms`)), timeoutMs);
         const done = (err?: Error) => {
+          clearTimeout(timer);
           redis.off('ready', onReady);
           redis.off('error', onError);
           redis.off('end', onEnd);

@@ -91,13 +91,25 @@ export class Policies {
       [scope],
     )) as string[];
     if (r[0] !== 'ok') return undefined;
-    const [, mode, rulesJson = '[]', version, updatedAt, ackVersion, ackAt, ackState, ackReason, dns] = r;
+    const [
+      ,
+      mode,
+      rulesJson = '[]',
+      version,
+      updatedAt,
+      ackVersion,
+      ackAt,
+      ackState,
+      ackReason,
+      dns,
+      revocation,
+    ] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
     return Object.assign(storedPolicy(mode, rulesJson, dns), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
-      enforced: toEnforced(ackVersion, ackAt, ackState, ackReason),
+      enforced: toEnforced(ackVersion, ackAt, ackState, ackReason, revocation),
     });
   }
 
@@ -138,7 +150,7 @@ export class Policies {
     const status = r[0];
     if (status === 'not_found') return { status };
     if (status === 'precondition_failed') return { status, version: Number(r[1]) };
-    const [, version, updatedAt, ackVersion, ackAt, ackState, ackReason] = r;
+    const [, version, updatedAt, ackVersion, ackAt, ackState, ackReason, revocation] = r;
     return {
       status: status === 'unchanged' ? 'unchanged' : 'ok',
       record: {
@@ -149,7 +161,7 @@ export class Policies {
         rulesJson,
         version: Number(version),
         updatedAt: updatedAt ?? now,
-        enforced: toEnforced(ackVersion, ackAt, ackState, ackReason),
+        enforced: toEnforced(ackVersion, ackAt, ackState, ackReason, revocation),
       },
     };
   }
@@ -165,7 +177,7 @@ export class Policies {
         ids.map((id) =>
           Promise.all([
             redis.hmget(keys.policy(id), 'mode', 'version', 'dns'),
-            redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason'),
+            redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason', 'revocation'),
           ]),
         ),
       ),
@@ -183,14 +195,14 @@ export class Policies {
       ),
     );
     const out = new Map<string, PolicyStatus>();
-    rows.forEach(([[mode, version, dns], [ackVersion, at, state, reason]], i) => {
+    rows.forEach(([[mode, version, dns], [ackVersion, at, state, reason, revocation]], i) => {
       const id = ids[i] ?? '';
       const policy = storedPolicy(mode ?? undefined, legacyRules.get(id) ?? '[]', dns ?? undefined);
       out.set(id, {
         mode: policy.mode,
         dns: policy.dns,
         version: Number(version ?? 0),
-        enforced: toEnforced(ackVersion, at, state, reason),
+        enforced: toEnforced(ackVersion, at, state, reason, revocation),
       });
     });
     return out;

@@ -56,8 +56,8 @@ const GET_POLICY = `
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
-local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason')
-return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', p[5] or ''}
+local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason', 'revocation')
+return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', p[5] or '', e[5] or ''}
 `;
 
 /**
@@ -76,15 +76,15 @@ local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
 local curVersion = cur[3] or '0'
-local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason')
+local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason', 'revocation')
 if cur[1] == ARGV[3] and cur[2] == ARGV[4] and cur[5] == ARGV[9] then
-  return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or ''}
+  return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', e[5] or ''}
 end
 if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local v = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'dns', ARGV[9], 'version', v, 'updated_at', ARGV[6])
 appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])
-return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or ''}
+return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or '', e[5] or ''}
 `;
 
 /**
@@ -200,9 +200,10 @@ return {'ok', tostring(v)}
 `;
 
 /**
- * KEYS: computer, enforced. ARGV: id, version, at, node, channel, state, reason ('' = none).
+ * KEYS: computer, enforced. ARGV: id, version, at, node, channel, state,
+ * reason ('' = none), revocation (one word, see Enforced.revocation).
  * Never moves the acknowledged version back (the state of the same version
- * may change); publishes "<id> <version> <at> <state>[ <reason>]" (all a
+ * may change); publishes "<id> <version> <at> <state> <revocation>[ <reason>]" (all a
  * waiting PUT answers with: it need not read the key again; the reason is
  * the rest of the message, spaces and all).
  */
@@ -210,8 +211,11 @@ const ACK_ENFORCED = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if tonumber(ARGV[2]) < cur then return 0 end
-redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4], 'state', ARGV[6], 'reason', ARGV[7] or '')
-local message = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6]
+local revocation = ARGV[8] or '-'
+-- The same version reported again without a word (a restarted agent adopting it): what was said stays.
+if revocation == '-' and tonumber(ARGV[2]) == cur then revocation = redis.call('HGET', KEYS[2], 'revocation') or '-' end
+redis.call('HSET', KEYS[2], 'version', ARGV[2], 'at', ARGV[3], 'node', ARGV[4], 'state', ARGV[6], 'reason', ARGV[7] or '', 'revocation', revocation)
+local message = ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. revocation
 if ARGV[7] and ARGV[7] ~= '' then message = message .. ' ' .. ARGV[7] end
 redis.call('PUBLISH', ARGV[5], message)
 return 1

@@ -7,7 +7,7 @@
  */
 import type { Redis } from 'ioredis';
 import type { Policy } from '../policy/types.js';
-import { Acks, type AgentState, type Enforced } from './acks.js';
+import { Acks, type AgentState, type Enforced, type Revocation } from './acks.js';
 import { type ApiKeyRecord, ApiKeys } from './api-keys.js';
 import { type ChangeRecord, Changes, type NodeSnapshot } from './changes.js';
 import {
@@ -18,6 +18,7 @@ import {
   type Scope,
 } from './computers.js';
 import { Connection } from './connection.js';
+import { StoreUnavailableError } from './errors.js';
 import { EventFeed } from './event-feed.js';
 import { Events } from './events.js';
 import { channels, keys } from './keys.js';
@@ -25,7 +26,7 @@ import { Learned, type LearnedName } from './learned.js';
 import { Notifications } from './notifications.js';
 import { Policies, type PolicyRecord, type PolicyStatus, type PutPolicyResult } from './policies.js';
 
-export { AGENT_STATES, type AgentState, type Enforced, inForce } from './acks.js';
+export { AGENT_STATES, type AgentState, type Enforced, inForce, type Revocation } from './acks.js';
 export type { ApiKeyRecord } from './api-keys.js';
 export type { ChangeKind, ChangeRecord, NodeSnapshot } from './changes.js';
 export type { Computer, ComputerInput, PutComputerResult, Scope } from './computers.js';
@@ -102,6 +103,15 @@ export class Store {
     const subscribed = this.notices.start();
     await this.conn.ready();
     await subscribed;
+  }
+
+  /** Resolves when the main connection is ready (one being made now); StoreUnavailableError after `ms` or on its error. */
+  async connected(ms: number): Promise<void> {
+    try {
+      await this.conn.ready(ms);
+    } catch (err) {
+      throw new StoreUnavailableError(err as Error);
+    }
   }
 
   async close(): Promise<void> {
@@ -235,8 +245,9 @@ export class Store {
     node = '',
     state: AgentState = 'enforced',
     reason = '',
+    revocation?: Revocation,
   ): Promise<boolean> {
-    return this.acks.ack(id, version, at, node, state, reason);
+    return this.acks.ack(id, version, at, node, state, reason, revocation);
   }
 
   // --- what the agent records: deny events (events.ts), learned names (learned.ts)

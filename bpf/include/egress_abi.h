@@ -187,6 +187,34 @@ struct egress_learned {
 	__u8 pad[3];
 };
 
+/*
+ * Live revocation (bpf/revoke.bpf.c, a second object that shares these
+ * maps). User space puts the computers whose policy it just wrote in
+ * "revoking" (key: cgroup id; value: the computer's storage value), says in
+ * "revoke_pass" which network namespace the pass walks, and reads a socket
+ * iterator: one struct egress_revoked per socket of those computers (their
+ * cgroups and the cgroups below) whose peer the policy now refuses, written
+ * before the socket is closed, then a second one with `error` set when
+ * bpf_sock_destroy() failed. (An iterator whose buffer is full drops what it
+ * wrote for a socket and shows that socket again: writing first means no
+ * socket is closed without its record.)
+ */
+struct egress_revoke_pass {
+	__u32 agent_netns; /* 1: the pass walks the agent's network namespace */
+	__u32 pad;
+};
+
+struct egress_revoked {
+	__u64 cgroup_id; /* the computer's (a key of "revoking") */
+	__u32 addr[4];   /* the peer, network byte order; IPv4 in addr[0] */
+	__u16 port;      /* host byte order */
+	__u8 family;     /* 4 or 6, as judged: 4 for an IPv4-mapped peer */
+	__u8 protocol;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__s32 error;     /* 0: closed; else what bpf_sock_destroy() returned (a negative errno) */
+	__u32 uid;       /* the socket's owner, as the iterator gives it */
+	__u32 pad;
+};
+
 /* Value of "dns_origin" (key: socket cookie): where the application sent its query. */
 struct egress_dns_origin {
 	__u32 addr[4]; /* network byte order; IPv4 in addr[0] */

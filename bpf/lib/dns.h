@@ -18,12 +18,15 @@ static __always_inline int is_proxy_port(__u16 port)
 	return min && port >= min && port <= max;
 }
 
-/* Where the proxy listens for this socket: loopback in the agent's namespace, else the configured address. */
-static __always_inline int is_proxy_addr(struct bpf_sock_addr *ctx, const struct eg_addr *a)
+/*
+ * Where the proxy listens for a socket: loopback in the agent's namespace
+ * (`agent_ns`), else the configured address.
+ */
+static __always_inline int is_proxy_addr(int agent_ns, const struct eg_addr *a)
 {
 	__u64 hi, lo;
 
-	if (in_agent_netns(ctx))
+	if (agent_ns)
 		return addr_is_loopback(a);
 	if (a->family == 4)
 		return addr_v4(a) == (__u32)config_get(EGRESS_CONFIG_PROXY_V4);
@@ -111,7 +114,7 @@ static __always_inline void dns_unproxy(struct bpf_sock_addr *ctx, __u8 sock)
 	if (!c->dns_port || bpf_ntohs((__u16)ctx->user_port) != c->dns_port)
 		return;
 	addr_read(ctx, sock, &a);
-	if (!is_proxy_addr(ctx, &a))
+	if (!is_proxy_addr(in_agent_netns(ctx), &a))
 		return;
 	cookie = bpf_get_socket_cookie(ctx);
 	origin = bpf_map_lookup_elem(&dns_origin, &cookie);

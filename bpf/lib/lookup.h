@@ -37,14 +37,18 @@ static __always_inline int rule_matches(const struct egress_rule *rule, __u32 po
 }
 
 /*
+ * `fresh`: the address counts only until its TTL runs out (a connect or a
+ * send); revocation passes 0, so that a connection made while the address
+ * was fresh is not closed for the TTL alone (the agent keeps expired entries
+ * a while for that: LEARNED_GRACE_MS in daemon/kernel/learned-table.ts).
  * The coarse clock (CLOCK_MONOTONIC_COARSE, the agent's clock at tick
  * resolution) is enough for TTLs of seconds, and costs far less than
  * bpf_ktime_get_ns() on this hot path: an entry may outlive its TTL by one tick.
  */
 static __always_inline int learned_matches(const struct egress_learned *l, __u32 policy_id, __u8 proto,
-					   __u16 port)
+					   __u16 port, int fresh)
 {
-	return l && l->expires_ns > bpf_ktime_get_coarse_ns() &&
+	return l && (!fresh || l->expires_ns > bpf_ktime_get_coarse_ns()) &&
 	       port_matches(policy_id, l->port_set, l->any_port_protos, proto, port);
 }
 

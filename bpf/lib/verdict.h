@@ -22,28 +22,63 @@ static __always_inline __u32 mode_verdict(__u32 mode, int matched)
 	}
 }
 
-/* Steps 1 to 5 for a destination of either family. */
-static __always_inline __u32 addr_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c,
-					  const struct eg_addr *a)
+/*
+ * Steps 3 to 5, the same for a socket call and for revocation. The socket is
+ * in the agent's network namespace when `ctx` says so (a hook: asked only
+ * for a loopback destination), else when `agent_ns` does (revocation).
+ * `fresh`: see learned_matches().
+ */
+static __always_inline __u32 policy_verdict(struct bpf_sock_addr *ctx, int agent_ns, const struct egress_computer *c,
+					    const struct eg_addr *a, __u8 proto, int fresh)
 {
-	__u8 proto = proto_bit(ctx->protocol);
 	__u32 verdict;
 	int matched;
 
-	if (is_dns(proto, a->port))
-		return dns_redirect(ctx, c, a);
-	if (is_proxy_port(a->port) && is_proxy_addr(ctx, a))
-		return EGRESS_REASON_PROXY_PORT;
-	if (addr_is_loopback(a) && !in_agent_netns(ctx))
+	if (addr_is_loopback(a) && !(ctx ? in_agent_netns(ctx) : agent_ns))
 		return ALLOW;
 	matched = c->policy_id && rule_matches(rule_lookup(c->policy_id, a), c->policy_id, proto, a->port);
 	if (!matched && c->learned_id)
-		matched = learned_matches(learned_lookup(c->learned_id, a), c->policy_id, proto, a->port);
+		matched = learned_matches(learned_lookup(c->learned_id, a), c->policy_id, proto, a->port, fresh);
 	verdict = mode_verdict(c->mode, matched);
 	if (verdict == ALLOW)
 		return ALLOW;
 	/* Step 4 comes first in the precedence but only changes a refusal: looked up only for one. */
 	return internal_lookup(a) ? ALLOW : verdict;
+}
+
+/* Steps 1 to 5 for a destination of either family. */
+static __always_inline __u32 addr_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+					  const struct eg_addr *a)
+{
+	__u8 proto = proto_bit(ctx->protocol);
+
+	if (is_dns(proto, a->port))
+		return dns_redirect(ctx, c, a);
+	if (is_proxy_port(a->port) && is_proxy_addr(in_agent_netns(ctx), a))
+		return EGRESS_REASON_PROXY_PORT;
+	return policy_verdict(ctx, 0, c, a, proto, 1);
+}
+
+/*
+ * The verdict on a connected socket's peer under a computer's policy, for
+ * live revocation (bpf/revoke.bpf.c): the precedence above, as a connect to
+ * that peer would be judged now, except that
+ *   - a socket connected to the computer's own proxy port is where step 1
+ *     sent it: kept;
+ *   - a socket connected to port 53 elsewhere reached a resolver before DNS
+ *     went through the proxy: closed;
+ *   - learned addresses count past their TTL (see learned_matches()).
+ */
+static __always_inline __u32 peer_verdict(const struct egress_computer *c, const struct eg_addr *a, __u8 proto,
+					  int agent_ns)
+{
+	if (c->mode == EGRESS_MODE_UNRESTRICTED)
+		return ALLOW;
+	if (c->dns_port && a->port == c->dns_port && is_proxy_addr(agent_ns, a))
+		return ALLOW;
+	if (is_dns(proto, a->port))
+		return EGRESS_REASON_DNS;
+	return policy_verdict(0, agent_ns, c, a, proto, 0);
 }
 
 /* connect and sendmsg of a socket of family `sock` (4 or 6). */

@@ -32,6 +32,7 @@ import { LearnedPublisher } from './learned-publisher.js';
 import type { AgentOptions, AgentStatus, ComputerReport } from './options.js';
 import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
 import { Reports } from './reports.js';
+import { Revocations } from './revocations.js';
 
 interface Desired {
   cgroup: string;
@@ -46,6 +47,7 @@ export class Agent {
   private readonly desired = new Map<string, Desired>();
   /** What was reported (or is to report) per computer, and its acknowledgement. */
   private readonly reports: Reports;
+  private readonly revocations: Revocations;
   private readonly failures = new Map<string, string>();
   private readonly reconciling = new Map<string, Promise<void>>();
   private readonly learnedOut: LearnedPublisher;
@@ -66,6 +68,7 @@ export class Agent {
     this.log = opts.log.child({ component: 'agent', node: opts.node });
     this.learnedOut = new LearnedPublisher(opts.store);
     this.reports = new Reports(opts.store, opts.node, this.log);
+    this.revocations = new Revocations(opts.enforcer, this.reports, this.log, opts.onRevoked);
     this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
     this.roots = (opts.roots ?? []).map(normaliseCgroup);
     this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
@@ -130,14 +133,14 @@ export class Agent {
             await this.opts.store.guard(() => this.opts.store.connect());
           // Still connecting (the store connects as it is made): wait for it rather than fail the
           // resync and warn that Redis is unreachable when it is merely not connected yet.
-          else if (status !== 'ready') await this.connected(2000);
+          else if (status !== 'ready') await this.opts.store.connected(2000);
           this.setStatus('syncing');
           await this.resync();
           needResync = false;
           this.firstSync.resolve();
         }
         this.setStatus('following');
-        await this.reports.flush();
+        await this.settle();
         const changes = await this.opts.store.readChanges(this.opts.node, this.streamId, {
           count: 500,
           blockMs: this.opts.blockMs ?? 5000,
@@ -184,26 +187,6 @@ export class Agent {
     }
   }
 
-  /** Resolves when the store's connection is ready; StoreUnavailableError after `ms` or on its error. */
-  private connected(ms: number): Promise<void> {
-    const redis = this.opts.store.redis;
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        redis.off('ready', onReady);
-        redis.off('error', onError);
-        if (err) reject(new StoreUnavailableError(err));
-        else resolve();
-      };
-      const onReady = () => done();
-      const onError = (err: Error) => done(err);
-      const timer = setTimeout(() => done(new Error(`not connected to Redis within ${ms} ms`)), ms);
-      redis.once('ready', onReady);
-      redis.once('error', onError);
-      if (redis.status === 'ready') done();
-    });
-  }
-
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
@@ -235,7 +218,7 @@ export class Agent {
     if (pruned > 0) this.log.info({ pruned }, 'guard: dropped cgroups that went away while no agent ran');
     this.streamId = snapshot.streamId;
     this.seq = snapshot.seq;
-    await this.reports.flush();
+    await this.settle();
     this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
   }
 
@@ -293,14 +276,24 @@ export class Agent {
         : undefined;
       if (this.desired.get(id) !== want) return;
       const started = process.hrtime.bigint();
-      this.opts.enforcer.attach(id, want.cgroup, want.policy, BigInt(want.version), dns.settings, names);
+      const { changed } = this.opts.enforcer.attach(
+        id,
+        want.cgroup,
+        want.policy,
+        BigInt(want.version),
+        dns.settings,
+        names,
+      );
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
-      this.reports.set(id, {
+      const report = {
         version: want.version,
-        state: dns.exhausted ? 'dns_ports_exhausted' : 'enforced',
+        state: dns.exhausted ? ('dns_ports_exhausted' as const) : ('enforced' as const),
         ...(dns.exhausted ? { reason: dns.exhausted } : {}),
-      });
+      };
+      // Reported once the revocation pass has closed what the new policy refuses (settle()).
+      if (changed) this.revocations.add(id, want.cgroup, report);
+      else this.reports.set(id, report);
     } catch (err) {
       if (err instanceof EgressdError && err.code === 'CGROUP_MISSING') {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
@@ -355,7 +348,7 @@ export class Agent {
         'attachment does not match the cgroup at its path: repairing',
       );
       this.opts.metrics?.attachmentRepairs.inc();
-      void this.reconcile(id).then(() => this.reports.flush().catch(() => {}));
+      void this.reconcile(id).then(() => this.settle().catch(() => {}));
     }
     return repaired;
   }
@@ -365,9 +358,16 @@ export class Agent {
     return `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
   }
 
+  /** Revokes what the policies just put in force refuse (one pass), then writes the acknowledgements. */
+  private settle(): Promise<void> {
+    this.revocations.run();
+    return this.reports.flush();
+  }
+
   /** Detaches a computer that Redis no longer has on this node. */
   private forget(id: string): void {
     this.desired.delete(id);
+    this.revocations.drop(id);
     this.reports.delete(id);
     this.failures.delete(id);
     this.watcher.untrack(id);
@@ -392,9 +392,9 @@ export class Agent {
     } else {
       // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
       this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
-      void this.reconcile(id).then(() => this.reports.flush().catch(() => {}));
+      void this.reconcile(id).then(() => this.settle().catch(() => {}));
     }
-    void this.reports.flush().catch(() => {});
+    void this.settle().catch(() => {});
   }
 
   /** Desired vs. enforced version per computer. */

@@ -2,7 +2,7 @@
 import type { Logger } from 'pino';
 import type { AgentState, Store } from '../../store/store.js';
 import type { DnsProxy } from '../dns/proxy.js';
-import type { Enforcer } from '../kernel/enforcer.js';
+import type { Enforcer, RevokedRecord } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
 
 export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
@@ -41,4 +41,6 @@ export interface AgentOptions {
   protectedCgroups?: string[];
   /** How often every attachment's cgroup id is compared with the one at its path. @default 5000 */
   verifyIntervalMs?: number;
+  /** Each connection a policy change closed (live revocation), for deny events. */
+  onRevoked?: (id: string, socket: RevokedRecord) => void;
 }

@@ -4,13 +4,15 @@
  * written to Redis.
  */
 import type { Logger } from 'pino';
-import { AGENT_STATES, type AgentState, type Store } from '../../store/store.js';
+import { AGENT_STATES, type AgentState, type Revocation, type Store } from '../../store/store.js';
 import type { AgentMetrics } from '../metrics.js';
 
 export interface Reported {
   version: number;
   state: AgentState;
   reason?: string;
+  /** What putting this version in force closed (Revocations); absent when nothing changed in the kernel. */
+  revocation?: Revocation;
 }
 
 export class Reports {
@@ -30,7 +32,12 @@ export class Reports {
   /** Records what to report of a computer (written by flush); logs changes of state that need an operator. */
   set(id: string, next: Reported): void {
     const before = this.reported.get(id);
-    if (before?.version === next.version && before.state === next.state) return;
+    if (
+      before?.version === next.version &&
+      before.state === next.state &&
+      (next.revocation === undefined || JSON.stringify(before.revocation) === JSON.stringify(next.revocation))
+    )
+      return;
     this.reported.set(id, next);
     this.unacked.add(id);
     if (next.state !== 'enforced' && before?.state !== next.state) {
@@ -62,7 +69,7 @@ export class Reports {
       ids.map(async (id) => {
         const r = this.reported.get(id);
         if (r !== undefined)
-          await this.store.ackEnforced(id, r.version, at, this.node, r.state, r.reason ?? '');
+          await this.store.ackEnforced(id, r.version, at, this.node, r.state, r.reason ?? '', r.revocation);
       }),
     );
     const failed = results.flatMap((r, i) =>

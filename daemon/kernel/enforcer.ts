@@ -4,7 +4,8 @@
  * over the modules that do the work: loader.ts (programs and maps),
  * attachments.ts (link pins), computers.ts (storage values and records),
  * policy-table.ts (rule entries), learned-table.ts (DNS-learned addresses),
- * reclaimer.ts (deferred deletion), host-config.ts, guard.ts.
+ * reclaimer.ts (deferred deletion), host-config.ts, guard.ts, revoker.ts
+ * (live revocation).
  *
  * Atomic replace: a policy's entries are written under a fresh policy id,
  * then one cgroup-storage write switches {mode, policy_id, version} for the
@@ -12,9 +13,10 @@
  * entries are deleted after an RCU grace period, so no program that read
  * the old id can see a half-deleted policy.
  */
+import path from 'node:path';
 import { EgressdError } from '../../policy/errors.js';
 import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
-import { type ComputerValue, decodeMode, FLAG } from './abi.js';
+import { type ComputerValue, decodeMode, FLAG, type RevokedRecord } from './abi.js';
 import { Attachments } from './attachments.js';
 import {
   type ComputerState,
@@ -30,8 +32,10 @@ import { closeLoaded, HOOKS, type LoadedObject, type LoadOptions, loadOrAdopt } 
 import { mapMemory } from './maps.js';
 import { PolicyTable } from './policy-table.js';
 import { Reclaimer } from './reclaimer.js';
+import { Revoker } from './revoker.js';
 import { findCgroup2Mount, resolveCgroup } from './system.js';
 
+export type { RevokedRecord } from './abi.js';
 export type { ComputerState, DnsSettings } from './computers.js';
 export type { LearnedName } from './learned-table.js';
 
@@ -40,6 +44,8 @@ export interface EnforcerOptions extends LoadOptions {
   internalCidrs?: string[];
   /** Where cgroup paths are relative to. @default the cgroup2 mount from /proc/self/mountinfo */
   cgroupRoot?: string;
+  /** Close a computer's connections that a new policy refuses (where the kernel can). @default true */
+  revocation?: boolean;
 }
 
 export class Enforcer {
@@ -50,8 +56,12 @@ export class Enforcer {
   private readonly host: HostConfig;
   private readonly computers: Computers;
   private closed = false;
+  private revoker: Revoker | undefined;
   /** The sandbox-root guard; attach() and detach() keep its governed map. */
   readonly guard: SandboxGuard;
+  /** Live revocation: on, off (EnforcerOptions.revocation), or unsupported by this kernel (why: revocationProblem). */
+  revocation: 'on' | 'off' | 'unsupported' = 'off';
+  revocationProblem: string | undefined;
 
   private constructor(
     private readonly obj: LoadedObject,
@@ -74,6 +84,12 @@ export class Enforcer {
     try {
       if (obj.adopted) enforcer.adoptMaps();
       enforcer.setInternalCidrs(opts.internalCidrs ?? []);
+      if (opts.revocation !== false) {
+        const r = Revoker.tryOpen(obj.maps);
+        enforcer.revoker = r.revoker;
+        enforcer.revocation = r.revoker ? 'on' : 'unsupported';
+        enforcer.revocationProblem = r.problem;
+      }
     } catch (err) {
       enforcer.close();
       throw err;
@@ -98,11 +114,9 @@ export class Enforcer {
   mapFd(name: 'deny_events'): number {
     return this.obj.maps[name];
   }
-
   get adopted(): boolean {
     return this.obj.adopted;
   }
-
   get pinDir(): string {
     return this.obj.pinDir;
   }
@@ -125,7 +139,7 @@ export class Enforcer {
     version = 0n,
     dns: DnsSettings = {},
     learnedNames?: readonly LearnedName[],
-  ): { cgroupId: bigint; attached: boolean } {
+  ): { cgroupId: bigint; attached: boolean; changed: boolean } {
     checkComputerId(id);
     const target = resolveCgroup(cgroup, this.cgroupRoot);
     // A computer this process attached or adopted at this very cgroup has every hook: no need to
@@ -142,9 +156,10 @@ export class Enforcer {
         ((value?.flags ?? 0) & FLAG.blockDns) === 0;
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
       if (value && !this.computers.record(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
-      if (!value || value.version !== version || !sameDns) this.install(id, target.id, policy, version, dns);
+      const changed = !value || value.version !== version || !sameDns;
+      if (changed) this.install(id, target.id, policy, version, dns);
       this.guard.govern(target.id);
-      return { cgroupId: target.id, attached: false };
+      return { cgroupId: target.id, attached: false, changed };
     }
     // Attached elsewhere (the cgroup was recreated, or the computer moved): start over.
     if (current !== undefined) this.detach(id);
@@ -158,7 +173,7 @@ export class Enforcer {
     }
     // Past the guard only now that every hook holds the policy.
     this.guard.govern(target.id);
-    return { cgroupId: target.id, attached: true };
+    return { cgroupId: target.id, attached: true, changed: true };
   }
 
   /** Replaces the computer's policy atomically (DNS settings kept unless given). */
@@ -172,6 +187,22 @@ export class Enforcer {
       );
     }
     this.install(id, linked.cgroupId, policy, version, dns);
+  }
+
+  /**
+   * Live revocation: closes the connected sockets of each computer (`cgroup`
+   * relative to the cgroup2 mount) whose peer its policy in force refuses,
+   * in one pass. What was closed (or could not be), by computer id; nothing
+   * unless `revocation` is on.
+   */
+  revoke(computers: readonly { id: string; cgroup: string }[]): Map<string, RevokedRecord[]> {
+    const targets = computers.flatMap(({ id, cgroup }) => {
+      const cgroupId = this.computers.record(id)?.cgroupId;
+      const value = cgroupId === undefined ? undefined : this.computers.value(cgroupId);
+      const cgroupPath = path.join(this.cgroupRoot, path.posix.normalize(`/${cgroup}`));
+      return value ? [{ id, value, cgroupPath }] : [];
+    });
+    return this.revoker ? this.revoker.revoke(targets) : new Map(targets.map((t) => [t.id, []]));
   }
 
   /** Detaches every hook from the computer's cgroup and removes its pins. Idempotent. */
@@ -264,15 +295,9 @@ export class Enforcer {
   }
 
   /**
-   * Records what a DNS answer taught computer `id`: `names` is the chain
-   * (question first, then CNAME targets), `addresses` the A/AAAA bytes. Only
-   * names that the policy lists are learned; undefined when none matched.
-   * Else how long, in seconds, every address is now learned for (at most
-   * `ttlSeconds`: the answer's TTLs must not exceed it), and which addresses
-   * were written: an address learned for the same names with at most a
-   * second less to live is not written again (repeated lookups of one name).
-   * An address that other names taught keeps them, and the later expiry.
-   * Throws when the maps refuse the write (the proxy then answers SERVFAIL).
+   * Records what a DNS answer taught computer `id` (`names`: the chain, question first; `addresses`:
+   * A/AAAA bytes) for the names its policy lists (none: undefined): how long every address is now
+   * learned for (at most `ttlSeconds`), which were written. Throws when the maps refuse (SERVFAIL).
    */
   learn(
     id: string,
@@ -325,9 +350,9 @@ export class Enforcer {
     return record ? this.learned.list(record.learnedId) : [];
   }
 
-  /** Deletes expired learned entries (the kernel ignores them already). */
-  expireLearned(): number {
-    return this.learned.expire();
+  /** Deletes learned entries expired for longer than `graceMs` (the kernel ignores them already). */
+  expireLearned(graceMs?: number): number {
+    return this.learned.expire(graceMs);
   }
 
   /** Deletes what was retired before the call (policy and learned ids) once an RCU grace period has passed. */
@@ -397,6 +422,7 @@ export class Enforcer {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.revoker?.close();
     this.reclaimer.close();
     closeLoaded(this.obj);
   }

@@ -6,6 +6,11 @@
  * deleted after an RCU grace period (reclaimer.ts). Entries carry the names
  * they were learned for (the kernel keeps only addresses) so that a policy
  * change can tell which ones it still names.
+ *
+ * An expired entry opens no new connection (the programs compare its expiry)
+ * but stays LEARNED_GRACE_MS longer: a revocation pass counts it, so that a
+ * connection made while the address was fresh is not closed by a policy
+ * change that still names it (applications use an address past its TTL).
  */
 import ipaddr from 'ipaddr.js';
 import {
@@ -23,6 +28,10 @@ import type { LoadedObject } from './loader.js';
 import { allKeys, lookup, readConfig, writeConfig } from './maps.js';
 import type { PolicyTable } from './policy-table.js';
 import type { Reclaimer } from './reclaimer.js';
+
+/** How long an expired learned entry is kept (and carried over to a new policy) for revocation passes. */
+export const LEARNED_GRACE_MS = 10 * 60_000;
+const GRACE_NS = BigInt(LEARNED_GRACE_MS) * 1_000_000n;
 
 /** A hostname and one address it resolved to (as the agent publishes them to Redis). */
 export interface LearnedName {
@@ -137,13 +146,13 @@ export class LearnedTable {
   }
 
   /**
-   * Copies the unexpired, named entries of `from` that `compiled` (the
-   * policy of `policyId`) still names to learned id `to`.
+   * Copies the named entries of `from` (unexpired, or within the grace) that
+   * `compiled` (the policy of `policyId`) still names to learned id `to`.
    */
   carryOver(from: number, to: number, policyId: number, compiled: CompiledPolicy): void {
     const now = process.hrtime.bigint();
     for (const entry of this.byId.get(from)?.values() ?? []) {
-      if (entry.expiresNs <= now || entry.names.length === 0) continue;
+      if (entry.expiresNs + GRACE_NS <= now || entry.names.length === 0) continue;
       const verdict = nameVerdict(compiled, entry.names);
       if (verdict) this.write(to, policyId, verdict, entry.names, entry.bytes, entry.expiresNs);
     }
@@ -153,6 +162,9 @@ export class LearnedTable {
    * Records what a DNS answer taught learned id `learnedId` (see
    * Enforcer.learn); `verdictOf` answers for a name chain under the
    * computer's policy (`policyId`). Undefined when it lists none of `names`.
+   * An address learned for the same names with at most a second less to
+   * live is not written again (repeated lookups of one name); an address
+   * that other names taught keeps them, and the later expiry.
    */
   learn(
     learnedId: number,
@@ -203,9 +215,9 @@ export class LearnedTable {
     this.reclaimer.retire(() => deleteKeys(keys));
   }
 
-  /** Deletes expired entries (the kernel ignores them already), adopted ones still unnamed aside. */
-  expire(): number {
-    const now = process.hrtime.bigint();
+  /** Deletes entries expired for longer than `graceMs`, adopted ones still unnamed aside. */
+  expire(graceMs = LEARNED_GRACE_MS): number {
+    const now = process.hrtime.bigint() - BigInt(graceMs) * 1_000_000n;
     let n = 0;
     for (const [learnedId, learned] of this.byId) {
       if (this.unnamed.has(learnedId)) continue;

@@ -1,7 +1,7 @@
 /**
  * The one module that loads libbpf (Debian's libbpf1) and lists every symbol
- * egressd uses from it, plus the three libc calls needed to read a network
- * namespace cookie. Everything else goes through the typed wrappers below,
+ * egressd uses from it, plus the libc calls needed to read a network
+ * namespace cookie and to enter another network namespace. Everything else goes through the typed wrappers below,
  * which turn libbpf's negative-errno returns into LibbpfError.
  */
 import { constants } from 'node:os';
@@ -65,6 +65,8 @@ const sym = {
   ),
   bpf_program__fd: lib.func('int bpf_program__fd(bpf_program *prog)'),
   bpf_map__fd: lib.func('int bpf_map__fd(bpf_map *map)'),
+  bpf_map__reuse_fd: lib.func('int bpf_map__reuse_fd(bpf_map *map, int fd)'),
+  bpf_iter_create: lib.func('int bpf_iter_create(int link_fd)'),
   bpf_obj_pin: lib.func('int bpf_obj_pin(int fd, const char *pathname)'),
   bpf_obj_get: lib.func('int bpf_obj_get(const char *pathname)'),
   bpf_obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)'),
@@ -91,6 +93,7 @@ const sym = {
   socket: libc.func('int socket(int domain, int type, int protocol)'),
   getsockopt: libc.func('int getsockopt(int fd, int level, int name, void *value, void *len)'),
   close: libc.func('int close(int fd)'),
+  setns: libc.func('int setns(int fd, int nstype)'),
 };
 
 /** Attach types of enum bpf_attach_type (uapi/linux/bpf.h) that egressd uses. */
@@ -104,6 +107,7 @@ export const ATTACH = {
   udp6Recvmsg: 20,
   inet4Getpeername: 29,
   inet6Getpeername: 30,
+  traceIter: 28,
 } as const;
 
 /** BPF_ANY / BPF_NOEXIST / BPF_EXIST flags of map updates. */
@@ -153,6 +157,25 @@ export function mapFd(obj: BpfObject, name: string): number {
   const map = sym.bpf_object__find_map_by_name(obj, name);
   if (!map) throw new LibbpfError(`find map ${name}`, E.ENOENT);
   return check(`bpf_map__fd(${name})`, sym.bpf_map__fd(map));
+}
+
+/** Makes the object use an existing map (`fd`, another object's) instead of creating its own. Before loadObject. */
+export function reuseMap(obj: BpfObject, name: string, fd: number): void {
+  const map = sym.bpf_object__find_map_by_name(obj, name);
+  if (!map) throw new LibbpfError(`find map ${name}`, E.ENOENT);
+  check(`bpf_map__reuse_fd(${name})`, sym.bpf_map__reuse_fd(map, fd));
+}
+
+/** A new iterator of an iterator link: read() it to run the program over every object (Linux 5.8+). */
+export function iterCreate(linkFd: number): number {
+  return check('bpf_iter_create', sym.bpf_iter_create(linkFd));
+}
+
+const CLONE_NEWNET = 0x40000000;
+
+/** Moves the calling thread into the network namespace of `fd` (an open /proc/<pid>/ns/net). */
+export function enterNetns(fd: number): void {
+  if (sym.setns(fd, CLONE_NEWNET) < 0) throw new LibbpfError('setns', koffi.errno());
 }
 
 export function objPin(fd: number, path: string): void {

@@ -19,11 +19,14 @@ import {
   MODE,
   PROTO,
   REASON,
+  REVOKE_MAPS,
   UAPI_LAYOUT,
 } from '../../daemon/kernel/abi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const object = path.join(root, 'build/egress.bpf.o');
+/** The second object (live revocation): egress.bpf.o's maps and its own. */
+const revokeObject = path.join(root, 'build/revoke.bpf.o');
 const header = readFileSync(path.join(root, 'bpf/include/egress_abi.h'), 'utf8');
 
 interface BtfType {
@@ -35,9 +38,10 @@ interface BtfType {
   vars?: { type_id: number }[];
 }
 
-const btf = JSON.parse(execFileSync('bpftool', ['-j', 'btf', 'dump', 'file', object]).toString()) as {
-  types: BtfType[];
-};
+const btfOf = (file: string) =>
+  JSON.parse(execFileSync('bpftool', ['-j', 'btf', 'dump', 'file', file]).toString()) as { types: BtfType[] };
+const btf = btfOf(object);
+const revokeBtf = btfOf(revokeObject);
 
 /** EGRESS_* defines of the header, evaluated (numbers, other defines, `|`, `<<`, parentheses). */
 function headerDefines(): Map<string, number> {
@@ -94,8 +98,8 @@ const mirrored = (table: Record<string, number>) =>
 
 for (const [name, layout] of Object.entries(LAYOUT)) {
   test(`struct ${name} matches the object's BTF`, (t) => {
-    const type = btf.types.find((x) => x.kind === 'STRUCT' && x.name === name);
-    if (!type) return t.fail(`struct ${name} is not in the BTF of ${object}`);
+    const type = [...btf.types, ...revokeBtf.types].find((x) => x.kind === 'STRUCT' && x.name === name);
+    if (!type) return t.fail(`struct ${name} is not in the BTF of ${object} nor of ${revokeObject}`);
     t.is(type.size, layout.size, 'size');
     const fromBtf = Object.fromEntries((type.members ?? []).map((m) => [m.name, m.bits_offset / 8]));
     t.deepEqual(fromBtf, layout.offsets);
@@ -112,10 +116,17 @@ test('every map named in abi.ts exists in the object', (t) => {
   for (const name of Object.values(MAPS)) t.true(vars.has(name), name);
 });
 
+const mapNames = (b: { types: BtfType[] }) => {
+  const maps = b.types.find((x) => x.kind === 'DATASEC' && x.name === '.maps');
+  return (maps?.vars ?? []).map((v) => b.types.find((x) => x.id === v.type_id)?.name).sort();
+};
+
 test('every map of the object is named in abi.ts', (t) => {
-  const maps = btf.types.find((x) => x.kind === 'DATASEC' && x.name === '.maps');
-  const names = (maps?.vars ?? []).map((v) => btf.types.find((x) => x.id === v.type_id)?.name).sort();
-  t.deepEqual(names, Object.values(MAPS).sort());
+  t.deepEqual(mapNames(btf), Object.values(MAPS).sort());
+});
+
+test("the revocation object has egress.bpf.o's maps (it shares them) and its own", (t) => {
+  t.deepEqual(mapNames(revokeBtf), [...Object.values(MAPS), ...Object.values(REVOKE_MAPS)].sort());
 });
 
 test('constants match bpf/include/egress_abi.h', (t) => {

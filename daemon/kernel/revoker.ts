@@ -1,0 +1,242 @@
+/**
+ * Live revocation (bpf/revoke.bpf.c): once a computer's new policy is
+ * written, closes every connected socket of the computer (its cgroup and the
+ * cgroups below) whose peer that policy refuses, judged by the connect
+ * hooks' own verdict code, with the kernel's bpf_sock_destroy() from TCP and
+ * UDP socket iterators (Linux 6.5+).
+ *
+ * A socket iterator walks the network namespace it is created in: a pass
+ * walks the agent's, then each other namespace that a task of the computers
+ * is in (found from their cgroup.procs), entered for the moment it takes to
+ * create the iterators. One pass serves any number of computers.
+ */
+import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { EgressdError } from '../../policy/errors.js';
+import {
+  type ComputerValue,
+  decodeRevoked,
+  encodeCgroupKey,
+  encodeComputer,
+  encodeRevokePass,
+  encodeU32,
+  MAPS,
+  REVOKE_MAPS,
+  type RevokedRecord,
+} from './abi.js';
+import * as bpf from './libbpf.js';
+
+export const DEFAULT_REVOKE_OBJECT_PATH = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../../build/revoke.bpf.o',
+);
+
+/** A computer whose sockets a pass judges: its storage value as written (with its cgroup id), its cgroup's path. */
+export interface RevokeTarget {
+  id: string;
+  value: ComputerValue;
+  cgroupPath: string;
+}
+
+/** Processes and threads read per pass to find the computers' namespaces, at most (a bound on a pass's cost). */
+const MAX_TASKS = 100_000;
+
+export class Revoker {
+  private closed = false;
+
+  private constructor(
+    private readonly obj: bpf.BpfObject,
+    private readonly links: { tcp: number; udp: number },
+    private readonly revoking: number,
+    private readonly pass: number,
+    /** This process's network namespace: an open fd to come back to, and its inode. */
+    private readonly home: { fd: number; ino: number },
+  ) {}
+
+  /** open(), or why this kernel cannot revoke. */
+  static tryOpen(maps: Record<string, number>): { revoker?: Revoker; problem?: string } {
+    try {
+      return { revoker: Revoker.open(maps) };
+    } catch (err) {
+      if (!(err instanceof EgressdError && err.code === 'REVOCATION_UNSUPPORTED')) throw err;
+      return { problem: err.message };
+    }
+  }
+
+  /**
+   * Loads the iterators with egress.bpf.o's maps (`maps`, by name). Throws
+   * EgressdError REVOCATION_UNSUPPORTED, saying why, where the kernel cannot.
+   */
+  static open(maps: Record<string, number>, objectPath = DEFAULT_REVOKE_OBJECT_PATH): Revoker {
+    let obj: bpf.BpfObject;
+    try {
+      obj = bpf.openObject(objectPath);
+    } catch (err) {
+      throw new EgressdError('NO_BPF_OBJECT', `BPF object ${objectPath} is missing: run npm run build`, {
+        cause: err,
+      });
+    }
+    const links: number[] = [];
+    try {
+      for (const name of Object.values(MAPS)) {
+        const fd = maps[name];
+        if (fd !== undefined) bpf.reuseMap(obj, name, fd);
+      }
+      bpf.loadObject(obj);
+      for (const program of ['eg_revoke_tcp', 'eg_revoke_udp']) {
+        links.push(bpf.linkCreate(bpf.programFd(obj, program), 0, bpf.ATTACH.traceIter));
+      }
+      const home = openSync('/proc/self/ns/net', 'r');
+      return new Revoker(
+        obj,
+        { tcp: links[0] ?? -1, udp: links[1] ?? -1 },
+        bpf.mapFd(obj, REVOKE_MAPS.revoking),
+        bpf.mapFd(obj, REVOKE_MAPS.revokePass),
+        { fd: home, ino: statSync('/proc/self/ns/net').ino },
+      );
+    } catch (err) {
+      for (const fd of links) bpf.closeFd(fd);
+      bpf.closeObject(obj);
+      throw new EgressdError(
+        'REVOCATION_UNSUPPORTED',
+        `this kernel cannot close a computer's connections when its policy tightens (${(err as Error).message}): ` +
+          'live revocation needs Linux 6.5 or newer (bpf_sock_destroy from TCP and UDP socket iterators)',
+        { cause: err },
+      );
+    }
+  }
+
+  /**
+   * Closes the sockets of `targets` whose peer their policy refuses; returns,
+   * per target id, one record per socket closed (error 0) or that could not be.
+   */
+  revoke(targets: readonly RevokeTarget[]): Map<string, RevokedRecord[]> {
+    if (this.closed) throw new Error('the revoker is closed');
+    const out = new Map(targets.map((t) => [t.id, [] as RevokedRecord[]]));
+    if (targets.length === 0) return out;
+    const byCgroup = new Map(targets.map((t) => [t.value.cgroupId, t.id]));
+    for (const t of targets)
+      bpf.mapUpdate(this.revoking, encodeCgroupKey(t.value.cgroupId), encodeComputer(t.value));
+    try {
+      const records = this.walk(undefined);
+      for (const nsPath of this.namespaces(targets)) records.push(...this.walk(nsPath));
+      for (const r of records) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+      return out;
+    } finally {
+      for (const t of targets) bpf.mapDelete(this.revoking, encodeCgroupKey(t.value.cgroupId));
+    }
+  }
+
+  /** One pass over a namespace: this process's (undefined) or the one at `nsPath` (/proc/<pid>/task/<tid>/ns/net). */
+  private walk(nsPath: string | undefined): RevokedRecord[] {
+    const iters: number[] = [];
+    try {
+      if (nsPath === undefined) {
+        for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
+      } else {
+        let ns: number;
+        try {
+          ns = openSync(nsPath, 'r');
+        } catch {
+          return []; // the task is gone, and its namespace with it unless another task holds it
+        }
+        try {
+          bpf.enterNetns(ns);
+          try {
+            for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
+          } finally {
+            this.goHome();
+          }
+        } finally {
+          closeSync(ns);
+        }
+      }
+      bpf.mapUpdate(this.pass, encodeU32(0), encodeRevokePass(nsPath === undefined));
+      return iters.flatMap((fd) => decodeRevoked(readAll(fd)));
+    } finally {
+      for (const fd of iters) closeSync(fd);
+    }
+  }
+
+  private goHome(): void {
+    try {
+      bpf.enterNetns(this.home.fd);
+    } catch (err) {
+      // Sockets this thread makes next (Redis, the API) would land in a sandbox's namespace: stop.
+      process.stderr.write(
+        `egressd: cannot return to its own network namespace (${(err as Error).message})\n`,
+      );
+      process.exit(70);
+    }
+  }
+
+  /**
+   * Network namespaces other than this process's that a task of a target is
+   * in, one path each to open (a task's, read when the pass starts).
+   */
+  private namespaces(targets: readonly RevokeTarget[]): string[] {
+    const found = new Map<number, string>([[this.home.ino, '']]);
+    let budget = MAX_TASKS;
+    const visit = (dir: string) => {
+      let procs: string;
+      try {
+        procs = readFileSync(path.join(dir, 'cgroup.procs'), 'utf8');
+      } catch {
+        return; // removed meanwhile
+      }
+      for (const pid of procs.split('\n')) {
+        if (!pid || budget <= 0) continue;
+        let tasks: string[];
+        try {
+          tasks = readdirSync(`/proc/${pid}/task`);
+        } catch {
+          continue; // exited
+        }
+        for (const tid of tasks) {
+          if (--budget < 0) break;
+          const nsPath = `/proc/${pid}/task/${tid}/ns/net`;
+          try {
+            const ino = statSync(nsPath).ino;
+            if (!found.has(ino)) found.set(ino, nsPath);
+          } catch {
+            // exited
+          }
+        }
+      }
+      let children: string[];
+      try {
+        children = readdirSync(dir, { withFileTypes: true })
+          .filter((d) => d.isDirectory())
+          .map((d) => d.name);
+      } catch {
+        return;
+      }
+      for (const child of children) visit(path.join(dir, child));
+    };
+    for (const t of targets) visit(t.cgroupPath);
+    found.delete(this.home.ino);
+    return [...found.values()];
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    bpf.closeFd(this.links.tcp);
+    bpf.closeFd(this.links.udp);
+    closeSync(this.home.fd);
+    bpf.closeObject(this.obj);
+  }
+}
+
+/** Runs an iterator to its end: everything the programs wrote. */
+function readAll(fd: number): Buffer {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(64 * 1024);
+  for (;;) {
+    const n = readSync(fd, buf, 0, buf.length, null);
+    if (n <= 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,251 @@
+/**
+ * Live revocation (daemon/kernel/revoker.ts, bpf/revoke.bpf.c): once a
+ * computer's policy tightens, Enforcer.revoke() closes exactly the
+ * connections that the policy refuses — TCP over IPv4, IPv6 and v4-mapped,
+ * connected UDP — of that computer and its child cgroups, in the world's
+ * namespace and in the agent's; everything else (allowed peers, unconnected
+ * sockets, other computers, the host) keeps working. Real sockets held by
+ * real processes, judged by the kernel.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import test from 'ava';
+import { Enforcer, type RevokedRecord } from '../../daemon/kernel/enforcer.js';
+import type { Policy } from '../../policy/types.js';
+import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
+
+const HOLDER = `${REPO_ROOT}dist/test/helpers/holder.js`;
+const ECHO_PORT = 7000;
+
+let world: World;
+let enforcer: Enforcer;
+let hostEchoPort = 0;
+
+/** One JSON line at a time from a holder process. */
+function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
+  const queue: string[] = [];
+  const waiting: ((line: string) => void)[] = [];
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const w = waiting.shift();
+    if (w) w(line);
+    else queue.push(line);
+  });
+  return async () => {
+    const line =
+      queue.shift() ??
+      (await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no line from the holder within 10 s')), 10_000);
+        waiting.push((l) => {
+          clearTimeout(timer);
+          resolve(l);
+        });
+      }));
+    return JSON.parse(line) as Record<string, unknown>;
+  };
+}
+
+async function echoServer(netns: boolean): Promise<void> {
+  const child = world.spawn('node', [HOLDER, 'echo', String(netns ? ECHO_PORT : hostEchoPort)], {
+    netns,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const next = lines(child);
+  const ready = await next();
+  if (ready['ready'] !== true) throw new Error(`echo server: ${JSON.stringify(ready)}`);
+}
+
+interface Holder {
+  /** One try on every socket: "ok" or what failed. */
+  check(): Promise<string[]>;
+}
+
+/** Opens `sockets` in a process of `cgroup` (a world cgroup name, or none: the host's), in the world or the host namespace. */
+async function hold(cgroup: string | undefined, netns: boolean, ...sockets: string[]): Promise<Holder> {
+  const child = world.spawn('node', [HOLDER, 'hold', ...sockets], {
+    netns,
+    ...(cgroup === undefined ? {} : { cgroup }),
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const next = lines(child);
+  const ready = await next();
+  if (ready['ready'] !== true) throw new Error(`holder ${sockets.join(' ')}: ${JSON.stringify(ready)}`);
+  return {
+    async check() {
+      child.stdin!.write('check\n');
+      return (await next())['results'] as string[];
+    },
+  };
+}
+
+const UNRESTRICTED: Policy = { mode: 'unrestricted', rules: [] };
+
+/** A computer attached unrestricted (connections open freely) at world cgroup `name`. */
+function computer(name: string): { id: string; cgroup: string } {
+  const cg = world.makeCgroup(name);
+  enforcer.attach(name, cg.relative, UNRESTRICTED, 1n);
+  return { id: name, cgroup: cg.relative };
+}
+
+/** Applies `policy` as version `version`, then one revocation pass: what it closed. */
+function tighten(c: { id: string; cgroup: string }, policy: Policy, version: bigint): RevokedRecord[] {
+  enforcer.apply(c.id, policy, version);
+  return enforcer.revoke([c]).get(c.id) ?? [];
+}
+
+/** "a.b.c.d:port" or "[v6]:port" of each record. */
+function peers(records: RevokedRecord[]): string[] {
+  return records
+    .map((r) => {
+      const a = r.address;
+      const host =
+        a.length === 4
+          ? a.join('.')
+          : `[${Array.from({ length: 8 }, (_, i) => (((a[2 * i] ?? 0) << 8) | (a[2 * i + 1] ?? 0)).toString(16)).join(':')}]`;
+      return `${r.protocol === 6 ? 'tcp' : 'udp'}:${host}:${r.port}`;
+    })
+    .sort();
+}
+
+function refused(result: string | undefined): boolean {
+  return result !== undefined && result !== 'ok' && result !== 'timeout';
+}
+
+test.before(async () => {
+  world = await createWorld();
+  enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  if (enforcer.revocation !== 'on') {
+    throw new Error(`this kernel cannot revoke (${enforcer.revocationProblem}): these tests need Linux 6.5+`);
+  }
+  hostEchoPort = 20_000 + Math.floor(Math.random() * 20_000);
+  await echoServer(true);
+  await echoServer(false);
+});
+
+test.after.always(async () => {
+  enforcer?.close();
+  await world?.destroy();
+});
+
+test.serial('a tightened policy closes exactly the connections it refuses', async (t) => {
+  const c = computer('tighten');
+  const inside = await hold(
+    'tighten',
+    true,
+    `tcp:203.0.113.5:${ECHO_PORT}`,
+    `tcp:203.0.113.6:${ECHO_PORT}`,
+    `tcp:[2001:db8:ff::6]:${ECHO_PORT}`,
+    `tcp:[::ffff:203.0.113.7]:${ECHO_PORT}`,
+    `udp:203.0.113.6:${ECHO_PORT}`,
+    `sendto:203.0.113.6:${ECHO_PORT}`,
+  );
+  // A host process with a connection to the same address: not the computer's.
+  const host = await hold(undefined, true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  t.deepEqual(await inside.check(), ['ok', 'ok', 'ok', 'ok', 'ok', 'ok']);
+
+  const closed = tighten(c, { mode: 'allowlist', rules: [{ host: '203.0.113.5', protocol: 'tcp' }] }, 2n);
+  t.deepEqual(peers(closed), [
+    `tcp:203.0.113.6:${ECHO_PORT}`,
+    `tcp:203.0.113.7:${ECHO_PORT}`,
+    `tcp:[2001:db8:ff:0:0:0:0:6]:${ECHO_PORT}`,
+    `udp:203.0.113.6:${ECHO_PORT}`,
+  ]);
+  t.true(closed.every((r) => r.error === 0));
+
+  const after = await inside.check();
+  t.is(after[0], 'ok', 'the allowed connection still echoes');
+  for (const i of [1, 2, 3, 4]) t.true(refused(after[i]), `socket ${i} fails at once: ${after[i]}`);
+  t.is(after[5], 'EPERM', 'the unconnected socket stays open; its datagrams are judged as always');
+  t.deepEqual(await host.check(), ['ok'], "the host's connection to the same address stays");
+  t.deepEqual(peers(enforcer.revoke([c]).get(c.id) ?? []), [], 'a second pass finds nothing left');
+});
+
+test.serial('isolated closes every connection; a child cgroup is the computer too', async (t) => {
+  const c = computer('iso');
+  world.makeCgroup('iso/child');
+  const parent = await hold('iso', true, `tcp:203.0.113.5:${ECHO_PORT}`);
+  const child = await hold(
+    'iso/child',
+    true,
+    `tcp:203.0.113.9:${ECHO_PORT}`,
+    `udp:[2001:db8:ff::9]:${ECHO_PORT}`,
+  );
+  t.deepEqual([...(await parent.check()), ...(await child.check())], ['ok', 'ok', 'ok']);
+  t.is(tighten(c, { mode: 'isolated', rules: [] }, 2n).length, 3);
+  const after = [...(await parent.check()), ...(await child.check())];
+  t.true(after.every(refused), after.join(' '));
+});
+
+test.serial('other computers keep their connections; unrestricted and loosening close nothing', async (t) => {
+  const a = computer('mine');
+  const b = computer('theirs');
+  const mine = await hold('mine', true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  const theirs = await hold('theirs', true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  t.deepEqual(tighten(a, UNRESTRICTED, 2n), [], 'unrestricted refuses nothing');
+  t.deepEqual(
+    tighten(a, { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'any' }] }, 3n),
+    [],
+    'a denylist that does not name the peer',
+  );
+  t.is(tighten(a, { mode: 'isolated', rules: [] }, 4n).length, 1);
+  t.true(refused((await mine.check())[0]));
+  t.deepEqual(await theirs.check(), ['ok'], 'another computer is not touched');
+  // Both in one pass: each gets its own.
+  enforcer.apply(b.id, { mode: 'isolated', rules: [] }, 2n);
+  const both = enforcer.revoke([a, b]);
+  t.is(both.get(a.id)?.length, 0);
+  t.is(both.get(b.id)?.length, 1);
+});
+
+test.serial(
+  'a dropped hostname rule closes its connections; a kept one (even past its TTL) does not',
+  async (t) => {
+    const c = computer('names');
+    const named: Policy = {
+      mode: 'allowlist',
+      rules: [
+        { host: 'kept.test', protocol: 'tcp' },
+        { host: 'dropped.test', protocol: 'tcp' },
+      ],
+    };
+    enforcer.apply(c.id, named, 2n);
+    enforcer.learn(c.id, ['kept.test'], [[203, 0, 113, 21]], 1);
+    enforcer.learn(c.id, ['dropped.test'], [[203, 0, 113, 22]], 300);
+    const h = await hold('names', true, `tcp:203.0.113.21:${ECHO_PORT}`, `tcp:203.0.113.22:${ECHO_PORT}`);
+    t.deepEqual(await h.check(), ['ok', 'ok']);
+    await new Promise((r) => setTimeout(r, 1500)); // kept.test's address expires (TTL 1 s)
+    const closed = tighten(
+      c,
+      {
+        mode: 'allowlist',
+        rules: [
+          { host: 'kept.test', protocol: 'tcp' },
+          { host: '192.0.2.1', protocol: 'tcp' },
+        ],
+      },
+      3n,
+    );
+    t.deepEqual(peers(closed), [`tcp:203.0.113.22:${ECHO_PORT}`]);
+    const after = await h.check();
+    t.is(after[0], 'ok', 'an expired address of a name still listed keeps its connection');
+    t.true(refused(after[1]));
+  },
+);
+
+test.serial("a computer in the agent's namespace: its loopback connections are judged too", async (t) => {
+  const c = computer('agentns');
+  const h = await hold('agentns', false, `tcp:127.0.0.1:${hostEchoPort}`, `udp:[::1]:${hostEchoPort}`);
+  t.deepEqual(await h.check(), ['ok', 'ok']);
+  t.is(tighten(c, { mode: 'allowlist', rules: [{ host: '192.0.2.1', protocol: 'tcp' }] }, 2n).length, 2);
+  const after = await h.check();
+  t.true(after.every(refused), after.join(' '));
+});
+
+test.serial('revocation off: the enforcer says so and closes nothing', (t) => {
+  const off = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount, revocation: false });
+  try {
+    t.is(off.revocation, 'off');
+    t.deepEqual([...off.revoke([{ id: 'tighten', cgroup: world.cgroupRelative('tighten') }]).values()], []);
+  } finally {
+    off.close();
+  }
+});
