@@ -7,75 +7,15 @@
  * sockets, other computers, the host) keeps working. Real sockets held by
  * real processes, judged by the kernel.
  */
-import type { ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import test from 'ava';
 import { Enforcer, type RevokedRecord } from '../../daemon/kernel/enforcer.js';
 import type { Policy } from '../../policy/types.js';
-import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
-
-const HOLDER = `${REPO_ROOT}dist/test/helpers/holder.js`;
-const ECHO_PORT = 7000;
+import { ECHO_PORT, echoServer, type Holder, holdSockets } from '../helpers/held-sockets.js';
+import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;
 let enforcer: Enforcer;
 let hostEchoPort = 0;
-
-/** One JSON line at a time from a holder process. */
-function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
-  const queue: string[] = [];
-  const waiting: ((line: string) => void)[] = [];
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    const w = waiting.shift();
-    if (w) w(line);
-    else queue.push(line);
-  });
-  return async () => {
-    const line =
-      queue.shift() ??
-      (await new Promise<string>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('no line from the holder within 10 s')), 10_000);
-        waiting.push((l) => {
-          clearTimeout(timer);
-          resolve(l);
-        });
-      }));
-    return JSON.parse(line) as Record<string, unknown>;
-  };
-}
-
-async function echoServer(netns: boolean): Promise<void> {
-  const child = world.spawn('node', [HOLDER, 'echo', String(netns ? ECHO_PORT : hostEchoPort)], {
-    netns,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const next = lines(child);
-  const ready = await next();
-  if (ready['ready'] !== true) throw new Error(`echo server: ${JSON.stringify(ready)}`);
-}
-
-interface Holder {
-  /** One try on every socket: "ok" or what failed. */
-  check(): Promise<string[]>;
-}
-
-/** Opens `sockets` in a process of `cgroup` (a world cgroup name, or none: the host's), in the world or the host namespace. */
-async function hold(cgroup: string | undefined, netns: boolean, ...sockets: string[]): Promise<Holder> {
-  const child = world.spawn('node', [HOLDER, 'hold', ...sockets], {
-    netns,
-    ...(cgroup === undefined ? {} : { cgroup }),
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  const next = lines(child);
-  const ready = await next();
-  if (ready['ready'] !== true) throw new Error(`holder ${sockets.join(' ')}: ${JSON.stringify(ready)}`);
-  return {
-    async check() {
-      child.stdin!.write('check\n');
-      return (await next())['results'] as string[];
-    },
-  };
-}
 
 const UNRESTRICTED: Policy = { mode: 'unrestricted', rules: [] };
 
@@ -106,6 +46,7 @@ function peers(records: RevokedRecord[]): string[] {
     .sort();
 }
 
+/** What a socket's try gives once it is closed: an error at once, not "ok" nor a timeout. */
 function refused(result: string | undefined): boolean {
   return result !== undefined && result !== 'ok' && result !== 'timeout';
 }
@@ -117,8 +58,8 @@ test.before(async () => {
     throw new Error(`this kernel cannot revoke (${enforcer.revocationProblem}): these tests need Linux 6.5+`);
   }
   hostEchoPort = 20_000 + Math.floor(Math.random() * 20_000);
-  await echoServer(true);
-  await echoServer(false);
+  await echoServer(world, true);
+  await echoServer(world, false, hostEchoPort);
 });
 
 test.after.always(async () => {
@@ -128,7 +69,8 @@ test.after.always(async () => {
 
 test.serial('a tightened policy closes exactly the connections it refuses', async (t) => {
   const c = computer('tighten');
-  const inside = await hold(
+  const inside = await holdSockets(
+    world,
     'tighten',
     true,
     `tcp:203.0.113.5:${ECHO_PORT}`,
@@ -139,7 +81,7 @@ test.serial('a tightened policy closes exactly the connections it refuses', asyn
     `sendto:203.0.113.6:${ECHO_PORT}`,
   );
   // A host process with a connection to the same address: not the computer's.
-  const host = await hold(undefined, true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  const host = await holdSockets(world, undefined, true, `tcp:203.0.113.6:${ECHO_PORT}`);
   t.deepEqual(await inside.check(), ['ok', 'ok', 'ok', 'ok', 'ok', 'ok']);
 
   const closed = tighten(c, { mode: 'allowlist', rules: [{ host: '203.0.113.5', protocol: 'tcp' }] }, 2n);
@@ -162,8 +104,9 @@ test.serial('a tightened policy closes exactly the connections it refuses', asyn
 test.serial('isolated closes every connection; a child cgroup is the computer too', async (t) => {
   const c = computer('iso');
   world.makeCgroup('iso/child');
-  const parent = await hold('iso', true, `tcp:203.0.113.5:${ECHO_PORT}`);
-  const child = await hold(
+  const parent = await holdSockets(world, 'iso', true, `tcp:203.0.113.5:${ECHO_PORT}`);
+  const child = await holdSockets(
+    world,
     'iso/child',
     true,
     `tcp:203.0.113.9:${ECHO_PORT}`,
@@ -178,8 +121,8 @@ test.serial('isolated closes every connection; a child cgroup is the computer to
 test.serial('other computers keep their connections; unrestricted and loosening close nothing', async (t) => {
   const a = computer('mine');
   const b = computer('theirs');
-  const mine = await hold('mine', true, `tcp:203.0.113.6:${ECHO_PORT}`);
-  const theirs = await hold('theirs', true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  const mine = await holdSockets(world, 'mine', true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  const theirs = await holdSockets(world, 'theirs', true, `tcp:203.0.113.6:${ECHO_PORT}`);
   t.deepEqual(tighten(a, UNRESTRICTED, 2n), [], 'unrestricted refuses nothing');
   t.deepEqual(
     tighten(a, { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'any' }] }, 3n),
@@ -210,7 +153,13 @@ test.serial(
     enforcer.apply(c.id, named, 2n);
     enforcer.learn(c.id, ['kept.test'], [[203, 0, 113, 21]], 1);
     enforcer.learn(c.id, ['dropped.test'], [[203, 0, 113, 22]], 300);
-    const h = await hold('names', true, `tcp:203.0.113.21:${ECHO_PORT}`, `tcp:203.0.113.22:${ECHO_PORT}`);
+    const h = await holdSockets(
+      world,
+      'names',
+      true,
+      `tcp:203.0.113.21:${ECHO_PORT}`,
+      `tcp:203.0.113.22:${ECHO_PORT}`,
+    );
     t.deepEqual(await h.check(), ['ok', 'ok']);
     await new Promise((r) => setTimeout(r, 1500)); // kept.test's address expires (TTL 1 s)
     const closed = tighten(
@@ -233,7 +182,13 @@ test.serial(
 
 test.serial("a computer in the agent's namespace: its loopback connections are judged too", async (t) => {
   const c = computer('agentns');
-  const h = await hold('agentns', false, `tcp:127.0.0.1:${hostEchoPort}`, `udp:[::1]:${hostEchoPort}`);
+  const h = await holdSockets(
+    world,
+    'agentns',
+    false,
+    `tcp:127.0.0.1:${hostEchoPort}`,
+    `udp:[::1]:${hostEchoPort}`,
+  );
   t.deepEqual(await h.check(), ['ok', 'ok']);
   t.is(tighten(c, { mode: 'allowlist', rules: [{ host: '192.0.2.1', protocol: 'tcp' }] }, 2n).length, 2);
   const after = await h.check();

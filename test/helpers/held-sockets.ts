@@ -1,0 +1,76 @@
+/**
+ * The live-revocation tests' sockets (test/helpers/holder.ts, run as a
+ * process of its own): echo servers, and processes that hold connections
+ * open in a computer's cgroup and try each one on demand.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { REPO_ROOT, type World } from './world.js';
+
+const HOLDER = `${REPO_ROOT}dist/test/helpers/holder.js`;
+/** The port of the world's echo server (TCP and UDP, every world address). */
+export const ECHO_PORT = 7000;
+
+/** One JSON line at a time from a holder process. */
+function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
+  const queue: string[] = [];
+  const waiting: ((line: string) => void)[] = [];
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const w = waiting.shift();
+    if (w) w(line);
+    else queue.push(line);
+  });
+  return async () => {
+    const line =
+      queue.shift() ??
+      (await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no line from the holder within 10 s')), 10_000);
+        waiting.push((l) => {
+          clearTimeout(timer);
+          resolve(l);
+        });
+      }));
+    return JSON.parse(line) as Record<string, unknown>;
+  };
+}
+
+/** Starts an echo server in the world namespace (`netns` true) or the host's; the world stops it. */
+export async function echoServer(world: World, netns: boolean, port = ECHO_PORT): Promise<void> {
+  const child = world.spawn('node', [HOLDER, 'echo', String(port)], {
+    netns,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const ready = await lines(child)();
+  if (ready['ready'] !== true) throw new Error(`echo server: ${JSON.stringify(ready)}`);
+}
+
+export interface Holder {
+  /** One try on every socket: "ok" or what failed. */
+  check(): Promise<string[]>;
+}
+
+/**
+ * Opens `sockets` (see holder.ts) in a process of `cgroup` (a world cgroup
+ * name; undefined: the test's own), in the world namespace or the host's.
+ */
+export async function holdSockets(
+  world: World,
+  cgroup: string | undefined,
+  netns: boolean,
+  ...sockets: string[]
+): Promise<Holder> {
+  const child = world.spawn('node', [HOLDER, 'hold', ...sockets], {
+    netns,
+    ...(cgroup === undefined ? {} : { cgroup }),
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const next = lines(child);
+  const ready = await next();
+  if (ready['ready'] !== true) throw new Error(`holder ${sockets.join(' ')}: ${JSON.stringify(ready)}`);
+  return {
+    async check() {
+      child.stdin!.write('check\n');
+      return (await next())['results'] as string[];
+    },
+  };
+}
