@@ -17,6 +17,8 @@
  *      denylist:  a CIDR rule or a learned address matches -> deny, else allow
  *      isolated, pending (no policy written yet), unknown -> deny
  * IPv4-mapped IPv6 destinations (::ffff:a.b.c.d) are judged as IPv4.
+ * Live revocation (revoke.bpf.c) judges a connected socket's peer by the same
+ * precedence when a policy changes (peer_verdict in lib/verdict.h).
  * Sockets other than TCP and UDP (raw, ICMP ping, SCTP, MPTCP, ...) cannot be
  * created in any mode but unrestricted: no connect or sendmsg hook sees
  * their packets.

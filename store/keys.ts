@@ -22,7 +22,7 @@ export const keys = {
   events: (id: string) => `${PREFIX}computer:${id}:events`,
   /** Hash written by the agent: "<name> <address>" → expiry (ms since the epoch) of what the computer's DNS taught it. */
   learned: (id: string) => `${PREFIX}computer:${id}:learned`,
-  /** Hash written by the agent (`Store.ackEnforced`): version, at, node, state, reason ('' when none). */
+  /** Hash written by the agent (`Store.ackEnforced`): version, at, node, state, reason ('' when none), revocation. */
   enforced: (id: string) => `${PREFIX}computer:${id}:enforced`,
   /** Sorted set (all scores 0, ordered by id) of every computer id. */
   computers: () => `${PREFIX}computers`,

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { isEnforced, policyReplyJson, policyView } from '../../api/views.js';
-import type { PolicyRecord } from '../../store/store.js';
+import { formatRevocation, parseRevocation } from '../../store/acks.js';
+import type { PolicyRecord, Revocation } from '../../store/store.js';
 
 function record(over: Partial<PolicyRecord>): PolicyRecord {
   const rules = over.rules ?? [];
@@ -46,25 +47,38 @@ test('enforcement state: what the agent reported of this version; in force only 
     reason: 'no free port',
     enforced_version: 7,
     enforced_at: 't',
+    revocation: null,
+    revoked: null,
   });
   t.deepEqual(of('cgroup_missing', 'cgroup /x does not exist'), {
     state: 'cgroup_missing',
     reason: 'cgroup /x does not exist',
     enforced_version: null,
     enforced_at: null,
+    revocation: null,
+    revoked: null,
   });
   t.deepEqual(of('cgroup_forbidden'), {
     state: 'cgroup_forbidden',
     reason: null,
     enforced_version: null,
     enforced_at: null,
+    revocation: null,
+    revoked: null,
   });
   // A reason belongs to the version it was reported for: a newer version is pending, without it.
   t.deepEqual(
     policyView(
       record({ version: 8, enforced: { version: 7, at: 't', state: 'cgroup_missing', reason: 'x' } }),
     ).enforcement,
-    { state: 'pending', reason: null, enforced_version: null, enforced_at: null },
+    {
+      state: 'pending',
+      reason: null,
+      enforced_version: null,
+      enforced_at: null,
+      revocation: null,
+      revoked: null,
+    },
   );
   t.true(isEnforced(record({ enforced: { version: 7, at: 't', state: 'dns_ports_exhausted', reason: '' } })));
   t.false(isEnforced(record({ enforced: { version: 7, at: 't', state: 'cgroup_forbidden', reason: '' } })));
@@ -89,6 +103,35 @@ test('enforcement state: enforced once the acknowledged version reaches the poli
       reason: null,
       enforced_version: 8,
       enforced_at: 't',
+      revocation: null,
+      revoked: null,
     },
   );
+});
+
+test('enforcement: revocation and revoked as the agent reported them for this version, never for a pending one', (t) => {
+  const view = (version: number, revocation?: Revocation) =>
+    policyView(
+      record({ version, enforced: { version: 7, at: 't', state: 'enforced', reason: '', revocation } }),
+    ).enforcement;
+  t.like(view(7, { state: 'on', revoked: 3 }), { revocation: 'on', revoked: 3 });
+  t.like(view(7, { state: 'unsupported' }), { revocation: 'unsupported', revoked: null });
+  t.like(view(7), { revocation: null, revoked: null }, 'an agent that did not say');
+  t.like(view(8, { state: 'on', revoked: 3 }), { state: 'pending', revocation: null, revoked: null });
+});
+
+test('revocation as one word (the ack field and the channel message) and back', (t) => {
+  for (const r of [
+    { state: 'on', revoked: 0 },
+    { state: 'on', revoked: 10_000 },
+    { state: 'off' },
+    { state: 'unsupported' },
+    { state: 'failed' },
+  ] as Revocation[]) {
+    t.deepEqual(parseRevocation(formatRevocation(r)), r);
+  }
+  t.is(formatRevocation(undefined), '-');
+  t.is(parseRevocation('-'), undefined);
+  t.is(parseRevocation('on:'), undefined);
+  t.is(parseRevocation('cgroup'), undefined, 'the first word of a reason is not a revocation');
 });

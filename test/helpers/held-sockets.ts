@@ -4,12 +4,23 @@
  * open in a computer's cgroup and try each one on demand.
  */
 import type { ChildProcess } from 'node:child_process';
+import { release } from 'node:os';
 import { createInterface } from 'node:readline';
 import { REPO_ROOT, type World } from './world.js';
 
 const HOLDER = `${REPO_ROOT}dist/test/helpers/holder.js`;
 /** The port of the world's echo server (TCP and UDP, every world address). */
 export const ECHO_PORT = 7000;
+
+/**
+ * Whether this kernel can close sockets for egressd (bpf_sock_destroy, Linux
+ * 6.5+). The tests assert what it does either way: on an older kernel, that
+ * egressd says revocation is unsupported and closes nothing.
+ */
+export const KERNEL_REVOKES = (() => {
+  const [major = 0, minor = 0] = release().split('.').map(Number);
+  return major > 6 || (major === 6 && minor >= 5);
+})();
 
 /** One JSON line at a time from a holder process. */
 function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
@@ -34,14 +45,43 @@ function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
   };
 }
 
+/** Runs the holder with a file-descriptor limit for tens of thousands of sockets. */
+function holderArgs(...args: string[]): [string, string[]] {
+  return ['sh', ['-c', 'ulimit -n 65536 && exec "$0" "$@"', 'node', HOLDER, ...args]];
+}
+
 /** Starts an echo server in the world namespace (`netns` true) or the host's; the world stops it. */
 export async function echoServer(world: World, netns: boolean, port = ECHO_PORT): Promise<void> {
-  const child = world.spawn('node', [HOLDER, 'echo', String(port)], {
+  const child = world.spawn(...holderArgs('echo', String(port)), {
     netns,
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const ready = await lines(child)();
   if (ready['ready'] !== true) throw new Error(`echo server: ${JSON.stringify(ready)}`);
+}
+
+/**
+ * `count` TCP connections to `target` (ADDR:PORT) held by one process of
+ * world cgroup `cgroup`, in the world namespace, until the returned stop().
+ */
+export async function holdMany(
+  world: World,
+  cgroup: string,
+  count: number,
+  target: string,
+): Promise<{ stop(): void }> {
+  const child = world.spawn(...holderArgs('many', String(count), target), {
+    cgroup,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const ready = await lines(child)();
+  if (ready['open'] !== count) throw new Error(`holder of ${count} to ${target}: ${JSON.stringify(ready)}`);
+  return {
+    stop() {
+      child.stdin?.end();
+      child.kill('SIGKILL');
+    },
+  };
 }
 
 export interface Holder {

@@ -15,6 +15,10 @@
  *         sendto:ADDR:PORT an unconnected UDP socket: check sends to ADDR:PORT
  *       ADDR is an IPv4 or IPv6 literal, IPv6 in brackets; ::ffff:a.b.c.d is
  *       a v4-mapped peer on an IPv6 socket.
+ *   node holder.js many COUNT ADDR:PORT
+ *       opens COUNT TCP connections to ADDR:PORT (64 at a time) and holds
+ *       them; prints {"ready":true,"open":N} (bench/revoke.ts).
+ *       The caller raises the fd limit (ulimit -n) for large counts.
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Socket as TcpSocket, connect as tcpConnect } from 'node:net';
@@ -124,14 +128,41 @@ async function hold(specs: string[]): Promise<void> {
   process.exit(0);
 }
 
+async function many(count: number, target: string): Promise<void> {
+  const { host, port } = parse(`tcp:${target}`);
+  const open: TcpSocket[] = [];
+  for (let i = 0; i < count; i += 64) {
+    const batch = Array.from(
+      { length: Math.min(64, count - i) },
+      () =>
+        new Promise<TcpSocket>((resolve, reject) => {
+          const s = tcpConnect({ host, port }, () => resolve(s));
+          s.once('error', reject);
+        }),
+    );
+    for (const s of await Promise.all(batch)) {
+      s.on('error', () => {});
+      open.push(s);
+    }
+  }
+  console.log(JSON.stringify({ ready: true, open: open.length }));
+  process.stdin.resume();
+  process.stdin.on('end', () => process.exit(0));
+}
+
 const [mode, ...rest] = process.argv.slice(2);
 if (mode === 'echo') echo(Number(rest[0]));
-else if (mode === 'hold') {
+else if (mode === 'many') {
+  many(Number(rest[0]), rest[1] ?? '').catch((err: NodeJS.ErrnoException) => {
+    console.log(JSON.stringify({ error: err.code ?? err.message }));
+    process.exit(1);
+  });
+} else if (mode === 'hold') {
   hold(rest).catch((err: NodeJS.ErrnoException) => {
     console.log(JSON.stringify({ error: err.code ?? err.message }));
     process.exit(1);
   });
 } else {
-  console.error('usage: holder.js echo PORT | hold SOCKET...');
+  console.error('usage: holder.js echo PORT | hold SOCKET... | many COUNT ADDR:PORT');
   process.exit(2);
 }

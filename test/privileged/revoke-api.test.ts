@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import { type Egressd, startEgressd, waitFor } from '../helpers/egressd.js';
-import { ECHO_PORT, echoServer, holdSockets } from '../helpers/held-sockets.js';
+import { ECHO_PORT, echoServer, holdSockets, KERNEL_REVOKES } from '../helpers/held-sockets.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;
@@ -21,6 +21,7 @@ test.before(async () => {
 test.after.always(async () => {
   await egressd?.stop();
   await world?.destroy();
+  egressd = undefined;
 });
 
 async function register(e: Egressd, id: string): Promise<void> {
@@ -71,6 +72,13 @@ test.serial(
       rules: [{ host: '203.0.113.5', port: ECHO_PORT, protocol: 'tcp' }],
     });
     t.is(r.status, 200);
+    if (!KERNEL_REVOKES) {
+      // Before Linux 6.5: enforced for new connections, and the answer does not claim the old ones closed.
+      t.like(r.enforcement, { state: 'enforced', revocation: 'unsupported', revoked: null });
+      await egressd.stop();
+      egressd = undefined;
+      return;
+    }
     t.like(r.enforcement, { state: 'enforced', revocation: 'on', revoked: 2 });
     const after = await held.check();
     t.is(after[0], 'ok');

@@ -14,6 +14,7 @@ import {
   decodeMode,
   decodePortKey,
   decodeProgInfo,
+  decodeRevoked,
   decodeRuleKey,
   decodeU64,
   encodeCgroupKey,
@@ -27,6 +28,7 @@ import {
   encodePortKeys,
   encodeProxyV4,
   encodeProxyV6,
+  encodeRevokePass,
   encodeRules,
   encodeU32,
   encodeU64,
@@ -177,4 +179,44 @@ test('struct bpf_prog_info and bpf_link_info (uapi): decodeProgInfo, decodeCgrou
   // type BPF_LINK_TYPE_CGROUP (3), id 7, prog_id 42, padding, cgroup_id 0x1234, attach_type 10, padding.
   const link = hex('03000000 07000000 2a000000 00000000 3412000000000000 0a000000 00000000');
   t.deepEqual(decodeCgroupLinkInfo(link), { progId: 42, cgroupId: 0x1234n });
+});
+
+test('struct egress_revoke_pass and struct egress_revoked', (t) => {
+  t.deepEqual([...encodeRevokePass(true)], [1, 0, 0, 0, 0, 0, 0, 0]);
+  t.deepEqual([...encodeRevokePass(false)], [0, 0, 0, 0, 0, 0, 0, 0]);
+  const record = (family: number, error: number) => {
+    const b = Buffer.alloc(40);
+    b.writeBigUInt64LE(0x0102030405060708n, 0); // cgroup_id
+    Buffer.from([203, 0, 113, 6]).copy(b, 8); // addr, IPv4 in the first 4 bytes
+    if (family === 6) Buffer.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6]).copy(b, 8);
+    b.writeUInt16LE(7000, 24); // port
+    b[26] = family;
+    b[27] = 6; // protocol
+    b.writeInt32LE(error, 28);
+    b.writeUInt32LE(1000, 32); // uid
+    return b;
+  };
+  t.deepEqual(decodeRevoked(Buffer.concat([record(4, 0), record(6, 0)])), [
+    {
+      cgroupId: 0x0102030405060708n,
+      address: [203, 0, 113, 6],
+      port: 7000,
+      protocol: 6,
+      error: 0,
+      uid: 1000,
+    },
+    {
+      cgroupId: 0x0102030405060708n,
+      address: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6],
+      port: 7000,
+      protocol: 6,
+      error: 0,
+      uid: 1000,
+    },
+  ]);
+  // A failed close: the second record of the same socket replaces the first.
+  const failed = decodeRevoked(Buffer.concat([record(4, 0), record(4, -9)]));
+  t.is(failed.length, 1);
+  t.is(failed[0]?.error, -9);
+  t.deepEqual(decodeRevoked(Buffer.alloc(39)), [], 'a partial record is not read');
 });
