@@ -28,12 +28,15 @@ const OPTIONS = benchOptions(
 );
 const NODE = 'bench-revoke';
 const WAIT = 60_000;
-/** Both allow the held connections (203.0.113.0/24, the echo port); they differ in one rule. */
+/** The other computer's connections go to an echo server of their own (one process's fd limit). */
+const OTHERS_PORT = ECHO_PORT + 1;
+/** Both allow the held connections (203.0.113.0/24, the echo ports); they differ in one rule. */
 const POLICIES = [0, 1].map((i) =>
   JSON.stringify({
     mode: 'allowlist',
     rules: [
       { host: '203.0.113.0/24', port: ECHO_PORT, protocol: 'tcp' },
+      { host: '203.0.113.0/24', port: OTHERS_PORT, protocol: 'tcp' },
       { host: `192.0.2.${1 + i}`, port: 80, protocol: 'tcp' },
     ],
   }),
@@ -69,6 +72,7 @@ async function main(): Promise<void> {
   const world = await createWorld();
   try {
     await echoServer(world, true);
+    await echoServer(world, true, OTHERS_PORT);
     for (const id of ['subject', 'others']) world.makeCgroup(id);
     const results: Record<string, Record<string, { p50: number; p99: number }>> = { on: {}, off: {} };
     const others = { stop() {} };
@@ -82,7 +86,7 @@ async function main(): Promise<void> {
         if (revocation === 'on' && OPTIONS.others > 0) {
           Object.assign(
             others,
-            await holdMany(world, 'others', OPTIONS.others, `203.0.113.200:${ECHO_PORT}`),
+            await holdMany(world, 'others', OPTIONS.others, `203.0.113.200:${OTHERS_PORT}`),
           );
         }
         for (const size of OPTIONS.sizes) {

@@ -45,9 +45,9 @@ function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
   };
 }
 
-/** Runs the holder with a file-descriptor limit for tens of thousands of sockets. */
+/** Runs the holder with its file-descriptor limit raised to the hard limit (thousands of sockets). */
 function holderArgs(...args: string[]): [string, string[]] {
-  return ['sh', ['-c', 'ulimit -n 65536 && exec "$0" "$@"', 'node', HOLDER, ...args]];
+  return ['sh', ['-c', 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', 'node', HOLDER, ...args]];
 }
 
 /** Starts an echo server in the world namespace (`netns` true) or the host's; the world stops it. */
