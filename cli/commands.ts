@@ -64,6 +64,14 @@ export function describeState(e: PolicyView['enforcement']): string {
   return e.reason ? `${e.state}: ${e.reason}` : e.state;
 }
 
+/** What putting the version in force did to the connections it refuses (live revocation). */
+function describeRevocation(e: PolicyView['enforcement']): string {
+  if (e.revocation === 'on') return `${e.revoked} connection${e.revoked === 1 ? '' : 's'} closed`;
+  if (e.revocation === 'unsupported') return 'unsupported by this kernel (Linux 6.5+): open connections stay';
+  if (e.revocation === 'off') return 'off (--revocation off): open connections stay';
+  return 'failed: see the agent log; open connections may stay';
+}
+
 function describePolicy(p: PolicyView): string[] {
   const e = p.enforcement;
   return [
@@ -72,6 +80,7 @@ function describePolicy(p: PolicyView): string[] {
     `dns:         ${p.dns}`,
     `version:     ${p.version} (in force: ${e.enforced_version ?? 'none'})`,
     `state:       ${describeState(e)}`,
+    ...(e.revocation === null ? [] : [`revocation:  ${describeRevocation(e)}`]),
     `rules:       ${p.rules.length === 0 ? '(none)' : describeRule(p.rules[0]!)}`,
     ...p.rules.slice(1).map((r) => `             ${describeRule(r)}`),
   ];

@@ -359,9 +359,9 @@ export class Agent {
   }
 
   /** Revokes what the policies just put in force refuse (one pass), then writes the acknowledgements. */
-  private settle(): Promise<void> {
-    this.revocations.run();
-    return this.reports.flush();
+  private async settle(): Promise<void> {
+    await this.revocations.run();
+    await this.reports.flush();
   }
 
   /** Detaches a computer that Redis no longer has on this node. */

@@ -36,13 +36,13 @@ export class Revocations {
   }
 
   /** One pass for every computer waiting; each is then reported. */
-  run(): void {
+  async run(): Promise<void> {
     if (this.pending.size === 0) return;
     const pending = this.pending;
     this.pending = new Map();
     let results: Map<string, RevokedRecord[]> | undefined;
     try {
-      results = this.enforcer.revoke([...pending].map(([id, p]) => ({ id, cgroup: p.cgroup })));
+      results = await this.enforcer.revoke([...pending].map(([id, p]) => ({ id, cgroup: p.cgroup })));
     } catch (err) {
       this.log.error({ err, computers: pending.size }, 'revocation pass failed: connections may stay open');
     }

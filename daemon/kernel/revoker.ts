@@ -8,11 +8,15 @@
  * A socket iterator walks the network namespace it is created in: a pass
  * walks the agent's, then each other namespace that a task of the computers
  * is in (found from their cgroup.procs), entered for the moment it takes to
- * create the iterators. One pass serves any number of computers.
+ * create the iterators. One pass serves any number of computers. The
+ * iterators run (the kernel walks the sockets) on libuv's thread pool, so a
+ * pass over many sockets does not hold up the agent's event loop (the DNS
+ * proxy shares it); passes run one at a time.
  */
-import { closeSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, openSync, read, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { EgressdError } from '../../policy/errors.js';
 import {
   type ComputerValue,
@@ -44,6 +48,8 @@ const MAX_TASKS = 100_000;
 
 export class Revoker {
   private closed = false;
+  /** The pass running, if any: the next waits for it ("revoking" and "revoke_pass" are one each). */
+  private running: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly obj: bpf.BpfObject,
@@ -111,7 +117,13 @@ export class Revoker {
    * Closes the sockets of `targets` whose peer their policy refuses; returns,
    * per target id, one record per socket closed (error 0) or that could not be.
    */
-  revoke(targets: readonly RevokeTarget[]): Map<string, RevokedRecord[]> {
+  revoke(targets: readonly RevokeTarget[]): Promise<Map<string, RevokedRecord[]>> {
+    const pass = this.running.then(() => this.revokeNow(targets));
+    this.running = pass.catch(() => {});
+    return pass;
+  }
+
+  private async revokeNow(targets: readonly RevokeTarget[]): Promise<Map<string, RevokedRecord[]>> {
     if (this.closed) throw new Error('the revoker is closed');
     const out = new Map(targets.map((t) => [t.id, [] as RevokedRecord[]]));
     if (targets.length === 0) return out;
@@ -119,9 +131,9 @@ export class Revoker {
     for (const t of targets)
       bpf.mapUpdate(this.revoking, encodeCgroupKey(t.value.cgroupId), encodeComputer(t.value));
     try {
-      const records = this.walk(undefined);
-      for (const nsPath of this.namespaces(targets)) records.push(...this.walk(nsPath));
-      for (const r of records) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+      for (const nsPath of [undefined, ...this.namespaces(targets)]) {
+        for (const r of await this.walk(nsPath)) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+      }
       return out;
     } finally {
       for (const t of targets) bpf.mapDelete(this.revoking, encodeCgroupKey(t.value.cgroupId));
@@ -129,33 +141,47 @@ export class Revoker {
   }
 
   /** One pass over a namespace: this process's (undefined) or the one at `nsPath` (/proc/<pid>/task/<tid>/ns/net). */
-  private walk(nsPath: string | undefined): RevokedRecord[] {
-    const iters: number[] = [];
+  private async walk(nsPath: string | undefined): Promise<RevokedRecord[]> {
+    const iters = nsPath === undefined ? this.iterators() : this.iteratorsIn(nsPath);
     try {
-      if (nsPath === undefined) {
-        for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
-      } else {
-        let ns: number;
-        try {
-          ns = openSync(nsPath, 'r');
-        } catch {
-          return []; // the task is gone, and its namespace with it unless another task holds it
-        }
-        try {
-          bpf.enterNetns(ns);
-          try {
-            for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
-          } finally {
-            this.goHome();
-          }
-        } finally {
-          closeSync(ns);
-        }
-      }
       bpf.mapUpdate(this.pass, encodeU32(0), encodeRevokePass(nsPath === undefined));
-      return iters.flatMap((fd) => decodeRevoked(readAll(fd)));
+      const out: RevokedRecord[] = [];
+      for (const fd of iters) out.push(...decodeRevoked(await readAll(fd)));
+      return out;
     } finally {
       for (const fd of iters) closeSync(fd);
+    }
+  }
+
+  /** A TCP and a UDP iterator of the calling thread's namespace. */
+  private iterators(): number[] {
+    const iters: number[] = [];
+    try {
+      for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
+      return iters;
+    } catch (err) {
+      for (const fd of iters) closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** iterators() of the namespace at `nsPath`, entered for the moment it takes to create them. */
+  private iteratorsIn(nsPath: string): number[] {
+    let ns: number;
+    try {
+      ns = openSync(nsPath, 'r');
+    } catch {
+      return []; // the task is gone, and its namespace with it unless another task holds it
+    }
+    try {
+      bpf.enterNetns(ns);
+      try {
+        return this.iterators();
+      } finally {
+        this.goHome();
+      }
+    } finally {
+      closeSync(ns);
     }
   }
 
@@ -229,14 +255,16 @@ export class Revoker {
   }
 }
 
-/** Runs an iterator to its end: everything the programs wrote. */
-function readAll(fd: number): Buffer {
+const readAsync = promisify(read);
+
+/** Runs an iterator to its end (on the thread pool): everything the programs wrote. */
+async function readAll(fd: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
   const buf = Buffer.alloc(64 * 1024);
   for (;;) {
-    const n = readSync(fd, buf, 0, buf.length, null);
-    if (n <= 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
+    const { bytesRead } = await readAsync(fd, buf, 0, buf.length, null);
+    if (bytesRead <= 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, bytesRead)));
   }
   return Buffer.concat(chunks);
 }

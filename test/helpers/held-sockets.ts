@@ -23,7 +23,7 @@ export const KERNEL_REVOKES = (() => {
 })();
 
 /** One JSON line at a time from a holder process. */
-function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
+function lines(child: ChildProcess, timeoutMs = 10_000): () => Promise<Record<string, unknown>> {
   const queue: string[] = [];
   const waiting: ((line: string) => void)[] = [];
   createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -35,7 +35,10 @@ function lines(child: ChildProcess): () => Promise<Record<string, unknown>> {
     const line =
       queue.shift() ??
       (await new Promise<string>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('no line from the holder within 10 s')), 10_000);
+        const timer = setTimeout(
+          () => reject(new Error(`no line from the holder within ${timeoutMs} ms`)),
+          timeoutMs,
+        );
         waiting.push((l) => {
           clearTimeout(timer);
           resolve(l);
@@ -74,7 +77,8 @@ export async function holdMany(
     cgroup,
     stdio: ['pipe', 'pipe', 'inherit'],
   });
-  const ready = await lines(child)();
+  // Connects pace themselves (SYN backlog, ports in TIME_WAIT from an earlier run): 1 ms each at most.
+  const ready = await lines(child, 10_000 + count)();
   if (ready['open'] !== count) throw new Error(`holder of ${count} to ${target}: ${JSON.stringify(ready)}`);
   return {
     stop() {

@@ -28,9 +28,13 @@ function computer(name: string): { id: string; cgroup: string } {
 }
 
 /** Applies `policy` as version `version`, then one revocation pass: what it closed. */
-function tighten(c: { id: string; cgroup: string }, policy: Policy, version: bigint): RevokedRecord[] {
+async function tighten(
+  c: { id: string; cgroup: string },
+  policy: Policy,
+  version: bigint,
+): Promise<RevokedRecord[]> {
   enforcer.apply(c.id, policy, version);
-  return enforcer.revoke([c]).get(c.id) ?? [];
+  return (await enforcer.revoke([c])).get(c.id) ?? [];
 }
 
 /** "a.b.c.d:port" or "[v6]:port" of each record. */
@@ -76,7 +80,7 @@ if (!KERNEL_REVOKES) {
       t.regex(enforcer.revocationProblem ?? '', /Linux 6\.5/);
       const c = computer('old-kernel');
       const h = await holdSockets(world, 'old-kernel', true, `tcp:203.0.113.6:${ECHO_PORT}`);
-      t.deepEqual(tighten(c, { mode: 'isolated', rules: [] }, 2n), []);
+      t.deepEqual(await tighten(c, { mode: 'isolated', rules: [] }, 2n), []);
       t.deepEqual(await h.check(), ['ok'], 'made before the lockdown, still open: nothing claims otherwise');
     },
   );
@@ -101,7 +105,11 @@ kernelTest('a tightened policy closes exactly the connections it refuses', async
   const host = await holdSockets(world, undefined, true, `tcp:203.0.113.6:${ECHO_PORT}`);
   t.deepEqual(await inside.check(), ['ok', 'ok', 'ok', 'ok', 'ok', 'ok']);
 
-  const closed = tighten(c, { mode: 'allowlist', rules: [{ host: '203.0.113.5', protocol: 'tcp' }] }, 2n);
+  const closed = await tighten(
+    c,
+    { mode: 'allowlist', rules: [{ host: '203.0.113.5', protocol: 'tcp' }] },
+    2n,
+  );
   t.deepEqual(peers(closed), [
     `tcp:203.0.113.6:${ECHO_PORT}`,
     `tcp:203.0.113.7:${ECHO_PORT}`,
@@ -115,7 +123,7 @@ kernelTest('a tightened policy closes exactly the connections it refuses', async
   for (const i of [1, 2, 3, 4]) t.true(refused(after[i]), `socket ${i} fails at once: ${after[i]}`);
   t.is(after[5], 'EPERM', 'the unconnected socket stays open; its datagrams are judged as always');
   t.deepEqual(await host.check(), ['ok'], "the host's connection to the same address stays");
-  t.deepEqual(peers(enforcer.revoke([c]).get(c.id) ?? []), [], 'a second pass finds nothing left');
+  t.deepEqual(peers((await enforcer.revoke([c])).get(c.id) ?? []), [], 'a second pass finds nothing left');
 });
 
 kernelTest('isolated closes every connection; a child cgroup is the computer too', async (t) => {
@@ -130,7 +138,7 @@ kernelTest('isolated closes every connection; a child cgroup is the computer too
     `udp:[2001:db8:ff::9]:${ECHO_PORT}`,
   );
   t.deepEqual([...(await parent.check()), ...(await child.check())], ['ok', 'ok', 'ok']);
-  t.is(tighten(c, { mode: 'isolated', rules: [] }, 2n).length, 3);
+  t.is((await tighten(c, { mode: 'isolated', rules: [] }, 2n)).length, 3);
   const after = [...(await parent.check()), ...(await child.check())];
   t.true(after.every(refused), after.join(' '));
 });
@@ -140,18 +148,18 @@ kernelTest('other computers keep their connections; unrestricted and loosening c
   const b = computer('theirs');
   const mine = await holdSockets(world, 'mine', true, `tcp:203.0.113.6:${ECHO_PORT}`);
   const theirs = await holdSockets(world, 'theirs', true, `tcp:203.0.113.6:${ECHO_PORT}`);
-  t.deepEqual(tighten(a, UNRESTRICTED, 2n), [], 'unrestricted refuses nothing');
+  t.deepEqual(await tighten(a, UNRESTRICTED, 2n), [], 'unrestricted refuses nothing');
   t.deepEqual(
-    tighten(a, { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'any' }] }, 3n),
+    await tighten(a, { mode: 'denylist', rules: [{ host: '192.0.2.0/24', protocol: 'any' }] }, 3n),
     [],
     'a denylist that does not name the peer',
   );
-  t.is(tighten(a, { mode: 'isolated', rules: [] }, 4n).length, 1);
+  t.is((await tighten(a, { mode: 'isolated', rules: [] }, 4n)).length, 1);
   t.true(refused((await mine.check())[0]));
   t.deepEqual(await theirs.check(), ['ok'], 'another computer is not touched');
   // Both in one pass: each gets its own.
   enforcer.apply(b.id, { mode: 'isolated', rules: [] }, 2n);
-  const both = enforcer.revoke([a, b]);
+  const both = await enforcer.revoke([a, b]);
   t.is(both.get(a.id)?.length, 0);
   t.is(both.get(b.id)?.length, 1);
 });
@@ -179,7 +187,7 @@ kernelTest(
     );
     t.deepEqual(await h.check(), ['ok', 'ok']);
     await new Promise((r) => setTimeout(r, 1500)); // kept.test's address expires (TTL 1 s)
-    const closed = tighten(
+    const closed = await tighten(
       c,
       {
         mode: 'allowlist',
@@ -197,6 +205,32 @@ kernelTest(
   },
 );
 
+kernelTest(
+  'attaching a computer to a cgroup whose processes already talk closes what its policy refuses',
+  async (t) => {
+    const cg = world.makeCgroup('late');
+    const h = await holdSockets(
+      world,
+      'late',
+      true,
+      `tcp:203.0.113.5:${ECHO_PORT}`,
+      `tcp:203.0.113.6:${ECHO_PORT}`,
+    );
+    const policy: Policy = { mode: 'allowlist', rules: [{ host: '203.0.113.5', protocol: 'tcp' }] };
+    t.true(enforcer.attach('late', cg.relative, policy, 1n).changed);
+    t.deepEqual(peers((await enforcer.revoke([{ id: 'late', cgroup: cg.relative }])).get('late') ?? []), [
+      `tcp:203.0.113.6:${ECHO_PORT}`,
+    ]);
+    const after = await h.check();
+    t.is(after[0], 'ok');
+    t.true(refused(after[1]));
+    t.false(
+      enforcer.attach('late', cg.relative, policy, 1n).changed,
+      'the same version again changes nothing',
+    );
+  },
+);
+
 kernelTest("a computer in the agent's namespace: its loopback connections are judged too", async (t) => {
   const c = computer('agentns');
   const h = await holdSockets(
@@ -207,16 +241,22 @@ kernelTest("a computer in the agent's namespace: its loopback connections are ju
     `udp:[::1]:${hostEchoPort}`,
   );
   t.deepEqual(await h.check(), ['ok', 'ok']);
-  t.is(tighten(c, { mode: 'allowlist', rules: [{ host: '192.0.2.1', protocol: 'tcp' }] }, 2n).length, 2);
+  t.is(
+    (await tighten(c, { mode: 'allowlist', rules: [{ host: '192.0.2.1', protocol: 'tcp' }] }, 2n)).length,
+    2,
+  );
   const after = await h.check();
   t.true(after.every(refused), after.join(' '));
 });
 
-test.serial('revocation off: the enforcer says so and closes nothing', (t) => {
+test.serial('revocation off: the enforcer says so and closes nothing', async (t) => {
   const off = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount, revocation: false });
   try {
     t.is(off.revocation, 'off');
-    t.deepEqual([...off.revoke([{ id: 'tighten', cgroup: world.cgroupRelative('tighten') }]).values()], []);
+    t.deepEqual(
+      [...(await off.revoke([{ id: 'tighten', cgroup: world.cgroupRelative('tighten') }])).values()],
+      [],
+    );
   } finally {
     off.close();
   }
