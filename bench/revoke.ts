@@ -75,7 +75,7 @@ async function main(): Promise<void> {
     await echoServer(world, true, OTHERS_PORT);
     for (const id of ['subject', 'others']) world.makeCgroup(id);
     const results: Record<string, Record<string, { p50: number; p99: number }>> = { on: {}, off: {} };
-    const others = { stop() {} };
+    const others = { stop: async () => {} };
     for (const revocation of ['on', 'off'] as const) {
       const { egressd, client } = await start(world, revocation);
       try {
@@ -100,7 +100,7 @@ async function main(): Promise<void> {
                 `PUT → 200 p50 ${r.p50} ms, p99 ${r.p99} ms`,
             );
           } finally {
-            held?.stop();
+            await held?.stop();
           }
         }
       } finally {
@@ -113,15 +113,17 @@ async function main(): Promise<void> {
     let closing: { ms: number; revoked: unknown } | undefined;
     const size = Math.max(...OPTIONS.sizes);
     try {
+      // A new egressd has a new embedded Redis: register again.
+      await client.computers.put('subject', { cgroup: world.cgroupRelative('subject') });
       await put(client, 'subject', POLICIES[0]!);
-      const held = await holdMany(world, 'subject', size, `203.0.113.5:${ECHO_PORT}`);
+      const held = await holdMany(world, 'subject', size, `203.0.113.25:${ECHO_PORT}`);
       try {
         closing = await put(client, 'subject', JSON.stringify({ mode: 'isolated', rules: [] }));
       } finally {
-        held.stop();
+        await held.stop();
       }
     } finally {
-      others.stop();
+      await others.stop();
       client.close();
       await egressd.stop();
     }

@@ -7,15 +7,22 @@
 #include "events.h"
 
 /*
- * The guard, attached to a sandbox root. A socket may be created when the
- * caller's cgroup, or an ancestor of it, is a governed computer; the socket
- * remembers that computer ("socket_owner"), and its later calls pass only
- * while that computer is still governed. Judging connects by the calling
- * task's cgroup instead would let a socket made in a computer whose cgroup
- * was removed since (its programs detached) through from a governed one: the
- * kernel picks the programs that run by the socket's cgroup, not the task's.
- * The caller's own cgroup is looked up first (where a sandbox's processes
- * almost always are), then the ancestors from the top down.
+ * The guard, attached to a sandbox root. A socket may be made only in a
+ * cgroup that a governed computer covers: the computer's own sock_create
+ * program, which runs first and only for sockets of its cgroup and the
+ * cgroups below, marks the socket with the computer ("socket_owner"), and
+ * the guard lets the socket through only with a mark of a governed
+ * computer. The socket's cgroup decides, not the calling task's: a task
+ * moved between its socket's allocation and these programs would otherwise
+ * make, in a cgroup no computer governs, a socket that only the guard
+ * judges. A socket's later calls pass only while its computer is still
+ * governed: judging connects by the calling task's cgroup instead would let
+ * a socket made in a computer whose cgroup was removed since (its programs
+ * detached) through from a governed one: the kernel picks the programs that
+ * run by the socket's cgroup, not the task's.
+ * Sockets made before the guard was attached have no mark: their caller's
+ * cgroup, or an ancestor of it, must be a governed computer (looked up
+ * first where a sandbox's processes almost always are, then from the top).
  */
 static __always_inline __u64 governing_computer(void)
 {
@@ -67,20 +74,14 @@ static __always_inline int guard_addr(struct bpf_sock_addr *ctx, __u8 sock)
 	return SYS_REJECT;
 }
 
-/* A socket is made only in a governed computer, and remembers which. */
+/* A socket is made only where a governed computer's sock_create program marked it (see above). */
 static __always_inline int guard_socket(struct bpf_sock *sk)
 {
-	__u64 owner = governing_computer();
+	__u64 *owner = bpf_sk_storage_get(&socket_owner, sk, 0, 0);
 	__u32 none[4] = {};
-	__u64 *slot;
 
-	if (owner) {
-		slot = bpf_sk_storage_get(&socket_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (slot) {
-			*slot = owner;
-			return SYS_PROCEED;
-		}
-	}
+	if (owner && *owner && bpf_map_lookup_elem(&governed, owner))
+		return SYS_PROCEED;
 	report_ungoverned(0, sk->protocol, none, 0);
 	return SYS_REJECT;
 }

@@ -98,12 +98,20 @@ static __always_inline int judge_addr(struct bpf_sock_addr *ctx, __u8 sock)
 	return SYS_REJECT;
 }
 
-/* Only plain TCP and UDP sockets exist in a governed computer. */
+/*
+ * Only plain TCP and UDP sockets exist in a governed computer. Every socket
+ * made under the computer's cgroup is marked as the computer's
+ * ("socket_owner"), in every mode: the guard, which runs next, lets a socket
+ * be made only with that mark (see guard_socket()).
+ */
 static __always_inline int judge_socket(struct bpf_sock *sk)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
+	__u64 *owner = bpf_sk_storage_get(&socket_owner, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u32 none[4] = {};
 
+	if (owner)
+		*owner = c->cgroup_id;
 	if (c->mode == EGRESS_MODE_UNRESTRICTED)
 		return SYS_PROCEED;
 	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)

@@ -72,7 +72,7 @@ export async function holdMany(
   cgroup: string,
   count: number,
   target: string,
-): Promise<{ stop(): void }> {
+): Promise<{ stop(): Promise<void> }> {
   const child = world.spawn(...holderArgs('many', String(count), target), {
     cgroup,
     stdio: ['pipe', 'pipe', 'inherit'],
@@ -81,9 +81,12 @@ export async function holdMany(
   const ready = await lines(child, 10_000 + count)();
   if (ready['open'] !== count) throw new Error(`holder of ${count} to ${target}: ${JSON.stringify(ready)}`);
   return {
-    stop() {
+    async stop() {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
       child.stdin?.end();
-      child.kill('SIGKILL');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
     },
   };
 }

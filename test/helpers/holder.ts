@@ -147,7 +147,11 @@ async function many(count: number, target: string): Promise<void> {
   }
   console.log(JSON.stringify({ ready: true, open: open.length }));
   process.stdin.resume();
-  process.stdin.on('end', () => process.exit(0));
+  // Closed with a reset: no TIME_WAIT left to hold ports for the next run.
+  process.stdin.on('end', () => {
+    for (const s of open) s.resetAndDestroy();
+    setTimeout(() => process.exit(0), 100);
+  });
 }
 
 const [mode, ...rest] = process.argv.slice(2);
