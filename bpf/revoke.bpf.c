@@ -36,7 +36,14 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 } KERNEL_TYPE;
 
+struct net {
+	__u64 net_cookie;
+} KERNEL_TYPE;
+
 struct sock_common {
+	struct {
+		struct net *net;
+	} skc_net;
 	__be32 skc_daddr;
 	__be16 skc_dport;
 	unsigned short skc_family;
@@ -84,13 +91,6 @@ struct {
 	__type(value, struct egress_computer);
 } revoking SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct egress_revoke_pass);
-} revoke_pass SEC(".maps");
-
 /* Never used: puts struct egress_revoked into the object's BTF (an iterator's output has no type). */
 const struct egress_revoked revoked_layout __attribute__((unused)) = {};
 
@@ -120,12 +120,12 @@ static __always_inline struct egress_computer *revoking_computer(struct cgroup *
 	return 0;
 }
 
-static __always_inline int pass_in_agent_netns(void)
+/* The socket's network namespace is the agent's (no cookie known yet: taken as the agent's, as the hooks do). */
+static __always_inline int sock_in_agent_netns(struct sock_common *skc)
 {
-	__u32 zero = 0;
-	struct egress_revoke_pass *p = bpf_map_lookup_elem(&revoke_pass, &zero);
+	__u64 agent = config_get(EGRESS_CONFIG_AGENT_NETNS_COOKIE);
 
-	return p && p->agent_netns;
+	return agent == 0 || skc->skc_net.net->net_cookie == agent;
 }
 
 /*
@@ -155,7 +155,7 @@ static __always_inline void judge_peer(struct bpf_iter_meta *meta, struct sock *
 	} else {
 		return;
 	}
-	if (peer_verdict(c, &a, proto_bit(protocol), pass_in_agent_netns()) == ALLOW)
+	if (peer_verdict(c, &a, proto_bit(protocol), sock_in_agent_netns(skc)) == ALLOW)
 		return;
 	out.cgroup_id = c->cgroup_id;
 	if (a.family == 4)

@@ -190,20 +190,14 @@ struct egress_learned {
 /*
  * Live revocation (bpf/revoke.bpf.c, a second object that shares these
  * maps). User space puts the computers whose policy it just wrote in
- * "revoking" (key: cgroup id; value: the computer's storage value), says in
- * "revoke_pass" which network namespace the pass walks, and reads a socket
- * iterator: one struct egress_revoked per socket of those computers (their
+ * "revoking" (key: cgroup id; value: the computer's storage value) and reads
+ * socket iterators: one struct egress_revoked per socket of those computers (their
  * cgroups and the cgroups below) whose peer the policy now refuses, written
  * before the socket is closed, then a second one with `error` set when
  * bpf_sock_destroy() failed. (An iterator whose buffer is full drops what it
  * wrote for a socket and shows that socket again: writing first means no
  * socket is closed without its record.)
  */
-struct egress_revoke_pass {
-	__u32 agent_netns; /* 1: the pass walks the agent's network namespace */
-	__u32 pad;
-};
-
 struct egress_revoked {
 	__u64 cgroup_id; /* the computer's (a key of "revoking") */
 	__u32 addr[4];   /* the peer, network byte order; IPv4 in addr[0] */

@@ -72,7 +72,7 @@ export const MAPS = {
 } as const;
 
 /** The maps that only build/revoke.bpf.o has (it shares every map of MAPS with egress.bpf.o). */
-export const REVOKE_MAPS = { revoking: 'revoking', revokePass: 'revoke_pass' } as const;
+export const REVOKE_MAPS = { revoking: 'revoking' } as const;
 
 /** Byte layouts: size and member offsets, as in the header. */
 export const LAYOUT = {
@@ -105,7 +105,6 @@ export const LAYOUT = {
   egress_learned_v6: { size: 20, offsets: { learned_id: 0, addr: 4 } },
   egress_learned: { size: 16, offsets: { expires_ns: 0, port_set: 8, any_port_protos: 12, pad: 13 } },
   egress_dns_origin: { size: 20, offsets: { addr: 0, port: 16, family: 18 } },
-  egress_revoke_pass: { size: 8, offsets: { agent_netns: 0, pad: 4 } },
   egress_revoked: {
     size: 40,
     offsets: { cgroup_id: 0, addr: 8, port: 24, family: 26, protocol: 27, error: 28, uid: 32, pad: 36 },
@@ -394,10 +393,6 @@ export function decodeProgInfo(b: Buffer): { id: number } {
 export function decodeCgroupLinkInfo(b: Buffer): { progId: number; cgroupId: bigint } {
   const o = UAPI_LAYOUT.bpf_link_info.offsets;
   return { progId: b.readUInt32LE(o.prog_id), cgroupId: b.readBigUInt64LE(o.cgroup_id) };
-}
-
-export function encodeRevokePass(agentNetns: boolean): Buffer {
-  return encodeU64(agentNetns ? 1n : 0n); // struct egress_revoke_pass: agent_netns, pad (little-endian)
 }
 
 /** A socket closed (error 0) or not (a negative errno); the peer: 4 bytes (IPv4, v4-mapped too) or 16. */

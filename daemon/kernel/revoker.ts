@@ -9,9 +9,9 @@
  * walks the agent's, then each other namespace that a task of the computers
  * is in (found from their cgroup.procs), entered for the moment it takes to
  * create the iterators. One pass serves any number of computers. The
- * iterators run (the kernel walks the sockets) on libuv's thread pool, so a
- * pass over many sockets does not hold up the agent's event loop (the DNS
- * proxy shares it); passes run one at a time.
+ * iterators run (the kernel walks the sockets) together on libuv's thread
+ * pool, so a pass over many sockets does not hold up the agent's event loop
+ * (the DNS proxy shares it); passes run one at a time.
  */
 import { closeSync, openSync, read, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -23,8 +23,6 @@ import {
   decodeRevoked,
   encodeCgroupKey,
   encodeComputer,
-  encodeRevokePass,
-  encodeU32,
   MAPS,
   REVOKE_MAPS,
   type RevokedRecord,
@@ -48,14 +46,13 @@ const MAX_TASKS = 100_000;
 
 export class Revoker {
   private closed = false;
-  /** The pass running, if any: the next waits for it ("revoking" and "revoke_pass" are one each). */
+  /** The pass running, if any: the next waits for it ("revoking" is one for all). */
   private running: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly obj: bpf.BpfObject,
     private readonly links: { tcp: number; udp: number },
     private readonly revoking: number,
-    private readonly pass: number,
     /** This process's network namespace: an open fd to come back to, and its inode. */
     private readonly home: { fd: number; ino: number },
   ) {}
@@ -98,7 +95,6 @@ export class Revoker {
         obj,
         { tcp: links[0] ?? -1, udp: links[1] ?? -1 },
         bpf.mapFd(obj, REVOKE_MAPS.revoking),
-        bpf.mapFd(obj, REVOKE_MAPS.revokePass),
         { fd: home, ino: statSync('/proc/self/ns/net').ino },
       );
     } catch (err) {
@@ -130,26 +126,18 @@ export class Revoker {
     const byCgroup = new Map(targets.map((t) => [t.value.cgroupId, t.id]));
     for (const t of targets)
       bpf.mapUpdate(this.revoking, encodeCgroupKey(t.value.cgroupId), encodeComputer(t.value));
+    const iters: number[] = [];
     try {
-      for (const nsPath of [undefined, ...this.namespaces(targets)]) {
-        for (const r of await this.walk(nsPath)) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+      iters.push(...this.iterators());
+      for (const nsPath of this.namespaces(targets)) iters.push(...this.iteratorsIn(nsPath));
+      // Every iterator at once, on the thread pool: most of a pass is the kernel walking hash buckets.
+      for (const output of await Promise.all(iters.map(readAll))) {
+        for (const r of decodeRevoked(output)) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
       }
       return out;
     } finally {
-      for (const t of targets) bpf.mapDelete(this.revoking, encodeCgroupKey(t.value.cgroupId));
-    }
-  }
-
-  /** One pass over a namespace: this process's (undefined) or the one at `nsPath` (/proc/<pid>/task/<tid>/ns/net). */
-  private async walk(nsPath: string | undefined): Promise<RevokedRecord[]> {
-    const iters = nsPath === undefined ? this.iterators() : this.iteratorsIn(nsPath);
-    try {
-      bpf.mapUpdate(this.pass, encodeU32(0), encodeRevokePass(nsPath === undefined));
-      const out: RevokedRecord[] = [];
-      for (const fd of iters) out.push(...decodeRevoked(await readAll(fd)));
-      return out;
-    } finally {
       for (const fd of iters) closeSync(fd);
+      for (const t of targets) bpf.mapDelete(this.revoking, encodeCgroupKey(t.value.cgroupId));
     }
   }
 
