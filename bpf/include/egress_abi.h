@@ -35,11 +35,15 @@
  *   the same port semantics as a rule entry (port_set of the policy_id).
  * - Sandbox roots: the guard programs are attached to each cgroup subtree
  *   that computers live under (the agent's --cgroup-root). "governed" holds
- *   the cgroup id of every computer whose policy is written; the guard lets a
- *   socket call through only when the caller's cgroup or one of its
- *   ancestors is there (its own programs then judge it), and refuses
- *   everything else under the root. So a cgroup removed and made again at a
- *   computer's path (a new id) has no network until the agent attaches it.
+ *   the cgroup id of every computer whose policy is written. A computer's
+ *   sock_create program marks each socket made in its cgroup (or below) with
+ *   the computer's cgroup id ("socket_owner"); the guard lets a socket be
+ *   made only with the mark of a governed computer, and its later calls
+ *   through only while that computer is governed (its own programs judge
+ *   them), and refuses everything else under the root. So a cgroup removed
+ *   and made again at a computer's path (a new id) has no network until the
+ *   agent attaches it, and a task moved out of a computer while making a
+ *   socket makes none where no computer governs.
  */
 #ifndef EGRESS_ABI_H
 #define EGRESS_ABI_H
