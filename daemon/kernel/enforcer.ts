@@ -195,16 +195,14 @@ export class Enforcer {
    * in one pass. What was closed (or could not be), by computer id; nothing
    * unless `revocation` is on.
    */
-  revoke(computers: readonly { id: string; cgroup: string }[]): Promise<Map<string, RevokedRecord[]>> {
+  async revoke(computers: readonly { id: string; cgroup: string }[]): Promise<Map<string, RevokedRecord[]>> {
     const targets = computers.flatMap(({ id, cgroup }) => {
       const cgroupId = this.computers.record(id)?.cgroupId;
       const value = cgroupId === undefined ? undefined : this.computers.value(cgroupId);
       const cgroupPath = path.join(this.cgroupRoot, path.posix.normalize(`/${cgroup}`));
       return value ? [{ id, value, cgroupPath }] : [];
     });
-    return this.revoker
-      ? this.revoker.revoke(targets)
-      : Promise.resolve(new Map(targets.map((t) => [t.id, []])));
+    return this.revoker ? this.revoker.revoke(targets) : new Map(targets.map((t) => [t.id, []]));
   }
 
   /** Detaches every hook from the computer's cgroup and removes its pins. Idempotent. */
