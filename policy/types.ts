@@ -38,6 +38,12 @@ export interface Policy {
   /** What the DNS proxy resolves; absent: defaultDns(mode, rules). */
   dns?: DnsMode;
   /**
+   * Audit: the policy is judged exactly as in enforcement, but what it would
+   * refuse is let through and reported (deny events marked `audit`); the DNS
+   * proxy forwards what it would answer NXDOMAIN. Absent: false.
+   */
+  audit?: boolean;
+  /**
    * `rules` as JSON, when the reader has it already (the agent reads it from
    * Redis): the enforcer keys its compile cache by it without serialising
    * the rules again. It must be exactly what `rules` was parsed from.
