@@ -26,6 +26,8 @@ export interface DenyRecord {
   /** The name the address was learned for; for the DNS proxy's refusals, the name asked. */
   hostname: string | null;
   reason: KernelReason | UserReason;
+  /** The computer's policy is in audit: this was let through (it would have been refused). */
+  audit: boolean;
 }
 
 /** Reasons of the kernel's events (EGRESS_REASON_*). */
@@ -49,6 +51,8 @@ export interface UserDenial {
   /** The query's address family and transport. */
   family: 'ipv4' | 'ipv6';
   protocol: 'udp' | 'tcp';
+  /** In audit: answered as upstream answered, not refused. @default false */
+  audit?: boolean;
 }
 
 /** A connection closed by live revocation (daemon/kernel/revoker.ts), as revoked() takes it. */
@@ -112,7 +116,7 @@ export class DenyEvents {
    * the refusing answer never waits for it.
    */
   submit(denial: UserDenial): void {
-    this.deliver(denial.computer, denial.reason, () => ({
+    this.deliver(denial.computer, denial.reason, denial.audit === true, () => ({
       computer: denial.computer,
       at: new Date().toISOString(),
       pid: null,
@@ -123,6 +127,7 @@ export class DenyEvents {
       port: 53,
       hostname: denial.hostname,
       reason: denial.reason,
+      audit: denial.audit === true,
     }));
   }
 
@@ -132,7 +137,7 @@ export class DenyEvents {
    * kernel does not keep which process made a socket: no pid.
    */
   revoked(computer: string, socket: RevokedSocket): void {
-    this.deliver(computer, 'revoked', () => ({
+    this.deliver(computer, 'revoked', false, () => ({
       computer,
       at: new Date().toISOString(),
       pid: null,
@@ -143,6 +148,7 @@ export class DenyEvents {
       port: socket.port,
       hostname: this.opts.enforcer.nameOf(computer, socket.address) ?? null,
       reason: 'revoked',
+      audit: false,
     }));
   }
 
@@ -152,7 +158,7 @@ export class DenyEvents {
     const reason = (
       REASON_NAMES[e.reason] === 'proxyPort' ? 'proxy_port' : REASON_NAMES[e.reason]
     ) as KernelReason;
-    this.deliver(computer, reason, () => {
+    this.deliver(computer, reason, e.audit, () => {
       const address = e.address.length === 0 ? null : formatAddress(e.address);
       return {
         computer,
@@ -165,13 +171,19 @@ export class DenyEvents {
         port: e.address.length === 0 ? null : e.port,
         hostname: e.address.length === 0 ? null : (this.opts.enforcer.nameOf(computer, e.address) ?? null),
         reason,
+        audit: e.audit,
       };
     });
   }
 
   /** The one way to the sink: counted, rate-limited per computer; `record` is built only when it passes. */
-  private deliver(computer: string, reason: DenyRecord['reason'], record: () => DenyRecord): void {
-    this.opts.metrics?.denials.inc({ computer, reason });
+  private deliver(
+    computer: string,
+    reason: DenyRecord['reason'],
+    audit: boolean,
+    record: () => DenyRecord,
+  ): void {
+    this.opts.metrics?.denials.inc({ computer, reason, audit: String(audit) });
     if (!this.take(computer)) {
       this.dropped.set(computer, (this.dropped.get(computer) ?? 0) + 1);
       this.opts.metrics?.eventsDropped.inc({ computer });

@@ -8,7 +8,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 export interface AgentMetrics {
   registry: Registry;
-  denials: Counter<'computer' | 'reason'>;
+  denials: Counter<'computer' | 'reason' | 'audit'>;
   eventsDropped: Counter<'computer'>;
   applySeconds: Histogram;
   enforcementLagSeconds: Histogram;
@@ -29,8 +29,8 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
     registry,
     denials: new Counter({
       name: 'egressd_denials_total',
-      help: 'Refused connects, sendmsgs and socket creations, by computer and reason',
-      labelNames: ['computer', 'reason'],
+      help: 'Refused connects, sendmsgs and socket creations, by computer and reason; audit="true": let through (the policy is in audit)',
+      labelNames: ['computer', 'reason', 'audit'],
       registers,
     }),
     eventsDropped: new Counter({

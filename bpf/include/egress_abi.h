@@ -71,6 +71,11 @@
  * is enforced by the proxy.
  */
 #define EGRESS_FLAG_BLOCK_DNS 0x1
+/*
+ * Audit: the computer's policy is judged as ever, but what it would refuse
+ * is let through, with a deny event that carries this flag.
+ */
+#define EGRESS_FLAG_AUDIT 0x2
 
 /* Slots of the "config" array map (__u64 each). */
 #define EGRESS_CONFIG_AGENT_NETNS_COOKIE 0 /* netns cookie of the agent's namespace */
@@ -128,7 +133,7 @@ struct egress_deny_event {
 	__u16 port;      /* host byte order */
 	__u8 family;     /* 4 or 6; 0 for a socket creation */
 	__u8 protocol;   /* IPPROTO_* */
-	__u32 pad;
+	__u32 flags;     /* EGRESS_FLAG_AUDIT: the refusal was let through (audit) */
 };
 
 /* Key of "rules_v4". prefixlen counts from policy_id: 32 + CIDR length. */

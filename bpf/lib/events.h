@@ -22,7 +22,7 @@ static __always_inline void report(const struct egress_computer *c, __u32 reason
 	e->port = port;
 	e->family = family;
 	e->protocol = protocol;
-	e->pad = 0;
+	e->flags = c->flags & EGRESS_FLAG_AUDIT;
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -67,18 +67,25 @@ static __always_inline __u32 addr_verdict(struct bpf_sock_addr *ctx, const struc
  *     sent it: kept;
  *   - a socket connected to port 53 elsewhere reached a resolver before DNS
  *     went through the proxy: closed;
- *   - learned addresses count past their TTL (see learned_matches()).
+ *   - learned addresses count past their TTL (see learned_matches());
+ *   - a computer in audit keeps everything (its connects would be let through).
  */
 static __always_inline __u32 peer_verdict(const struct egress_computer *c, const struct eg_addr *a, __u8 proto,
 					  int agent_ns)
 {
-	if (c->mode == EGRESS_MODE_UNRESTRICTED)
+	if (c->mode == EGRESS_MODE_UNRESTRICTED || (c->flags & EGRESS_FLAG_AUDIT))
 		return ALLOW;
 	if (c->dns_port && a->port == c->dns_port && is_proxy_addr(agent_ns, a))
 		return ALLOW;
 	if (is_dns(proto, a->port))
 		return EGRESS_REASON_DNS;
 	return policy_verdict(0, agent_ns, c, a, proto, 0);
+}
+
+/* A refusal the computer's policy makes: SYS_REJECT, or in audit SYS_PROCEED (its event says it was audit). */
+static __always_inline int refuse(const struct egress_computer *c)
+{
+	return c->flags & EGRESS_FLAG_AUDIT ? SYS_PROCEED : SYS_REJECT;
 }
 
 /* connect and sendmsg of a socket of family `sock` (4 or 6). */
@@ -95,7 +102,7 @@ static __always_inline int judge_addr(struct bpf_sock_addr *ctx, __u8 sock)
 	if (reason == ALLOW)
 		return SYS_PROCEED;
 	report(c, reason, sock, ctx->protocol, a.ip, a.port);
-	return SYS_REJECT;
+	return refuse(c);
 }
 
 /*
@@ -119,7 +126,7 @@ static __always_inline int judge_socket(struct bpf_sock *sk)
 	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
 		return SYS_PROCEED;
 	report(c, EGRESS_REASON_SOCKET, 0, sk->protocol, none, 0);
-	return SYS_REJECT;
+	return refuse(c);
 }
 
 #endif /* EG_LIB_VERDICT_H */

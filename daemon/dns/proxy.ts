@@ -26,6 +26,8 @@
  *   REFUSED answer and waits for its timeout (5 s), as it did for the send
  *   that the kernel refused before; NXDOMAIN ends a lookup at once in musl
  *   and glibc alike.
+ * - audit (any of them): the same deny events, marked audit, but every query
+ *   forwarded as under `all` (learning as ever; denylist names not NXDOMAIN).
  * Answers the proxy makes itself carry an Extended DNS Error (RFC 8914,
  * 15 "Blocked", with a text naming egressd's policy) when the query had
  * EDNS, so that `dig` shows why.
@@ -307,32 +309,35 @@ export class DnsProxy {
     if (query.type !== 'query' || !question || query.questions?.length !== 1) return undefined;
     this.stats.queries++;
     const qname = normaliseName(question.name);
-    const mode = this.opts.enforcer.modeOf(id);
-    const dns = this.opts.enforcer.dnsOf(id);
-    if (mode === undefined || dns === undefined) {
+    const policy = this.opts.enforcer.dnsPolicyOf(id);
+    if (policy === undefined) {
       // A port whose computer this process has not attached yet (an agent that just started):
       // nothing to go by, so nothing is forwarded; the client asks again.
       this.stats.failClosed++;
       return errorReply(query, RCODE.SERVFAIL);
     }
-    // The proxy's own NXDOMAIN for a name the policy does not resolve: a deny event, nothing forwarded.
+    const { mode, dns, audit } = policy;
+    // The proxy's own NXDOMAIN for a name the policy does not resolve: a deny event, nothing
+    // forwarded. In audit the event is marked so and the query is forwarded as under dns all.
     const refuse = (reason: 'dns_refused' | 'dns_unlisted', why: string) => {
-      this.opts.onDenied?.({ computer: id, reason, hostname: qname, family, protocol: transport });
-      return errorReply(query, RCODE.NXDOMAIN, `egressd: ${why}`);
+      this.stats[reason === 'dns_refused' ? 'refused' : 'unlisted']++;
+      this.opts.onDenied?.({ computer: id, reason, hostname: qname, family, protocol: transport, audit });
+      return audit ? undefined : errorReply(query, RCODE.NXDOMAIN, `egressd: ${why}`);
     };
-    if (dns === 'none') {
-      this.stats.refused++;
-      return refuse('dns_refused', "this computer's policy resolves no names (dns none)");
-    }
     let forwarded = msg;
-    if (dns === 'listed') {
+    if (dns === 'none') {
+      const refused = refuse('dns_refused', "this computer's policy resolves no names (dns none)");
+      if (refused) return refused;
+    } else if (dns === 'listed' && audit) {
+      // Audit: reported as under enforcement, then forwarded whole (types and opcodes too).
+      if (!this.opts.enforcer.listsName(id, [qname])) refuse('dns_unlisted', 'not listed');
+    } else if (dns === 'listed') {
       if ((query as { opcode?: string }).opcode !== 'QUERY') {
         // NOTIFY, UPDATE, ...: not a question about a name; nothing to forward.
         this.stats.typeNotForwarded++;
         return errorReply(query, RCODE.NOTIMP);
       }
       if (!this.opts.enforcer.listsName(id, [qname])) {
-        this.stats.unlisted++;
         return refuse(
           'dns_unlisted',
           "no hostname rule of this computer's policy covers the name (dns listed)",
@@ -397,7 +402,7 @@ export class DnsProxy {
           );
           return errorReply(query, RCODE.SERVFAIL);
         }
-        if (mode === 'denylist') {
+        if (mode === 'denylist' && !audit) {
           this.stats.nxdomain++;
           return errorReply(query, RCODE.NXDOMAIN);
         }

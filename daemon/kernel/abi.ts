@@ -34,7 +34,7 @@ export function decodeMode(code: number): KernelMode | undefined {
 export const PROTO = { tcp: 0x1, udp: 0x2, other: 0x4, any: 0x7 } as const;
 
 /** Retired (see EGRESS_FLAG_BLOCK_DNS in the header): only cleared where an earlier agent set it. */
-export const FLAG = { blockDns: 0x1 } as const;
+export const FLAG = { blockDns: 0x1, audit: 0x2 } as const;
 
 export const CONFIG_SLOT = {
   agentNetnsCookie: 0,
@@ -92,7 +92,7 @@ export const LAYOUT = {
       port: 56,
       family: 58,
       protocol: 59,
-      pad: 60,
+      flags: 60,
     },
   },
   egress_lpm_v4: { size: 12, offsets: { prefixlen: 0, policy_id: 4, addr: 8 } },
@@ -157,6 +157,8 @@ export interface DenyEvent {
   address: number[];
   port: number;
   protocol: number;
+  /** The refusal was let through: the computer's policy is in audit. */
+  audit: boolean;
 }
 
 export function decodeDenyEvent(b: Buffer): DenyEvent {
@@ -178,6 +180,7 @@ export function decodeDenyEvent(b: Buffer): DenyEvent {
           : [],
     port: b.readUInt16LE(o.port),
     protocol: b[o.protocol] ?? 0,
+    audit: (b.readUInt32LE(o.flags) & FLAG.audit) !== 0,
   };
 }
 

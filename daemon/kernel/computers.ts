@@ -54,6 +54,8 @@ export interface ComputerRecord {
   compiled: CompiledPolicy;
   /** What the DNS proxy resolves for the computer (the policy's dns, or its default). */
   dns: DnsMode;
+  /** The policy is in audit: the proxy forwards what it would answer NXDOMAIN, and reports it. */
+  audit: boolean;
   /** Name chain → its verdict under `compiled` (a record is replaced on every install). */
   verdicts: Map<string, Verdict | undefined>;
 }

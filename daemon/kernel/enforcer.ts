@@ -244,7 +244,7 @@ export class Enforcer {
         version,
         learnedId,
         dnsPort: dns.port ?? previous?.dnsPort ?? 0,
-        flags: 0,
+        flags: policy.audit ? FLAG.audit : 0,
         cgroupId,
       };
       this.computers.write(value);
@@ -255,7 +255,8 @@ export class Enforcer {
     }
     if (previous?.policyId) this.policies.release(previous.policyId);
     if (record) this.learned.retire(record.learnedId);
-    this.computers.remember(id, { cgroupId, policyId, learnedId, compiled, dns: dnsOf(policy) });
+    const audit = policy.audit === true;
+    this.computers.remember(id, { cgroupId, policyId, learnedId, compiled, dns: dnsOf(policy), audit });
   }
 
   /** Takes over a computer attached by an earlier agent, with its learned entries (named by `names`), without rewriting anything. */
@@ -273,6 +274,7 @@ export class Enforcer {
       learnedId: value.learnedId,
       compiled: this.policies.compiledFor(policy),
       dns: dnsOf(policy),
+      audit: !!policy.audit,
     });
   }
 
@@ -317,16 +319,14 @@ export class Enforcer {
     return record !== undefined && cachedVerdict(record, names) !== undefined;
   }
 
-  /** The computer's mode as compiled by this process, if it knows the computer. */
-  modeOf(id: string): Policy['mode'] | undefined {
-    const mode = this.computers.record(id)?.compiled.mode;
-    const name = mode === undefined ? undefined : decodeMode(mode);
-    return name === 'pending' ? undefined : name;
-  }
-
-  /** What the DNS proxy resolves for the computer under the policy in force, if this process knows it. */
-  dnsOf(id: string): DnsMode | undefined {
-    return this.computers.record(id)?.dns;
+  /**
+   * What the DNS proxy goes by, under the policy in force, if this process knows the computer:
+   * its mode, what it resolves (dns), and whether it is in audit.
+   */
+  dnsPolicyOf(id: string): { mode: Policy['mode']; dns: DnsMode; audit: boolean } | undefined {
+    const record = this.computers.record(id);
+    const mode = record && decodeMode(record.compiled.mode);
+    return record && mode && mode !== 'pending' ? { mode, dns: record.dns, audit: record.audit } : undefined;
   }
 
   /**

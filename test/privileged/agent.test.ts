@@ -523,8 +523,8 @@ test.serial(
       agent.report().find((r) => r.id === 'legacy-allow'),
       { enforcedVersion: v2, state: 'enforced' },
     );
-    t.is(enforcer.dnsOf('legacy-bdns'), 'none');
-    t.is(enforcer.dnsOf('legacy-allow'), 'listed');
+    t.is(enforcer.dnsPolicyOf('legacy-bdns')?.dns, 'none');
+    t.is(enforcer.dnsPolicyOf('legacy-allow')?.dns, 'listed');
     const got = await api.call('GET', '/api/v1/computers/legacy-bdns/network-policy');
     t.like(got.body.data, { mode: 'isolated', dns: 'none', block_dns: true });
 

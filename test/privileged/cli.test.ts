@@ -272,7 +272,7 @@ test.serial('a denied connect shows up in egressd events (JSON log and Redis str
   const scrape = await egressd.client.send('GET', '/metrics');
   t.is(scrape.status, 200);
   const metrics = parsePrometheus(scrape.text);
-  t.is(metrics.get('egressd_denials_total{computer="cli-events",reason="mode"}'), 1);
+  t.is(metrics.get('egressd_denials_total{computer="cli-events",reason="mode",audit="false"}'), 1);
   t.is(metrics.get('egressd_agent_redis_connected'), 1);
   t.true((metrics.get('egressd_policy_apply_seconds_count') ?? 0) > 0);
   t.true(

@@ -352,7 +352,7 @@ test.serial(
 
 test.serial('isolated: DNS is answered (dns all, the default) but nothing connects', async (t) => {
   const c = await computer({ mode: 'isolated', rules: [] });
-  t.is(enforcer.dnsOf(c.id), 'all');
+  t.is(enforcer.dnsPolicyOf(c.id)?.dns, 'all');
   t.deepEqual(await short(c.cgroup, 'allowed.test'), ['203.0.113.31']);
   t.deepEqual(await world.probeResults({ cgroup: c.cgroup }, 'tcp:203.0.113.31:80'), ['EPERM']);
 });
@@ -367,7 +367,7 @@ test.serial(
         { host: 'chain.test', protocol: 'tcp' },
       ],
     });
-    t.is(enforcer.dnsOf(c.id), 'listed', 'the default of an allowlist with hostname rules');
+    t.is(enforcer.dnsPolicyOf(c.id)?.dns, 'listed', 'the default of an allowlist with hostname rules');
     const secret = 'c2VjcmV0.exfil.test';
     const before = proxy.stats.unlisted;
     // The configured resolver (192.0.2.53 here), another one, and (host namespace) a loopback one.
@@ -494,7 +494,7 @@ test.serial(
     );
     // An allowlist of addresses only: none is its default.
     const cidrs = await computer({ mode: 'allowlist', rules: [{ host: '203.0.113.31', protocol: 'tcp' }] });
-    t.is(enforcer.dnsOf(cidrs.id), 'none');
+    t.is(enforcer.dnsPolicyOf(cidrs.id)?.dns, 'none');
     t.regex((await dig(cidrs.cgroup, ['allowed.test', 'A'])).out, /status: NXDOMAIN/);
     t.deepEqual(await world.probeResults({ cgroup: cidrs.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
     t.is(dnsmasq.queries().length, asked);

@@ -64,8 +64,8 @@ test('agent /metrics: denials by computer and reason, drops, map memory; valid P
   const port = (server.address() as AddressInfo).port;
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   const samples = parsePrometheus(text);
-  t.is(samples.get('egressd_denials_total{computer="m1",reason="mode"}'), 3);
-  t.is(samples.get('egressd_denials_total{computer="m1",reason="socket"}'), 1);
+  t.is(samples.get('egressd_denials_total{computer="m1",reason="mode",audit="false"}'), 3);
+  t.is(samples.get('egressd_denials_total{computer="m1",reason="socket",audit="false"}'), 1);
   t.is(
     samples.get('egressd_deny_events_dropped_total{computer="m1"}'),
     2,

@@ -231,6 +231,15 @@ kernelTest(
   },
 );
 
+kernelTest('a computer in audit keeps its connections: they would be let through', async (t) => {
+  const c = computer('audited');
+  const h = await holdSockets(world, 'audited', true, `tcp:203.0.113.6:${ECHO_PORT}`);
+  t.deepEqual(await tighten(c, { mode: 'isolated', rules: [], audit: true }, 2n), []);
+  t.deepEqual(await h.check(), ['ok']);
+  t.is((await tighten(c, { mode: 'isolated', rules: [] }, 3n)).length, 1, 'audit off: closed');
+  t.true(refused((await h.check())[0]));
+});
+
 kernelTest("a computer in the agent's namespace: its loopback connections are judged too", async (t) => {
   const c = computer('agentns');
   const h = await holdSockets(

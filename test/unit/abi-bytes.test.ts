@@ -69,9 +69,9 @@ test('struct egress_computer: encodeComputer, decodeComputer', (t) => {
 });
 
 test('struct egress_deny_event: decodeDenyEvent (IPv4, IPv6, a socket creation)', (t) => {
-  const event = (addr: string, family: string) =>
+  const event = (addr: string, family: string, flags = '00000000') =>
     hex(
-      `0807060504030201 3412000000000000 92100000 02000000 6375726c000000000000000000000000 ${addr} bb01 ${family} 06 00000000`,
+      `0807060504030201 3412000000000000 92100000 02000000 6375726c000000000000000000000000 ${addr} bb01 ${family} 06 ${flags}`,
     );
   const common = { timeNs: 0x0102030405060708n, cgroupId: 0x1234n, pid: 4242, reason: 2, comm: 'curl' };
   t.deepEqual(decodeDenyEvent(event('c0000201 000000000000000000000000', '04')), {
@@ -79,13 +79,17 @@ test('struct egress_deny_event: decodeDenyEvent (IPv4, IPv6, a socket creation)'
     address: [192, 0, 2, 1],
     port: 443,
     protocol: 6,
+    audit: false,
   });
   t.deepEqual(decodeDenyEvent(event('20010db8000000000000000000000001', '06')), {
     ...common,
     address: V6,
     port: 443,
     protocol: 6,
+    audit: false,
   });
+  // flags: EGRESS_FLAG_AUDIT (the refusal was let through).
+  t.true(decodeDenyEvent(event('c0000201 000000000000000000000000', '04', '02000000')).audit);
   t.deepEqual(decodeDenyEvent(event('00000000000000000000000000000000', '00')).address, []);
   // A full 16-byte comm has no terminating zero.
   const long = event('00000000000000000000000000000000', '00');

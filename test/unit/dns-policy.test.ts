@@ -23,7 +23,12 @@ interface Setup {
   close(): Promise<void>;
 }
 
-async function setup(mode: Mode | undefined, dns: DnsMode | undefined, patterns: string[]): Promise<Setup> {
+async function setup(
+  mode: Mode | undefined,
+  dns: DnsMode | undefined,
+  patterns: string[],
+  audit = false,
+): Promise<Setup> {
   const upstream = dgram.createSocket('udp4');
   const received: dnsPacket.DecodedPacket[] = [];
   const raw: Buffer[] = [];
@@ -47,8 +52,7 @@ async function setup(mode: Mode | undefined, dns: DnsMode | undefined, patterns:
   await new Promise<void>((r) => upstream.bind(0, '127.0.0.1', r));
   const listed = (names: string[]) => names.some((n) => patterns.some((p) => nameMatches(p, n)));
   const enforcer = {
-    modeOf: () => mode,
-    dnsOf: () => dns,
+    dnsPolicyOf: () => (mode === undefined || dns === undefined ? undefined : { mode, dns, audit }),
     listsName: (_id: string, names: string[]) => listed(names),
     learn: (_id: string, names: string[]) => (listed(names) ? { lifetimeS: 60, written: [] } : undefined),
   } as unknown as Enforcer;
@@ -235,4 +239,30 @@ test('a computer this process does not know (yet): SERVFAIL, nothing forwarded',
   t.is(rcode(await s.proxy.handle('c1', query('allowed.test'), 'udp')), 2);
   t.is(s.received.length, 0);
   t.is(s.proxy.stats.failClosed, 1);
+});
+
+test('audit: what listed or none would answer NXDOMAIN is forwarded and answered as upstream did, each with an audit event', async (t) => {
+  const listed = await setup('allowlist', 'listed', ['allowed.test'], true);
+  t.teardown(() => listed.close());
+  for (const [name, type] of [
+    ['evil.example', 'A'],
+    ['allowed.test', 'TXT'],
+  ] as const) {
+    const reply = await listed.proxy.handle('c1', query(name, type), 'udp');
+    t.is(rcode(reply), 0, `${name} ${type}: upstream's answer`);
+  }
+  t.is(listed.received.length, 2, 'both reached the upstream');
+  t.deepEqual(
+    listed.denied.map((d) => [d.reason, d.hostname, d.audit]),
+    [['dns_unlisted', 'evil.example', true]],
+    'the unlisted name is reported, marked audit; a covered name asked another type is not a refusal',
+  );
+  const none = await setup('allowlist', 'none', [], true);
+  t.teardown(() => none.close());
+  t.is(rcode(await none.proxy.handle('c1', query('anything.example'), 'udp')), 0);
+  t.is(none.received.length, 1);
+  t.deepEqual(
+    none.denied.map((d) => [d.reason, d.audit]),
+    [['dns_refused', true]],
+  );
 });
