@@ -302,14 +302,22 @@ const schemas: Json = {
                 'ungoverned',
                 'dns_unlisted',
                 'dns_refused',
+                'revoked',
               ],
               description:
                 'mode: the mode refuses it (allowlist: nothing matched; isolated). rule: a denylist rule matched. ' +
                 'socket: not a TCP or UDP socket. dns: DNS sent where no proxy can be reached. proxy_port: a proxy port ' +
                 'reached directly. ungoverned: under a sandbox root, in no attached computer. dns_unlisted: the proxy ' +
                 'answered NXDOMAIN to a name that the hostname rules do not cover (dns listed). dns_refused: the proxy ' +
-                'answered a query itself because the policy resolves nothing (dns none). For the last two, family is ' +
-                "the query's, protocol its transport, address null and port 53.",
+                'answered a query itself because the policy resolves nothing (dns none). For those two, family is ' +
+                "the query's, protocol its transport, address null and port 53. revoked: a connection the computer " +
+                'had open was closed because its new policy refuses the peer (live revocation; pid and comm null).',
+            },
+            audit: {
+              type: 'boolean',
+              description:
+                'The policy is in audit: this was let through, and would have been refused for `reason`. ' +
+                'Absent in events stored before audit existed (read it as false).',
             },
           },
         },
