@@ -9,6 +9,7 @@ function record(over: Partial<PolicyRecord>): PolicyRecord {
     computerId: 'c-1',
     mode: 'allowlist',
     dns: 'listed',
+    audit: false,
     rules,
     rulesJson: JSON.stringify(rules),
     version: 7,
