@@ -31,6 +31,12 @@ export interface PolicyInput {
   dns?: DnsMode;
   /** @deprecated `dns: 'none'`. */
   block_dns?: boolean;
+  /**
+   * Audit mode: judged exactly as in enforcement, but what the policy would
+   * refuse is let through and reported. Default: false (a PUT replaces the
+   * whole policy, so leaving it out turns audit off).
+   */
+  audit?: boolean;
 }
 
 export interface ChangeOptions {

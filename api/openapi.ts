@@ -172,6 +172,12 @@ const schemas: Json = {
         deprecated: true,
         description: 'Before dns existed: true is "dns": "none" (a different dns with it is 400)',
       },
+      audit: {
+        type: 'boolean',
+        default: false,
+        description:
+          'Audit mode: the policy is judged exactly as in enforcement, but what it would refuse is let through and reported (as deny events). Default false: a PUT replaces the whole policy, so leaving it out turns audit off',
+      },
       rules: {
         type: 'array',
         items: ref('RuleInput'),
@@ -181,7 +187,17 @@ const schemas: Json = {
   },
   Policy: {
     type: 'object',
-    required: ['computer_id', 'mode', 'dns', 'block_dns', 'rules', 'version', 'updated_at', 'enforcement'],
+    required: [
+      'computer_id',
+      'mode',
+      'dns',
+      'block_dns',
+      'audit',
+      'rules',
+      'version',
+      'updated_at',
+      'enforcement',
+    ],
     additionalProperties: false,
     properties: {
       computer_id: { type: 'string' },
@@ -193,6 +209,10 @@ const schemas: Json = {
           'What the DNS proxy resolves (see PolicyInput); all in unrestricted mode, where DNS does not pass the proxy',
       },
       block_dns: { type: 'boolean', deprecated: true, description: 'dns is "none"' },
+      audit: {
+        type: 'boolean',
+        description: 'Audit mode: what the policy would refuse is let through and reported (see PolicyInput)',
+      },
       rules: { type: 'array', items: ref('Rule') },
       version: { type: 'integer', minimum: 0, description: 'Grows with every change' },
       updated_at: timestamp,
@@ -401,11 +421,12 @@ const schemas: Json = {
       policy: {
         type: 'object',
         description: "The computer's network policy in brief, and the agent's report on it",
-        required: ['mode', 'block_dns', 'version', 'enforcement'],
+        required: ['mode', 'block_dns', 'audit', 'version', 'enforcement'],
         additionalProperties: false,
         properties: {
           mode: { type: 'string', enum: [...MODES] },
           block_dns: { type: 'boolean' },
+          audit: { type: 'boolean', description: 'Audit mode: refusals are let through and reported' },
           version: { type: 'integer', minimum: 0 },
           enforcement: ref('Enforcement'),
         },

@@ -28,6 +28,8 @@ export interface PolicyView {
   dns: DnsMode;
   /** Deprecated: `dns` is "none" (kept for clients written before `dns`). */
   block_dns: boolean;
+  /** Audit: judged as in enforcement, but what it would refuse is let through and reported. */
+  audit: boolean;
   rules: Rule[];
   version: number;
   updated_at: string;
@@ -89,6 +91,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
     mode: r.mode,
     dns: r.dns,
     block_dns: r.dns === 'none',
+    audit: r.audit,
     rules,
     version: r.version,
     updated_at: r.updatedAt,
@@ -102,7 +105,7 @@ function viewOf<R>(r: PolicyRecord, rules: R) {
  */
 export function policyReplyJson(r: PolicyRecord): string {
   const text = JSON.stringify({ data: viewOf(r, RULES_MARK) });
-  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode, dns and block_dns hold no double quote.
+  // `"rules":"<mark>"` cannot occur earlier: computer_id, mode, dns, block_dns and audit hold no double quote.
   return text.replace(`"rules":"${RULES_MARK}"`, () => `"rules":${r.rulesJson}`);
 }
 const RULES_MARK = 'RULES';
@@ -130,9 +133,9 @@ export function computerView(c: Computer): ComputerView {
   };
 }
 
-/** A computer in a list: with its policy's mode and version, and the agent's report on it. */
+/** A computer in a list: with its policy's mode, audit and version, and the agent's report on it. */
 export interface ComputerListItemView extends ComputerView {
-  policy: { mode: Mode; block_dns: boolean; version: number; enforcement: EnforcementView };
+  policy: { mode: Mode; block_dns: boolean; audit: boolean; version: number; enforcement: EnforcementView };
 }
 
 export function computerListItemView(c: Computer, status: PolicyStatus): ComputerListItemView {
@@ -141,6 +144,7 @@ export function computerListItemView(c: Computer, status: PolicyStatus): Compute
     policy: {
       mode: status.mode,
       block_dns: status.dns === 'none',
+      audit: status.audit,
       version: status.version,
       enforcement: enforcementView(status),
     },

@@ -78,6 +78,7 @@ function describePolicy(p: PolicyView): string[] {
     `computer:    ${p.computer_id}`,
     `mode:        ${p.mode}`,
     `dns:         ${p.dns}`,
+    `audit:       ${p.audit ? 'on (refusals are let through and reported)' : 'off'}`,
     `version:     ${p.version} (in force: ${e.enforced_version ?? 'none'})`,
     `state:       ${describeState(e)}`,
     ...(e.revocation === null ? [] : [`revocation:  ${describeRevocation(e)}`]),
@@ -91,7 +92,7 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   if (!action || !id || !['get', 'set', 'reset', 'learned'].includes(action)) {
     throw new EgressdError(
       'USAGE',
-      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file policy.json]',
+      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file policy.json]',
     );
   }
   const api = client(ctx);
@@ -112,7 +113,7 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
     print(ctx, p, () => [`${id}: reset to unrestricted (${describeState(p.enforcement)})`]);
     return notInForce(id, p);
   }
-  let body: { mode: Mode; rules?: RuleInput[]; dns?: DnsMode; block_dns?: boolean };
+  let body: { mode: Mode; rules?: RuleInput[]; dns?: DnsMode; block_dns?: boolean; audit?: boolean };
   if (typeof flags['file'] === 'string') {
     try {
       body = JSON.parse(readFileSync(flags['file'], 'utf8'));
@@ -141,6 +142,8 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
       ...(dns !== undefined ? { dns: dns as DnsMode } : {}),
       // Before --dns: the same as --dns none (the API says so when both are given and differ).
       ...(flags['block-dns'] === true ? { block_dns: true } : {}),
+      // A set replaces the whole policy: without --audit, audit is off.
+      audit: flags['audit'] === true,
     };
   }
   const p = await api.networkPolicy.update(id, body);

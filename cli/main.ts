@@ -13,7 +13,7 @@ import { runCommand } from './run.js';
 import type { ServeMode } from './serve.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
-       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--file F] [--json]
+       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file F] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
@@ -30,6 +30,10 @@ policy set --dns: what the DNS proxy resolves for the computer. listed: only nam
   cover (the default in allowlist mode with hostname rules; others get NXDOMAIN, never forwarded);
   all: every name (the default in denylist and isolated mode); none: nothing (the default in allowlist
   mode with address rules only). --block-dns, from before --dns, is --dns none.
+
+policy set --audit: audit mode. The policy is judged exactly as in enforcement, but what it would refuse
+  is let through and reported (egressd events ID). Without --audit, a set turns audit off (a set replaces
+  the whole policy).
 
 ${optionsHelp()}`;
 
@@ -56,6 +60,7 @@ async function main(argv: string[]): Promise<number> {
       create: { type: 'boolean' },
       dns: { type: 'string' },
       'block-dns': { type: 'boolean' },
+      audit: { type: 'boolean' },
       user: { type: 'string' },
       group: { type: 'string' },
       'allow-root-escape': { type: 'boolean' },

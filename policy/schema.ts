@@ -1,6 +1,6 @@
 /**
  * The policy body's schema: validates and normalises what a client sends
- * (mode, rules, dns, and the `block_dns` of older clients) into a Policy,
+ * (mode, rules, dns, audit, and the `block_dns` of older clients) into a Policy,
  * and checks computer ids. Failures are PolicyErrors naming the field path
  * (`rules[3].port: must be an integer from 1 to 65535`).
  */
@@ -72,9 +72,11 @@ const policyBody = z.strictObject({
   dns: z.enum(DNS_MODES, { error: `must be one of ${DNS_MODES.join(', ')}` }).optional(),
   /** Before `dns`: true is `"dns": "none"`. Replies still carry it (`dns` is "none"). */
   block_dns: z.boolean({ error: 'must be true or false' }).optional(),
+  /** Refusals let through and reported (see Policy.audit); absent: false. */
+  audit: z.boolean({ error: 'must be true or false' }).default(false),
 });
 
-/** Validates and normalises a policy body; `dns` is always set in what it returns. */
+/** Validates and normalises a policy body; `dns` and `audit` are always set in what it returns. */
 export function parsePolicy(body: unknown, maxRules: number): Policy {
   if (isObject(body) && Array.isArray(body['rules']) && body['rules'].length > maxRules) {
     throw new PolicyError(
@@ -87,7 +89,7 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
     const { message, details } = describeIssues(parsed.error.issues);
     throw new PolicyError('invalid_request', message, details);
   }
-  const { mode, rules = [], dns: given, block_dns: blockDns } = parsed.data;
+  const { mode, rules = [], dns: given, block_dns: blockDns, audit } = parsed.data;
   if (modeTakesRules(mode) && rules.length === 0) {
     throw new PolicyError('rules_required', RULES_REQUIRED);
   }
@@ -119,7 +121,7 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
         : problem;
     throw new PolicyError('dns_not_allowed', said);
   }
-  return { mode, rules: normalisedRules, dns };
+  return { mode, rules: normalisedRules, dns, audit };
 }
 
 /** Checks a computer id (COMPUTER_ID_PATTERN), as given in a path (`id`). */

@@ -34,14 +34,14 @@ export interface NodeSnapshot {
     cgroup: string;
     tenant: string | null;
     dnsUpstream: string | null;
-    policy: Policy & { dns: DnsMode };
+    policy: Policy & { dns: DnsMode; audit: boolean };
     version: number;
     updatedAt: string;
   }>;
 }
 
 /** Fields of each computer in NODE_SNAPSHOT's reply. */
-const SNAPSHOT_FIELDS = 9;
+const SNAPSHOT_FIELDS = 10;
 
 function toChange(streamId: string, fields: string[]): ChangeRecord {
   const f: Record<string, string> = {};
@@ -82,13 +82,14 @@ export class Changes {
         updatedAt = '',
         dns = '',
         dnsUpstream = '',
+        audit = '0',
       ] = r.slice(i, i + SNAPSHOT_FIELDS);
       computers.push({
         id,
         cgroup,
         tenant: tenant === '' ? null : tenant,
         dnsUpstream: dnsUpstream === '' ? null : dnsUpstream,
-        policy: storedPolicy(mode, rules, dns),
+        policy: storedPolicy(mode, rules, dns, audit),
         version: Number(version),
         updatedAt,
       });

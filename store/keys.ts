@@ -14,8 +14,9 @@ export const keys = {
   /** Hash: id, cgroup, node, tenant ('' for none), created_at, updated_at, dns_upstream (absent: none). */
   computer: (id: string) => `${PREFIX}computer:${id}`,
   /**
-   * Hash: mode, rules (JSON of normalised rules), dns (listed, all, none), version, updated_at.
-   * Written before dns existed: no dns, and "isolated+block_dns" as a mode (still read, see policies.ts).
+   * Hash: mode, rules (JSON of normalised rules), dns (listed, all, none), audit ('1' or '0'), version, updated_at.
+   * Written before dns existed: no dns, and "isolated+block_dns" as a mode (still read, see policies.ts);
+   * before audit existed: no audit (read as '0').
    */
   policy: (id: string) => `${PREFIX}computer:${id}:policy`,
   /** Capped stream of a computer's deny events (field `event`: JSON), written by the agent. */

@@ -13,6 +13,8 @@ export interface PolicyRecord extends Policy {
   computerId: string;
   /** Always present in what the store reads (a policy stored before it existed reads as the default). */
   dns: DnsMode;
+  /** Always present in what the store reads (a policy stored before it existed reads as false). */
+  audit: boolean;
   /** `rules` as stored (JSON), so that a reply can carry them without parsing and serialising again. */
   rulesJson: string;
   version: number;
@@ -25,10 +27,11 @@ export type PutPolicyResult =
   | { status: 'not_found' }
   | { status: 'precondition_failed'; version: number };
 
-/** A computer's policy in a list: its mode, dns and version, and the agent's report on it. */
+/** A computer's policy in a list: its mode, dns, audit and version, and the agent's report on it. */
 export interface PolicyStatus {
   mode: Mode;
   dns: DnsMode;
+  audit: boolean;
   version: number;
   enforced: Enforced | undefined;
 }
@@ -44,13 +47,15 @@ const LEGACY_BLOCK_DNS_MODE = 'isolated+block_dns';
  * A policy as Redis holds it, its rules parsed only when asked for: a GET
  * answers with the JSON as it is, and the agent's compile cache is keyed by
  * it, so a policy compiled before is not parsed again (never spread it:
- * that would parse them).
+ * that would parse them). `audit` is stored as '1' or '0' (absent, before
+ * it existed: false).
  */
 export function storedPolicy(
   stored: string | undefined,
   rulesJson: string,
   storedDns: string | undefined,
-): Policy & { rulesJson: string; dns: DnsMode } {
+  storedAudit: string | undefined,
+): Policy & { rulesJson: string; dns: DnsMode; audit: boolean } {
   let parsed: Rule[] | undefined;
   const rules = (): Rule[] => {
     parsed ??= JSON.parse(rulesJson) as Rule[];
@@ -70,6 +75,7 @@ export function storedPolicy(
   return {
     mode,
     dns,
+    audit: storedAudit === '1',
     rulesJson,
     get rules(): Rule[] {
       return rules();
@@ -103,9 +109,10 @@ export class Policies {
       ackReason,
       dns,
       revocation,
+      audit,
     ] = r;
     // Onto the stored policy, not spread from it: spreading would parse its rules.
-    return Object.assign(storedPolicy(mode, rulesJson, dns), {
+    return Object.assign(storedPolicy(mode, rulesJson, dns, audit), {
       computerId: id,
       version: Number(version),
       updatedAt: updatedAt ?? '',
@@ -116,7 +123,8 @@ export class Policies {
   /**
    * Replaces a computer's policy (normalised already) and appends the change
    * record, atomically. `ifMatch` makes it a compare-and-set on the version.
-   * `dns` is stored as its own field (absent: the default for mode and rules).
+   * `dns` is stored as its own field (absent: the default for mode and rules),
+   * and so is `audit` ('1' or '0'; absent: false).
    */
   async put(
     id: string,
@@ -126,6 +134,7 @@ export class Policies {
     const now = (options.now ?? new Date()).toISOString();
     const rulesJson = JSON.stringify(policy.rules);
     const dns = policy.dns ?? defaultDns(policy.mode, policy.rules);
+    const audit = policy.audit === true;
     const r = (await this.conn.run(
       'putPolicy',
       [keys.computer(id), keys.policy(id), keys.enforced(id), keys.version()],
@@ -139,6 +148,7 @@ export class Policies {
         templates.nodeChanges,
         this.streamMaxLen,
         dns,
+        audit ? '1' : '0',
       ],
       {
         what: `the change to the policy of computer "${id}"`,
@@ -157,6 +167,7 @@ export class Policies {
         computerId: id,
         mode: policy.mode,
         dns,
+        audit,
         rules: policy.rules,
         rulesJson,
         version: Number(version),
@@ -176,7 +187,7 @@ export class Policies {
       Promise.all(
         ids.map((id) =>
           Promise.all([
-            redis.hmget(keys.policy(id), 'mode', 'version', 'dns'),
+            redis.hmget(keys.policy(id), 'mode', 'version', 'dns', 'audit'),
             redis.hmget(keys.enforced(id), 'version', 'at', 'state', 'reason', 'revocation'),
           ]),
         ),
@@ -195,12 +206,18 @@ export class Policies {
       ),
     );
     const out = new Map<string, PolicyStatus>();
-    rows.forEach(([[mode, version, dns], [ackVersion, at, state, reason, revocation]], i) => {
+    rows.forEach(([[mode, version, dns, audit], [ackVersion, at, state, reason, revocation]], i) => {
       const id = ids[i] ?? '';
-      const policy = storedPolicy(mode ?? undefined, legacyRules.get(id) ?? '[]', dns ?? undefined);
+      const policy = storedPolicy(
+        mode ?? undefined,
+        legacyRules.get(id) ?? '[]',
+        dns ?? undefined,
+        audit ?? undefined,
+      );
       out.set(id, {
         mode: policy.mode,
         dns: policy.dns,
+        audit: policy.audit,
         version: Number(version ?? 0),
         enforced: toEnforced(ackVersion, at, state, reason, revocation),
       });

@@ -51,21 +51,27 @@ local function nestedOwner(hashKey, setKey, cgroup, id)
 end
 `;
 
-/** KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any). */
+/**
+ * KEYS: computer, policy, enforced. ARGV: tenant scope ('' = any).
+ * Reply: 'ok', mode, rules, version, updated_at, the acknowledgement's
+ * version, at, state, reason, then dns ('' when stored before dns existed),
+ * revocation, audit ('1', else '0': also when stored before audit existed).
+ */
 const GET_POLICY = `
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
-local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
+local p = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns', 'audit')
 local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason', 'revocation')
-return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', p[5] or '', e[5] or ''}
+return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', p[5] or '', e[5] or '', p[6] or '0'}
 `;
 
 /**
  * KEYS: computer, policy, enforced, version counter.
  * ARGV: tenant scope, id, mode, rules JSON, if-match version ('' = none),
- *       now, node changes template, stream maxlen, dns.
+ *       now, node changes template, stream maxlen, dns, audit ('1'/'0').
  * A policy stored before `dns` existed (no such field) differs from every
- * new one: the first PUT after the upgrade writes a new version.
+ * new one: the first PUT after the upgrade writes a new version. One stored
+ * before `audit` existed (no such field) is audit '0': the same policy.
  * An unchanged policy is not rewritten: its version stays. That comes
  * before the If-Match check, so a repeated conditional PUT whose first try
  * took effect (its answer was lost) answers as unchanged rather than 412
@@ -74,15 +80,15 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
 const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
-local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns')
+local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns', 'audit')
 local curVersion = cur[3] or '0'
 local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason', 'revocation')
-if cur[1] == ARGV[3] and cur[2] == ARGV[4] and cur[5] == ARGV[9] then
+if cur[1] == ARGV[3] and cur[2] == ARGV[4] and cur[5] == ARGV[9] and (cur[6] or '0') == ARGV[10] then
   return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', e[5] or ''}
 end
 if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
 local v = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'dns', ARGV[9], 'version', v, 'updated_at', ARGV[6])
+redis.call('HSET', KEYS[2], 'mode', ARGV[3], 'rules', ARGV[4], 'dns', ARGV[9], 'audit', ARGV[10], 'version', v, 'updated_at', ARGV[6])
 appendChange(string.format(ARGV[7], c[2]), ARGV[8], ARGV[2], 'policy', v, c[3], ARGV[6])
 return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or '', e[5] or ''}
 `;
@@ -163,7 +169,7 @@ if placed then
     redis.call('HSET', KEYS[2], 'version', v)
   else
     redis.call('DEL', KEYS[3], KEYS[6], KEYS[7])
-    redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'dns', 'all', 'version', v, 'updated_at', now)
+    redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'dns', 'all', 'audit', '0', 'version', v, 'updated_at', now)
   end
   appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
 elseif upstreamChanged then
@@ -262,14 +268,15 @@ return 1
  * KEYS: node computers, node changes. ARGV: computer key template, policy key template.
  * An atomic snapshot for an agent's full resync: the stream's last id and
  * seq, then for each computer its id, cgroup, tenant, mode, rules, version,
- * updated_at, dns ('' when stored before dns existed), dns_upstream ('' = none).
+ * updated_at, dns ('' when stored before dns existed), dns_upstream ('' = none),
+ * audit ('1', else '0': also when stored before audit existed).
  */
 const NODE_SNAPSHOT = `
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local out = {last[1] and last[1][1] or '0-0', redis.call('GET', KEYS[2] .. ':seq') or '0'}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local c = redis.call('HMGET', string.format(ARGV[1], id), 'cgroup', 'tenant', 'dns_upstream')
-  local p = redis.call('HMGET', string.format(ARGV[2], id), 'mode', 'rules', 'version', 'updated_at', 'dns')
+  local p = redis.call('HMGET', string.format(ARGV[2], id), 'mode', 'rules', 'version', 'updated_at', 'dns', 'audit')
   if c[1] then
     table.insert(out, id)
     table.insert(out, c[1])
@@ -280,6 +287,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     table.insert(out, p[4] or '')
     table.insert(out, p[5] or '')
     table.insert(out, c[3] or '')
+    table.insert(out, p[6] or '0')
   end
 end
 return out

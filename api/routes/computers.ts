@@ -45,7 +45,13 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
       data: page.computers.map((c) =>
         computerListItemView(
           c,
-          statuses.get(c.id) ?? { mode: 'unrestricted', dns: 'all', version: 0, enforced: undefined },
+          statuses.get(c.id) ?? {
+            mode: 'unrestricted',
+            dns: 'all',
+            audit: false,
+            version: 0,
+            enforced: undefined,
+          },
         ),
       ),
       next_cursor: page.nextCursor,

@@ -206,6 +206,7 @@ test("GET /computers: each computer with its policy in brief and the agent's rep
         {
           mode: 'isolated',
           block_dns: false,
+          audit: false,
           version: missing,
           enforcement: {
             state: 'cgroup_missing',
@@ -222,6 +223,7 @@ test("GET /computers: each computer with its policy in brief and the agent's rep
         {
           mode: 'unrestricted',
           block_dns: false,
+          audit: false,
           version: ok,
           enforcement: {
             state: 'enforced',

@@ -221,13 +221,18 @@ test('node snapshot: every computer of a node with policy and version, and the s
   t.deepEqual(
     snap.computers.map((c) => [c.id, c.cgroup, c.policy]),
     [
-      ['snap-1', 'egressd/snap-1', { mode: 'unrestricted', dns: 'all', rules: [], rulesJson: '[]' }],
+      [
+        'snap-1',
+        'egressd/snap-1',
+        { mode: 'unrestricted', dns: 'all', audit: false, rules: [], rulesJson: '[]' },
+      ],
       [
         'snap-2',
         'egressd/snap-2',
         {
           mode: 'denylist',
           dns: 'all',
+          audit: false,
           rules: [{ host: '192.0.2.0/24', protocol: 'udp' }],
           rulesJson: JSON.stringify([{ host: '192.0.2.0/24', protocol: 'udp' }]),
         },

@@ -109,6 +109,7 @@ test('request schemas accept the seed examples and reject what the API rejects',
     { mode: 'allowlist', rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] },
     { mode: 'denylist', rules: [{ host: '185.220.0.0/16' }] },
     { mode: 'isolated' },
+    { mode: 'denylist', rules: [{ host: 'evil.example' }], audit: true },
   ];
   for (const body of good) t.deepEqual(validate(d, input, body, '$'), [], JSON.stringify(body));
   t.deepEqual(
@@ -119,6 +120,7 @@ test('request schemas accept the seed examples and reject what the API rejects',
     { mode: 'x' },
     { mode: 'allowlist', rules: [{ host: 'a', port: 0 }] },
     { mode: 'isolated', extra: 1 },
+    { mode: 'isolated', audit: 'yes' },
   ];
   for (const body of bad) t.notDeepEqual(validate(d, input, body, '$'), [], JSON.stringify(body));
   // And the API agrees.

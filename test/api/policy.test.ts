@@ -270,6 +270,97 @@ test('policies stored before dns existed read as the defaults; "isolated+block_d
   t.is(second.body.data.version, first.body.data.version);
 });
 
+test('audit: false unless sent; echoed by every reply, the list, and what the agent reads; DELETE resets it', async (t) => {
+  await register(h, 'audit-1');
+  const agentSees = async (id: string) => ({
+    snapshot: (await h.store.listComputersOfNode('node-a')).computers.find((c) => c.id === id)?.policy.audit,
+    refresh: (await h.store.getPolicy(id))?.audit,
+  });
+  const listed = async (id: string) =>
+    (await h.call('GET', '/api/v1/computers?node=node-a&limit=1000')).body.data.find(
+      (c: { id: string }) => c.id === id,
+    ).policy.audit;
+  t.is((await h.call('GET', path('audit-1'))).body.data.audit, false, 'a new computer');
+  const plain = await h.call('PUT', `${path('audit-1')}?wait=0`, { body: { mode: 'isolated' } });
+  t.is(plain.body.data.audit, false, 'absent: false');
+  t.deepEqual(await agentSees('audit-1'), { snapshot: false, refresh: false });
+  const body = { mode: 'denylist', rules: [{ host: '192.0.2.0/24' }], audit: true };
+  const on = await h.call('PUT', `${path('audit-1')}?wait=0`, { body });
+  t.is(on.status, 202);
+  t.like(on.body.data, { mode: 'denylist', audit: true });
+  t.like((await h.call('GET', path('audit-1'))).body.data, { audit: true, version: on.body.data.version });
+  t.deepEqual(await agentSees('audit-1'), { snapshot: true, refresh: true });
+  t.is(await listed('audit-1'), true);
+  t.is(await h.store.redis.hget(keys.policy('audit-1'), 'audit'), '1');
+  const reset = await h.call('DELETE', `${path('audit-1')}?wait=0`);
+  t.like(reset.body.data, { mode: 'unrestricted', audit: false });
+  t.true(reset.body.data.version > on.body.data.version);
+  t.is((await h.call('GET', path('audit-1'))).body.data.audit, false);
+  t.deepEqual(await agentSees('audit-1'), { snapshot: false, refresh: false });
+  t.is(await listed('audit-1'), false);
+});
+
+test('audit: a change of audit alone is a new version; the same body twice is unchanged', async (t) => {
+  await register(h, 'audit-2');
+  const put = (body: object) => h.call('PUT', `${path('audit-2')}?wait=0`, { body });
+  const rules = [{ host: 'pypi.org', port: 443, protocol: 'tcp' }];
+  const off = await put({ mode: 'allowlist', rules, audit: false });
+  const on = await put({ mode: 'allowlist', rules, audit: true });
+  t.true(on.body.data.version > off.body.data.version, 'audit on alone: a new version');
+  const again = await put({ mode: 'allowlist', rules, audit: true });
+  t.is(again.body.data.version, on.body.data.version, 'the same body: unchanged');
+  // Every reply can be sent back as it is, and changes nothing.
+  const { mode, dns, block_dns, audit } = again.body.data;
+  const back = await put({ mode, rules: again.body.data.rules, dns, block_dns, audit });
+  t.is(back.body.data.version, on.body.data.version);
+  const left = await put({ mode: 'allowlist', rules });
+  t.true(left.body.data.version > on.body.data.version, 'leaving audit out turns it off: a new version');
+  t.is(left.body.data.audit, false);
+  t.is((await put({ mode: 'allowlist', rules, audit: false })).body.data.version, left.body.data.version);
+  // Through the store, as the API calls it: a Policy without audit is audit false.
+  const stored = await h.store.putPolicy(
+    'audit-2',
+    { mode: 'allowlist', rules: [{ host: 'pypi.org', port: 443, protocol: 'tcp' }] },
+    {},
+  );
+  t.like(stored, { status: 'unchanged', record: { audit: false, version: left.body.data.version } });
+  const viaStore = await h.store.putPolicy('audit-2', { mode: 'isolated', rules: [], audit: true }, {});
+  t.like(viaStore, { status: 'ok', record: { audit: true } });
+  t.like(await h.store.getPolicy('audit-2'), { mode: 'isolated', audit: true });
+});
+
+test('audit: anything but true or false is 400 invalid_request naming the field', async (t) => {
+  await register(h, 'audit-3');
+  for (const audit of ['true', 'yes', 1, 0, null, {}, []]) {
+    const r = await h.call('PUT', `${path('audit-3')}?wait=0`, { body: { mode: 'isolated', audit } });
+    t.is(r.status, 400, JSON.stringify(audit));
+    t.is(r.body.error.code, 'invalid_request');
+    t.is(r.body.error.message, 'audit: must be true or false');
+    t.deepEqual(r.body.error.details, [{ path: 'audit', message: 'must be true or false' }]);
+  }
+  t.is((await h.call('GET', path('audit-3'))).body.data.mode, 'unrestricted', 'nothing stored');
+});
+
+test('a policy stored before audit existed reads audit false, and the same PUT again changes nothing', async (t) => {
+  const redis = h.store.redis;
+  await register(h, 'old-audit');
+  const body = { mode: 'denylist', rules: [{ host: 'evil.example', protocol: 'any' }] };
+  const first = await h.call('PUT', `${path('old-audit')}?wait=0`, { body });
+  // What an older API wrote: no audit field.
+  await redis.hdel(keys.policy('old-audit'), 'audit');
+  const got = await h.call('GET', path('old-audit'));
+  t.like(got.body.data, { mode: 'denylist', audit: false, version: first.body.data.version });
+  const snapshot = await h.store.listComputersOfNode('node-a');
+  t.is(snapshot.computers.find((c) => c.id === 'old-audit')?.policy.audit, false);
+  t.is((await h.store.getPolicy('old-audit'))?.audit, false);
+  t.is((await h.store.policyStatuses(['old-audit'])).get('old-audit')?.audit, false);
+  const same = await h.call('PUT', `${path('old-audit')}?wait=0`, { body });
+  t.is(same.body.data.version, first.body.data.version, 'absent is false: unchanged');
+  const on = await h.call('PUT', `${path('old-audit')}?wait=0`, { body: { ...body, audit: true } });
+  t.true(on.body.data.version > first.body.data.version);
+  t.is(await redis.hget(keys.policy('old-audit'), 'audit'), '1');
+});
+
 test('learned: what the agent published, unexpired, sorted; 404 for unknown computers', async (t) => {
   await register(h, 'learn-1');
   const soon = Date.now() + 60_000;

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { isEnforced, policyReplyJson, policyView } from '../../api/views.js';
+import { computerListItemView, isEnforced, policyReplyJson, policyView } from '../../api/views.js';
 import { formatRevocation, parseRevocation } from '../../store/acks.js';
 import type { PolicyRecord, Revocation } from '../../store/store.js';
 
@@ -9,6 +9,7 @@ function record(over: Partial<PolicyRecord>): PolicyRecord {
     computerId: 'c-1',
     mode: 'allowlist',
     dns: 'listed',
+    audit: false,
     rules,
     rulesJson: JSON.stringify(rules),
     version: 7,
@@ -24,6 +25,7 @@ test('the spliced reply equals the serialised view', (t) => {
     record({ rules: [{ host: 'github.com', port: 443, protocol: 'tcp' }] }),
     record({ computerId: 'RULES', rules: [{ host: '*.rules.example', protocol: 'any' }] }),
     record({ mode: 'isolated', dns: 'none' }),
+    record({ mode: 'denylist', audit: true, rules: [{ host: 'evil.example', protocol: 'any' }] }),
     record({
       computerId: 'a_RULES_b',
       mode: 'isolated',
@@ -37,6 +39,24 @@ test('the spliced reply equals the serialised view', (t) => {
   for (const r of cases) {
     t.deepEqual(JSON.parse(policyReplyJson(r)), { data: policyView(r) }, r.computerId);
   }
+});
+
+test('audit: a boolean in the policy view and in the list brief', (t) => {
+  t.is(policyView(record({})).audit, false);
+  t.is(policyView(record({ audit: true })).audit, true);
+  t.is(JSON.parse(policyReplyJson(record({ audit: true }))).data.audit, true);
+  const computer = {
+    id: 'c-1',
+    cgroup: 'egressd/c-1',
+    node: 'n',
+    tenant: null,
+    dnsUpstream: null,
+    createdAt: 't',
+    updatedAt: 't',
+  };
+  const status = { mode: 'isolated' as const, dns: 'all' as const, version: 3, enforced: undefined };
+  t.is(computerListItemView(computer, { ...status, audit: true }).policy.audit, true);
+  t.is(computerListItemView(computer, { ...status, audit: false }).policy.audit, false);
 });
 
 test('enforcement state: what the agent reported of this version; in force only when enforced (or with DNS refused)', (t) => {

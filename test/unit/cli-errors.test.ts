@@ -3,7 +3,8 @@
  * API on loopback: one line with the API's code and message for a 4xx, the
  * URL and the system error when the API cannot be reached, a stack trace
  * only with --debug. Also the pure helpers of `computers add` and `run
- * --create`: absolute cgroup paths, the node chosen.
+ * --create`: absolute cgroup paths, the node chosen; and what `policy set
+ * --audit` sends and shows.
  */
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
@@ -22,10 +23,44 @@ const CLI = fileURLToPath(new URL('../../cli/main.js', import.meta.url));
 let server: Server;
 let api: string;
 let closedPort: number;
+/** The bodies of the PUTs to computer "aud"'s policy, in order. */
+const audSent: Array<Record<string, unknown>> = [];
+
+/** A policy view as the API answers it, enforced. */
+function policyReply(body: Record<string, unknown>): string {
+  return JSON.stringify({
+    data: {
+      computer_id: 'aud',
+      mode: body['mode'],
+      dns: 'all',
+      block_dns: false,
+      audit: body['audit'] === true,
+      rules: [],
+      version: 7,
+      updated_at: '2026-01-01T00:00:00.000Z',
+      enforcement: {
+        state: 'enforced',
+        reason: null,
+        enforced_version: 7,
+        enforced_at: '2026-01-01T00:00:00.000Z',
+        revocation: null,
+        revoked: null,
+      },
+    },
+  });
+}
 
 test.before(async () => {
-  server = createServer((req, res) => {
+  server = createServer(async (req, res) => {
     res.setHeader('content-type', 'application/json');
+    if (req.url?.startsWith('/api/v1/computers/aud/network-policy') && req.method === 'PUT') {
+      let text = '';
+      for await (const chunk of req) text += chunk;
+      const body = JSON.parse(text) as Record<string, unknown>;
+      audSent.push(body);
+      res.end(policyReply(body));
+      return;
+    }
     if (req.url?.startsWith('/api/v1/computers/nobody/network-policy')) {
       res.statusCode = 404;
       res.end(JSON.stringify({ error: { code: 'computer_not_found', message: 'computer not found' } }));
@@ -115,6 +150,17 @@ test('usage errors print the usage and exit 2', async (t) => {
   const unknown = await cli(api, 'policy', 'get', 'x', '--no-such-flag');
   t.is(unknown.code, 2);
   t.regex(unknown.stderr, /Unknown option '--no-such-flag'/);
+});
+
+test('policy set --audit sends audit true; without it, false (a set replaces the whole policy); both show it', async (t) => {
+  const on = await cli(api, 'policy', 'set', 'aud', '--mode', 'isolated', '--audit');
+  t.is(on.code, 0, on.stderr);
+  t.like(audSent.at(-1), { mode: 'isolated', audit: true });
+  t.true(lines(on.stdout).includes('audit:       on (refusals are let through and reported)'), on.stdout);
+  const off = await cli(api, 'policy', 'set', 'aud', '--mode', 'isolated');
+  t.is(off.code, 0, off.stderr);
+  t.like(audSent.at(-1), { mode: 'isolated', audit: false });
+  t.true(lines(off.stdout).includes('audit:       off'), off.stdout);
 });
 
 test('cgroup arguments: an absolute path under the local cgroup2 mount is made relative', (t) => {
