@@ -1,0 +1,96 @@
+/**
+ * Audit mode through the real `egressd all`: a PUT with `audit: true` is
+ * enforced (200) and echoed; the computer's would-be refusals go through
+ * and come back as events marked audit with their reason, a name the policy
+ * does not list is resolved (and reported) instead of NXDOMAIN, and the
+ * denial metric keeps audit apart; turning audit off is atomic: the next
+ * connect after the 200 is refused.
+ */
+import test from 'ava';
+import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
+import { type Egressd, startEgressd, waitFor } from '../helpers/egressd.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
+import { createWorld, type World } from '../helpers/world.js';
+
+let world: World;
+let dnsmasq: Dnsmasq;
+let egressd: Egressd;
+
+test.before(async () => {
+  world = await createWorld();
+  dnsmasq = await startDnsmasq([
+    'host-record=listed.test,203.0.113.31,300',
+    'host-record=other.test,203.0.113.32,300',
+  ]);
+  egressd = await startEgressd({ world, node: 'audit-node', dnsUpstream: `${dnsmasq.host}:${dnsmasq.port}` });
+});
+
+test.after.always(async () => {
+  await egressd?.stop();
+  await dnsmasq?.stop();
+  await world?.destroy();
+});
+
+interface Event {
+  reason: string;
+  address: string | null;
+  hostname: string | null;
+  audit?: boolean;
+}
+
+async function events(id: string, count: number): Promise<Event[]> {
+  let got: Event[] = [];
+  await waitFor(`${count} events of ${id}`, async () => {
+    const r = await egressd.client.send('GET', `/api/v1/computers/${id}/network-policy/events`);
+    got = (r.body as { data: Event[] }).data;
+    return got.length >= count;
+  });
+  return got;
+}
+
+test.serial(
+  'audit: the would-be refusals go through, each an event marked audit; off is atomic',
+  async (t) => {
+    const cg = world.makeCgroup('watched');
+    t.is(
+      (await egressd.client.send('PUT', '/api/v1/computers/watched', { body: { cgroup: cg.relative } }))
+        .status,
+      201,
+    );
+    const policy = { mode: 'allowlist', rules: [{ host: 'listed.test', protocol: 'tcp' }] };
+    const on = await egressd.client.send('PUT', '/api/v1/computers/watched/network-policy?wait=10000', {
+      body: { ...policy, audit: true },
+    });
+    t.is(on.status, 200);
+    t.like((on.body as { data: object }).data, { audit: true, dns: 'listed' });
+
+    // dig in the host namespace: its DNS goes to the computer's proxy port on 127.0.0.1.
+    const dig = (name: string) =>
+      world.run('dig', ['@127.0.0.53', '+short', '+tries=1', '+time=2', name, 'A'], {
+        cgroup: cg.path,
+        netns: false,
+      });
+    t.is((await dig('other.test')).out.trim(), '203.0.113.32', 'an unlisted name is resolved, not NXDOMAIN');
+    t.deepEqual(
+      await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80', 'udp-sendto:[2001:db8::1]:80'),
+      ['ok', 'ok'],
+    );
+    const got = await events('watched', 3);
+    t.deepEqual(got.map((e) => [e.reason, e.address ?? e.hostname, e.audit]).sort(), [
+      ['dns_unlisted', 'other.test', true],
+      ['mode', '192.0.2.1', true],
+      ['mode', '2001:db8::1', true],
+    ]);
+    const metrics = parsePrometheus((await egressd.client.send('GET', '/metrics')).text);
+    t.is(metrics.get('egressd_denials_total{computer="watched",reason="mode",audit="true"}'), 2);
+
+    const off = await egressd.client.send('PUT', '/api/v1/computers/watched/network-policy?wait=10000', {
+      body: policy,
+    });
+    t.is(off.status, 200);
+    t.like((off.body as { data: object }).data, { audit: false });
+    // No sleep: the 200 means the kernel refuses now.
+    t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
+    t.regex((await dig('other.test')).out, /^$/, 'NXDOMAIN again: dig +short prints nothing');
+  },
+);
