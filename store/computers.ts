@@ -44,6 +44,7 @@ function computerScriptKeys(id: string): string[] {
     keys.computers(),
     keys.events(id),
     keys.learned(id),
+    keys.observed(id),
   ];
 }
 

@@ -23,6 +23,11 @@ export const keys = {
   events: (id: string) => `${PREFIX}computer:${id}:events`,
   /** Hash written by the agent: "<name> <address>" → expiry (ms since the epoch) of what the computer's DNS taught it. */
   learned: (id: string) => `${PREFIX}computer:${id}:learned`,
+  /**
+   * Hash written by the agent (observations.ts): "<host> <port> <protocol>" → "<count> <first> <last>"
+   * (times in ms since the epoch) of what the computer connected to; at most MAX_OBSERVATIONS fields.
+   */
+  observed: (id: string) => `${PREFIX}computer:${id}:observed`,
   /** Hash written by the agent (`Store.ackEnforced`): version, at, node, state, reason ('' when none), revocation. */
   enforced: (id: string) => `${PREFIX}computer:${id}:enforced`,
   /** Sorted set (all scores 0, ordered by id) of every computer id. */

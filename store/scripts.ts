@@ -94,7 +94,7 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or 
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned, observed.
  * ARGV: tenant scope, id, cgroup, node ('' = keep, or default), default node,
  *       tenant, tenant given ('1'/'0'), now, templates (node computers,
  *       node cgroups, node changes, tenant computers), stream maxlen,
@@ -105,8 +105,8 @@ return {'ok', tostring(v), ARGV[6], e[1] or '', e[2] or '', e[3] or '', e[4] or 
  * re-reads the computer (and gives its DNS proxy port the new upstream).
  * A computer's cgroup is neither an ancestor nor a descendant of another
  * computer's on the node ('cgroup_nested'): one policy per process.
- * A new computer starts without an acknowledgement, deny events or learned
- * names: whatever a computer of the same id left behind (written by an older
+ * A new computer starts without an acknowledgement, deny events, learned
+ * names or observations: whatever a computer of the same id left behind (written by an older
  * build, which did not delete them) is not its.
  */
 const PUT_COMPUTER = `${APPEND_CHANGE}${CGROUP_PATHS}
@@ -168,7 +168,7 @@ if placed then
   if exists then
     redis.call('HSET', KEYS[2], 'version', v)
   else
-    redis.call('DEL', KEYS[3], KEYS[6], KEYS[7])
+    redis.call('DEL', KEYS[3], KEYS[6], KEYS[7], KEYS[8])
     redis.call('HSET', KEYS[2], 'mode', 'unrestricted', 'rules', '[]', 'dns', 'all', 'audit', '0', 'version', v, 'updated_at', now)
   end
   appendChange(string.format(tNodeChanges, node), maxlen, id, 'computer', v, cgroup, now)
@@ -180,7 +180,7 @@ return {exists and 'updated' or 'created', cgroup, node, tenant, created, now, d
 `;
 
 /**
- * KEYS: computer, policy, enforced, version counter, all computers, events, learned.
+ * KEYS: computer, policy, enforced, version counter, all computers, events, learned, observed.
  * ARGV: tenant scope, id, now, templates (node computers, node cgroups,
  *       node changes, tenant computers), stream maxlen, template (node cgroup paths),
  *       computer-deleted channel.
@@ -192,7 +192,7 @@ local scope, id, now = ARGV[1], ARGV[2], ARGV[3]
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
 if not c[1] or (scope ~= '' and c[1] ~= scope) then return {'not_found'} end
 local v = redis.call('INCR', KEYS[4])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[5], id)
 redis.call('ZREM', string.format(ARGV[4], c[2]), id)
 if redis.call('HGET', string.format(ARGV[5], c[2]), c[3]) == id then
@@ -238,6 +238,42 @@ for i = 2, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
 end
 return #ARGV - 1
+`;
+
+/**
+ * KEYS: computer, observed. ARGV: the most fields to keep, then triples of
+ * field ("<host> <port> <protocol>"), count, and "<first> <last>" (ms since
+ * the epoch). Written only while the computer exists (as APPEND_EVENTS):
+ * counts add up, first is the earliest, last the latest; then the least
+ * recently seen fields go until at most the most to keep are left.
+ */
+const PUT_OBSERVED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 3 do
+  local count = tonumber(ARGV[i + 1])
+  local first, last = string.match(ARGV[i + 2], '^(%d+) (%d+)$')
+  first, last = tonumber(first), tonumber(last)
+  local old = redis.call('HGET', KEYS[2], ARGV[i])
+  if old then
+    local c, f, l = string.match(old, '^(%d+) (%d+) (%d+)$')
+    count = count + tonumber(c)
+    if tonumber(f) < first then first = tonumber(f) end
+    if tonumber(l) > last then last = tonumber(l) end
+  end
+  redis.call('HSET', KEYS[2], ARGV[i], string.format('%d %d %d', count, first, last))
+end
+local keep = tonumber(ARGV[1])
+if redis.call('HLEN', KEYS[2]) > keep then
+  local all = redis.call('HGETALL', KEYS[2])
+  local rows = {}
+  for i = 1, #all, 2 do
+    local l = tonumber(string.match(all[i + 1], ' (%d+)$')) or 0
+    rows[#rows + 1] = {all[i], l}
+  end
+  table.sort(rows, function(a, b) return a[2] < b[2] end)
+  for i = 1, #rows - keep do redis.call('HDEL', KEYS[2], rows[i][1]) end
+end
+return 1
 `;
 
 /**
@@ -297,8 +333,9 @@ return out
 const SCRIPTS = {
   getPolicy: { keys: 3, lua: GET_POLICY },
   putPolicy: { keys: 4, lua: PUT_POLICY },
-  putComputer: { keys: 7, lua: PUT_COMPUTER },
-  deleteComputer: { keys: 7, lua: DELETE_COMPUTER },
+  putComputer: { keys: 8, lua: PUT_COMPUTER },
+  deleteComputer: { keys: 8, lua: DELETE_COMPUTER },
+  putObserved: { keys: 2, lua: PUT_OBSERVED },
   ackEnforced: { keys: 2, lua: ACK_ENFORCED },
   appendEvents: { keys: 2, lua: APPEND_EVENTS },
   putLearned: { keys: 2, lua: PUT_LEARNED },

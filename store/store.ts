@@ -1,7 +1,7 @@
 /**
  * The store: every read and write of egressd's state in Redis, for the API
  * and for the agent, in one object. Each part lives in a module of its own
- * (policies, computers, changes, acks, events, learned, api-keys) over one
+ * (policies, computers, changes, acks, events, learned, observations, api-keys) over one
  * connection (connection.ts: what an outage surfaces as); changes run as
  * Lua scripts (scripts.ts), atomically.
  */
@@ -24,6 +24,7 @@ import { Events } from './events.js';
 import { channels, keys } from './keys.js';
 import { Learned, type LearnedName } from './learned.js';
 import { Notifications } from './notifications.js';
+import { type Observation, Observations } from './observations.js';
 import { Policies, type PolicyRecord, type PolicyStatus, type PutPolicyResult } from './policies.js';
 
 export { AGENT_STATES, type AgentState, type Enforced, inForce, type Revocation } from './acks.js';
@@ -31,6 +32,7 @@ export type { ApiKeyRecord } from './api-keys.js';
 export type { ChangeKind, ChangeRecord, NodeSnapshot } from './changes.js';
 export type { Computer, ComputerInput, PutComputerResult, Scope } from './computers.js';
 export type { LearnedName } from './learned.js';
+export { MAX_OBSERVATIONS, type Observation } from './observations.js';
 export type { PolicyRecord, PolicyStatus, PutPolicyResult } from './policies.js';
 
 export interface StoreOptions {
@@ -66,6 +68,7 @@ export class Store {
   private readonly acks: Acks;
   private readonly events: Events;
   private readonly learned: Learned;
+  private readonly observations: Observations;
   private readonly apiKeys: ApiKeys;
   private feed: EventFeed | undefined;
 
@@ -79,6 +82,7 @@ export class Store {
     this.acks = new Acks(this.conn, options.waitPollMs ?? 2000);
     this.events = new Events(this.conn);
     this.learned = new Learned(this.conn);
+    this.observations = new Observations(this.conn);
     this.apiKeys = new ApiKeys(this.conn);
     this.notices = new Notifications(this.conn);
     this.notices.on(
@@ -266,6 +270,16 @@ export class Store {
 
   getLearned(id: string, scope: Scope = ''): Promise<LearnedName[] | undefined> {
     return this.learned.get(id, scope);
+  }
+
+  /** Merges what the agent saw the computer connect to (observations.ts). */
+  putObservations(id: string, seen: readonly Observation[]): Promise<void> {
+    return this.observations.put(id, seen);
+  }
+
+  /** What the computer connected to, last seen at `since` (ms) or later; undefined when not visible under `scope`. */
+  getObservations(id: string, scope: Scope = '', since = 0): Promise<Observation[] | undefined> {
+    return this.observations.get(id, scope, since);
   }
 
   // --- API keys (api-keys.ts) ---------------------------------------------
