@@ -6,8 +6,8 @@
  */
 import { existsSync, unlinkSync } from 'node:fs';
 import { constants } from 'node:os';
-import { decodeCgroupLinkInfo, UAPI_LAYOUT } from './abi.js';
 import * as bpf from './libbpf.js';
+import { decodeCgroupLinkInfo, UAPI_LAYOUT } from './uapi.js';
 
 /** Attaches `progFd` to the cgroup open as `cgroupFd` and pins the link at `pin`. */
 export function pinCgroupLink(progFd: number, cgroupFd: number, attachType: number, pin: string): void {

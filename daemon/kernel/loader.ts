@@ -13,9 +13,10 @@ import { constants } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EgressdError } from '../../policy/errors.js';
-import { ABI_VERSION, CONFIG_SLOT, decodeProgInfo, MAPS, UAPI_LAYOUT } from './abi.js';
+import { ABI_VERSION, CONFIG_SLOT, MAPS } from './abi.js';
 import * as bpf from './libbpf.js';
 import { readConfig, writeConfig } from './maps.js';
+import { decodeProgInfo, UAPI_LAYOUT } from './uapi.js';
 
 /**
  * The cgroup hooks, in attach order: sock_create first (see Enforcer.attach).

@@ -6,14 +6,12 @@
 import test from 'ava';
 import {
   decodeCgroupKey,
-  decodeCgroupLinkInfo,
   decodeComputer,
   decodeDenyEvent,
   decodeLearned,
   decodeLearnedKey,
   decodeMode,
   decodePortKey,
-  decodeProgInfo,
   decodeRevoked,
   decodeRuleKey,
   decodeU64,
@@ -32,6 +30,7 @@ import {
   encodeU32,
   encodeU64,
 } from '../../daemon/kernel/abi.js';
+import { decodeCgroupLinkInfo, decodeProgInfo } from '../../daemon/kernel/uapi.js';
 
 /** Bytes from hex, spaces ignored. */
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -20,8 +20,8 @@ import {
   PROTO,
   REASON,
   REVOKE_MAPS,
-  UAPI_LAYOUT,
 } from '../../daemon/kernel/abi.js';
+import { UAPI_LAYOUT } from '../../daemon/kernel/uapi.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const object = path.join(root, 'build/egress.bpf.o');
