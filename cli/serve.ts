@@ -13,6 +13,7 @@ import { type AddressInfo, createServer, isIP } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { Agent } from '../daemon/agent/agent.js';
+import { Observer } from '../daemon/agent/observer.js';
 import { cgroupOfProcess } from '../daemon/agent/placement.js';
 import { DnsProxy, type DnsProxyOptions } from '../daemon/dns/proxy.js';
 import { parseHostPort, systemResolvers } from '../daemon/dns/upstream.js';
@@ -246,6 +247,9 @@ async function startAgent(
   const deny = startDenyEvents(enforcer, store, log, agentMetrics);
   events = deny;
   stoppers.push(() => deny.close());
+  const observer = new Observer(enforcer, store, log.child({ component: 'observer' }));
+  observer.start();
+  stoppers.push(() => observer.stop());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);

@@ -208,6 +208,7 @@ export class DenyEvents {
   }
 }
 
-function formatAddress(bytes: number[]): string {
+/** An address's text form (IPv4 dotted, IPv6 RFC 5952) from its bytes. */
+export function formatAddress(bytes: number[]): string {
   return ipaddr.fromByteArray(bytes).toString();
 }

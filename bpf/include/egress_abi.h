@@ -89,7 +89,7 @@
 #define EGRESS_CONFIG_SLOTS 16
 
 /* Bumped whenever a layout or a map definition below changes. */
-#define EGRESS_ABI_VERSION 4
+#define EGRESS_ABI_VERSION 5
 
 /* Reasons of struct egress_deny_event. */
 #define EGRESS_REASON_MODE 1       /* allowlist: nothing matched; isolated; no policy yet */
@@ -107,6 +107,7 @@
 #define EGRESS_MAX_LEARNED (1 << 20)
 #define EGRESS_MAX_DNS_SOCKETS 65536
 #define EGRESS_EVENTS_BYTES (1 << 20) /* deny-event ring buffer */
+#define EGRESS_MAX_OBSERVED 65536     /* destinations in "observed" (least recently used go first) */
 
 /* Value of the "computers" cgroup storage; written whole by user space. */
 struct egress_computer {
@@ -216,6 +217,27 @@ struct egress_revoked {
 	__s32 error;     /* 0: closed; else what bpf_sock_destroy() returned (a negative errno) */
 	__u32 uid;       /* the socket's owner, as the iterator gives it */
 	__u32 pad;
+};
+
+/*
+ * Key of "observed": a destination a computer's connect or send went to (let
+ * through: allowed, or refused in audit), for audit mode's suggested
+ * allowlist. DNS (sent to the proxy) and loopback are not observed.
+ */
+struct egress_observed_key {
+	__u64 cgroup_id; /* the computer's (struct egress_computer.cgroup_id) */
+	__u8 addr[16];   /* network byte order; IPv4 in the first 4 bytes */
+	__u16 port;      /* host byte order */
+	__u8 family;     /* 4 or 6, as judged: 4 for an IPv4-mapped address */
+	__u8 protocol;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u32 pad;
+};
+
+/* Value of "observed". */
+struct egress_observed {
+	__u64 count;    /* connects and datagrams */
+	__u64 first_ns; /* CLOCK_MONOTONIC_COARSE */
+	__u64 last_ns;
 };
 
 /* Value of "dns_origin" (key: socket cookie): where the application sent its query. */

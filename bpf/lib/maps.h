@@ -89,6 +89,13 @@ struct {
 } socket_owner SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EGRESS_MAX_OBSERVED);
+	__type(key, struct egress_observed_key);
+	__type(value, struct egress_observed);
+} observed SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EGRESS_EVENTS_BYTES);
 } deny_events SEC(".maps");

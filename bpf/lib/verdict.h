@@ -82,6 +82,39 @@ static __always_inline __u32 peer_verdict(const struct egress_computer *c, const
 	return policy_verdict(0, agent_ns, c, a, proto, 0);
 }
 
+/*
+ * A destination the computer's call goes to (observations: what it connected
+ * to, for the suggested allowlist). One hash lookup when the destination was
+ * seen before, an insert when not; DNS and loopback are left out.
+ */
+static __always_inline void observe(const struct egress_computer *c, const struct eg_addr *a, __u32 protocol)
+{
+	struct egress_observed_key key = {
+		.cgroup_id = c->cgroup_id, .port = a->port, .family = a->family, .protocol = protocol};
+	struct egress_observed *seen, fresh = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 ip4;
+
+	if (is_dns(proto_bit(protocol), a->port) || addr_is_loopback(a))
+		return;
+	if (a->family == 4) {
+		ip4 = addr_v4(a);
+		__builtin_memcpy(key.addr, &ip4, 4);
+	} else {
+		__builtin_memcpy(key.addr, a->ip, 16);
+	}
+	seen = bpf_map_lookup_elem(&observed, &key);
+	if (seen) {
+		__sync_fetch_and_add(&seen->count, 1);
+		seen->last_ns = now;
+		return;
+	}
+	fresh.count = 1;
+	fresh.first_ns = now;
+	fresh.last_ns = now;
+	bpf_map_update_elem(&observed, &key, &fresh, BPF_NOEXIST);
+}
+
 /* A refusal the computer's policy makes: SYS_REJECT, or in audit SYS_PROCEED (its event says it was audit). */
 static __always_inline int refuse(const struct egress_computer *c)
 {
@@ -95,14 +128,21 @@ static __always_inline int judge_addr(struct bpf_sock_addr *ctx, __u8 sock)
 	struct eg_addr a;
 	__u32 reason;
 
-	if (c->mode == EGRESS_MODE_UNRESTRICTED)
-		return SYS_PROCEED;
 	addr_read(ctx, sock, &a);
-	reason = addr_verdict(ctx, c, &a);
-	if (reason == ALLOW)
+	if (c->mode == EGRESS_MODE_UNRESTRICTED) {
+		observe(c, &a, ctx->protocol);
 		return SYS_PROCEED;
+	}
+	reason = addr_verdict(ctx, c, &a);
+	if (reason == ALLOW) {
+		observe(c, &a, ctx->protocol);
+		return SYS_PROCEED;
+	}
 	report(c, reason, sock, ctx->protocol, a.ip, a.port);
-	return refuse(c);
+	if (refuse(c) == SYS_REJECT)
+		return SYS_REJECT;
+	observe(c, &a, ctx->protocol);
+	return SYS_PROCEED;
 }
 
 /*

@@ -47,7 +47,7 @@ export const CONFIG_SLOT = {
   nextLearnedId: 7,
 } as const;
 export const CONFIG_SLOTS = 16;
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 /** Reasons of a deny event (EGRESS_REASON_*), by their code. */
 export const REASON = { mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5, ungoverned: 6 } as const;
@@ -64,6 +64,7 @@ export const MAPS = {
   learnedV6: 'learned_v6',
   dnsOrigin: 'dns_origin',
   governed: 'governed',
+  observed: 'observed',
   socketOwner: 'socket_owner',
   denyEvents: 'deny_events',
   config: 'config',
@@ -105,6 +106,11 @@ export const LAYOUT = {
   egress_learned_v6: { size: 20, offsets: { learned_id: 0, addr: 4 } },
   egress_learned: { size: 16, offsets: { expires_ns: 0, port_set: 8, any_port_protos: 12, pad: 13 } },
   egress_dns_origin: { size: 20, offsets: { addr: 0, port: 16, family: 18 } },
+  egress_observed_key: {
+    size: 32,
+    offsets: { cgroup_id: 0, addr: 8, port: 24, family: 26, protocol: 27, pad: 28 },
+  },
+  egress_observed: { size: 24, offsets: { count: 0, first_ns: 8, last_ns: 16 } },
   egress_revoked: {
     size: 40,
     offsets: { cgroup_id: 0, addr: 8, port: 24, family: 26, protocol: 27, error: 28, uid: 32, pad: 36 },
@@ -401,4 +407,23 @@ export function decodeRevoked(b: Buffer): RevokedRecord[] {
     });
   }
   return out;
+}
+
+/** A destination in "observed": the computer, the address (4 or 16 bytes), port and protocol; how often, when. */
+export type ObservedEntry = Record<'cgroupId' | 'count' | 'firstNs' | 'lastNs', bigint> &
+  Record<'port' | 'protocol', number> & { address: number[] };
+
+export function decodeObserved(key: Buffer, value: Buffer): ObservedEntry {
+  const k = L.egress_observed_key.offsets;
+  const v = L.egress_observed.offsets;
+  const size = key[k.family] === 4 ? 4 : 16;
+  return {
+    cgroupId: key.readBigUInt64LE(k.cgroup_id),
+    address: [...key.subarray(k.addr, k.addr + size)],
+    port: key.readUInt16LE(k.port),
+    protocol: key[k.protocol] ?? 0,
+    count: value.readBigUInt64LE(v.count),
+    firstNs: value.readBigUInt64LE(v.first_ns),
+    lastNs: value.readBigUInt64LE(v.last_ns),
+  };
 }

@@ -16,7 +16,7 @@
 import path from 'node:path';
 import { EgressdError } from '../../policy/errors.js';
 import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
-import { type ComputerValue, decodeMode, FLAG, type RevokedRecord } from './abi.js';
+import { type ComputerValue, decodeMode, FLAG, type ObservedEntry, type RevokedRecord } from './abi.js';
 import { Attachments } from './attachments.js';
 import {
   type ComputerState,
@@ -29,13 +29,13 @@ import { SandboxGuard } from './guard.js';
 import { HostConfig } from './host-config.js';
 import { type LearnedName, LearnedTable } from './learned-table.js';
 import { closeLoaded, HOOKS, type LoadedObject, type LoadOptions, loadOrAdopt } from './loader.js';
-import { mapMemory } from './maps.js';
+import { mapMemory, readObserved } from './maps.js';
 import { PolicyTable } from './policy-table.js';
 import { Reclaimer } from './reclaimer.js';
 import { Revoker } from './revoker.js';
 import { findCgroup2Mount, resolveCgroup } from './system.js';
 
-export type { RevokedRecord } from './abi.js';
+export type { ObservedEntry, RevokedRecord } from './abi.js';
 export type { ComputerState, DnsSettings } from './computers.js';
 export type { LearnedName } from './learned-table.js';
 
@@ -117,20 +117,14 @@ export class Enforcer {
   get adopted(): boolean {
     return this.obj.adopted;
   }
-  get pinDir(): string {
-    return this.obj.pinDir;
-  }
 
   /**
-   * Attaches every hook to the computer's cgroup (relative to the cgroup2
-   * mount) with `policy` in force from the first connect judged. A computer
-   * already attached to that cgroup keeps its attachment (no second one) and
-   * gets `policy` unless it already enforces `version`.
-   *
-   * `learnedNames` names the learned entries an earlier agent left (see
-   * awaitsLearnedNames): entries still listed by `policy` are carried over to
-   * it; those without a name are not (fail closed: the application resolves
-   * again).
+   * Attaches every hook to the computer's cgroup (relative to the cgroup2 mount) with `policy`
+   * in force from the first connect judged. A computer already attached there keeps its
+   * attachment and gets `policy` unless it already enforces `version`. `learnedNames` names the
+   * learned entries an earlier agent left (see awaitsLearnedNames): those `policy` still lists
+   * are carried over; those without a name are not (fail closed: the application resolves again).
+   * `changed`: the kernel's state of the computer changed (a new attachment, or a policy written).
    */
   attach(
     id: string,
@@ -401,6 +395,11 @@ export class Enforcer {
   /** Replaces the internal CIDRs (reachable in every mode): new ones first, then removals. */
   setInternalCidrs(cidrs: string[]): void {
     this.host.setInternalCidrs(cidrs);
+  }
+
+  /** Every destination the computers' calls went to ("observed"; daemon/agent/observer.ts). */
+  observed(): ObservedEntry[] {
+    return readObserved(this.obj.maps.observed);
   }
 
   /** Kernel memory of each map, from /proc/self/fdinfo (memlock). */

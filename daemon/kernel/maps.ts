@@ -6,7 +6,15 @@
 
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { CONFIG_VALUE_SIZE, decodeU64, encodeU32, encodeU64 } from './abi.js';
+import {
+  CONFIG_VALUE_SIZE,
+  decodeObserved,
+  decodeU64,
+  encodeU32,
+  encodeU64,
+  LAYOUT,
+  type ObservedEntry,
+} from './abi.js';
 import * as bpf from './libbpf.js';
 
 const { EINVAL, EOPNOTSUPP } = constants.errno;
@@ -85,6 +93,16 @@ export function mapMemory(maps: Readonly<Record<string, number>>): Record<string
       const m = /^memlock:\s+(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
       if (m) out[name] = Number(m[1]);
     } catch {}
+  }
+  return out;
+}
+
+/** Every destination in "observed" (a walk of the map: O(entries), at most EGRESS_MAX_OBSERVED). */
+export function readObserved(fd: number): ObservedEntry[] {
+  const out: ObservedEntry[] = [];
+  for (const key of allKeys(fd, LAYOUT.egress_observed_key.size)) {
+    const value = lookup(fd, key, LAYOUT.egress_observed.size);
+    if (value) out.push(decodeObserved(key, value)); // evicted meanwhile: gone
   }
   return out;
 }

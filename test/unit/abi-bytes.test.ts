@@ -11,6 +11,7 @@ import {
   decodeLearned,
   decodeLearnedKey,
   decodeMode,
+  decodeObserved,
   decodePortKey,
   decodeRevoked,
   decodeRuleKey,
@@ -219,4 +220,20 @@ test('struct egress_revoked', (t) => {
   t.is(failed.length, 1);
   t.is(failed[0]?.error, -9);
   t.deepEqual(decodeRevoked(Buffer.alloc(39)), [], 'a partial record is not read');
+});
+
+test('struct egress_observed_key and struct egress_observed: decodeObserved', (t) => {
+  const key = hex('0807060504030201 cb007106000000000000000000000000 bb01 04 11 00000000');
+  const value = hex('0300000000000000 e803000000000000 d007000000000000');
+  t.deepEqual(decodeObserved(key, value), {
+    cgroupId: 0x0102030405060708n,
+    address: [203, 0, 113, 6],
+    port: 443,
+    protocol: 17,
+    count: 3n,
+    firstNs: 1000n,
+    lastNs: 2000n,
+  });
+  const v6 = hex('0100000000000000 20010db8000000000000000000000001 5000 06 06 00000000');
+  t.deepEqual(decodeObserved(v6, value).address, V6);
 });

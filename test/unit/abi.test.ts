@@ -164,6 +164,7 @@ test('the header defines nothing else that user space would have to mirror', (t)
     'EGRESS_MAX_LEARNED',
     'EGRESS_MAX_DNS_SOCKETS',
     'EGRESS_EVENTS_BYTES',
+    'EGRESS_MAX_OBSERVED',
   ];
   const all = [...header.matchAll(/^#define (EGRESS_\w+)/gm)].map((m) => m[1] ?? '');
   t.deepEqual(
