@@ -76,6 +76,8 @@
  * is let through, with a deny event that carries this flag.
  */
 #define EGRESS_FLAG_AUDIT 0x2
+/* Observe: count where the computer's calls go ("observed"); the agent's --observe decides. */
+#define EGRESS_FLAG_OBSERVE 0x4
 
 /* Slots of the "config" array map (__u64 each). */
 #define EGRESS_CONFIG_AGENT_NETNS_COOKIE 0 /* netns cookie of the agent's namespace */

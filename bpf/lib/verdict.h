@@ -84,8 +84,9 @@ static __always_inline __u32 peer_verdict(const struct egress_computer *c, const
 
 /*
  * A destination the computer's call goes to (observations: what it connected
- * to, for the suggested allowlist). One hash lookup when the destination was
- * seen before, an insert when not; DNS and loopback are left out.
+ * to, for the suggested allowlist), for a computer with EGRESS_FLAG_OBSERVE.
+ * One hash lookup when the destination was seen before, an insert when not;
+ * DNS and loopback are left out.
  */
 static __always_inline void observe(const struct egress_computer *c, const struct eg_addr *a, __u32 protocol)
 {
@@ -95,7 +96,7 @@ static __always_inline void observe(const struct egress_computer *c, const struc
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 ip4;
 
-	if (is_dns(proto_bit(protocol), a->port) || addr_is_loopback(a))
+	if (!(c->flags & EGRESS_FLAG_OBSERVE) || is_dns(proto_bit(protocol), a->port) || addr_is_loopback(a))
 		return;
 	if (a->family == 4) {
 		ip4 = addr_v4(a);

@@ -34,7 +34,7 @@ export function decodeMode(code: number): KernelMode | undefined {
 export const PROTO = { tcp: 0x1, udp: 0x2, other: 0x4, any: 0x7 } as const;
 
 /** Retired (see EGRESS_FLAG_BLOCK_DNS in the header): only cleared where an earlier agent set it. */
-export const FLAG = { blockDns: 0x1, audit: 0x2 } as const;
+export const FLAG = { blockDns: 0x1, audit: 0x2, observe: 0x4 } as const;
 
 export const CONFIG_SLOT = {
   agentNetnsCookie: 0,

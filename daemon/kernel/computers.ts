@@ -4,7 +4,7 @@
  * this process knows of each computer it attached or adopted.
  */
 import { EgressdError } from '../../policy/errors.js';
-import { COMPUTER_ID_PATTERN, type DnsMode } from '../../policy/types.js';
+import { COMPUTER_ID_PATTERN, type DnsMode, type Policy } from '../../policy/types.js';
 import {
   CGROUP_KEY_SIZE,
   type ComputerValue,
@@ -12,6 +12,7 @@ import {
   decodeMode,
   encodeCgroupKey,
   encodeComputer,
+  FLAG,
   type KernelMode,
   LAYOUT,
 } from './abi.js';
@@ -139,4 +140,10 @@ export function checkComputerId(id: string): void {
       `computer id "${id}" must be 1 to 128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit`,
     );
   }
+}
+
+/** The EGRESS_FLAG_* bits of a computer's storage value under `policy`, observing as the agent's --observe says. */
+export function flagsOf(policy: Policy, observe: 'all' | 'audit' | 'off' = 'all'): number {
+  const observed = observe === 'all' || (observe === 'audit' && policy.audit === true);
+  return (policy.audit ? FLAG.audit : 0) | (observed ? FLAG.observe : 0);
 }

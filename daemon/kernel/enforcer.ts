@@ -16,7 +16,7 @@
 import path from 'node:path';
 import { EgressdError } from '../../policy/errors.js';
 import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
-import { type ComputerValue, decodeMode, FLAG, type ObservedEntry, type RevokedRecord } from './abi.js';
+import { type ComputerValue, decodeMode, type ObservedEntry, type RevokedRecord } from './abi.js';
 import { Attachments } from './attachments.js';
 import {
   type ComputerState,
@@ -24,6 +24,7 @@ import {
   cachedVerdict,
   checkComputerId,
   type DnsSettings,
+  flagsOf,
 } from './computers.js';
 import { SandboxGuard } from './guard.js';
 import { HostConfig } from './host-config.js';
@@ -46,6 +47,8 @@ export interface EnforcerOptions extends LoadOptions {
   cgroupRoot?: string;
   /** Close a computer's connections that a new policy refuses (where the kernel can). @default true */
   revocation?: boolean;
+  /** Which computers' calls the kernel counts (observations): every one, those in audit, none. @default 'all' */
+  observe?: 'all' | 'audit' | 'off';
 }
 
 export class Enforcer {
@@ -66,6 +69,7 @@ export class Enforcer {
   private constructor(
     private readonly obj: LoadedObject,
     private readonly cgroupRoot: string,
+    private readonly observe: EnforcerOptions['observe'] = 'all',
   ) {
     this.attachments = new Attachments(obj);
     this.guard = new SandboxGuard(obj, cgroupRoot);
@@ -80,7 +84,7 @@ export class Enforcer {
   static open(opts: EnforcerOptions): Enforcer {
     const cgroupRoot = opts.cgroupRoot ?? findCgroup2Mount();
     const obj = loadOrAdopt(opts);
-    const enforcer = new Enforcer(obj, cgroupRoot);
+    const enforcer = new Enforcer(obj, cgroupRoot, opts.observe);
     try {
       if (obj.adopted) enforcer.adoptMaps();
       enforcer.setInternalCidrs(opts.internalCidrs ?? []);
@@ -144,13 +148,13 @@ export class Enforcer {
         : this.attachments.linked(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
       const value = this.computers.value(target.id);
-      // An earlier build's EGRESS_FLAG_BLOCK_DNS is cleared: the proxy refuses DNS now, the kernel sends it there.
-      const sameDns =
+      // Flags follow the policy and --observe (an agent started with another --observe rewrites them).
+      const same =
         (dns.port === undefined || dns.port === value?.dnsPort) &&
-        ((value?.flags ?? 0) & FLAG.blockDns) === 0;
+        value?.flags === flagsOf(policy, this.observe);
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
       if (value && !this.computers.record(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
-      const changed = !value || value.version !== version || !sameDns;
+      const changed = !value || value.version !== version || !same;
       if (changed) this.install(id, target.id, policy, version, dns);
       this.guard.govern(target.id);
       return { cgroupId: target.id, attached: false, changed };
@@ -238,7 +242,7 @@ export class Enforcer {
         version,
         learnedId,
         dnsPort: dns.port ?? previous?.dnsPort ?? 0,
-        flags: policy.audit ? FLAG.audit : 0,
+        flags: flagsOf(policy, this.observe),
         cgroupId,
       };
       this.computers.write(value);
