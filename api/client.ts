@@ -10,9 +10,25 @@
  * status (for tests and benchmarks). Uses the global fetch unless given one.
  */
 import type { DnsMode, Mode, Protocol } from '../policy/types.js';
-import type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView, ServiceView } from './views.js';
+import type {
+  ApiKeyView,
+  ComputerListItemView,
+  ComputerView,
+  ObservationView,
+  PolicyView,
+  ServiceView,
+  SuggestionView,
+} from './views.js';
 
-export type { ApiKeyView, ComputerListItemView, ComputerView, PolicyView, ServiceView };
+export type {
+  ApiKeyView,
+  ComputerListItemView,
+  ComputerView,
+  ObservationView,
+  PolicyView,
+  ServiceView,
+  SuggestionView,
+};
 
 export interface RuleInput {
   host: string;
@@ -277,6 +293,20 @@ export class NetworkPolicyApi {
       await this.client.request<{ data: { name: string; address: string; expires_at: string }[] }>(
         'GET',
         `/api/v1/computers/${enc(computerId)}/network-policy/learned`,
+      )
+    ).body.data;
+  }
+
+  /**
+   * The suggested allowlist: what the computer was seen connecting to (last seen at or after
+   * `since`, RFC 3339) as a policy body; `update(id, suggestion.policy)` applies it.
+   */
+  async suggestion(computerId: string, options: { since?: string } = {}): Promise<SuggestionView> {
+    return (
+      await this.client.request<{ data: SuggestionView }>(
+        'GET',
+        `/api/v1/computers/${enc(computerId)}/network-policy/suggestion`,
+        { query: { since: options.since } },
       )
     ).body.data;
   }

@@ -4,7 +4,8 @@
  * and every response the tests see validates against its schema.
  */
 import { COMPUTER_ID_SOURCE, DNS_MODES, MODES, PROTOCOLS } from '../policy/types.js';
-import { AGENT_STATES } from '../store/store.js';
+import { AGENT_STATES, MAX_OBSERVATIONS } from '../store/store.js';
+import { WILDCARD_THRESHOLD } from './suggestion.js';
 import { ID_PATTERN, NODE_PATTERN } from './validation.js';
 
 type Json = Record<string, unknown>;
@@ -368,6 +369,118 @@ const schemas: Json = {
       },
     },
   },
+  SuggestedRule: {
+    type: 'object',
+    required: ['host', 'port', 'protocol'],
+    additionalProperties: false,
+    description: 'A rule of the suggested policy, normalised as a PUT stores it',
+    properties: {
+      host: {
+        type: 'string',
+        description: 'A hostname, *. + a parent domain (see wildcard_threshold), or an IPv4/IPv6 address',
+      },
+      port: { type: 'integer', minimum: 1, maximum: 65535 },
+      protocol: { type: 'string', enum: ['tcp', 'udp'] },
+    },
+  },
+  Observation: {
+    type: 'object',
+    required: ['host', 'port', 'protocol', 'count', 'first_seen', 'last_seen'],
+    additionalProperties: false,
+    description:
+      'What the computer was seen connecting to (in audit mode, or allowed), as the agent reported it',
+    properties: {
+      host: {
+        type: 'string',
+        description:
+          "The hostname (lower case) when the computer's DNS lookups named the address, else the IPv4/IPv6 address",
+      },
+      port: { type: 'integer', minimum: 0, maximum: 65535 },
+      protocol: { type: 'string', enum: ['tcp', 'udp'] },
+      count: { type: 'integer', minimum: 0, description: 'How many times it was seen, as the agent counts' },
+      first_seen: timestamp,
+      last_seen: timestamp,
+    },
+  },
+  SuggestionResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['policy', 'rules', 'wildcard_threshold', 'since', 'observed', 'skipped', 'note'],
+        additionalProperties: false,
+        properties: {
+          policy: {
+            type: 'object',
+            required: ['mode', 'rules'],
+            additionalProperties: false,
+            description:
+              'A body to PUT to /network-policy as it is (PolicyInput). An allowlist of one rule per observed ' +
+              '(host, port, protocol), hostnames first, then addresses, then by port and protocol; dns left out ' +
+              '(the default: listed with hostname rules, else none); audit left out, so applying it enforces. ' +
+              'It allows what was observed, and with a wildcard rule also other names below that parent. ' +
+              'Nothing observed: isolated mode with dns none (refuses everything; an allowlist needs a rule)',
+            properties: {
+              mode: { type: 'string', enum: ['allowlist', 'isolated'] },
+              rules: { type: 'array', items: ref('SuggestedRule') },
+              dns: {
+                type: 'string',
+                enum: ['none'],
+                description: 'Only with isolated mode (nothing observed): no DNS either',
+              },
+            },
+          },
+          rules: {
+            type: 'array',
+            description: 'policy.rules in the same order, each with the observations it allows',
+            items: {
+              type: 'object',
+              required: ['rule', 'observations'],
+              additionalProperties: false,
+              properties: {
+                rule: ref('SuggestedRule'),
+                observations: {
+                  type: 'array',
+                  items: ref('Observation'),
+                  description: 'Most recently seen first',
+                },
+              },
+            },
+          },
+          wildcard_threshold: {
+            type: 'integer',
+            description:
+              'More than this many distinct names directly below one parent domain (the name without its first ' +
+              'label, itself of two labels or more: never *.com), seen on one port and protocol, become one ' +
+              '*.parent rule, which also takes the deeper names below it there; the parent itself keeps a rule ' +
+              `of its own (*.parent does not match it). Now ${WILDCARD_THRESHOLD}`,
+          },
+          since: {
+            type: ['string', 'null'],
+            description: 'The since asked for (RFC 3339 UTC); null: every observation kept',
+          },
+          observed: {
+            type: 'integer',
+            minimum: 0,
+            description: 'How many observations (destination, port, protocol) it was built from',
+          },
+          skipped: {
+            type: 'array',
+            items: ref('Observation'),
+            description:
+              'Observations that no rule can hold (a name the policy schema refuses): the policy refuses them',
+          },
+          note: {
+            type: ['string', 'null'],
+            description:
+              'What to know before applying it (nothing observed, observations left out, more rules than the service takes); null when nothing',
+          },
+        },
+      },
+    },
+  },
   ComputerInput: {
     type: 'object',
     required: ['cgroup'],
@@ -583,6 +696,32 @@ export function openApiDocument(): Json {
           responses: {
             '200': json(ref('LearnedResponse'), 'The learned addresses'),
             '404': error('computer not found'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/computers/{id}/network-policy/suggestion': {
+        parameters: [idParam],
+        get: {
+          operationId: 'getSuggestedPolicy',
+          summary:
+            'A suggested allowlist: what the computer was seen connecting to, as a policy body to PUT back',
+          description:
+            'Observe, then enforce: let the computer run (in audit mode, say), then GET this and PUT data.policy ' +
+            `to /network-policy. Built from the observations the agent recorded (at most ${MAX_OBSERVATIONS} destinations a ` +
+            'computer, the least recently seen dropped first); each rule comes with the observations behind it.',
+          parameters: [
+            {
+              name: 'since',
+              in: 'query',
+              required: false,
+              description: 'Only observations last seen at or after this RFC 3339 time (default: all)',
+              schema: { type: 'string' },
+            },
+          ],
+          responses: {
+            '200': json(ref('SuggestionResponse'), 'The suggestion'),
+            '404': error("computer not found (unknown, or another tenant's)"),
             ...common,
           },
         },

@@ -179,6 +179,20 @@ export function queryInt(value: unknown, name: string, min: number, max: number)
   return Number(value);
 }
 
+/** Parses an optional time query parameter (RFC 3339) into ms since the epoch. */
+export function queryTime(value: unknown, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    throw new ApiError(
+      400,
+      'invalid_request',
+      `${name}: must be an RFC 3339 time, for example 2026-01-01T00:00:00Z`,
+    );
+  }
+  return ms;
+}
+
 function invalid(issues: readonly z.core.$ZodIssue[]): ApiError {
   const { message, details } = describeIssues(issues);
   return new ApiError(400, 'invalid_request', message, details);

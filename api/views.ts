@@ -5,9 +5,11 @@ import {
   type ApiKeyRecord,
   type Computer,
   inForce,
+  type Observation,
   type PolicyRecord,
   type PolicyStatus,
 } from '../store/store.js';
+import type { SuggestedPolicy, SuggestedRule, Suggestion } from './suggestion.js';
 
 /** A policy's enforcement state: what the agent reported of this version, else `pending`. */
 export type EnforcementState = AgentState | 'pending';
@@ -161,4 +163,56 @@ export interface ApiKeyView {
 
 export function apiKeyView(k: ApiKeyRecord): ApiKeyView {
   return { id: k.id, tenant: k.tenant, cgroup_prefix: k.cgroupPrefix, name: k.name, created_at: k.createdAt };
+}
+
+/** An observation as answered: what the computer connected to, how often, when. */
+export interface ObservationView {
+  host: string;
+  port: number;
+  protocol: 'tcp' | 'udp';
+  count: number;
+  first_seen: string;
+  last_seen: string;
+}
+
+export function observationView(o: Observation): ObservationView {
+  return {
+    host: o.host,
+    port: o.port,
+    protocol: o.protocol,
+    count: o.count,
+    first_seen: new Date(o.firstSeen).toISOString(),
+    last_seen: new Date(o.lastSeen).toISOString(),
+  };
+}
+
+/** GET /computers/{id}/network-policy/suggestion. */
+export interface SuggestionView {
+  /** A body to PUT to /network-policy as it is. */
+  policy: SuggestedPolicy;
+  /** Each rule of `policy`, in its order, with the observations behind it. */
+  rules: Array<{ rule: SuggestedRule; observations: ObservationView[] }>;
+  wildcard_threshold: number;
+  /** The `since` asked for (RFC 3339), null for all. */
+  since: string | null;
+  /** How many observations it was built from. */
+  observed: number;
+  /** Observations that no rule can hold: the policy refuses them. */
+  skipped: ObservationView[];
+  note: string | null;
+}
+
+export function suggestionView(
+  s: Suggestion,
+  meta: { wildcardThreshold: number; since: number | undefined; observed: number },
+): SuggestionView {
+  return {
+    policy: s.policy,
+    rules: s.rules.map((r) => ({ rule: r.rule, observations: r.observations.map(observationView) })),
+    wildcard_threshold: meta.wildcardThreshold,
+    since: meta.since === undefined ? null : new Date(meta.since).toISOString(),
+    observed: meta.observed,
+    skipped: s.skipped.map(observationView),
+    note: s.note,
+  };
 }

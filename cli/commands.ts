@@ -12,6 +12,7 @@ import {
   type ComputerListItemView,
   type PolicyView,
   type RuleInput,
+  type SuggestionView,
 } from '../api/client.js';
 import { findCgroup2Mount } from '../daemon/kernel/system.js';
 import { EgressdError } from '../policy/errors.js';
@@ -87,14 +88,22 @@ function describePolicy(p: PolicyView): string[] {
   ];
 }
 
+const POLICY_USAGE =
+  'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file policy.json]\n' +
+  '       egressd policy suggest ID [--since TIME] [--apply]';
+
+/** Flags of `policy set` that `policy suggest` does not take. */
+const SET_FLAGS = ['mode', 'rule', 'file', 'dns', 'block-dns', 'audit'];
+
 export async function policyCommand(ctx: CommandContext, args: string[], flags: Record<string, unknown>) {
   const [action, id] = args;
-  if (!action || !id || !['get', 'set', 'reset', 'learned'].includes(action)) {
-    throw new EgressdError(
-      'USAGE',
-      'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file policy.json]',
-    );
+  if (!action || !id || !['get', 'set', 'reset', 'learned', 'suggest'].includes(action)) {
+    throw new EgressdError('USAGE', POLICY_USAGE);
   }
+  if (action !== 'suggest' && (flags['since'] !== undefined || flags['apply'] !== undefined)) {
+    throw new EgressdError('USAGE', `--since and --apply go with policy suggest, not policy ${action}`);
+  }
+  if (action === 'suggest') return suggestCommand(ctx, id, flags);
   const api = client(ctx);
   if (action === 'get') {
     const p = await api.networkPolicy.get(id);
@@ -149,6 +158,63 @@ export async function policyCommand(ctx: CommandContext, args: string[], flags: 
   const p = await api.networkPolicy.update(id, body);
   print(ctx, p, () => describePolicy(p));
   notInForce(id, p);
+}
+
+/**
+ * egressd policy suggest ID [--since TIME] [--apply]: the suggested allowlist (what the computer
+ * was seen connecting to), one rule a line with how often and when last; --apply PUTs it.
+ */
+async function suggestCommand(ctx: CommandContext, id: string, flags: Record<string, unknown>) {
+  const given = SET_FLAGS.filter((f) => flags[f] !== undefined);
+  if (given.length > 0) {
+    throw new EgressdError(
+      'USAGE',
+      `policy suggest takes no ${given.map((f) => `--${f}`).join(', ')}: it suggests the rules; to change them, save its policy (egressd policy suggest ${id} --json, its "policy") and use policy set --file`,
+    );
+  }
+  const since = flags['since'] === undefined ? undefined : sinceArgument(flags['since']);
+  const api = client(ctx);
+  const s = await api.networkPolicy.suggestion(id, since === undefined ? {} : { since });
+  if (flags['apply'] === true) {
+    if (s.note !== null) ctx.warn(`egressd: note: ${s.note}`);
+    const p = await api.networkPolicy.update(id, s.policy);
+    print(ctx, p, () => describePolicy(p));
+    return notInForce(id, p);
+  }
+  print(ctx, s, () => describeSuggestion(id, s));
+}
+
+/** --since: an RFC 3339 time, or a time back from now (90s, 30m, 24h, 7d), as an RFC 3339 time. */
+export function sinceArgument(value: unknown, now = Date.now()): string {
+  const text = typeof value === 'string' ? value.trim() : '';
+  const back = /^(\d{1,9})([smhd])$/.exec(text);
+  const unit = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  const ms = back ? now - Number(back[1]) * unit[back[2] as keyof typeof unit] : Date.parse(text);
+  if (text === '' || Number.isNaN(ms)) {
+    throw new EgressdError(
+      'USAGE',
+      `--since must be an RFC 3339 time (for example 2026-01-01T00:00:00Z) or a time back from now (90s, 30m, 24h, 7d), not "${String(value)}"`,
+    );
+  }
+  return new Date(ms).toISOString();
+}
+
+export function describeSuggestion(id: string, s: SuggestionView): string[] {
+  const from = s.since === null ? '' : ` since ${s.since}`;
+  const head = `${id}: suggested ${s.policy.mode} from ${s.observed} observation${s.observed === 1 ? '' : 's'}${from}`;
+  const width = Math.max(0, ...s.rules.map((r) => describeRule(r.rule).length));
+  const lines = s.rules.map(({ rule, observations }) => {
+    const count = observations.reduce((n, o) => n + o.count, 0);
+    const last = observations[0]?.last_seen ?? 'never'; // most recently seen first
+    const names = rule.host.startsWith('*.') ? `${observations.length} names, ` : '';
+    return `  ${describeRule(rule).padEnd(width)}  ${names}seen ${count} time${count === 1 ? '' : 's'}, last ${last}`;
+  });
+  const empty =
+    s.rules.length === 0
+      ? [`  (no rules: ${s.policy.mode}, dns ${s.policy.dns ?? 'default'}; it refuses everything)`]
+      : [];
+  const apply = `apply it with: egressd policy suggest ${id}${s.since === null ? '' : ` --since ${s.since}`} --apply`;
+  return [head, ...lines, ...empty, ...(s.note === null ? [] : [`note: ${s.note}`]), apply];
 }
 
 /** Fails (exit 1) when the policy a change stored is not in force, saying why. */

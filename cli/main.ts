@@ -14,6 +14,7 @@ import type { ServeMode } from './serve.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file F] [--json]
+       egressd policy suggest ID [--since TIME] [--apply] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
@@ -34,6 +35,13 @@ policy set --dns: what the DNS proxy resolves for the computer. listed: only nam
 policy set --audit: audit mode. The policy is judged exactly as in enforcement, but what it would refuse
   is let through and reported (egressd events ID). Without --audit, a set turns audit off (a set replaces
   the whole policy).
+
+policy suggest: the suggested allowlist (observe, then enforce): what the computer was seen connecting to,
+  one rule a line (host:port/protocol, how often, when last seen): a hostname rule where its DNS named the
+  address, an address rule otherwise; more than 3 names below one parent domain on one port and protocol
+  become *.parent (never *.com). --since TIME: only what was seen since then (RFC 3339, or back from now:
+  30m, 24h, 7d). --apply: PUTs it as policy set does (audit off: it enforces) and waits for the agent;
+  nothing observed suggests isolated with --dns none (refuses everything). --json: the API's answer.
 
 ${optionsHelp()}`;
 
@@ -65,6 +73,8 @@ async function main(argv: string[]): Promise<number> {
       group: { type: 'string' },
       'allow-root-escape': { type: 'boolean' },
       follow: { type: 'boolean' },
+      since: { type: 'string' },
+      apply: { type: 'boolean' },
       debug: { type: 'boolean' },
     },
   });

@@ -7,8 +7,9 @@ import type { PolicyRecord } from '../../store/store.js';
 import { scopeOf } from '../auth.js';
 import { readJson } from '../body.js';
 import { ApiError, computerNotFound } from '../errors.js';
-import { queryInt } from '../validation.js';
-import { enforcementState, isEnforced, policyReplyJson } from '../views.js';
+import { suggestPolicy, WILDCARD_THRESHOLD } from '../suggestion.js';
+import { queryInt, queryTime } from '../validation.js';
+import { enforcementState, isEnforced, policyReplyJson, suggestionView } from '../views.js';
 import { type ApiRouter, type ApiState, type RouteDeps, requireKey } from './deps.js';
 
 export const POLICY_PATH = '/api/v1/computers/:id/network-policy';
@@ -49,21 +50,27 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
   router.get(`${POLICY_PATH}/events`, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
     const limit = queryInt(ctx.query['limit'], 'limit', 1, 1000) ?? 100;
-    const sinceText = ctx.query['since'];
-    let since = 0;
-    if (sinceText !== undefined) {
-      since = typeof sinceText === 'string' ? Date.parse(sinceText) : Number.NaN;
-      if (Number.isNaN(since)) {
-        throw new ApiError(
-          400,
-          'invalid_request',
-          'since: must be an RFC 3339 time, for example 2026-01-01T00:00:00Z',
-        );
-      }
-    }
+    const since = queryTime(ctx.query['since'], 'since') ?? 0;
     const events = await deps.store.getEvents(id, scopeOf(ctx.state.principal), limit, since);
     if (!events) throw computerNotFound();
     ctx.body = { data: events };
+  });
+
+  // The suggested allowlist: what the computer was seen connecting to (?since=RFC 3339 time) as a
+  // policy body to PUT back, with the observations behind each rule (api/suggestion.ts).
+  router.get(`${POLICY_PATH}/suggestion`, auth, async (ctx) => {
+    const id = checkComputerId(ctx.params['id'] ?? '');
+    const since = queryTime(ctx.query['since'], 'since');
+    const observations = await deps.store.getObservations(id, scopeOf(ctx.state.principal), since ?? 0);
+    if (!observations) throw computerNotFound();
+    const suggestion = suggestPolicy(observations, { maxRules: deps.config.maxRules });
+    ctx.body = {
+      data: suggestionView(suggestion, {
+        wildcardThreshold: WILDCARD_THRESHOLD,
+        since,
+        observed: observations.length,
+      }),
+    };
   });
 
   // The same events live, as Server-Sent Events (one `data:` line of JSON each), from now on:

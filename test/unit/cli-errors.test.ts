@@ -3,8 +3,9 @@
  * API on loopback: one line with the API's code and message for a 4xx, the
  * URL and the system error when the API cannot be reached, a stack trace
  * only with --debug. Also the pure helpers of `computers add` and `run
- * --create`: absolute cgroup paths, the node chosen; and what `policy set
- * --audit` sends and shows.
+ * --create`: absolute cgroup paths, the node chosen; what `policy set
+ * --audit` sends and shows; and `policy suggest`: its argument errors, what
+ * it prints, what --apply sends.
  */
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
@@ -13,7 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { cgroupArgument } from '../../cli/commands.js';
+import { cgroupArgument, describeSuggestion, sinceArgument } from '../../cli/commands.js';
 import { createNode } from '../../cli/run.js';
 import { EgressdError } from '../../policy/errors.js';
 
@@ -25,6 +26,56 @@ let api: string;
 let closedPort: number;
 /** The bodies of the PUTs to computer "aud"'s policy, in order. */
 const audSent: Array<Record<string, unknown>> = [];
+
+/** Computers "sug-*": the bodies of the PUTs to each one's policy, and the query strings of its suggestion GETs. */
+const sugSent = new Map<string, Array<Record<string, unknown>>>();
+const sugAsked = new Map<string, string[]>();
+const noted = <T>(map: Map<string, T[]>, id: string): T[] => {
+  if (!map.has(id)) map.set(id, []);
+  return map.get(id)!;
+};
+
+/** A suggestion as the API answers it. */
+const SUGGESTION = {
+  policy: {
+    mode: 'allowlist',
+    rules: [
+      { host: '*.cdn.example.com', port: 443, protocol: 'tcp' },
+      { host: '2001:db8::1', port: 53, protocol: 'udp' },
+    ],
+  },
+  rules: [
+    {
+      rule: { host: '*.cdn.example.com', port: 443, protocol: 'tcp' },
+      observations: ['a', 'b', 'c', 'd'].map((l, i) => ({
+        host: `${l}.cdn.example.com`,
+        port: 443,
+        protocol: 'tcp',
+        count: 2,
+        first_seen: '2026-01-01T00:00:00.000Z',
+        last_seen: `2026-01-0${5 - i}T00:00:00.000Z`,
+      })),
+    },
+    {
+      rule: { host: '2001:db8::1', port: 53, protocol: 'udp' },
+      observations: [
+        {
+          host: '2001:db8::1',
+          port: 53,
+          protocol: 'udp',
+          count: 1,
+          first_seen: '2026-01-01T00:00:00.000Z',
+          last_seen: '2026-01-02T00:00:00.000Z',
+        },
+      ],
+    },
+  ],
+  wildcard_threshold: 3,
+  since: null,
+  observed: 5,
+  skipped: [],
+  note: null,
+};
 
 /** A policy view as the API answers it, enforced. */
 function policyReply(body: Record<string, unknown>): string {
@@ -58,6 +109,23 @@ test.before(async () => {
       for await (const chunk of req) text += chunk;
       const body = JSON.parse(text) as Record<string, unknown>;
       audSent.push(body);
+      res.end(policyReply(body));
+      return;
+    }
+    const sug = /^\/api\/v1\/computers\/(sug-[a-z]+)\/network-policy(\/suggestion)?(\?|$)/.exec(
+      req.url ?? '',
+    );
+    if (sug?.[1] && sug[2] && req.method === 'GET') {
+      const query = new URL(req.url ?? '', 'http://x').searchParams;
+      noted(sugAsked, sug[1]).push(query.toString());
+      res.end(JSON.stringify({ data: { ...SUGGESTION, since: query.get('since') } }));
+      return;
+    }
+    if (sug?.[1] && !sug[2] && req.method === 'PUT') {
+      let text = '';
+      for await (const chunk of req) text += chunk;
+      const body = JSON.parse(text) as Record<string, unknown>;
+      noted(sugSent, sug[1]).push(body);
       res.end(policyReply(body));
       return;
     }
@@ -193,4 +261,87 @@ test('run --create: the node is --node, else EGRESSD_NODE, else the API default 
   t.regex(err?.message ?? '', /has no default node .*--node or EGRESSD_NODE/);
   t.regex(err?.message ?? '', new RegExp(api.replace(/[.]/g, '\\.')));
   t.true(path.isAbsolute(CLI));
+});
+
+test('policy suggest: argument errors print what to give and exit 2, asking the API nothing', async (t) => {
+  const noId = await cli(api, 'policy', 'suggest');
+  t.is(noId.code, 2);
+  t.regex(noId.stderr, /egressd policy suggest ID \[--since TIME\] \[--apply\]/);
+  const badSince = await cli(api, 'policy', 'suggest', 'sug-args', '--since', 'yesterday');
+  t.is(badSince.code, 2);
+  t.deepEqual(lines(badSince.stderr), [
+    'egressd: --since must be an RFC 3339 time (for example 2026-01-01T00:00:00Z) or a time back from now (90s, 30m, 24h, 7d), not "yesterday"',
+  ]);
+  const setFlags = await cli(
+    api,
+    'policy',
+    'suggest',
+    'sug-args',
+    '--mode',
+    'allowlist',
+    '--audit',
+    '--apply',
+  );
+  t.is(setFlags.code, 2);
+  t.regex(setFlags.stderr, /^egressd: policy suggest takes no --mode, --audit: it suggests the rules/);
+  const applyElsewhere = await cli(api, 'policy', 'set', 'sug-args', '--mode', 'isolated', '--apply');
+  t.is(applyElsewhere.code, 2);
+  t.regex(applyElsewhere.stderr, /--since and --apply go with policy suggest, not policy set/);
+  const sinceElsewhere = await cli(api, 'policy', 'get', 'sug-args', '--since', '1h');
+  t.is(sinceElsewhere.code, 2);
+  t.false(sugAsked.has('sug-args'), 'nothing was asked');
+  t.false(sugSent.has('sug-args'), 'nothing was sent');
+});
+
+test('policy suggest --since: RFC 3339 or back from now, sent as RFC 3339', (t) => {
+  const now = Date.parse('2026-03-10T12:00:00Z');
+  t.is(sinceArgument('24h', now), '2026-03-09T12:00:00.000Z');
+  t.is(sinceArgument('30m', now), '2026-03-10T11:30:00.000Z');
+  t.is(sinceArgument('7d', now), '2026-03-03T12:00:00.000Z');
+  t.is(sinceArgument('90s', now), '2026-03-10T11:58:30.000Z');
+  t.is(sinceArgument('2026-01-01T00:00:00Z', now), '2026-01-01T00:00:00.000Z');
+  t.is(sinceArgument('2026-01-01T01:00:00+01:00', now), '2026-01-01T00:00:00.000Z');
+  for (const bad of ['', ' ', 'soon', '24x', '-1h', undefined, true]) {
+    t.throws(() => sinceArgument(bad, now), { instanceOf: EgressdError, message: /^--since must be/ });
+  }
+});
+
+test('policy suggest prints one rule a line with its count and last seen, and how to apply; --json the answer', async (t) => {
+  const r = await cli(api, 'policy', 'suggest', 'sug-print', '--since', '2026-01-01T00:00:00Z');
+  t.is(r.code, 0, r.stderr);
+  t.is(sugAsked.get('sug-print')?.[0], 'since=2026-01-01T00%3A00%3A00.000Z');
+  t.deepEqual(lines(r.stdout), [
+    'sug-print: suggested allowlist from 5 observations since 2026-01-01T00:00:00.000Z',
+    '  *.cdn.example.com:443/tcp  4 names, seen 8 times, last 2026-01-05T00:00:00.000Z',
+    '  [2001:db8::1]:53/udp       seen 1 time, last 2026-01-02T00:00:00.000Z',
+    'apply it with: egressd policy suggest sug-print --since 2026-01-01T00:00:00.000Z --apply',
+  ]);
+  const json = await cli(api, 'policy', 'suggest', 'sug-print', '--json');
+  t.is(json.code, 0, json.stderr);
+  t.deepEqual(JSON.parse(json.stdout).policy, SUGGESTION.policy);
+  t.false(sugSent.has('sug-print'), 'without --apply nothing is sent');
+});
+
+test('policy suggest --apply PUTs the suggested policy as it is and prints it as policy set does', async (t) => {
+  const r = await cli(api, 'policy', 'suggest', 'sug-apply', '--apply');
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(sugSent.get('sug-apply'), [SUGGESTION.policy]);
+  t.true(lines(r.stdout).includes('mode:        allowlist'), r.stdout);
+  t.true(lines(r.stdout).includes('state:       enforced'), r.stdout);
+});
+
+test('policy suggest with nothing observed: says it refuses everything, and the note', (t) => {
+  const empty = {
+    ...SUGGESTION,
+    policy: { mode: 'isolated' as const, rules: [], dns: 'none' as const },
+    rules: [],
+    observed: 0,
+    note: 'nothing was observed: the suggestion refuses everything.',
+  };
+  t.deepEqual(describeSuggestion('box', empty), [
+    'box: suggested isolated from 0 observations',
+    '  (no rules: isolated, dns none; it refuses everything)',
+    'note: nothing was observed: the suggestion refuses everything.',
+    'apply it with: egressd policy suggest box --apply',
+  ]);
 });
