@@ -180,6 +180,8 @@ interface Variant {
   nft?: boolean;
   /** Below a guarded sandbox root: the guard program runs too, and its time counts in the hook's. */
   guarded?: boolean;
+  /** The policy is in audit: what it would refuse goes through. */
+  audit?: boolean;
 }
 
 interface Sample {
@@ -259,6 +261,24 @@ async function main(): Promise<void> {
     enforcer.attach('allow-100000-guarded', guardedCg.relative, allowlist(100_000), 1n);
     learn(enforcer, 'allow-100000-guarded');
     variants.push({ name: 'egressd 100,000 rules, guarded root', cgroup: guardedCg.path, guarded: true });
+    // The same policy in audit, and not observed (an agent with --observe off writes the storage value).
+    const auditCg = world.makeCgroup('allow-100000-audit');
+    enforcer.attach('allow-100000-audit', auditCg.relative, { ...allowlist(100_000), audit: true }, 1n);
+    learn(enforcer, 'allow-100000-audit');
+    variants.push({ name: 'egressd 100,000 rules, audit', cgroup: auditCg.path, audit: true });
+    const unobserving = Enforcer.open({
+      pinDir: world.pinDir,
+      cgroupRoot: world.cgroupMount,
+      observe: 'off',
+    });
+    const quietCg = world.makeCgroup('allow-100000-unobserved');
+    try {
+      unobserving.attach('allow-100000-unobserved', quietCg.relative, allowlist(100_000), 1n);
+      learn(unobserving, 'allow-100000-unobserved');
+    } finally {
+      unobserving.close();
+    }
+    variants.push({ name: 'egressd 100,000 rules, not observed', cgroup: quietCg.path });
     await enforcer.sweep();
     const nftStart = process.hrtime.bigint();
     nft(world, nftTable(cidrRules(100_000)));
@@ -266,6 +286,7 @@ async function main(): Promise<void> {
     variants.push({ name: 'nftables 100,000 rules', cgroup: world.makeCgroup('nft').path, nft: true });
 
     for (const v of variants.slice(1)) {
+      if (v.audit) continue; // lets REFUSED through by design (with an event)
       if (v.nft) nftHook(world, v.cgroup, true);
       try {
         await checkRefuses(world, v);

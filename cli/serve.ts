@@ -203,6 +203,7 @@ async function startAgent(
     cgroupRoot: cgroupMount,
     internalCidrs: config.internalCidrs,
     revocation: config.revocation === 'on',
+    observe: config.observe,
     log: (level, line) => log[level]({ libbpf: line }, 'libbpf'),
   });
   stoppers.push(() => enforcer.close());
@@ -223,8 +224,10 @@ async function startAgent(
   }
   let agent: Agent | undefined;
   let events: ReturnType<typeof startDenyEvents> | undefined;
+  let observer: Observer | undefined;
   const proxy = startDnsProxy(config, enforcer, log, agentMetrics, {
     onLearned: (...args) => agent?.learned(...args),
+    onResolved: (...args) => observer?.resolved(...args),
     // The proxy's refusals take the kernel events' way: one rate limit per computer, one sink.
     onDenied: (denial) => events?.submit(denial),
   });
@@ -247,9 +250,10 @@ async function startAgent(
   const deny = startDenyEvents(enforcer, store, log, agentMetrics);
   events = deny;
   stoppers.push(() => deny.close());
-  const observer = new Observer(enforcer, store, log.child({ component: 'observer' }));
-  observer.start();
-  stoppers.push(() => observer.stop());
+  const observing = new Observer(enforcer, store, log.child({ component: 'observer' }));
+  observer = observing;
+  observing.start();
+  stoppers.push(() => observing.stop());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);
@@ -279,7 +283,7 @@ function startDnsProxy(
   enforcer: Enforcer,
   log: Logger,
   metrics: AgentMetrics,
-  callbacks: Pick<DnsProxyOptions, 'onLearned' | 'onDenied'>,
+  callbacks: Pick<DnsProxyOptions, 'onLearned' | 'onDenied' | 'onResolved'>,
 ): DnsProxy {
   const upstreams = config.dnsUpstreams.length > 0 ? config.dnsUpstreams : systemResolvers(readResolvConf());
   if (upstreams.length === 0) {

@@ -6,6 +6,11 @@
  * computer (store/observations.ts keeps the most recently seen
  * MAX_OBSERVATIONS of each).
  *
+ * Names: the hostname the computer's DNS answer gave an address, whether or
+ * not its policy lists the name (the DNS proxy tells resolved()), else the
+ * name it was learned for; else the address. At most NAMES_PER_COMPUTER
+ * addresses' names are kept per computer (the oldest go first).
+ *
  * Counts are the kernel's since this process last looked: an agent that
  * starts again counts what the map holds once more (the map outlives it);
  * first and last seen stay right.
@@ -16,10 +21,13 @@ import { formatAddress } from '../events.js';
 import type { Enforcer, ObservedEntry } from '../kernel/enforcer.js';
 
 const PROTOCOLS: Record<number, Observation['protocol']> = { 6: 'tcp', 17: 'udp' };
+const NAMES_PER_COMPUTER = 4096;
 
 export class Observer {
   /** The kernel's count of each destination when last read. */
   private readonly counted = new Map<string, bigint>();
+  /** Per computer, address (bytes joined) → the name an answer gave it. */
+  private readonly names = new Map<string, Map<string, string>>();
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> = Promise.resolve();
   /** CLOCK_MONOTONIC ns → wall clock ms: the kernel stamps with the former. */
@@ -31,6 +39,21 @@ export class Observer {
     private readonly log: Logger,
     private readonly intervalMs = 5000,
   ) {}
+
+  /** A DNS answer for computer `id`: `name` resolved to `addresses` (bytes). */
+  resolved(id: string, name: string, addresses: readonly number[][]): void {
+    const names = this.names.get(id) ?? new Map<string, string>();
+    this.names.set(id, names);
+    for (const a of addresses) {
+      const key = a.join('.');
+      names.delete(key); // re-inserted last: the newest
+      names.set(key, name);
+    }
+    for (const key of names.keys()) {
+      if (names.size <= NAMES_PER_COMPUTER) break;
+      names.delete(key);
+    }
+  }
 
   start(): void {
     this.timer ??= setInterval(() => void this.flush(), this.intervalMs).unref();
@@ -64,6 +87,9 @@ export class Observer {
       this.add(byComputer, computer, e, protocol, Number(added));
     }
     for (const key of this.counted.keys()) if (!live.has(key)) this.counted.delete(key);
+    // Names of computers this process no longer holds (detached, deleted) go.
+    for (const id of this.names.keys())
+      if (this.enforcer.attachedCgroupId(id) === undefined) this.names.delete(id);
     await Promise.all(
       [...byComputer].map(([id, seen]) =>
         this.store.putObservations(id, [...seen.values()]).catch((err: Error) => {
@@ -84,7 +110,10 @@ export class Observer {
     protocol: Observation['protocol'],
     count: number,
   ): void {
-    const host = this.enforcer.nameOf(computer, e.address) ?? formatAddress(e.address);
+    const host =
+      this.names.get(computer)?.get(e.address.join('.')) ??
+      this.enforcer.nameOf(computer, e.address) ??
+      formatAddress(e.address);
     const firstSeen = this.clockOffsetMs + Number(e.firstNs / 1_000_000n);
     const lastSeen = this.clockOffsetMs + Number(e.lastNs / 1_000_000n);
     const seen = byComputer.get(computer) ?? new Map<string, Observation>();

@@ -38,19 +38,16 @@
  *   and answered NXDOMAIN. Best effort: an application can hard-code
  *   addresses.
  * - isolated: answered, nothing learned (nothing connects anyway).
- * A CNAME chain counts as listed when any name in it is. Addresses that
- * would open loopback, unspecified, link-local or this host's own
- * addresses are never learned (DNS rebinding).
+ * A CNAME chain counts as listed when any name in it is. Loopback,
+ * unspecified, link-local or this host's addresses: never learned (rebinding).
  *
  * Upstream: `upstreams` (the agent's --dns-upstream), asked in order, the
  * next when one does not answer in time, cannot be reached, or answers
  * SERVFAIL, NOTIMP or REFUSED (upstream.ts); or the computer's own alone
- * (`ensure(id, port, { upstream })`: the computer's `dns_upstream`, for a
- * sandbox whose runtime has a resolver of its own, such as a cluster DNS,
- * which knows names the agent's do not: no fallback to those). Everything
- * above is the same whichever answers. When no computer uses a computer's
- * own upstream any more, its sockets are closed (a query still waiting on
- * them is answered SERVFAIL).
+ * (`ensure(id, port, { upstream })`: its `dns_upstream`, such as a cluster
+ * DNS, no fallback). Everything above is the same whichever answers. An
+ * upstream of a computer's own no computer uses any more is closed (a query
+ * still waiting on it is answered SERVFAIL).
  */
 
 import { randomInt } from 'node:crypto';
@@ -89,6 +86,8 @@ export interface DnsProxyOptions {
   onLearned?: (id: string, name: string, addresses: number[][], ttlSeconds: number) => void;
   /** Told of every query the policy's `dns` refused (the agent's deny events: DenyEvents.submit). */
   onDenied?: (denial: UserDenial) => void;
+  /** Told of every answer's addresses, learned or not (the agent names its observations with them). */
+  onResolved?: (id: string, name: string, addresses: number[][]) => void;
 }
 
 export interface DnsStats {
@@ -378,10 +377,11 @@ export class DnsProxy {
       this.stats.failClosed++;
       return errorReply(query, RCODE.SERVFAIL);
     }
+    const { names, addresses, ttl } = resolveChain(qname, response.answers ?? []);
+    if (addresses.length > 0) this.opts.onResolved?.(id, qname, addresses);
     // No client may cache the answer longer than the kernel keeps its addresses.
     let ttlCap = this.opts.ttlCeiling;
     if (mode === 'allowlist' || mode === 'denylist') {
-      const { names, addresses, ttl } = resolveChain(qname, response.answers ?? []);
       if (this.opts.enforcer.listsName(id, names)) {
         const safe = addresses.filter((a) => this.learnable(a));
         const clamped = Math.min(Math.max(ttl, this.opts.ttlFloor), this.opts.ttlCeiling);

@@ -435,7 +435,8 @@ export class World {
     child.stderr?.on('data', (d) => {
       out += d;
     });
-    const code: number = await new Promise((resolve) => child.once('exit', (c) => resolve(c ?? 1)));
+    // 'close', not 'exit': the output may still be in the pipes when the process has exited.
+    const code: number = await new Promise((resolve) => child.once('close', (c) => resolve(c ?? 1)));
     return { code, out };
   }
 

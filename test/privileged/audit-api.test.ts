@@ -4,7 +4,9 @@
  * and come back as events marked audit with their reason, a name the policy
  * does not list is resolved (and reported) instead of NXDOMAIN, and the
  * denial metric keeps audit apart; turning audit off is atomic: the next
- * connect after the 200 is refused.
+ * connect after the 200 is refused. Then the workflow's end: the suggested
+ * allowlist names what the computer resolved and connected to, and applied
+ * as is it allows exactly that.
  */
 import test from 'ava';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
@@ -21,6 +23,7 @@ test.before(async () => {
   dnsmasq = await startDnsmasq([
     'host-record=listed.test,203.0.113.31,300',
     'host-record=other.test,203.0.113.32,300',
+    'host-record=api.used.test,203.0.113.33,300',
   ]);
   egressd = await startEgressd({ world, node: 'audit-node', dnsUpstream: `${dnsmasq.host}:${dnsmasq.port}` });
 });
@@ -92,5 +95,81 @@ test.serial(
     // No sleep: the 200 means the kernel refuses now.
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
     t.regex((await dig('other.test')).out, /^$/, 'NXDOMAIN again: dig +short prints nothing');
+  },
+);
+
+test.serial(
+  'observe, then enforce: the suggestion names what was used, and applied as is allows exactly that',
+  async (t) => {
+    const cg = world.makeCgroup('newcomer');
+    t.is(
+      (await egressd.client.send('PUT', '/api/v1/computers/newcomer', { body: { cgroup: cg.relative } }))
+        .status,
+      201,
+    );
+    // Nothing is known of it yet: isolated in audit refuses nothing and reports everything.
+    const audit = await egressd.client.send('PUT', '/api/v1/computers/newcomer/network-policy?wait=10000', {
+      body: { mode: 'isolated', audit: true },
+    });
+    t.is(audit.status, 200);
+    const dig = await world.run('dig', ['@127.0.0.53', '+tries=1', '+time=2', 'api.used.test', 'A'], {
+      cgroup: cg.path,
+      netns: false,
+    });
+    t.regex(dig.out, /api\.used\.test\.\s+\d+\s+IN\s+A\s+203\.0\.113\.33/, dig.out);
+    t.deepEqual(
+      await world.probeResults(
+        { cgroup: cg.path },
+        'tcp:203.0.113.33:443',
+        'udp-sendto:192.0.2.2:5353',
+        'tcp:[2001:db8::2]:8080',
+      ),
+      ['ok', 'ok', 'ok'],
+    );
+    // The agent merges observations every 5 s.
+    let suggestion:
+      | { policy: { mode: string; rules: { host: string; port?: number; protocol: string }[] } }
+      | undefined;
+    await waitFor(
+      'three observations in the suggestion',
+      async () => {
+        const r = await egressd.client.send('GET', '/api/v1/computers/newcomer/network-policy/suggestion');
+        suggestion = (r.body as { data: typeof suggestion }).data;
+        return (suggestion?.policy.rules.length ?? 0) >= 3;
+      },
+      15_000,
+    );
+    t.is(suggestion?.policy.mode, 'allowlist');
+    t.deepEqual(
+      suggestion?.policy.rules.map((r) => `${r.host} ${r.port} ${r.protocol}`).sort(),
+      ['192.0.2.2 5353 udp', '2001:db8::2 8080 tcp', 'api.used.test 443 tcp'],
+      'the name it resolved and connected to, by name; the bare addresses with their ports',
+    );
+    const applied = await egressd.client.send('PUT', '/api/v1/computers/newcomer/network-policy?wait=10000', {
+      body: suggestion?.policy,
+    });
+    t.is(applied.status, 200);
+    t.like((applied.body as { data: object }).data, { audit: false, dns: 'listed' });
+    const again = await world.run(
+      'dig',
+      ['@127.0.0.53', '+short', '+tries=1', '+time=2', 'api.used.test', 'A'],
+      {
+        cgroup: cg.path,
+        netns: false,
+      },
+    );
+    t.is(again.out.trim(), '203.0.113.33', 'the listed name resolves (and its address is learned)');
+    t.deepEqual(
+      await world.probeResults(
+        { cgroup: cg.path },
+        'tcp:203.0.113.33:443',
+        'udp-sendto:192.0.2.2:5353',
+        'tcp:[2001:db8::2]:8080',
+        'tcp:203.0.113.33:80',
+        'tcp:192.0.2.1:80',
+      ),
+      ['ok', 'ok', 'ok', 'EPERM', 'EPERM'],
+      'exactly what was used: another port or address is refused',
+    );
   },
 );
