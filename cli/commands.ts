@@ -236,15 +236,18 @@ export async function eventsCommand(ctx: CommandContext, args: string[], flags: 
   const api = client(ctx);
   const show = (e: Record<string, unknown>) => {
     if (ctx.json) return ctx.out(JSON.stringify(e));
-    if (e['pid'] === null) {
-      // The DNS proxy's refusals: the name asked, no process known.
-      ctx.out(`${e['at']} ${id} denied DNS ${e['hostname']} (${e['protocol']}, ${e['reason']})`);
-      return;
-    }
+    // In audit the refusal was let through: "would deny".
+    const denied = e['audit'] === true ? 'would deny' : 'denied';
     const where = e['address']
       ? `${e['hostname'] ? `${e['hostname']} ` : ''}${e['address']}:${e['port']}/${e['protocol']}`
       : `socket ${e['protocol']}`;
-    ctx.out(`${e['at']} ${id} ${e['comm']}[${e['pid']}] denied ${where} (${e['reason']})`);
+    if (e['reason'] === 'revoked') return ctx.out(`${e['at']} ${id} closed ${where} (revoked)`);
+    if (e['pid'] === null) {
+      // The DNS proxy's refusals: the name asked, no process known.
+      ctx.out(`${e['at']} ${id} ${denied} DNS ${e['hostname']} (${e['protocol']}, ${e['reason']})`);
+      return;
+    }
+    ctx.out(`${e['at']} ${id} ${e['comm']}[${e['pid']}] ${denied} ${where} (${e['reason']})`);
   };
   let last = '';
   const page = async () => {

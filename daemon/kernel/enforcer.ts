@@ -148,13 +148,11 @@ export class Enforcer {
         : this.attachments.linked(id);
     if (current !== undefined && current.cgroupId === target.id && current.hooks.length === HOOKS.length) {
       const value = this.computers.value(target.id);
-      // Flags follow the policy and --observe (an agent started with another --observe rewrites them).
-      const same =
-        (dns.port === undefined || dns.port === value?.dnsPort) &&
-        value?.flags === flagsOf(policy, this.observe);
       // An adopted computer: take over its learned entries first, so that a new policy can carry them over.
       if (value && !this.computers.record(id)) this.adoptRecord(id, target.id, policy, value, learnedNames);
-      const changed = !value || value.version !== version || !same;
+      // Flags follow the policy and --observe (an agent started with another --observe rewrites them).
+      const newPort = dns.port !== undefined && dns.port !== value?.dnsPort;
+      const changed = value?.version !== version || newPort || value.flags !== flagsOf(policy, this.observe);
       if (changed) this.install(id, target.id, policy, version, dns);
       this.guard.govern(target.id);
       return { cgroupId: target.id, attached: false, changed };
