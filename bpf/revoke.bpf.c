@@ -45,12 +45,17 @@ struct sock_common {
 		struct net *net;
 	} skc_net;
 	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
+	__u16 skc_num;
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
 	struct {
 		__u32 w[4];
 	} skc_v6_daddr;
+	struct {
+		__u32 w[4];
+	} skc_v6_rcv_saddr;
 } KERNEL_TYPE;
 
 struct sock {
@@ -82,7 +87,15 @@ struct bpf_iter__udp {
 	__u32 uid;
 } KERNEL_TYPE;
 
+/*
+ * Built twice (scripts/build.sh): with the kfunc (revoke.bpf.o, Linux 6.5+),
+ * and with EGRESS_REVOKE_BY_NETLINK (revoke-netlink.bpf.o), which only
+ * judges and writes each socket's record: user space closes it with netlink
+ * SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY) on kernels without the kfunc.
+ */
+#ifndef EGRESS_REVOKE_BY_NETLINK
 extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -148,10 +161,12 @@ static __always_inline void judge_peer(struct bpf_iter_meta *meta, struct sock *
 		a.ip[0] = skc->skc_daddr;
 		a.sock = 4;
 		a.family = 4;
+		out.local_addr[0] = skc->skc_rcv_saddr;
 	} else if (skc->skc_family == AF_INET6) {
 		bpf_probe_read_kernel(a.ip, sizeof(a.ip), &skc->skc_v6_daddr);
 		a.sock = 6;
 		a.family = is_v4_mapped(a.ip) ? 4 : 6;
+		bpf_probe_read_kernel(out.local_addr, sizeof(out.local_addr), &skc->skc_v6_rcv_saddr);
 	} else {
 		return;
 	}
@@ -166,12 +181,18 @@ static __always_inline void judge_peer(struct bpf_iter_meta *meta, struct sock *
 	out.family = a.family;
 	out.protocol = protocol;
 	out.uid = uid;
+	out.local_port = skc->skc_num;
+	out.sock_family = a.sock;
+	__builtin_memcpy(out.peer_addr, a.ip, sizeof(out.peer_addr));
+	out.cookie = bpf_get_socket_cookie(skc);
 	/* No room: the iterator shows this socket again at the next read (see struct egress_revoked). */
 	if (bpf_seq_write(meta->seq, &out, sizeof(out)))
 		return;
+#ifndef EGRESS_REVOKE_BY_NETLINK
 	out.error = bpf_sock_destroy(trusted);
 	if (out.error)
 		bpf_seq_write(meta->seq, &out, sizeof(out));
+#endif
 }
 
 SEC("iter/tcp")

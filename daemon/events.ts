@@ -8,9 +8,10 @@
  * and take the same way: one rate limit per computer, one sink.
  */
 import ipaddr from 'ipaddr.js';
-import { decodeDenyEvent, REASON } from './kernel/abi.js';
+import { REASON } from './kernel/abi.js';
 import type { Enforcer } from './kernel/enforcer.js';
 import * as bpf from './kernel/libbpf.js';
+import { decodeDenyEvent } from './kernel/records.js';
 import type { AgentMetrics } from './metrics.js';
 
 export interface DenyRecord {

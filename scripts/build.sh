@@ -4,10 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
 arch_inc="/usr/include/$(uname -m)-linux-gnu"
+bpf_cc() { clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -Ibpf "$@"; }
 for src in bpf/*.bpf.c; do
-  obj="build/$(basename "${src%.c}").o"
-  clang -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_x86 -I"$arch_inc" -Ibpf -c "$src" -o "$obj"
+  bpf_cc -c "$src" -o "build/$(basename "${src%.c}").o"
 done
+# Live revocation where the kernel lacks bpf_sock_destroy: the iterators judge, netlink closes.
+bpf_cc -DEGRESS_REVOKE_BY_NETLINK -c bpf/revoke.bpf.c -o build/revoke-netlink.bpf.o
 cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
 # One getaddrinfo() timed, with each C library's stub resolver (test/privileged/dns.test.ts).
 cc -O2 -Wall -Werror -o build/resolve-glibc test/helpers/resolve.c

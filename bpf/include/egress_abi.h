@@ -216,9 +216,15 @@ struct egress_revoked {
 	__u16 port;      /* host byte order */
 	__u8 family;     /* 4 or 6, as judged: 4 for an IPv4-mapped peer */
 	__u8 protocol;   /* IPPROTO_TCP or IPPROTO_UDP */
-	__s32 error;     /* 0: closed; else what bpf_sock_destroy() returned (a negative errno) */
+	__s32 error;     /* 0: closed (to close, by netlink); else what bpf_sock_destroy() returned (a negative errno) */
 	__u32 uid;       /* the socket's owner, as the iterator gives it */
-	__u32 pad;
+	/* The socket as the kernel finds it again (netlink SOCK_DESTROY, where the kfunc is missing): */
+	__u16 local_port;     /* host byte order */
+	__u8 sock_family;     /* 4 or 6: the socket's own */
+	__u8 pad;
+	__u32 local_addr[4];  /* network byte order, as the socket holds it; IPv4 in local_addr[0] */
+	__u32 peer_addr[4];   /* the peer as the socket holds it (v4-mapped on an IPv6 socket) */
+	__u64 cookie;         /* the socket's cookie (SOCK_DESTROY checks it) */
 };
 
 /*

@@ -112,8 +112,11 @@ export const LAYOUT = {
   },
   egress_observed: { size: 24, offsets: { count: 0, first_ns: 8, last_ns: 16 } },
   egress_revoked: {
-    size: 40,
-    offsets: { cgroup_id: 0, addr: 8, port: 24, family: 26, protocol: 27, error: 28, uid: 32, pad: 36 },
+    size: 80,
+    offsets: {
+      ...{ cgroup_id: 0, addr: 8, port: 24, family: 26, protocol: 27, error: 28, uid: 32, local_port: 36 },
+      ...{ sock_family: 38, pad: 39, local_addr: 40, peer_addr: 56, cookie: 72 },
+    },
   },
 } as const;
 
@@ -150,43 +153,6 @@ export function decodeComputer(b: Buffer): ComputerValue {
     dnsPort: b.readUInt16LE(L.egress_computer.offsets.dns_port),
     flags: b.readUInt16LE(L.egress_computer.offsets.flags),
     cgroupId: b.readBigUInt64LE(L.egress_computer.offsets.cgroup_id),
-  };
-}
-
-export interface DenyEvent {
-  timeNs: bigint;
-  cgroupId: bigint;
-  pid: number;
-  reason: number;
-  comm: string;
-  /** Address bytes: 4 for IPv4, 16 for IPv6, none for a socket creation. */
-  address: number[];
-  port: number;
-  protocol: number;
-  /** The refusal was let through: the computer's policy is in audit. */
-  audit: boolean;
-}
-
-export function decodeDenyEvent(b: Buffer): DenyEvent {
-  const o = L.egress_deny_event.offsets;
-  const family = b[o.family] ?? 0;
-  const comm = b.subarray(o.comm, o.comm + 16);
-  const end = comm.indexOf(0);
-  return {
-    timeNs: b.readBigUInt64LE(o.time_ns),
-    cgroupId: b.readBigUInt64LE(o.cgroup_id),
-    pid: b.readUInt32LE(o.pid),
-    reason: b.readUInt32LE(o.reason),
-    comm: comm.toString('utf8', 0, end < 0 ? 16 : end),
-    address:
-      family === 4
-        ? [...b.subarray(o.addr, o.addr + 4)]
-        : family === 6
-          ? [...b.subarray(o.addr, o.addr + 16)]
-          : [],
-    port: b.readUInt16LE(o.port),
-    protocol: b[o.protocol] ?? 0,
-    audit: (b.readUInt32LE(o.flags) & FLAG.audit) !== 0,
   };
 }
 
@@ -381,49 +347,4 @@ export function encodeProxyV6(bytes?: readonly number[]): { hi: Buffer; lo: Buff
   const b = Buffer.alloc(16);
   if (bytes) Buffer.from(bytes).copy(b, 0);
   return { hi: b.subarray(0, 8), lo: b.subarray(8, 16) };
-}
-
-/** A socket closed (error 0) or not (a negative errno); the peer: 4 bytes (IPv4, v4-mapped too) or 16. */
-export type RevokedRecord = Record<'port' | 'protocol' | 'error' | 'uid', number> & {
-  cgroupId: bigint;
-  address: number[];
-};
-
-/** An iterator's output: a record with an error replaces the one before (the same socket, not closed). */
-export function decodeRevoked(b: Buffer): RevokedRecord[] {
-  const { size, offsets: o } = L.egress_revoked;
-  const out: RevokedRecord[] = [];
-  for (let at = 0; at + size <= b.length; at += size) {
-    const family = b[at + o.family];
-    const error = b.readInt32LE(at + o.error);
-    if (error !== 0) out.pop();
-    out.push({
-      cgroupId: b.readBigUInt64LE(at + o.cgroup_id),
-      address: [...b.subarray(at + o.addr, at + o.addr + (family === 4 ? 4 : 16))],
-      port: b.readUInt16LE(at + o.port),
-      protocol: b[at + o.protocol] ?? 0,
-      error,
-      uid: b.readUInt32LE(at + o.uid),
-    });
-  }
-  return out;
-}
-
-/** A destination in "observed": the computer, the address (4 or 16 bytes), port and protocol; how often, when. */
-export type ObservedEntry = Record<'cgroupId' | 'count' | 'firstNs' | 'lastNs', bigint> &
-  Record<'port' | 'protocol', number> & { address: number[] };
-
-export function decodeObserved(key: Buffer, value: Buffer): ObservedEntry {
-  const k = L.egress_observed_key.offsets;
-  const v = L.egress_observed.offsets;
-  const size = key[k.family] === 4 ? 4 : 16;
-  return {
-    cgroupId: key.readBigUInt64LE(k.cgroup_id),
-    address: [...key.subarray(k.addr, k.addr + size)],
-    port: key.readUInt16LE(k.port),
-    protocol: key[k.protocol] ?? 0,
-    count: value.readBigUInt64LE(v.count),
-    firstNs: value.readBigUInt64LE(v.first_ns),
-    lastNs: value.readBigUInt64LE(v.last_ns),
-  };
 }

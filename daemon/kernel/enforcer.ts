@@ -1,11 +1,9 @@
 /**
- * The enforcer: what the agent, the DNS proxy and the tests ask of the
- * kernel side, one computer at a time (attach, apply, detach, learn, list),
- * over the modules that do the work: loader.ts (programs and maps),
- * attachments.ts (link pins), computers.ts (storage values and records),
- * policy-table.ts (rule entries), learned-table.ts (DNS-learned addresses),
- * reclaimer.ts (deferred deletion), host-config.ts, guard.ts, revoker.ts
- * (live revocation).
+ * The enforcer: what the agent, the DNS proxy and the tests ask of the kernel
+ * side (attach, apply, detach, learn, revoke, list), over the modules that do
+ * the work: loader.ts, attachments.ts (link pins), computers.ts (storage
+ * values), policy-table.ts, learned-table.ts, reclaimer.ts (deferred
+ * deletion), host-config.ts, guard.ts, revoker.ts (live revocation).
  *
  * Atomic replace: a policy's entries are written under a fresh policy id,
  * then one cgroup-storage write switches {mode, policy_id, version} for the
@@ -16,7 +14,7 @@
 import path from 'node:path';
 import { EgressdError } from '../../policy/errors.js';
 import { type DnsMode, dnsOf, type Policy } from '../../policy/types.js';
-import { type ComputerValue, decodeMode, type ObservedEntry, type RevokedRecord } from './abi.js';
+import { type ComputerValue, decodeMode } from './abi.js';
 import { Attachments } from './attachments.js';
 import {
   type ComputerState,
@@ -33,20 +31,21 @@ import { closeLoaded, HOOKS, type LoadedObject, type LoadOptions, loadOrAdopt } 
 import { mapMemory, readObserved } from './maps.js';
 import { PolicyTable } from './policy-table.js';
 import { Reclaimer } from './reclaimer.js';
+import type { ObservedEntry, RevokedRecord } from './records.js';
 import { Revoker } from './revoker.js';
 import { findCgroup2Mount, resolveCgroup } from './system.js';
 
-export type { ObservedEntry, RevokedRecord } from './abi.js';
 export type { ComputerState, DnsSettings } from './computers.js';
 export type { LearnedName } from './learned-table.js';
+export type { ObservedEntry, RevokedRecord } from './records.js';
 
 export interface EnforcerOptions extends LoadOptions {
   /** CIDRs reachable in every mode (agent configuration). @default [] */
   internalCidrs?: string[];
   /** Where cgroup paths are relative to. @default the cgroup2 mount from /proc/self/mountinfo */
   cgroupRoot?: string;
-  /** Close a computer's connections that a new policy refuses (where the kernel can). @default true */
-  revocation?: boolean;
+  /** Close a computer's connections that a new policy refuses, where the kernel can ('netlink': by netlink even with the kfunc). @default true */
+  revocation?: boolean | 'netlink';
   /** Which computers' calls the kernel counts (observations): every one, those in audit, none. @default 'all' */
   observe?: 'all' | 'audit' | 'off';
 }
@@ -89,7 +88,7 @@ export class Enforcer {
       if (obj.adopted) enforcer.adoptMaps();
       enforcer.setInternalCidrs(opts.internalCidrs ?? []);
       if (opts.revocation !== false) {
-        const r = Revoker.tryOpen(obj.maps);
+        const r = Revoker.tryOpen(obj.maps, opts.revocation === 'netlink');
         enforcer.revoker = r.revoker;
         enforcer.revocation = r.revoker ? 'on' : 'unsupported';
         enforcer.revocationProblem = r.problem;

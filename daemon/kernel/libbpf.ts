@@ -94,6 +94,8 @@ const sym = {
   getsockopt: libc.func('int getsockopt(int fd, int level, int name, void *value, void *len)'),
   close: libc.func('int close(int fd)'),
   setns: libc.func('int setns(int fd, int nstype)'),
+  send: libc.func('long send(int fd, const void *buf, size_t len, int flags)'),
+  recv: libc.func('long recv(int fd, void *buf, size_t len, int flags)'),
 };
 
 /** Attach types of enum bpf_attach_type (uapi/linux/bpf.h) that egressd uses. */
@@ -316,4 +318,24 @@ export function currentNetnsCookie(): bigint {
   } finally {
     sym.close(fd);
   }
+}
+
+/** A netlink socket for sock_diag (SOCK_DESTROY) in the calling thread's network namespace. */
+export function openSockDiag(): number {
+  const fd = sym.socket(
+    16 /* AF_NETLINK */,
+    3 /* SOCK_RAW */ | 0o2000000 /* SOCK_CLOEXEC */,
+    4 /* NETLINK_SOCK_DIAG */,
+  );
+  if (fd < 0) throw new LibbpfError('socket(AF_NETLINK)', koffi.errno());
+  return fd;
+}
+
+/** Sends one netlink request to the kernel and returns its first answer. */
+export function netlinkRequest(fd: number, request: Buffer): Buffer {
+  if (sym.send(fd, request, request.length, 0) < 0) throw new LibbpfError('send(netlink)', koffi.errno());
+  const answer = Buffer.alloc(4096);
+  const n = sym.recv(fd, answer, answer.length, 0);
+  if (n < 0) throw new LibbpfError('recv(netlink)', koffi.errno());
+  return answer.subarray(0, Number(n));
 }

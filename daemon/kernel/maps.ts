@@ -6,16 +6,9 @@
 
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import {
-  CONFIG_VALUE_SIZE,
-  decodeObserved,
-  decodeU64,
-  encodeU32,
-  encodeU64,
-  LAYOUT,
-  type ObservedEntry,
-} from './abi.js';
+import { CONFIG_VALUE_SIZE, decodeU64, encodeU32, encodeU64, LAYOUT } from './abi.js';
 import * as bpf from './libbpf.js';
+import { decodeObserved, type ObservedEntry } from './records.js';
 
 const { EINVAL, EOPNOTSUPP } = constants.errno;
 

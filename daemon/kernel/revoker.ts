@@ -2,8 +2,10 @@
  * Live revocation (bpf/revoke.bpf.c): once a computer's new policy is
  * written, closes every connected socket of the computer (its cgroup and the
  * cgroups below) whose peer that policy refuses, judged by the connect
- * hooks' own verdict code, with the kernel's bpf_sock_destroy() from TCP and
- * UDP socket iterators (Linux 6.5+).
+ * hooks' own verdict code in TCP and UDP socket iterators, closed by the
+ * kernel's bpf_sock_destroy() from the iterator (Linux 6.5+; `kfunc`), or,
+ * where the kernel lacks it, by netlink SOCK_DESTROY from here (`netlink`:
+ * CONFIG_INET_DIAG_DESTROY, in Debian 12's 6.1), one request a socket.
  *
  * A socket iterator walks the network namespace it is created in: a pass
  * walks the agent's, then each other namespace that a task of the computers
@@ -18,21 +20,25 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { EgressdError } from '../../policy/errors.js';
-import {
-  type ComputerValue,
-  decodeRevoked,
-  encodeCgroupKey,
-  encodeComputer,
-  MAPS,
-  REVOKE_MAPS,
-  type RevokedRecord,
-} from './abi.js';
+import { type ComputerValue, encodeCgroupKey, encodeComputer, MAPS, REVOKE_MAPS } from './abi.js';
 import * as bpf from './libbpf.js';
+import { decodeRevoked, type RevokedRecord } from './records.js';
+import { type DestroyTarget, decodeNetlinkAck, encodeSockDestroy } from './uapi.js';
 
-export const DEFAULT_REVOKE_OBJECT_PATH = path.resolve(
-  path.dirname(fileURLToPath(import.meta.url)),
-  '../../../build/revoke.bpf.o',
-);
+const BUILD = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../build');
+/** The iterators that close sockets themselves, and those that only judge them (netlink closes). */
+const OBJECTS = {
+  kfunc: path.join(BUILD, 'revoke.bpf.o'),
+  netlink: path.join(BUILD, 'revoke-netlink.bpf.o'),
+};
+const ENOENT = 2;
+const EOPNOTSUPP = 95;
+
+/** A namespace's iterators, and its netlink socket when netlink closes the sockets. */
+interface Walk {
+  iters: number[];
+  diag?: number;
+}
 
 /** A computer whose sockets a pass judges: its storage value as written (with its cgroup id), its cgroup's path. */
 export interface RevokeTarget {
@@ -49,18 +55,22 @@ export class Revoker {
   /** The pass running, if any: the next waits for it ("revoking" is one for all). */
   private running: Promise<unknown> = Promise.resolve();
 
+  private seq = 0;
+
   private constructor(
     private readonly obj: bpf.BpfObject,
     private readonly links: { tcp: number; udp: number },
     private readonly revoking: number,
     /** This process's network namespace: an open fd to come back to, and its inode. */
     private readonly home: { fd: number; ino: number },
+    /** How sockets are closed: by the iterators (bpf_sock_destroy), or by netlink SOCK_DESTROY. */
+    readonly mechanism: 'kfunc' | 'netlink',
   ) {}
 
   /** open(), or why this kernel cannot revoke. */
-  static tryOpen(maps: Record<string, number>): { revoker?: Revoker; problem?: string } {
+  static tryOpen(maps: Record<string, number>, netlinkOnly = false): { revoker?: Revoker; problem?: string } {
     try {
-      return { revoker: Revoker.open(maps) };
+      return { revoker: Revoker.open(maps, netlinkOnly) };
     } catch (err) {
       if (!(err instanceof EgressdError && err.code === 'REVOCATION_UNSUPPORTED')) throw err;
       return { problem: err.message };
@@ -68,10 +78,53 @@ export class Revoker {
   }
 
   /**
-   * Loads the iterators with egress.bpf.o's maps (`maps`, by name). Throws
-   * EgressdError REVOCATION_UNSUPPORTED, saying why, where the kernel cannot.
+   * Loads the iterators with egress.bpf.o's maps (`maps`, by name): those
+   * that close sockets themselves, else (or with `netlinkOnly`) those that
+   * judge only, where netlink SOCK_DESTROY works. Throws EgressdError
+   * REVOCATION_UNSUPPORTED, saying why, where neither can.
    */
-  static open(maps: Record<string, number>, objectPath = DEFAULT_REVOKE_OBJECT_PATH): Revoker {
+  static open(maps: Record<string, number>, netlinkOnly = false): Revoker {
+    let kfuncProblem = 'not tried';
+    if (!netlinkOnly) {
+      try {
+        return Revoker.load(maps, 'kfunc');
+      } catch (err) {
+        kfuncProblem = (err as Error).message;
+      }
+    }
+    try {
+      const diag = bpf.openSockDiag();
+      try {
+        // A socket that does not exist: ENOENT where SOCK_DESTROY works, EOPNOTSUPP where it does not.
+        const lo = [127, 0, 0, 1];
+        const probe: DestroyTarget = {
+          family: 4,
+          protocol: 6,
+          localAddress: lo,
+          localPort: 1,
+          peerAddress: lo,
+          peerPort: 1,
+          cookie: 0n,
+        };
+        const errno = Revoker.destroy(diag, 0, probe);
+        if (errno === EOPNOTSUPP)
+          throw new Error('netlink SOCK_DESTROY: EOPNOTSUPP (no CONFIG_INET_DIAG_DESTROY)');
+      } finally {
+        closeSync(diag);
+      }
+      return Revoker.load(maps, 'netlink');
+    } catch (err) {
+      throw new EgressdError(
+        'REVOCATION_UNSUPPORTED',
+        `this kernel cannot close a computer's connections when its policy tightens: no bpf_sock_destroy ` +
+          `(${kfuncProblem}; Linux 6.5+), and no netlink SOCK_DESTROY (${(err as Error).message})`,
+        { cause: err },
+      );
+    }
+  }
+
+  private static load(maps: Record<string, number>, mechanism: 'kfunc' | 'netlink'): Revoker {
+    const objectPath = OBJECTS[mechanism];
     let obj: bpf.BpfObject;
     try {
       obj = bpf.openObject(objectPath);
@@ -91,22 +144,26 @@ export class Revoker {
         links.push(bpf.linkCreate(bpf.programFd(obj, program), 0, bpf.ATTACH.traceIter));
       }
       const home = openSync('/proc/self/ns/net', 'r');
+      const links2 = { tcp: links[0] ?? -1, udp: links[1] ?? -1 };
+      const revoking = bpf.mapFd(obj, REVOKE_MAPS.revoking);
       return new Revoker(
         obj,
-        { tcp: links[0] ?? -1, udp: links[1] ?? -1 },
-        bpf.mapFd(obj, REVOKE_MAPS.revoking),
+        links2,
+        revoking,
         { fd: home, ino: statSync('/proc/self/ns/net').ino },
+        mechanism,
       );
     } catch (err) {
       for (const fd of links) bpf.closeFd(fd);
       bpf.closeObject(obj);
-      throw new EgressdError(
-        'REVOCATION_UNSUPPORTED',
-        `this kernel cannot close a computer's connections when its policy tightens (${(err as Error).message}): ` +
-          'live revocation needs Linux 6.5 or newer (bpf_sock_destroy from TCP and UDP socket iterators)',
-        { cause: err },
-      );
+      throw err;
     }
+  }
+
+  /** netlink SOCK_DESTROY of one socket: 0, or the errno (ENOENT: gone already). */
+  private static destroy(diag: number, seq: number, t: DestroyTarget): number {
+    const answer = bpf.netlinkRequest(diag, encodeSockDestroy(seq, t));
+    return decodeNetlinkAck(answer) ?? EOPNOTSUPP;
   }
 
   /**
@@ -126,45 +183,58 @@ export class Revoker {
     const byCgroup = new Map(targets.map((t) => [t.value.cgroupId, t.id]));
     for (const t of targets)
       bpf.mapUpdate(this.revoking, encodeCgroupKey(t.value.cgroupId), encodeComputer(t.value));
-    const iters: number[] = [];
+    const walks: Walk[] = [];
     try {
-      iters.push(...this.iterators());
-      for (const nsPath of this.namespaces(targets)) iters.push(...this.iteratorsIn(nsPath));
-      // Every iterator at once, on the thread pool: most of a pass is the kernel walking hash buckets.
-      for (const output of await Promise.all(iters.map(readAll))) {
-        for (const r of decodeRevoked(output)) out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+      walks.push(this.walkHere());
+      for (const nsPath of this.namespaces(targets)) {
+        const walk = this.walkIn(nsPath);
+        if (walk) walks.push(walk);
       }
+      // Every iterator at once, on the thread pool: most of a pass is the kernel walking hash buckets.
+      const outputs = await Promise.all(walks.map((w) => Promise.all(w.iters.map(readAll))));
+      walks.forEach((walk, i) => {
+        for (const r of (outputs[i] ?? []).flatMap(decodeRevoked)) {
+          if (walk.diag !== undefined) {
+            const socket = { ...r.socket, protocol: r.protocol, peerPort: r.port };
+            const errno = Revoker.destroy(walk.diag, ++this.seq, socket);
+            if (errno === ENOENT) continue; // closed meanwhile, by itself
+            r.error = errno === 0 ? 0 : -errno;
+          }
+          out.get(byCgroup.get(r.cgroupId) ?? '')?.push(r);
+        }
+      });
       return out;
     } finally {
-      for (const fd of iters) closeSync(fd);
+      for (const w of walks)
+        for (const fd of [...w.iters, ...(w.diag === undefined ? [] : [w.diag])]) closeSync(fd);
       for (const t of targets) bpf.mapDelete(this.revoking, encodeCgroupKey(t.value.cgroupId));
     }
   }
 
-  /** A TCP and a UDP iterator of the calling thread's namespace. */
-  private iterators(): number[] {
-    const iters: number[] = [];
+  /** A TCP and a UDP iterator of the calling thread's namespace (and a netlink socket there, for netlink). */
+  private walkHere(): Walk {
+    const fds: number[] = [];
     try {
-      for (const link of [this.links.tcp, this.links.udp]) iters.push(bpf.iterCreate(link));
-      return iters;
+      for (const link of [this.links.tcp, this.links.udp]) fds.push(bpf.iterCreate(link));
+      return this.mechanism === 'netlink' ? { iters: fds, diag: bpf.openSockDiag() } : { iters: fds };
     } catch (err) {
-      for (const fd of iters) closeSync(fd);
+      for (const fd of fds) closeSync(fd);
       throw err;
     }
   }
 
-  /** iterators() of the namespace at `nsPath`, entered for the moment it takes to create them. */
-  private iteratorsIn(nsPath: string): number[] {
+  /** walkHere() of the namespace at `nsPath`, entered for the moment it takes. */
+  private walkIn(nsPath: string): Walk | undefined {
     let ns: number;
     try {
       ns = openSync(nsPath, 'r');
     } catch {
-      return []; // the task is gone, and its namespace with it unless another task holds it
+      return undefined; // the task is gone, and its namespace with it unless another task holds it
     }
     try {
       bpf.enterNetns(ns);
       try {
-        return this.iterators();
+        return this.walkHere();
       } finally {
         this.goHome();
       }

@@ -4,8 +4,10 @@
  * open in a computer's cgroup and try each one on demand.
  */
 import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { createInterface } from 'node:readline';
+import { gunzipSync } from 'node:zlib';
 import { REPO_ROOT, type World } from './world.js';
 
 const HOLDER = `${REPO_ROOT}dist/test/helpers/holder.js`;
@@ -17,10 +19,29 @@ export const ECHO_PORT = 7000;
  * 6.5+). The tests assert what it does either way: on an older kernel, that
  * egressd says revocation is unsupported and closes nothing.
  */
-export const KERNEL_REVOKES = (() => {
+const KERNEL_REVOKES = (() => {
   const [major = 0, minor = 0] = release().split('.').map(Number);
   return major > 6 || (major === 6 && minor >= 5);
 })();
+
+/** The running kernel's build options (/proc/config.gz, else /boot/config-<release>); '' when neither is there. */
+function kernelConfig(): string {
+  try {
+    return gunzipSync(readFileSync('/proc/config.gz')).toString();
+  } catch {
+    try {
+      return readFileSync(`/boot/config-${release()}`, 'utf8');
+    } catch {
+      return '';
+    }
+  }
+}
+
+/** Whether netlink SOCK_DESTROY works on this kernel (CONFIG_INET_DIAG_DESTROY). */
+export const KERNEL_DESTROYS_BY_NETLINK = /^CONFIG_INET_DIAG_DESTROY=y$/m.test(kernelConfig());
+
+/** How egressd should revoke here (the kfunc first), or undefined: it should say "unsupported". */
+export const REVOCATION = KERNEL_REVOKES ? 'kfunc' : KERNEL_DESTROYS_BY_NETLINK ? 'netlink' : undefined;
 
 /** One JSON line at a time from a holder process. */
 function lines(child: ChildProcess, timeoutMs = 10_000): () => Promise<Record<string, unknown>> {

@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import { type Egressd, startEgressd, waitFor } from '../helpers/egressd.js';
-import { ECHO_PORT, echoServer, holdSockets, KERNEL_REVOKES } from '../helpers/held-sockets.js';
+import { ECHO_PORT, echoServer, holdSockets, REVOCATION } from '../helpers/held-sockets.js';
 import { createWorld, type World } from '../helpers/world.js';
 
 let world: World;
@@ -72,8 +72,8 @@ test.serial(
       rules: [{ host: '203.0.113.5', port: ECHO_PORT, protocol: 'tcp' }],
     });
     t.is(r.status, 200);
-    if (!KERNEL_REVOKES) {
-      // Before Linux 6.5: enforced for new connections, and the answer does not claim the old ones closed.
+    if (REVOCATION === undefined) {
+      // No kfunc, no SOCK_DESTROY: enforced for new connections, and the answer does not claim the old ones closed.
       t.like(r.enforcement, { state: 'enforced', revocation: 'unsupported', revoked: null });
       await egressd.stop();
       egressd = undefined;

@@ -7,13 +7,10 @@ import test from 'ava';
 import {
   decodeCgroupKey,
   decodeComputer,
-  decodeDenyEvent,
   decodeLearned,
   decodeLearnedKey,
   decodeMode,
-  decodeObserved,
   decodePortKey,
-  decodeRevoked,
   decodeRuleKey,
   decodeU64,
   encodeCgroupKey,
@@ -31,7 +28,13 @@ import {
   encodeU32,
   encodeU64,
 } from '../../daemon/kernel/abi.js';
-import { decodeCgroupLinkInfo, decodeProgInfo } from '../../daemon/kernel/uapi.js';
+import { decodeDenyEvent, decodeObserved, decodeRevoked } from '../../daemon/kernel/records.js';
+import {
+  decodeCgroupLinkInfo,
+  decodeNetlinkAck,
+  decodeProgInfo,
+  encodeSockDestroy,
+} from '../../daemon/kernel/uapi.js';
 
 /** Bytes from hex, spaces ignored. */
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -185,41 +188,71 @@ test('struct bpf_prog_info and bpf_link_info (uapi): decodeProgInfo, decodeCgrou
 });
 
 test('struct egress_revoked', (t) => {
+  const V6_PEER = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6];
   const record = (family: number, error: number) => {
-    const b = Buffer.alloc(40);
+    const b = Buffer.alloc(80);
     b.writeBigUInt64LE(0x0102030405060708n, 0); // cgroup_id
-    Buffer.from([203, 0, 113, 6]).copy(b, 8); // addr, IPv4 in the first 4 bytes
-    if (family === 6) Buffer.from([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6]).copy(b, 8);
+    Buffer.from(family === 6 ? V6_PEER : [203, 0, 113, 6]).copy(b, 8); // addr, IPv4 in the first 4 bytes
     b.writeUInt16LE(7000, 24); // port
     b[26] = family;
     b[27] = 6; // protocol
     b.writeInt32LE(error, 28);
     b.writeUInt32LE(1000, 32); // uid
+    b.writeUInt16LE(40000, 36); // local_port
+    b[38] = family; // sock_family
+    Buffer.from(family === 6 ? V6 : [192, 0, 2, 9]).copy(b, 40); // local_addr
+    Buffer.from(family === 6 ? V6_PEER : [203, 0, 113, 6]).copy(b, 56); // peer_addr
+    b.writeBigUInt64LE(0x1122n, 72); // cookie
     return b;
   };
+  const common = { cgroupId: 0x0102030405060708n, port: 7000, protocol: 6, error: 0, uid: 1000 };
   t.deepEqual(decodeRevoked(Buffer.concat([record(4, 0), record(6, 0)])), [
     {
-      cgroupId: 0x0102030405060708n,
+      ...common,
       address: [203, 0, 113, 6],
-      port: 7000,
-      protocol: 6,
-      error: 0,
-      uid: 1000,
+      socket: {
+        family: 4,
+        localAddress: [192, 0, 2, 9],
+        localPort: 40000,
+        peerAddress: [203, 0, 113, 6],
+        cookie: 0x1122n,
+      },
     },
     {
-      cgroupId: 0x0102030405060708n,
-      address: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6],
-      port: 7000,
-      protocol: 6,
-      error: 0,
-      uid: 1000,
+      ...common,
+      address: V6_PEER,
+      socket: { family: 6, localAddress: V6, localPort: 40000, peerAddress: V6_PEER, cookie: 0x1122n },
     },
   ]);
   // A failed close: the second record of the same socket replaces the first.
   const failed = decodeRevoked(Buffer.concat([record(4, 0), record(4, -9)]));
   t.is(failed.length, 1);
   t.is(failed[0]?.error, -9);
-  t.deepEqual(decodeRevoked(Buffer.alloc(39)), [], 'a partial record is not read');
+  t.deepEqual(decodeRevoked(Buffer.alloc(79)), [], 'a partial record is not read');
+});
+
+test('netlink SOCK_DESTROY request and its ack (uapi)', (t) => {
+  const request = encodeSockDestroy(7, {
+    family: 4,
+    protocol: 6,
+    localAddress: [192, 0, 2, 9],
+    localPort: 40000,
+    peerAddress: [203, 0, 113, 6],
+    peerPort: 7000,
+    cookie: 0x1122334455667788n,
+  });
+  t.deepEqual(
+    request,
+    hex(
+      '48000000 1500 0500 07000000 00000000' + // nlmsghdr: 72 bytes, SOCK_DESTROY, REQUEST|ACK, seq 7
+        ' 02 06 00 00 ffffffff' + // AF_INET, TCP, any state
+        ' 9c40 1b58 c0000209000000000000000000000000 cb007106000000000000000000000000 00000000' +
+        ' 88776655 44332211', // ports (network order), src = local, dst = peer, if, cookie
+    ),
+  );
+  t.is(decodeNetlinkAck(hex('24000000 0200 0000 07000000 00000000 feffffff')), 2, 'NLMSG_ERROR -ENOENT');
+  t.is(decodeNetlinkAck(hex('24000000 0200 0000 07000000 00000000 00000000')), 0, 'an ack');
+  t.is(decodeNetlinkAck(hex('24000000 0300 0000 07000000 00000000 00000000')), undefined, 'not an ack');
 });
 
 test('struct egress_observed_key and struct egress_observed: decodeObserved', (t) => {
