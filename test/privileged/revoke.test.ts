@@ -11,6 +11,7 @@ import { release } from 'node:os';
 import test, { type ExecutionContext } from 'ava';
 import { Enforcer, type RevokedRecord } from '../../daemon/kernel/enforcer.js';
 import type { Policy } from '../../policy/types.js';
+import { SCALE } from '../helpers/egressd.js';
 import {
   ECHO_PORT,
   echoServer,
@@ -195,7 +196,10 @@ function suite(via: 'auto' | 'netlink'): void {
         ],
       };
       enforcer.apply(c.id, named, 2n);
-      enforcer.learn(c.id, ['kept.test'], [[203, 0, 113, 21]], 1);
+      // Long enough for the holder to connect (a node process: seconds under emulation), then it runs out.
+      const ttlS = 3 * SCALE;
+      const learnedAt = Date.now();
+      enforcer.learn(c.id, ['kept.test'], [[203, 0, 113, 21]], ttlS);
       enforcer.learn(c.id, ['dropped.test'], [[203, 0, 113, 22]], 300);
       const h = await holdSockets(
         world,
@@ -205,7 +209,13 @@ function suite(via: 'auto' | 'netlink'): void {
         `tcp:203.0.113.22:${ECHO_PORT}`,
       );
       t.deepEqual(await h.check(), ['ok', 'ok']);
-      await new Promise((r) => setTimeout(r, 1500)); // kept.test's address expires (TTL 1 s)
+      // kept.test's address expires.
+      await new Promise((r) => setTimeout(r, Math.max(0, learnedAt + ttlS * 1000 + 500 - Date.now())));
+      t.deepEqual(
+        await world.probeResults({ cgroup: 'names' }, `tcp:203.0.113.21:${ECHO_PORT}`),
+        ['EPERM'],
+        'expired',
+      );
       const closed = await tighten(
         c,
         {
