@@ -27,12 +27,13 @@ VM_DIR=${VM_DIR:-$root_dir/.vm}
 mkdir -p "$VM_DIR"
 
 # Packages in the guest: the kernel, what the suite runs (redis-server, ip,
-# nsenter, dnsmasq, libbpf through koffi, wrk for the API load), and what a Vagrant box needs
+# nsenter, dnsmasq, libbpf through koffi, wrk for the API load, curl for the
+# README walkthrough, a C compiler for the uapi layout test), and what a Vagrant box needs
 # (systemd, ssh, sudo). The hash of this file keys the cache.
 packages=(
   linux-image-amd64 initramfs-tools kmod
   redis-server iproute2 util-linux procps dnsmasq-base dnsutils libbpf1 bpftool
-  libstdc++6 ca-certificates wrk
+  libstdc++6 ca-certificates wrk curl gcc libc6-dev
   systemd-sysv udev openssh-server sudo ifupdown isc-dhcp-client
 )
 # Extra kernels for the matrix: "suite:package". Each is tried; a suite the
