@@ -144,11 +144,11 @@ export class Revoker {
         links.push(bpf.linkCreate(bpf.programFd(obj, program), 0, bpf.ATTACH.traceIter));
       }
       const home = openSync('/proc/self/ns/net', 'r');
-      const links2 = { tcp: links[0] ?? -1, udp: links[1] ?? -1 };
+      const iterLinks = { tcp: links[0] ?? -1, udp: links[1] ?? -1 };
       const revoking = bpf.mapFd(obj, REVOKE_MAPS.revoking);
       return new Revoker(
         obj,
-        links2,
+        iterLinks,
         revoking,
         { fd: home, ino: statSync('/proc/self/ns/net').ino },
         mechanism,
