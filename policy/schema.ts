@@ -1,8 +1,8 @@
 /**
  * The policy body's schema: validates and normalises what a client sends
- * (mode, rules, dns, audit, and the `block_dns` of older clients) into a Policy,
- * and checks computer ids. Failures are PolicyErrors naming the field path
- * (`rules[3].port: must be an integer from 1 to 65535`).
+ * (mode, rules with their bind_name, dns, audit, and the `block_dns` of older
+ * clients) into a Policy, and checks computer ids. Failures are PolicyErrors
+ * naming the field path (`rules[3].port: must be an integer from 1 to 65535`).
  */
 import { z } from 'zod';
 import { type FieldIssue, PolicyError } from './errors.js';
@@ -12,6 +12,7 @@ import {
   DNS_MODES,
   defaultDns,
   dnsProblem,
+  isNameRule,
   MODES,
   modeTakesRules,
   type Policy,
@@ -56,15 +57,31 @@ const host = z
     }
   });
 
-const rule = z.strictObject({
-  host,
-  port: z
-    .int({ error: PORT_MESSAGE })
-    .min(1, { error: PORT_MESSAGE })
-    .max(65535, { error: PORT_MESSAGE })
-    .optional(),
-  protocol: z.enum(PROTOCOLS, { error: `must be one of ${PROTOCOLS.join(', ')}` }).default('any'),
-});
+const rule = z
+  .strictObject({
+    host,
+    port: z
+      .int({ error: PORT_MESSAGE })
+      .min(1, { error: PORT_MESSAGE })
+      .max(65535, { error: PORT_MESSAGE })
+      .optional(),
+    protocol: z.enum(PROTOCOLS, { error: `must be one of ${PROTOCOLS.join(', ')}` }).default('any'),
+    /** Name-binding (see Rule.bind_name); hostname and wildcard rules only. Absent: true. */
+    bind_name: z.boolean({ error: 'must be true or false' }).optional(),
+  })
+  .check((ctx) => {
+    const r = ctx.value;
+    // Either value is refused on an address rule: it is never bound, so true would claim what is not.
+    // (A host that did not parse is an issue already: nothing to add.)
+    if (r.bind_name !== undefined && typeof r.host === 'string' && !isNameRule(r)) {
+      ctx.issues.push({
+        code: 'custom',
+        path: ['bind_name'],
+        message: `name-binding applies only to hostname and wildcard rules, and "${r.host}" is an address or CIDR block (allowed by its address alone): remove bind_name from this rule`,
+        input: r.bind_name,
+      });
+    }
+  });
 
 const policyBody = z.strictObject({
   mode: z.enum(MODES, { error: `must be one of ${MODES.join(', ')}` }),
@@ -99,12 +116,9 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
       `rules: ${mode} mode takes no rules; send "rules": [] or leave it out, or use allowlist or denylist`,
     );
   }
-  // Fixed key order, so that equal policies serialise to equal JSON.
-  const normalisedRules: Rule[] = rules.map((r) =>
-    r.port === undefined
-      ? { host: r.host, protocol: r.protocol }
-      : { host: r.host, port: r.port, protocol: r.protocol },
-  );
+  // Fixed key order (see Rule), so that equal policies serialise to equal JSON; bind_name only
+  // when false, so that policies without it stay as they were stored before it existed.
+  const normalisedRules: Rule[] = rules.map(normaliseRule);
   if (blockDns !== undefined && given !== undefined && blockDns !== (given === 'none')) {
     throw new PolicyError(
       'dns_not_allowed',
@@ -122,6 +136,15 @@ export function parsePolicy(body: unknown, maxRules: number): Policy {
     throw new PolicyError('dns_not_allowed', said);
   }
   return { mode, rules: normalisedRules, dns, audit };
+}
+
+function normaliseRule(r: z.output<typeof rule>): Rule {
+  const out: Rule =
+    r.port === undefined
+      ? { host: r.host, protocol: r.protocol }
+      : { host: r.host, port: r.port, protocol: r.protocol };
+  if (r.bind_name === false) out.bind_name = false;
+  return out;
 }
 
 /** Checks a computer id (COMPUTER_ID_PATTERN), as given in a path (`id`). */

@@ -11,12 +11,31 @@ export type Mode = (typeof MODES)[number];
 export const PROTOCOLS = ['tcp', 'udp', 'any'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];
 
+/**
+ * A normalised rule. Its keys are always in this order (host, port,
+ * protocol, bind_name), so that equal rules serialise to equal JSON: the
+ * store keeps `rules` as that JSON, and replies splice it in as it is.
+ */
 export interface Rule {
   /** Normalised: an address, a CIDR with host bits cleared, a hostname, or `*.` + hostname. */
   host: string;
   /** 1–65535; absent means every port. */
   port?: number;
   protocol: Protocol;
+  /**
+   * Name-binding (hostname and wildcard rules only; absent means bound, the
+   * default). An address that the computer may reach only because this
+   * rule's name taught it is bound to the names it was learned for: a
+   * connection's first bytes must be a TLS ClientHello whose server_name,
+   * or an HTTP/1.x request whose Host, is one of them (else a deny event
+   * with reason `name_mismatch`), and UDP to its port 443 (QUIC, which
+   * the kernel cannot read) is refused (reason `quic`) unless a rule naming
+   * it says `"protocol": "udp"`. `false`: the rule's addresses are judged
+   * by address alone (neither check), for an operator who knows they serve
+   * only trusted names. Present only when false: a stored rule never
+   * carries `true`.
+   */
+  bind_name?: false;
 }
 
 /**
@@ -59,7 +78,7 @@ export function modeTakesRules(mode: Mode): boolean {
 export const UNRESTRICTED: Policy = Object.freeze({ mode: 'unrestricted', rules: [], dns: 'all' }) as Policy;
 
 /** Whether a rule's host is a hostname or a wildcard (not an address or CIDR block). */
-function isNameRule(rule: Rule): boolean {
+export function isNameRule(rule: Pick<Rule, 'host'>): boolean {
   return parseHost(rule.host).kind !== 'cidr';
 }
 
