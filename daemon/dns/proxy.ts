@@ -40,6 +40,8 @@
  * - isolated: answered, nothing learned (nothing connects anyway).
  * A CNAME chain counts as listed when any name in it is. Loopback,
  * unspecified, link-local or this host's addresses: never learned (rebinding).
+ * Every forwarded answer loses the `ech` param of its HTTPS and SVCB records
+ * (svcb.ts): TLS clients must send the server name the kernel checks.
  *
  * Upstream: `upstreams` (the agent's --dns-upstream), asked in order, the
  * next when one does not answer in time, cannot be reached, or answers
@@ -62,8 +64,17 @@ import type { UserDenial } from '../events.js';
 import type { Enforcer } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
 import { type Family, listenDns, type Transport } from './listen.js';
+import { stripEch } from './svcb.js';
 import { type Upstream, UpstreamClient, upstreamKey } from './upstream.js';
-import { capAnswerTtls, errorReply, normaliseName, questionOnly, RCODE, resolveChain } from './wire.js';
+import {
+  capAnswerTtls,
+  errorReply,
+  LISTED_TYPES,
+  normaliseName,
+  questionOnly,
+  RCODE,
+  resolveChain,
+} from './wire.js';
 
 export type { Upstream } from './upstream.js';
 
@@ -115,22 +126,6 @@ interface ComputerSockets {
   udp: dgram.Socket[];
   tcp: net.Server[];
 }
-
-/**
- * Query types that `dns: listed` forwards for covered names: addresses,
- * aliases, and the service bindings (RFC 9460) that browsers ask for. This
- * dns-packet spells 64 and 65 as UNKNOWN_64 and UNKNOWN_65; later ones as
- * SVCB and HTTPS.
- */
-const LISTED_TYPES: ReadonlySet<string> = new Set([
-  'A',
-  'AAAA',
-  'CNAME',
-  'SVCB',
-  'HTTPS',
-  'UNKNOWN_64',
-  'UNKNOWN_65',
-]);
 
 export class DnsProxy {
   readonly stats: DnsStats = {
@@ -365,9 +360,13 @@ export class DnsProxy {
       this.opts.log.warn({ computer: id, name: qname }, 'no upstream answered in time: SERVFAIL');
       return errorReply(query, RCODE.SERVFAIL);
     }
+    // No ECH: its encrypted ClientHello would hide the server name that the kernel judges a TLS
+    // connection by (svcb.ts). What the computer gets is also what is learned from.
+    const reply = stripEch(answer);
     let response: dnsPacket.Packet;
     try {
-      response = dnsPacket.decode(answer);
+      if (!reply) throw new Error('an answer stripEch cannot walk');
+      response = dnsPacket.decode(reply);
     } catch {
       this.stats.failClosed++;
       return errorReply(query, RCODE.SERVFAIL);
@@ -409,7 +408,6 @@ export class DnsProxy {
       }
     }
     this.stats.answered++;
-    const reply = Buffer.from(answer);
     reply.writeUInt16BE(query.id ?? 0, 0);
     if (mode === 'allowlist') capAnswerTtls(reply, ttlCap);
     return reply;

@@ -47,6 +47,22 @@ export class TcpFrames {
   }
 }
 
+/**
+ * Query types that `dns: listed` forwards for covered names: addresses,
+ * aliases, and the service bindings (RFC 9460) that browsers ask for. This
+ * dns-packet spells 64 and 65 as UNKNOWN_64 and UNKNOWN_65; later ones as
+ * SVCB and HTTPS.
+ */
+export const LISTED_TYPES: ReadonlySet<string> = new Set([
+  'A',
+  'AAAA',
+  'CNAME',
+  'SVCB',
+  'HTTPS',
+  'UNKNOWN_64',
+  'UNKNOWN_65',
+]);
+
 export function normaliseName(name: string): string {
   const lower = name.toLowerCase();
   return lower.endsWith('.') ? lower.slice(0, -1) : lower;
@@ -92,30 +108,29 @@ export function capAnswerTtls(msg: Buffer, max: number): void {
   const questions = msg.readUInt16BE(4);
   const answers = msg.readUInt16BE(6);
   let o = 12;
-  const skipName = (): boolean => {
-    while (o < msg.length) {
-      const len = msg[o]!;
-      if (len === 0) {
-        o += 1;
-        return true;
-      }
-      if ((len & 0xc0) === 0xc0) {
-        o += 2; // a compression pointer ends the name
-        return true;
-      }
-      o += 1 + len;
-    }
-    return false;
-  };
   for (let i = 0; i < questions; i++) {
-    if (!skipName()) return;
+    o = nameEnd(msg, o);
+    if (o < 0) return;
     o += 4;
   }
   for (let i = 0; i < answers; i++) {
-    if (!skipName() || o + 10 > msg.length) return;
+    o = nameEnd(msg, o);
+    if (o < 0 || o + 10 > msg.length) return;
     if (msg.readUInt32BE(o + 4) > max) msg.writeUInt32BE(max, o + 4);
     o += 10 + msg.readUInt16BE(o + 8);
   }
+}
+
+/** Where the name at `at` ends (after its last label, or its compression pointer); -1: it runs off the message. */
+export function nameEnd(msg: Buffer, at: number): number {
+  for (let o = at; o < msg.length; ) {
+    const len = msg[o]!;
+    if (len === 0) return o + 1;
+    if ((len & 0xc0) === 0xc0) return o + 2 <= msg.length ? o + 2 : -1;
+    if (len > 63) return -1; // the label types of RFC 6891's retired extension
+    o += 1 + len;
+  }
+  return -1;
 }
 
 /**

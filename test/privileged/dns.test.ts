@@ -35,6 +35,16 @@ let counter = 0;
 const PORTS: [number, number] = [42000, 42999];
 const log = pino({ level: process.env['EGRESSD_TEST_LOG'] ?? 'silent' });
 
+/**
+ * HTTPS RDATA (RFC 9460), hex: priority 1, target ".", alpn "h2", ipv4hint
+ * 203.0.113.34, ech (key 5: ten bytes, an ECHConfigList's shape), ipv6hint
+ * 2001:db8:ff::34; and priority 2, target ".", mandatory alpn and ech,
+ * alpn "h3", ech.
+ */
+const ECH_PARAM = '0005000a0008fe0d000401020304';
+const ECH_SERVICE = `0001000001000302683200040004cb007122${ECH_PARAM}0006001020010db800ff00000000000000000034`;
+const ECH_MANDATORY = `000200000000040001000500010003026833${ECH_PARAM}`;
+
 function startProxy(upstreams: Dnsmasq[] = [dnsmasq], timeoutMs = 2000): DnsProxy {
   const gw = world.gateway!;
   return new DnsProxy({
@@ -74,6 +84,9 @@ test.before(async () => {
       'txt-record=allowed.test,"upstream answered"',
       'cname=chain.test,hop.exfil.test,60',
       'host-record=hop.exfil.test,203.0.113.51,120',
+      // HTTPS records with ech: stripped by the proxy, or dropped where mandatory lists it.
+      `dns-rr=ech.test,65,${ECH_SERVICE}`,
+      `dns-rr=ech.test,65,${ECH_MANDATORY}`,
     ],
     { logQueries: true },
   );
@@ -498,6 +511,34 @@ test.serial(
     t.regex((await dig(cidrs.cgroup, ['allowed.test', 'A'])).out, /status: NXDOMAIN/);
     t.deepEqual(await world.probeResults({ cgroup: cidrs.cgroup }, 'tcp:203.0.113.31:80'), ['ok']);
     t.is(dnsmasq.queries().length, asked);
+  },
+);
+
+test.serial(
+  'HTTPS answers reach the computer without ech, their other params as they were (dns listed, all, audit)',
+  async (t) => {
+    const upstream = await world.run(
+      'dig',
+      ['@127.0.0.1', '-p', String(dnsmasq.port), '+short', 'ech.test', 'HTTPS'],
+      { netns: false },
+    );
+    t.regex(upstream.out, /^1 \. alpn="h2" ipv4hint=203\.0\.113\.34 ech=\S+ ipv6hint=2001:db8:ff::34$/m);
+    t.regex(upstream.out, /^2 \. mandatory=alpn,ech alpn="h3" ech=\S+$/m);
+    const rules = [{ host: 'ech.test', protocol: 'tcp' as const }];
+    for (const policy of [
+      { mode: 'allowlist', rules },
+      { mode: 'allowlist', rules, dns: 'all' },
+      { mode: 'denylist', rules: [], dns: 'none', audit: true },
+    ] satisfies Policy[]) {
+      const c = await computer(policy);
+      for (const transport of ['+notcp', '+tcp']) {
+        t.deepEqual(
+          await short(c.cgroup, 'ech.test', 'HTTPS', transport),
+          ['1 . alpn="h2" ipv4hint=203.0.113.34 ipv6hint=2001:db8:ff::34'],
+          `${JSON.stringify(policy)} ${transport}`,
+        );
+      }
+    }
   },
 );
 
