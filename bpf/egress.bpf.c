@@ -33,6 +33,7 @@
  * bpf_prog_info, /proc/kallsyms and perf. The workers are in lib/.
  */
 #include "lib/guard.h"
+#include "lib/names.h"
 #include "lib/verdict.h"
 
 /* A computer's programs, attached to its cgroup (daemon/kernel/loader.ts: HOOKS). */
@@ -93,6 +94,28 @@ SEC("cgroup/sock_create")
 int eg_sock(struct bpf_sock *sk)
 {
 	return judge_socket(sk);
+}
+
+/* Name-bound connections (lib/names.h): the computer's sock_ops and egress programs, and the check itself. */
+
+SEC("sockops")
+int eg_ops(struct bpf_sock_ops *skops)
+{
+	watch_name_bound(skops);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int eg_skb(struct __sk_buff *skb)
+{
+	return guard_unjudged(skb);
+}
+
+/* Attached to the "name_check_socks" map, not to a cgroup (daemon/kernel/loader.ts). */
+SEC("sk_msg")
+int eg_msg(struct sk_msg_md *msg)
+{
+	return judge_message(msg);
 }
 
 /* The guard's programs, attached to each sandbox root (daemon/kernel/loader.ts: GUARD_HOOKS). */

@@ -29,10 +29,20 @@ export interface DenyRecord {
   reason: KernelReason | UserReason;
   /** The computer's policy is in audit: this was let through (it would have been refused). */
   audit: boolean;
+  /** name_mismatch: the server name the connection's first bytes gave ('' when they gave none). */
+  name?: string;
 }
 
 /** Reasons of the kernel's events (EGRESS_REASON_*). */
-export type KernelReason = 'mode' | 'rule' | 'socket' | 'dns' | 'proxy_port' | 'ungoverned';
+export type KernelReason =
+  | 'mode'
+  | 'rule'
+  | 'socket'
+  | 'dns'
+  | 'proxy_port'
+  | 'ungoverned'
+  | 'name_mismatch'
+  | 'quic';
 
 /**
  * Reasons of user space's refusals: the DNS proxy answered a name itself,
@@ -156,8 +166,9 @@ export class DenyEvents {
   private onEvent(data: Buffer): void {
     const e = decodeDenyEvent(data);
     const computer = this.opts.enforcer.computerAt(e.cgroupId) ?? `cgroup:${e.cgroupId}`;
-    const reason = (
-      REASON_NAMES[e.reason] === 'proxyPort' ? 'proxy_port' : REASON_NAMES[e.reason]
+    const reason = (REASON_NAMES[e.reason] ?? String(e.reason)).replace(
+      /[A-Z]/g,
+      (c) => `_${c.toLowerCase()}`,
     ) as KernelReason;
     this.deliver(computer, reason, e.audit, () => {
       const address = e.address.length === 0 ? null : formatAddress(e.address);
@@ -173,6 +184,7 @@ export class DenyEvents {
         hostname: e.address.length === 0 ? null : (this.opts.enforcer.nameOf(computer, e.address) ?? null),
         reason,
         audit: e.audit,
+        ...(e.name !== undefined ? { name: e.name } : {}),
       };
     });
   }

@@ -91,7 +91,7 @@
 #define EGRESS_CONFIG_SLOTS 16
 
 /* Bumped whenever a layout or a map definition below changes. */
-#define EGRESS_ABI_VERSION 5
+#define EGRESS_ABI_VERSION 6
 
 /* Reasons of struct egress_deny_event. */
 #define EGRESS_REASON_MODE 1       /* allowlist: nothing matched; isolated; no policy yet */
@@ -100,6 +100,8 @@
 #define EGRESS_REASON_DNS 4        /* DNS refused: no proxy reachable (no port, no proxy address) */
 #define EGRESS_REASON_PROXY_PORT 5 /* a proxy port reached directly */
 #define EGRESS_REASON_UNGOVERNED 6 /* under a sandbox root, in no attached computer (guard) */
+#define EGRESS_REASON_NAME_MISMATCH 7 /* a name-bound connection's first bytes named another server (name_check) */
+#define EGRESS_REASON_QUIC 8          /* UDP to port 443 of a name-bound address (QUIC carries no readable name) */
 
 /* Capacities. LPM tries and the port hash allocate on demand (no prealloc). */
 #define EGRESS_MAX_RULE_ENTRIES (1 << 21)
@@ -110,6 +112,9 @@
 #define EGRESS_MAX_DNS_SOCKETS 65536
 #define EGRESS_EVENTS_BYTES (1 << 20) /* deny-event ring buffer */
 #define EGRESS_MAX_OBSERVED 65536     /* destinations in "observed" (least recently used go first) */
+#define EGRESS_MAX_LEARNED_NAMES (1 << 20)
+#define EGRESS_MAX_NAME_CHECKS 65536 /* connections waiting for their first bytes to be judged */
+#define EGRESS_NAME_MAX 256           /* a name's bytes in "learned_names" and deny events, NUL-padded (DNS: 253) */
 
 /* Value of the "computers" cgroup storage; written whole by user space. */
 struct egress_computer {
@@ -191,13 +196,74 @@ struct egress_learned_v6 {
 	__u8 addr[16]; /* network byte order */
 };
 
+/* Flags of struct egress_learned. */
+#define EGRESS_LEARNED_BIND_NAME 0x1 /* name-bound: every rule naming it binds names (bind_name not false) */
+#define EGRESS_LEARNED_UDP 0x2       /* a rule naming it says "protocol": "udp": QUIC allowed */
+
 /* Value of "learned_v4" / "learned_v6". */
 struct egress_learned {
 	__u64 expires_ns;     /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
 	__u32 port_set;       /* as in struct egress_rule, of the computer's policy_id */
 	__u8 any_port_protos; /* as in struct egress_rule */
-	__u8 pad[3];
+	__u8 flags;           /* EGRESS_LEARNED_* */
+	__u8 pad[2];
 };
+
+/*
+ * Name-bound connections. A TCP connection that the computer may make only
+ * because a learned address matched (allowlist; no CIDR rule, no internal
+ * CIDR) and whose entry has EGRESS_LEARNED_BIND_NAME must start with a TLS
+ * ClientHello whose server_name, or an HTTP/1.x request whose Host (and
+ * absolute or authority target), is a name the address was learned for
+ * under the computer's current learned id: a key of "learned_names" (the
+ * exact name, or `*.` + a suffix of it at a label boundary for a wildcard
+ * rule), whose value (a struct egress_rule of the computer's policy_id)
+ * allows the port. First bytes that are neither are let through.
+ * - connect marks the socket ("name_checks", state PENDING, with the peer
+ *   as judged and the computer's cgroup id);
+ * - the computer's sock_ops program puts it in "name_check_socks" once
+ *   established; the sk_msg program on that map judges the first bytes the
+ *   application sends (holding them back, corked, until a ClientHello or a
+ *   request head is whole, up to a bound), refuses them (the send fails
+ *   with EACCES) or lets them through and takes the socket out of the map,
+ *   which gives it back its ordinary send path;
+ * - the computer's cgroup_skb egress program drops any TCP payload of a
+ *   socket whose state is not PASSED: bytes that never went through the
+ *   sk_msg program (TCP Fast Open's SYN data, a send that was already
+ *   waiting for the handshake) cannot leave.
+ * "computer_values" mirrors the computers' storage values by cgroup id, for
+ * the sk_msg program, which no cgroup runs.
+ */
+#define EGRESS_NAME_PENDING 1
+#define EGRESS_NAME_PASSED 2
+#define EGRESS_NAME_REFUSED 3
+
+/* Key of "learned_names" (value: struct egress_rule). */
+struct egress_learned_name {
+	__u32 learned_id;
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+	__u8 addr[16];                /* network byte order; IPv4 in the first 4 bytes */
+	__u8 name[EGRESS_NAME_MAX];   /* lower case, no trailing dot, NUL-padded */
+};
+
+/* Value of "name_checks" (socket storage). */
+struct egress_name_check {
+	__u64 cgroup_id; /* the computer's (struct egress_computer.cgroup_id) */
+	__u64 cookie;    /* the socket's key in "name_check_socks" */
+	__u8 addr[16];   /* the peer as judged; IPv4 in the first 4 bytes */
+	__u16 port;      /* host byte order */
+	__u8 family;     /* 4 or 6 */
+	__u8 state;      /* EGRESS_NAME_* */
+	__u32 pad;
+	__u8 comm[16];   /* the connecting task, for deny events */
+};
+
+/*
+ * A name_mismatch deny event is a struct egress_deny_event followed by the
+ * name the connection tried (EGRESS_NAME_MAX bytes, NUL-padded; empty when
+ * it named none): a ring buffer record longer than the struct.
+ */
 
 /*
  * Live revocation (bpf/revoke.bpf.c, a second object that shares these

@@ -88,6 +88,65 @@ struct {
 	__type(value, __u64); /* cgroup id of the governed computer the socket was made in */
 } socket_owner SEC(".maps");
 
+/* Name-bound connections (see the ABI header). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EGRESS_MAX_LEARNED_NAMES);
+	__type(key, struct egress_learned_name);
+	__type(value, struct egress_rule);
+} learned_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EGRESS_MAX_COMPUTERS);
+	__type(key, __u64); /* cgroup id of an attached computer */
+	__type(value, struct egress_computer);
+} computer_values SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct egress_name_check);
+} name_checks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, EGRESS_MAX_NAME_CHECKS);
+	__type(key, __u64); /* socket cookie */
+	__type(value, __u64);
+} name_check_socks SEC(".maps");
+
+#define NAME_BUF 16384 /* a power of two: indexes are masked with NAME_MASK for the verifier */
+#define NAME_MASK (NAME_BUF - 1)
+
+/*
+ * Scratch space of the sk_msg program, one per CPU. `busy` guards it where
+ * the kernel may preempt a program (a fully preemptible kernel): a second
+ * judgement on the same CPU meanwhile is refused, never mixed with the first.
+ */
+struct name_scratch {
+	__u8 buf[NAME_BUF];           /* the first bytes, copied out of the message */
+	__u8 name[EGRESS_NAME_MAX];   /* the name found, lower case */
+	struct egress_learned_name key;
+	__u32 busy;
+	__u32 len;                    /* bytes in buf */
+	__u32 name_len;
+	__u32 policy_id, port, found, labels; /* name_allowed */
+	/* HTTP head scan (http_step) */
+	__u32 pos, line, lines, sp1, sp2, req_end, head_end, host_off, host_len, hosts, folded;
+	__u32 auth_off, auth_len, auth_host, auth_colon, auth_literal; /* authority_name */
+	__u32 target_off, target_len, target_end; /* an absolute or CONNECT target's authority (http_name) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct name_scratch);
+} name_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, EGRESS_MAX_OBSERVED);

@@ -26,19 +26,28 @@ static __always_inline __u32 mode_verdict(__u32 mode, int matched)
  * Steps 3 to 5, the same for a socket call and for revocation. The socket is
  * in the agent's network namespace when `ctx` says so (a hook: asked only
  * for a loopback destination), else when `agent_ns` does (revocation).
- * `fresh`: see learned_matches().
+ * `fresh`: see learned_matches(). `bound`, when given, is set to the learned
+ * entry's flags when an allowlist lets the destination through for a learned
+ * address alone (no CIDR rule, no internal CIDR): see "name-bound" in the
+ * ABI header.
  */
 static __always_inline __u32 policy_verdict(struct bpf_sock_addr *ctx, int agent_ns, const struct egress_computer *c,
-					    const struct eg_addr *a, __u8 proto, int fresh)
+					    const struct eg_addr *a, __u8 proto, int fresh, __u8 *bound)
 {
+	struct egress_learned *l;
 	__u32 verdict;
 	int matched;
 
 	if (addr_is_loopback(a) && !(ctx ? in_agent_netns(ctx) : agent_ns))
 		return ALLOW;
 	matched = c->policy_id && rule_matches(rule_lookup(c->policy_id, a), c->policy_id, proto, a->port);
-	if (!matched && c->learned_id)
-		matched = learned_matches(learned_lookup(c->learned_id, a), c->policy_id, proto, a->port, fresh);
+	if (!matched && c->learned_id) {
+		l = learned_lookup(c->learned_id, a);
+		matched = learned_matches(l, c->policy_id, proto, a->port, fresh);
+		if (matched && bound && l && c->mode == EGRESS_MODE_ALLOWLIST &&
+		    (l->flags & EGRESS_LEARNED_BIND_NAME) && !internal_lookup(a))
+			*bound = l->flags;
+	}
 	verdict = mode_verdict(c->mode, matched);
 	if (verdict == ALLOW)
 		return ALLOW;
@@ -46,9 +55,9 @@ static __always_inline __u32 policy_verdict(struct bpf_sock_addr *ctx, int agent
 	return internal_lookup(a) ? ALLOW : verdict;
 }
 
-/* Steps 1 to 5 for a destination of either family. */
+/* Steps 1 to 5 for a destination of either family; `bound` as for policy_verdict(). */
 static __always_inline __u32 addr_verdict(struct bpf_sock_addr *ctx, const struct egress_computer *c,
-					  const struct eg_addr *a)
+					  const struct eg_addr *a, __u8 *bound)
 {
 	__u8 proto = proto_bit(ctx->protocol);
 
@@ -56,7 +65,45 @@ static __always_inline __u32 addr_verdict(struct bpf_sock_addr *ctx, const struc
 		return dns_redirect(ctx, c, a);
 	if (is_proxy_port(a->port) && is_proxy_addr(in_agent_netns(ctx), a))
 		return EGRESS_REASON_PROXY_PORT;
-	return policy_verdict(ctx, 0, c, a, proto, 1);
+	return policy_verdict(ctx, 0, c, a, proto, 1, bound);
+}
+
+/*
+ * A name-bound destination (see the ABI header): a TCP socket is marked for
+ * the check of its first bytes; UDP to port 443 (QUIC, whose name no program
+ * can read) is refused unless a rule naming the address says "udp". A TCP
+ * socket connected before to a destination that was not name-bound (a
+ * failed connect, then another) loses its mark.
+ */
+static __always_inline __u32 bind_name(struct bpf_sock_addr *ctx, const struct egress_computer *c,
+				       const struct eg_addr *a, __u8 bound)
+{
+	struct egress_name_check *nc;
+	__u32 ip4;
+
+	if (ctx->protocol == IPPROTO_UDP)
+		return bound && a->port == 443 && !(bound & EGRESS_LEARNED_UDP) ? EGRESS_REASON_QUIC : ALLOW;
+	if (ctx->protocol != IPPROTO_TCP)
+		return ALLOW;
+	nc = bpf_sk_storage_get(&name_checks, ctx->sk, 0, bound ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!nc)
+		return bound ? EGRESS_REASON_NAME_MISMATCH : ALLOW; /* no memory for the mark: fail closed */
+	if (!bound) {
+		nc->state = 0;
+		return ALLOW;
+	}
+	nc->cgroup_id = c->cgroup_id;
+	nc->port = a->port;
+	nc->family = a->family;
+	if (a->family == 4) {
+		ip4 = addr_v4(a);
+		__builtin_memcpy(nc->addr, &ip4, 4);
+	} else {
+		__builtin_memcpy(nc->addr, a->ip, 16);
+	}
+	bpf_get_current_comm(nc->comm, sizeof(nc->comm));
+	nc->state = EGRESS_NAME_PENDING;
+	return ALLOW;
 }
 
 /*
@@ -79,7 +126,7 @@ static __always_inline __u32 peer_verdict(const struct egress_computer *c, const
 		return ALLOW;
 	if (is_dns(proto, a->port))
 		return EGRESS_REASON_DNS;
-	return policy_verdict(0, agent_ns, c, a, proto, 0);
+	return policy_verdict(0, agent_ns, c, a, proto, 0, 0);
 }
 
 /*
@@ -127,6 +174,7 @@ static __always_inline int judge_addr(struct bpf_sock_addr *ctx, __u8 sock)
 {
 	struct egress_computer *c = bpf_get_local_storage(&computers, 0);
 	struct eg_addr a;
+	__u8 bound = 0;
 	__u32 reason;
 
 	addr_read(ctx, sock, &a);
@@ -134,7 +182,9 @@ static __always_inline int judge_addr(struct bpf_sock_addr *ctx, __u8 sock)
 		observe(c, &a, ctx->protocol);
 		return SYS_PROCEED;
 	}
-	reason = addr_verdict(ctx, c, &a);
+	reason = addr_verdict(ctx, c, &a, &bound);
+	if (reason == ALLOW)
+		reason = bind_name(ctx, c, &a, bound);
 	if (reason == ALLOW) {
 		observe(c, &a, ctx->protocol);
 		return SYS_PROCEED;

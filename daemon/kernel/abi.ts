@@ -47,10 +47,19 @@ export const CONFIG_SLOT = {
   nextLearnedId: 7,
 } as const;
 export const CONFIG_SLOTS = 16;
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 /** Reasons of a deny event (EGRESS_REASON_*), by their code. */
-export const REASON = { mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5, ungoverned: 6 } as const;
+export const REASON = {
+  ...{ mode: 1, rule: 2, socket: 3, dns: 4, proxyPort: 5, ungoverned: 6 },
+  ...{ nameMismatch: 7, quic: 8 },
+} as const;
+
+/** Flags of a learned entry (EGRESS_LEARNED_*). */
+export const LEARNED_FLAG = { bindName: 0x1, udp: 0x2 } as const;
+
+/** EGRESS_NAME_MAX: a name's bytes in learned_names keys and name_mismatch events. */
+export const NAME_MAX = 256;
 
 /** Names of the maps and programs in build/egress.bpf.o; nothing else spells them. */
 export const MAPS = {
@@ -66,6 +75,11 @@ export const MAPS = {
   governed: 'governed',
   observed: 'observed',
   socketOwner: 'socket_owner',
+  learnedNames: 'learned_names',
+  computerValues: 'computer_values',
+  nameChecks: 'name_checks',
+  nameCheckSocks: 'name_check_socks',
+  nameScratch: 'name_scratch',
   denyEvents: 'deny_events',
   config: 'config',
   barrierInner: 'barrier_inner',
@@ -104,7 +118,15 @@ export const LAYOUT = {
   egress_internal_v6: { size: 20, offsets: { prefixlen: 0, addr: 4 } },
   egress_learned_v4: { size: 8, offsets: { learned_id: 0, addr: 4 } },
   egress_learned_v6: { size: 20, offsets: { learned_id: 0, addr: 4 } },
-  egress_learned: { size: 16, offsets: { expires_ns: 0, port_set: 8, any_port_protos: 12, pad: 13 } },
+  egress_learned: {
+    size: 16,
+    offsets: { expires_ns: 0, port_set: 8, any_port_protos: 12, flags: 13, pad: 14 },
+  },
+  egress_learned_name: { size: 280, offsets: { learned_id: 0, family: 4, pad: 5, addr: 8, name: 24 } },
+  egress_name_check: {
+    size: 56,
+    offsets: { cgroup_id: 0, cookie: 8, addr: 16, port: 32, family: 34, state: 35, pad: 36, comm: 40 },
+  },
   egress_dns_origin: { size: 20, offsets: { addr: 0, port: 16, family: 18 } },
   egress_observed_key: {
     size: 32,
@@ -169,6 +191,8 @@ export interface LearnedValue {
   expiresNs: bigint;
   portSet: number;
   anyPortProtos: number;
+  /** LEARNED_FLAG bits. */
+  flags: number;
 }
 
 export function encodeLearned(v: LearnedValue): Buffer {
@@ -176,7 +200,31 @@ export function encodeLearned(v: LearnedValue): Buffer {
   b.writeBigUInt64LE(v.expiresNs, L.egress_learned.offsets.expires_ns);
   b.writeUInt32LE(v.portSet, L.egress_learned.offsets.port_set);
   b[L.egress_learned.offsets.any_port_protos] = v.anyPortProtos;
+  b[L.egress_learned.offsets.flags] = v.flags;
   return b;
+}
+
+/** A learned_names key: a name (lower case, at most NAME_MAX - 1 bytes) the address was learned for. */
+export function encodeLearnedName(learnedId: number, bytes: readonly number[], name: string): Buffer {
+  const o = L.egress_learned_name.offsets;
+  const b = Buffer.alloc(L.egress_learned_name.size);
+  b.writeUInt32LE(learnedId, o.learned_id);
+  b[o.family] = bytes.length === 4 ? 4 : 6;
+  for (let i = 0; i < bytes.length; i++) b[o.addr + i] = bytes[i] ?? 0;
+  b.write(name.slice(0, NAME_MAX - 1), o.name, 'latin1');
+  return b;
+}
+
+export function decodeLearnedName(b: Buffer): { learnedId: number; bytes: number[]; name: string } {
+  const o = L.egress_learned_name.offsets;
+  const family = b[o.family];
+  const name = b.subarray(o.name, o.name + NAME_MAX);
+  const end = name.indexOf(0);
+  return {
+    learnedId: b.readUInt32LE(o.learned_id),
+    bytes: [...b.subarray(o.addr, o.addr + (family === 4 ? 4 : 16))],
+    name: name.toString('latin1', 0, end < 0 ? NAME_MAX : end),
+  };
 }
 
 export function decodeLearned(b: Buffer): LearnedValue {
@@ -184,6 +232,7 @@ export function decodeLearned(b: Buffer): LearnedValue {
     expiresNs: b.readBigUInt64LE(L.egress_learned.offsets.expires_ns),
     portSet: b.readUInt32LE(L.egress_learned.offsets.port_set),
     anyPortProtos: b[L.egress_learned.offsets.any_port_protos] ?? 0,
+    flags: b[L.egress_learned.offsets.flags] ?? 0,
   };
 }
 
@@ -249,6 +298,14 @@ export function encodeRules(
     values[i * RULE_VALUE_SIZE + v.any_port_protos] = e.anyPortProtos;
   });
   return { keys, values };
+}
+
+/** One struct egress_rule (the value of learned_names too). */
+export function encodeRuleValue(portSet: number, anyPortProtos: number): Buffer {
+  const b = Buffer.alloc(RULE_VALUE_SIZE);
+  b.writeUInt32LE(portSet, L.egress_rule.offsets.port_set);
+  b[L.egress_rule.offsets.any_port_protos] = anyPortProtos;
+  return b;
 }
 
 /** The policy id, address bytes and CIDR length of a rule trie key; the family follows the key's size. */

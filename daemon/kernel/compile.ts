@@ -49,6 +49,10 @@ export interface CompiledName {
   anyPortProtos: number;
   /** 0 or an id of `ports`, as for prefixes. */
   portSet: number;
+  /** Connections to its addresses must name it (no rule of the pattern says `bind_name: false`). */
+  bindName: boolean;
+  /** A rule of the pattern says `"protocol": "udp"`: QUIC to its addresses is allowed. */
+  udp: boolean;
 }
 
 const PROTO_BITS: Record<Protocol, number> = { tcp: PROTO.tcp, udp: PROTO.udp, any: PROTO.any };
@@ -70,16 +74,21 @@ export function compile(policy: Policy): CompiledPolicy {
     return { mode, prefixes: [], ports: [], names: [] };
   }
   const nodes = new Map<string, Node>();
-  const names = new Map<string, { anyPortProtos: number; ports: number[] }>();
+  const names = new Map<
+    string,
+    { anyPortProtos: number; ports: number[]; bindName: boolean; udp: boolean }
+  >();
   for (const rule of policy.rules) {
     const host = parseHost(rule.host);
     if (host.kind !== 'cidr') {
       let name = names.get(host.normalised);
       if (!name) {
-        name = { anyPortProtos: 0, ports: [] };
+        name = { anyPortProtos: 0, ports: [], bindName: true, udp: false };
         names.set(host.normalised, name);
       }
       addRule(name, rule);
+      if (rule.bind_name === false) name.bindName = false;
+      if (rule.protocol === 'udp') name.udp = true;
       continue;
     }
     let node = nodes.get(host.normalised);
@@ -106,6 +115,8 @@ export function compile(policy: Policy): CompiledPolicy {
     pattern,
     anyPortProtos: n.anyPortProtos,
     portSet: portSetOf(mergePorts([], n.ports, n.anyPortProtos), portSetIds, ports),
+    bindName: n.bindName,
+    udp: n.udp,
   }));
   return { mode, prefixes, ports, names: compiledNames };
 }
@@ -128,26 +139,44 @@ export function nameMatches(pattern: string, name: string): boolean {
   return name === pattern;
 }
 
+/** What the policy says of a name chain (see nameVerdict). */
+export interface NameVerdict {
+  anyPortProtos: number;
+  codes: number[];
+  /** Every matching pattern binds names: connections must name one of the chain (see bpf/lib/names.h). */
+  bindName: boolean;
+  /** A matching pattern allows QUIC (a rule says "udp"). */
+  udp: boolean;
+  /** The wildcard patterns that match, each with its own ports: a connection may name any name under them. */
+  wildcards: { pattern: string; anyPortProtos: number; codes: number[] }[];
+}
+
 /**
  * The answer for a name: the union of every pattern that matches it, as
  * protocols on every port plus port codes; undefined when none matches.
  */
-export function nameVerdict(
-  compiled: CompiledPolicy,
-  names: readonly string[],
-): { anyPortProtos: number; codes: number[] } | undefined {
+export function nameVerdict(compiled: CompiledPolicy, names: readonly string[]): NameVerdict | undefined {
   let anyPortProtos = 0;
   const codes: number[] = [];
   let matched = false;
+  let bindName = true;
+  let udp = false;
+  const wildcards: NameVerdict['wildcards'] = [];
   for (const n of compiled.names) {
     if (!names.some((name) => nameMatches(n.pattern, name))) continue;
     matched = true;
     anyPortProtos |= n.anyPortProtos;
-    for (const e of compiled.ports)
-      if (e.portSet === n.portSet && n.portSet !== 0) codes.push(e.port * 8 + e.proto);
+    const own = n.portSet === 0 ? [] : compiled.ports.filter((e) => e.portSet === n.portSet);
+    for (const e of own) codes.push(e.port * 8 + e.proto);
+    bindName &&= n.bindName;
+    udp ||= n.udp;
+    if (n.pattern.startsWith('*.')) {
+      const ownCodes = own.map((e) => e.port * 8 + e.proto);
+      wildcards.push({ pattern: n.pattern, anyPortProtos: n.anyPortProtos, codes: ownCodes });
+    }
   }
   if (!matched) return undefined;
-  return { anyPortProtos, codes: mergePorts([], codes, anyPortProtos) };
+  return { anyPortProtos, codes: mergePorts([], codes, anyPortProtos), bindName, udp, wildcards };
 }
 
 function sortKey(family: 4 | 6, bytes: number[], prefixLen: number): string | number {

@@ -8,6 +8,7 @@ import { COMPUTER_ID_PATTERN, type DnsMode, type Policy } from '../../policy/typ
 import {
   CGROUP_KEY_SIZE,
   type ComputerValue,
+  decodeCgroupKey,
   decodeComputer,
   decodeMode,
   encodeCgroupKey,
@@ -67,7 +68,15 @@ const MAX_VERDICTS = 10_000;
 export class Computers {
   private readonly records = new Map<string, ComputerRecord>();
 
-  constructor(private readonly fd: number) {}
+  /**
+   * `fd`: the "computers" cgroup storage; `mirrorFd`: "computer_values", the
+   * same values by cgroup id for the name check's sk_msg program (which no
+   * cgroup runs), written after each storage write and deleted on detach.
+   */
+  constructor(
+    private readonly fd: number,
+    private readonly mirrorFd: number,
+  ) {}
 
   /** The storage value at a cgroup; undefined when no programs are attached there. */
   value(cgroupId: bigint): ComputerValue | undefined {
@@ -78,6 +87,19 @@ export class Computers {
   /** Switches the computer at `value.cgroupId` to `value` in one write. */
   write(value: ComputerValue): void {
     bpf.mapUpdate(this.fd, encodeCgroupKey(value.cgroupId), encodeComputer(value));
+    bpf.mapUpdate(this.mirrorFd, encodeCgroupKey(value.cgroupId), encodeComputer(value));
+  }
+
+  /** Removes the mirror of a detached computer's value (0n: nothing). */
+  unmirror(cgroupId: bigint): void {
+    if (cgroupId !== 0n) bpf.mapDelete(this.mirrorFd, encodeCgroupKey(cgroupId));
+  }
+
+  /** Removes mirrored values whose cgroup is not in `keep` (cgroups gone while no agent ran). */
+  pruneMirror(keep: ReadonlySet<bigint>): void {
+    for (const key of allKeys(this.mirrorFd, CGROUP_KEY_SIZE)) {
+      if (!keep.has(decodeCgroupKey(key))) bpf.mapDelete(this.mirrorFd, key);
+    }
   }
 
   /** Every storage value in the map (start-up). */

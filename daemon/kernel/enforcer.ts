@@ -76,7 +76,7 @@ export class Enforcer {
     this.policies = new PolicyTable(obj.maps, this.reclaimer);
     this.learned = new LearnedTable(obj.maps, this.policies, this.reclaimer);
     this.host = new HostConfig(obj.maps);
-    this.computers = new Computers(obj.maps.computers);
+    this.computers = new Computers(obj.maps.computers, obj.maps.computer_values);
   }
 
   /** Loads the programs, or adopts the pinned ones, and rebuilds the index of installed policies. */
@@ -206,8 +206,10 @@ export class Enforcer {
     if (!this.attachments.has(id)) return;
     const linked = this.attachments.linked(id);
     // The guard refuses the cgroup before its own hooks go.
-    this.guard.ungovern(this.computers.record(id)?.cgroupId ?? 0n);
-    this.guard.ungovern(linked?.cgroupId ?? 0n);
+    for (const cgroupId of [this.computers.record(id)?.cgroupId ?? 0n, linked?.cgroupId ?? 0n]) {
+      this.guard.ungovern(cgroupId);
+      this.computers.unmirror(cgroupId);
+    }
     const oldPolicyId =
       linked && linked.cgroupId !== 0n ? (this.computers.value(linked.cgroupId)?.policyId ?? 0) : 0;
     this.attachments.detach(id, linked?.cgroupId);
@@ -367,6 +369,7 @@ export class Enforcer {
       const cgroupId = this.computers.record(id)?.cgroupId ?? this.attachments.linked(id)?.cgroupId ?? 0n;
       if (cgroupId !== 0n) keep.add(cgroupId);
     }
+    this.computers.pruneMirror(keep);
     return this.guard.prune(keep);
   }
 

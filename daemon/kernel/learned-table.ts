@@ -17,12 +17,16 @@ import {
   CONFIG_SLOT,
   decodeLearned,
   decodeLearnedKey,
+  decodeLearnedName,
   encodeLearned,
   encodeLearnedKey,
+  encodeLearnedName,
+  encodeRuleValue,
   LAYOUT,
+  LEARNED_FLAG,
   learnedKeySize,
 } from './abi.js';
-import { type CompiledPolicy, nameVerdict } from './compile.js';
+import { type CompiledPolicy, type NameVerdict, nameVerdict } from './compile.js';
 import * as bpf from './libbpf.js';
 import type { LoadedObject } from './loader.js';
 import { allKeys, lookup, readConfig, writeConfig } from './maps.js';
@@ -39,7 +43,7 @@ export interface LearnedName {
   address: string;
 }
 
-export type Verdict = NonNullable<ReturnType<typeof nameVerdict>>;
+export type Verdict = NameVerdict;
 
 interface LearnedEntry {
   /** The DNS chain it was learned from (question first); [] when adopted from pins. */
@@ -48,6 +52,8 @@ interface LearnedEntry {
   expiresNs: bigint;
   /** Its key in learned_v4/learned_v6. */
   key: Buffer;
+  /** Its keys in learned_names (a name-bound address): the chain's names and the wildcards over them. */
+  nameKeys: Buffer[];
 }
 
 /** Names one learned address keeps at most: the newest answer's chain first. */
@@ -61,7 +67,7 @@ function addressKey(bytes: number[]): string {
   return bytes.join('.');
 }
 
-type LearnedMaps = Pick<LoadedObject['maps'], 'learned_v4' | 'learned_v6' | 'config'>;
+type LearnedMaps = Pick<LoadedObject['maps'], 'learned_v4' | 'learned_v6' | 'learned_names' | 'config'>;
 
 export class LearnedTable {
   /** Learned id → addressKey(bytes) → entry. Never holds id 0 (none). */
@@ -101,10 +107,17 @@ export class LearnedTable {
           bytes,
           expiresNs: decodeLearned(value).expiresNs,
           key,
+          nameKeys: [],
         });
         this.unnamed.add(learnedId);
         if (learnedId >= this.next) this.next = learnedId + 1;
       }
+    }
+    for (const key of allKeys(this.maps.learned_names, LAYOUT.egress_learned_name.size)) {
+      const { learnedId, bytes } = decodeLearnedName(key);
+      const entry = live.has(learnedId) ? this.byId.get(learnedId)?.get(addressKey(bytes)) : undefined;
+      if (entry) entry.nameKeys.push(key);
+      else stale.push({ fd: this.maps.learned_names, key });
     }
     if (stale.length > 0) this.reclaimer.retire(() => deleteKeys(stale), false);
   }
@@ -211,7 +224,10 @@ export class LearnedTable {
     this.byId.delete(learnedId);
     this.unnamed.delete(learnedId);
     if (!learned || learned.size === 0) return;
-    const keys = [...learned.values()].map((e) => ({ fd: this.fdOf(e.bytes), key: e.key }));
+    const keys = [...learned.values()].flatMap((e) => [
+      { fd: this.fdOf(e.bytes), key: e.key },
+      ...e.nameKeys.map((key) => ({ fd: this.maps.learned_names, key })),
+    ]);
     this.reclaimer.retire(() => deleteKeys(keys));
   }
 
@@ -224,6 +240,7 @@ export class LearnedTable {
       for (const [k, entry] of learned) {
         if (entry.expiresNs > now) continue;
         bpf.mapDelete(this.fdOf(entry.bytes), entry.key);
+        for (const key of entry.nameKeys) bpf.mapDelete(this.maps.learned_names, key);
         learned.delete(k);
         n++;
       }
@@ -266,14 +283,56 @@ export class LearnedTable {
     bytes: number[],
     expiresNs: bigint,
   ): void {
-    const portSet = verdict.codes.length === 0 ? 0 : this.policies.portSet(policyId, verdict.codes);
+    const portSet = this.portSet(policyId, verdict.codes);
     const key = encodeLearnedKey(learnedId, bytes);
+    const known = this.entries(learnedId).get(addressKey(bytes));
+    // The names first: a connect that sees the address bound finds them.
+    const nameKeys = verdict.bindName
+      ? this.writeNames(learnedId, policyId, verdict, names, bytes, portSet)
+      : [];
+    const flags = (verdict.bindName ? LEARNED_FLAG.bindName : 0) | (verdict.udp ? LEARNED_FLAG.udp : 0);
     bpf.mapUpdate(
       this.fdOf(bytes),
       key,
-      encodeLearned({ expiresNs, portSet, anyPortProtos: verdict.anyPortProtos }),
+      encodeLearned({ expiresNs, portSet, anyPortProtos: verdict.anyPortProtos, flags }),
     );
-    this.entries(learnedId).set(addressKey(bytes), { names, bytes, expiresNs, key });
+    const kept = new Set(nameKeys.map((k) => k.toString('hex')));
+    for (const old of known?.nameKeys ?? []) {
+      if (!kept.has(old.toString('hex'))) bpf.mapDelete(this.maps.learned_names, old);
+    }
+    this.entries(learnedId).set(addressKey(bytes), { names, bytes, expiresNs, key, nameKeys });
+  }
+
+  /** learned_names entries of a name-bound address: every name of its chains, and the wildcard patterns over them. */
+  private writeNames(
+    learnedId: number,
+    policyId: number,
+    verdict: Verdict,
+    names: string[],
+    bytes: number[],
+    portSet: number,
+  ): Buffer[] {
+    const keys: Buffer[] = [];
+    const value = encodeRuleValue(portSet, verdict.anyPortProtos);
+    for (const name of names) {
+      const key = encodeLearnedName(learnedId, bytes, name);
+      bpf.mapUpdate(this.maps.learned_names, key, value);
+      keys.push(key);
+    }
+    for (const w of verdict.wildcards) {
+      const key = encodeLearnedName(learnedId, bytes, w.pattern);
+      bpf.mapUpdate(
+        this.maps.learned_names,
+        key,
+        encodeRuleValue(this.portSet(policyId, w.codes), w.anyPortProtos),
+      );
+      keys.push(key);
+    }
+    return keys;
+  }
+
+  private portSet(policyId: number, codes: number[]): number {
+    return codes.length === 0 ? 0 : this.policies.portSet(policyId, codes);
   }
 
   private entries(learnedId: number): Map<string, LearnedEntry> {

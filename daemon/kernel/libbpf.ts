@@ -72,6 +72,9 @@ const sym = {
   bpf_obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, void *info_len)'),
   bpf_link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
   bpf_link_detach: lib.func('int bpf_link_detach(int link_fd)'),
+  bpf_prog_attach: lib.func(
+    'int bpf_prog_attach(int prog_fd, int attachable_fd, int type, unsigned int flags)',
+  ),
   bpf_prog_query: lib.func(
     'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, void *attach_flags, void *prog_ids, void *prog_cnt)',
   ),
@@ -100,7 +103,10 @@ const sym = {
 
 /** Attach types of enum bpf_attach_type (uapi/linux/bpf.h) that egressd uses. */
 export const ATTACH = {
+  inetEgress: 1,
   inetSockCreate: 2,
+  sockOps: 3,
+  skMsgVerdict: 7,
   inet4Connect: 10,
   inet6Connect: 11,
   udp4Sendmsg: 14,
@@ -198,6 +204,11 @@ export function objInfo(fd: number, info: Buffer): number {
 
 export function linkCreate(progFd: number, targetFd: number, attachType: number): number {
   return check('bpf_link_create', sym.bpf_link_create(progFd, targetFd, attachType, null));
+}
+
+/** Attaches a program to a map (an sk_msg program to a sockhash): it stays while the map exists. */
+export function progAttach(progFd: number, targetFd: number, attachType: number): void {
+  check('bpf_prog_attach', sym.bpf_prog_attach(progFd, targetFd, attachType, 0));
 }
 
 export function linkDetach(linkFd: number): void {

@@ -51,7 +51,13 @@ export const HOOKS = [
     pin: 'egress_getpeername6',
     attachType: bpf.ATTACH.inet6Getpeername,
   },
+  // Name-bound connections (bpf/lib/names.h): the check's sock_ops and its egress backstop.
+  { name: 'sock_ops', program: 'eg_ops', pin: 'egress_sock_ops', attachType: bpf.ATTACH.sockOps },
+  { name: 'egress', program: 'eg_skb', pin: 'egress_skb_egress', attachType: bpf.ATTACH.inetEgress },
 ] as const;
+
+/** The name check's sk_msg program: attached to the name_check_socks map once, at load. */
+const NAME_CHECK = { program: 'eg_msg', pin: 'egress_name_msg' } as const;
 
 export type HookName = (typeof HOOKS)[number]['name'];
 
@@ -191,6 +197,9 @@ function loadFresh(pinDir: string, objectPath: string): LoadedObject {
     mkdirSync(path.join(pinDir, 'progs'), { recursive: true });
     for (const name of Object.values(MAPS)) bpf.objPin(bpf.mapFd(obj, name), path.join(pinDir, 'maps', name));
     // The marker program goes last, so that its pin means every pin exists.
+    const nameCheck = bpf.programFd(obj, NAME_CHECK.program);
+    bpf.progAttach(nameCheck, bpf.mapFd(obj, MAPS.nameCheckSocks), bpf.ATTACH.skMsgVerdict);
+    bpf.objPin(nameCheck, path.join(pinDir, 'progs', NAME_CHECK.pin));
     for (const hook of [...GUARD_HOOKS, ...[...HOOKS].reverse()]) {
       bpf.objPin(bpf.programFd(obj, hook.program), path.join(pinDir, 'progs', hook.pin));
     }

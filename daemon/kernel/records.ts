@@ -19,6 +19,8 @@ export interface DenyEvent {
   protocol: number;
   /** The refusal was let through: the computer's policy is in audit. */
   audit: boolean;
+  /** name_mismatch: the server name the connection's first bytes gave ('' for none). */
+  name?: string;
 }
 
 export function decodeDenyEvent(b: Buffer): DenyEvent {
@@ -41,7 +43,14 @@ export function decodeDenyEvent(b: Buffer): DenyEvent {
     port: b.readUInt16LE(o.port),
     protocol: b[o.protocol] ?? 0,
     audit: (b.readUInt32LE(o.flags) & FLAG.audit) !== 0,
+    ...(b.length > L.egress_deny_event.size ? { name: cString(b.subarray(L.egress_deny_event.size)) } : {}),
   };
+}
+
+/** Bytes up to the first NUL, as Latin-1 (a name the kernel copied; anything but a host name shows as '?'). */
+function cString(b: Buffer): string {
+  const end = b.indexOf(0);
+  return b.toString('latin1', 0, end < 0 ? b.length : end);
 }
 
 /**

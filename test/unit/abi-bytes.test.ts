@@ -116,8 +116,8 @@ test('struct egress_learned_v4/v6: encodeLearnedKey, decodeLearnedKey', (t) => {
 });
 
 test('struct egress_learned: encodeLearned, decodeLearned', (t) => {
-  const value = { expiresNs: 0x0102030405060708n, portSet: 3, anyPortProtos: 5 };
-  const bytes = hex('0807060504030201 03000000 05 000000');
+  const value = { expiresNs: 0x0102030405060708n, portSet: 3, anyPortProtos: 5, flags: 3 };
+  const bytes = hex('0807060504030201 03000000 05 03 0000');
   t.deepEqual(encodeLearned(value), bytes);
   t.deepEqual(decodeLearned(bytes), value);
 });

@@ -15,8 +15,10 @@ import {
   CONFIG_SLOTS,
   FLAG,
   LAYOUT,
+  LEARNED_FLAG,
   MAPS,
   MODE,
+  NAME_MAX,
   PROTO,
   REASON,
   REVOKE_MAPS,
@@ -148,11 +150,13 @@ test('every mode, protocol bit, flag, config slot and deny reason of the header,
   t.deepEqual(mirrored(FLAG), group('EGRESS_FLAG_'), 'flags');
   t.deepEqual({ ...mirrored(CONFIG_SLOT), SLOTS: CONFIG_SLOTS }, group('EGRESS_CONFIG_'), 'config slots');
   t.deepEqual(mirrored(REASON), group('EGRESS_REASON_'), 'deny reasons');
+  t.deepEqual(mirrored(LEARNED_FLAG), group('EGRESS_LEARNED_'), 'learned entry flags');
+  t.is(defines.get('EGRESS_NAME_MAX'), NAME_MAX, 'EGRESS_NAME_MAX');
   for (const slot of Object.values(CONFIG_SLOT)) t.true(slot < CONFIG_SLOTS, `slot ${slot} is in the map`);
 });
 
 test('the header defines nothing else that user space would have to mirror', (t) => {
-  const mirroredGroups = /^EGRESS_(MODE|PROTO|FLAG|CONFIG|REASON)_/;
+  const mirroredGroups = /^EGRESS_(MODE|PROTO|FLAG|CONFIG|REASON|LEARNED)_|^EGRESS_NAME_MAX$/;
   // Capacities of the kernel's maps and loops: user space needs none of them.
   const kernelOnly = [
     'EGRESS_ABI_H',
@@ -165,6 +169,12 @@ test('the header defines nothing else that user space would have to mirror', (t)
     'EGRESS_MAX_DNS_SOCKETS',
     'EGRESS_EVENTS_BYTES',
     'EGRESS_MAX_OBSERVED',
+    'EGRESS_MAX_LEARNED_NAMES',
+    'EGRESS_MAX_NAME_CHECKS',
+    // States of a name check: only the programs read and write them.
+    'EGRESS_NAME_PENDING',
+    'EGRESS_NAME_PASSED',
+    'EGRESS_NAME_REFUSED',
   ];
   const all = [...header.matchAll(/^#define (EGRESS_\w+)/gm)].map((m) => m[1] ?? '');
   t.deepEqual(
