@@ -137,16 +137,40 @@ const schemas: Json = {
       },
       port: { type: 'integer', minimum: 1, maximum: 65535, description: 'Omit to match every port' },
       protocol: { type: 'string', enum: [...PROTOCOLS], default: 'any' },
+      bind_name: {
+        type: 'boolean',
+        default: true,
+        description:
+          'Name-binding, for hostname and wildcard rules only (on an address or CIDR rule, either value is 400 ' +
+          'invalid_request: remove it). An address that the computer may reach only because this rule matched a name ' +
+          "its DNS lookups (through the agent's proxy) resolved serves only the names it was learned for: the " +
+          "connection's first bytes must be a TLS ClientHello whose server_name, or an HTTP/1.x request whose Host, is " +
+          'one of them, else the connection is refused (deny event reason name_mismatch, with the name it tried); ' +
+          'first bytes of other protocols pass. UDP to port 443 of such an address (QUIC, whose names cannot be read ' +
+          'there) is refused (reason quic) unless a rule naming it says "protocol": "udp" (any is not enough). ' +
+          "false: the rule's addresses are judged by address alone (neither check), for when an operator knows the " +
+          'address serves only trusted names (a dedicated server rather than a shared CDN). Known limits: domain ' +
+          'fronting (an allowed server_name with another name inside the encrypted request) passes; on a plaintext ' +
+          'HTTP keep-alive connection, requests after the first are not judged. Default true; stored and answered ' +
+          'only when false.',
+      },
     },
   },
   Rule: {
     type: 'object',
     required: ['host', 'protocol'],
     additionalProperties: false,
+    description:
+      'A rule as stored: normalised, keys in this order, port only when given, bind_name only when false',
     properties: {
       host: { type: 'string' },
       port: { type: 'integer', minimum: 1, maximum: 65535 },
       protocol: { type: 'string', enum: [...PROTOCOLS] },
+      bind_name: {
+        type: 'boolean',
+        enum: [false],
+        description: 'Present only when false: the rule is not name-bound (see RuleInput). Absent: it is',
+      },
     },
   },
   PolicyInput: {
