@@ -336,6 +336,13 @@ const schemas: Json = {
               description:
                 "The name the computer's DNS lookups mapped the address to; for dns_unlisted and dns_refused, the name asked",
             },
+            name: {
+              type: 'string',
+              description:
+                "name_mismatch only: the server name that the connection's first bytes carried (the TLS server_name, " +
+                'or the Host of an HTTP/1.x request); "" when they carried none. hostname is a name the address was ' +
+                'learned for',
+            },
             reason: {
               type: 'string',
               enum: [
@@ -345,6 +352,8 @@ const schemas: Json = {
                 'dns',
                 'proxy_port',
                 'ungoverned',
+                'name_mismatch',
+                'quic',
                 'dns_unlisted',
                 'dns_refused',
                 'revoked',
@@ -352,8 +361,12 @@ const schemas: Json = {
               description:
                 'mode: the mode refuses it (allowlist: nothing matched; isolated). rule: a denylist rule matched. ' +
                 'socket: not a TCP or UDP socket. dns: DNS sent where no proxy can be reached. proxy_port: a proxy port ' +
-                'reached directly. ungoverned: under a sandbox root, in no attached computer. dns_unlisted: the proxy ' +
-                'answered NXDOMAIN to a name that the hostname rules do not cover (dns listed). dns_refused: the proxy ' +
+                'reached directly. ungoverned: under a sandbox root, in no attached computer. name_mismatch: the ' +
+                "connection's first bytes named a server (TLS server_name or HTTP Host, in name) that its address, " +
+                'reachable only through a name-bound hostname rule, was not learned for (see RuleInput.bind_name). ' +
+                'quic: UDP to port 443 of such an address, which no rule naming it allows with "protocol": "udp" ' +
+                '(any is not enough). dns_unlisted: the proxy answered NXDOMAIN to a name that the hostname rules ' +
+                'do not cover (dns listed). dns_refused: the proxy ' +
                 'answered a query itself because the policy resolves nothing (dns none). For those two, family is ' +
                 "the query's, protocol its transport, address null and port 53. revoked: a connection the computer " +
                 'had open was closed because its new policy refuses the peer (live revocation; pid and comm null).',

@@ -433,6 +433,39 @@ test('bind_name: on an address or CIDR rule, or not a boolean, is 400 invalid_re
   t.is((await h.call('GET', path('bind-3'))).body.data.mode, 'unrestricted', 'nothing stored');
 });
 
+test('events: name_mismatch carries the name tried, quic none (as the OpenAPI document says)', async (t) => {
+  await register(h, 'events-name');
+  const event = (reason: string, port: number, name?: string) => ({
+    computer: 'events-name',
+    at: new Date().toISOString(),
+    pid: 42,
+    comm: 'curl',
+    family: 'ipv4',
+    protocol: reason === 'quic' ? 'udp' : 'tcp',
+    address: '192.0.2.9',
+    port,
+    hostname: 'cdn.example',
+    reason,
+    audit: false,
+    ...(name === undefined ? {} : { name }),
+  });
+  await h.store.appendEvents('events-name', [
+    event('name_mismatch', 443, 'evil.example'),
+    event('name_mismatch', 80, ''),
+    event('quic', 443),
+  ]);
+  const r = await h.call('GET', `${path('events-name')}/events`);
+  t.is(r.status, 200);
+  t.deepEqual(
+    r.body.data.map((e: { reason: string; name?: string }) => [e.reason, e.name]),
+    [
+      ['quic', undefined],
+      ['name_mismatch', ''],
+      ['name_mismatch', 'evil.example'],
+    ],
+  );
+});
+
 test('learned: what the agent published, unexpired, sorted; 404 for unknown computers', async (t) => {
   await register(h, 'learn-1');
   const soon = Date.now() + 60_000;
