@@ -34,6 +34,13 @@ export interface RuleInput {
   host: string;
   port?: number;
   protocol?: Protocol;
+  /**
+   * Name-binding, hostname and wildcard rules only (on an address rule it is
+   * a 400): false judges the rule's addresses by address alone, without
+   * checking the TLS server_name or HTTP Host of a connection against the
+   * names they were learned for. Default: true (replies leave it out).
+   */
+  bind_name?: boolean;
 }
 
 export interface PolicyInput {

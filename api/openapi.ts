@@ -137,16 +137,40 @@ const schemas: Json = {
       },
       port: { type: 'integer', minimum: 1, maximum: 65535, description: 'Omit to match every port' },
       protocol: { type: 'string', enum: [...PROTOCOLS], default: 'any' },
+      bind_name: {
+        type: 'boolean',
+        default: true,
+        description:
+          'Name-binding, for hostname and wildcard rules only (on an address or CIDR rule, either value is 400 ' +
+          'invalid_request: remove it). An address that the computer may reach only because this rule matched a name ' +
+          "its DNS lookups (through the agent's proxy) resolved serves only the names it was learned for: the " +
+          "connection's first bytes must be a TLS ClientHello whose server_name, or an HTTP/1.x request whose Host, is " +
+          'one of them, else the connection is refused (deny event reason name_mismatch, with the name it tried); ' +
+          'first bytes of other protocols pass. UDP to port 443 of such an address (QUIC, whose names cannot be read ' +
+          'there) is refused (reason quic) unless a rule naming it says "protocol": "udp" (any is not enough). ' +
+          "false: the rule's addresses are judged by address alone (neither check), for when an operator knows the " +
+          'address serves only trusted names (a dedicated server rather than a shared CDN). Known limits: domain ' +
+          'fronting (an allowed server_name with another name inside the encrypted request) passes; on a plaintext ' +
+          'HTTP keep-alive connection, requests after the first are not judged. Default true; stored and answered ' +
+          'only when false.',
+      },
     },
   },
   Rule: {
     type: 'object',
     required: ['host', 'protocol'],
     additionalProperties: false,
+    description:
+      'A rule as stored: normalised, keys in this order, port only when given, bind_name only when false',
     properties: {
       host: { type: 'string' },
       port: { type: 'integer', minimum: 1, maximum: 65535 },
       protocol: { type: 'string', enum: [...PROTOCOLS] },
+      bind_name: {
+        type: 'boolean',
+        enum: [false],
+        description: 'Present only when false: the rule is not name-bound (see RuleInput). Absent: it is',
+      },
     },
   },
   PolicyInput: {
@@ -312,6 +336,13 @@ const schemas: Json = {
               description:
                 "The name the computer's DNS lookups mapped the address to; for dns_unlisted and dns_refused, the name asked",
             },
+            name: {
+              type: 'string',
+              description:
+                "name_mismatch only: the server name that the connection's first bytes carried (the TLS server_name, " +
+                'or the Host of an HTTP/1.x request); "" when they carried none. hostname is a name the address was ' +
+                'learned for',
+            },
             reason: {
               type: 'string',
               enum: [
@@ -321,6 +352,8 @@ const schemas: Json = {
                 'dns',
                 'proxy_port',
                 'ungoverned',
+                'name_mismatch',
+                'quic',
                 'dns_unlisted',
                 'dns_refused',
                 'revoked',
@@ -328,8 +361,12 @@ const schemas: Json = {
               description:
                 'mode: the mode refuses it (allowlist: nothing matched; isolated). rule: a denylist rule matched. ' +
                 'socket: not a TCP or UDP socket. dns: DNS sent where no proxy can be reached. proxy_port: a proxy port ' +
-                'reached directly. ungoverned: under a sandbox root, in no attached computer. dns_unlisted: the proxy ' +
-                'answered NXDOMAIN to a name that the hostname rules do not cover (dns listed). dns_refused: the proxy ' +
+                'reached directly. ungoverned: under a sandbox root, in no attached computer. name_mismatch: the ' +
+                "connection's first bytes named a server (TLS server_name or HTTP Host, in name) that its address, " +
+                'reachable only through a name-bound hostname rule, was not learned for (see RuleInput.bind_name). ' +
+                'quic: UDP to port 443 of such an address, which no rule naming it allows with "protocol": "udp" ' +
+                '(any is not enough). dns_unlisted: the proxy answered NXDOMAIN to a name that the hostname rules ' +
+                'do not cover (dns listed). dns_refused: the proxy ' +
                 'answered a query itself because the policy resolves nothing (dns none). For those two, family is ' +
                 "the query's, protocol its transport, address null and port 53. revoked: a connection the computer " +
                 'had open was closed because its new policy refuses the peer (live revocation; pid and comm null).',

@@ -19,7 +19,7 @@ import { EgressdError } from '../policy/errors.js';
 import { DNS_MODES, type DnsMode, MODES, type Mode } from '../policy/types.js';
 import type { EgressdConfig } from './config.js';
 import type { Accounts } from './confine.js';
-import { parseCliRule } from './rules.js';
+import { formatCliRule, parseCliRule } from './rules.js';
 
 export interface CommandContext {
   config: EgressdConfig;
@@ -55,11 +55,6 @@ function print(ctx: CommandContext, data: unknown, human: () => string[]): void 
   else for (const line of human()) ctx.out(line);
 }
 
-function describeRule(r: { host: string; port?: number; protocol: string }): string {
-  const host = r.host.includes(':') && r.port !== undefined ? `[${r.host}]` : r.host;
-  return `${host}${r.port !== undefined ? `:${r.port}` : ''}/${r.protocol}`;
-}
-
 /** "enforced", or "cgroup_missing: cgroup /sys/fs/cgroup/... does not exist ...". */
 export function describeState(e: PolicyView['enforcement']): string {
   return e.reason ? `${e.state}: ${e.reason}` : e.state;
@@ -83,13 +78,13 @@ function describePolicy(p: PolicyView): string[] {
     `version:     ${p.version} (in force: ${e.enforced_version ?? 'none'})`,
     `state:       ${describeState(e)}`,
     ...(e.revocation === null ? [] : [`revocation:  ${describeRevocation(e)}`]),
-    `rules:       ${p.rules.length === 0 ? '(none)' : describeRule(p.rules[0]!)}`,
-    ...p.rules.slice(1).map((r) => `             ${describeRule(r)}`),
+    `rules:       ${p.rules.length === 0 ? '(none)' : formatCliRule(p.rules[0]!)}`,
+    ...p.rules.slice(1).map((r) => `             ${formatCliRule(r)}`),
   ];
 }
 
 const POLICY_USAGE =
-  'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file policy.json]\n' +
+  'usage: egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto][,bind_name=false]]... [--dns listed|all|none] [--audit] [--file policy.json]\n' +
   '       egressd policy suggest ID [--since TIME] [--apply]';
 
 /** Flags of `policy set` that `policy suggest` does not take. */
@@ -202,12 +197,12 @@ export function sinceArgument(value: unknown, now = Date.now()): string {
 export function describeSuggestion(id: string, s: SuggestionView): string[] {
   const from = s.since === null ? '' : ` since ${s.since}`;
   const head = `${id}: suggested ${s.policy.mode} from ${s.observed} observation${s.observed === 1 ? '' : 's'}${from}`;
-  const width = Math.max(0, ...s.rules.map((r) => describeRule(r.rule).length));
+  const width = Math.max(0, ...s.rules.map((r) => formatCliRule(r.rule).length));
   const lines = s.rules.map(({ rule, observations }) => {
     const count = observations.reduce((n, o) => n + o.count, 0);
     const last = observations[0]?.last_seen ?? 'never'; // most recently seen first
     const names = rule.host.startsWith('*.') ? `${observations.length} names, ` : '';
-    return `  ${describeRule(rule).padEnd(width)}  ${names}seen ${count} time${count === 1 ? '' : 's'}, last ${last}`;
+    return `  ${formatCliRule(rule).padEnd(width)}  ${names}seen ${count} time${count === 1 ? '' : 's'}, last ${last}`;
   });
   const empty =
     s.rules.length === 0
@@ -247,7 +242,12 @@ export async function eventsCommand(ctx: CommandContext, args: string[], flags: 
       ctx.out(`${e['at']} ${id} ${denied} DNS ${e['hostname']} (${e['protocol']}, ${e['reason']})`);
       return;
     }
-    ctx.out(`${e['at']} ${id} ${e['comm']}[${e['pid']}] ${denied} ${where} (${e['reason']})`);
+    // name_mismatch: the name the first bytes tried ("" when they named none).
+    const why =
+      e['reason'] === 'name_mismatch'
+        ? `name_mismatch: ${e['name'] ? `named ${e['name']}` : 'no name'}`
+        : e['reason'];
+    ctx.out(`${e['at']} ${id} ${e['comm']}[${e['pid']}] ${denied} ${where} (${why})`);
   };
   let last = '';
   const page = async () => {

@@ -13,7 +13,7 @@ import { runCommand } from './run.js';
 import type { ServeMode } from './serve.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
-       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto]]... [--dns listed|all|none] [--audit] [--file F] [--json]
+       egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto][,bind_name=false]]... [--dns listed|all|none] [--audit] [--file F] [--json]
        egressd policy suggest ID [--since TIME] [--apply] [--json]
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
@@ -31,6 +31,12 @@ policy set --dns: what the DNS proxy resolves for the computer. listed: only nam
   cover (the default in allowlist mode with hostname rules; others get NXDOMAIN, never forwarded);
   all: every name (the default in denylist and isolated mode); none: nothing (the default in allowlist
   mode with address rules only). --block-dns, from before --dns, is --dns none.
+
+policy set --rule HOST,bind_name=false: a hostname or wildcard rule that is not name-bound. By default an
+  address that a computer may reach only through a hostname rule serves only the names it was learned for
+  (the TLS server_name or HTTP Host of a connection's first bytes must be one of them; UDP to its port 443,
+  QUIC, is refused unless a rule naming it says /udp); bind_name=false judges it by address alone, for
+  addresses known to serve only trusted names. Not for address rules (the API refuses it there).
 
 policy set --audit: audit mode. The policy is judged exactly as in enforcement, but what it would refuse
   is let through and reported (egressd events ID). Without --audit, a set turns audit off (a set replaces

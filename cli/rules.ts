@@ -1,6 +1,9 @@
 /**
- * The CLI's rule syntax, host[:port][/proto]: "github.com:443/tcp",
- * "10.0.0.0/8", "[2001:db8::1]:53/udp", "2001:db8::/32". Pure.
+ * The CLI's rule syntax, host[:port][/proto][,bind_name=false]:
+ * "github.com:443/tcp", "10.0.0.0/8", "[2001:db8::1]:53/udp",
+ * "2001:db8::/32", "cdn.example:443/tcp,bind_name=false" (the field as the
+ * API spells it; no host holds a comma). Pure. formatCliRule writes a rule
+ * back in it.
  */
 import { PROTOCOLS, type Protocol } from '../policy/types.js';
 
@@ -8,12 +11,24 @@ export interface CliRule {
   host: string;
   port?: number;
   protocol?: Protocol;
+  bind_name?: boolean;
 }
 
 export class RuleSyntaxError extends Error {}
 
 export function parseCliRule(text: string): CliRule {
-  let rest = text.trim();
+  const [main = '', ...options] = text.trim().split(',');
+  let bindName: boolean | undefined;
+  for (const option of options) {
+    const m = /^bind_name=(true|false)$/.exec(option.trim());
+    if (!m) {
+      throw new RuleSyntaxError(
+        `rule "${text}": unknown option "${option}" after ","; the one option is bind_name=false (for example cdn.example:443/tcp,bind_name=false)`,
+      );
+    }
+    bindName = m[1] === 'true';
+  }
+  let rest = main.trim();
   let protocol: Protocol | undefined;
   const slash = rest.lastIndexOf('/');
   if (slash >= 0 && (PROTOCOLS as readonly string[]).includes(rest.slice(slash + 1))) {
@@ -48,5 +63,18 @@ export function parseCliRule(text: string): CliRule {
     rule.port = Number(portText);
   }
   if (protocol) rule.protocol = protocol;
+  if (bindName !== undefined) rule.bind_name = bindName;
   return rule;
+}
+
+/** A rule (as the API answers it) in the syntax parseCliRule reads: "[2001:db8::1]:443/tcp,bind_name=false". */
+export function formatCliRule(r: {
+  host: string;
+  port?: number;
+  protocol: string;
+  bind_name?: boolean;
+}): string {
+  const host = r.host.includes(':') && r.port !== undefined ? `[${r.host}]` : r.host;
+  const port = r.port !== undefined ? `:${r.port}` : '';
+  return `${host}${port}/${r.protocol}${r.bind_name === false ? ',bind_name=false' : ''}`;
 }

@@ -33,7 +33,12 @@ export interface DenyRecord {
   name?: string;
 }
 
-/** Reasons of the kernel's events (EGRESS_REASON_*). */
+/**
+ * Reasons of the kernel's events (EGRESS_REASON_*): REASON's names in
+ * snake_case. `name_mismatch`: a connection's first bytes named a server
+ * (TLS server_name, HTTP Host) that its name-bound address was not learned
+ * for; `quic`: UDP to port 443 of such an address.
+ */
 export type KernelReason =
   | 'mode'
   | 'rule'
@@ -83,10 +88,10 @@ export interface DenyEventsOptions {
   metrics?: AgentMetrics;
 }
 
-const REASON_NAMES = Object.fromEntries(Object.entries(REASON).map(([k, v]) => [v, k])) as Record<
-  number,
-  string
->;
+/** REASON's codes → their names as events carry them: proxyPort → proxy_port, nameMismatch → name_mismatch. */
+const REASON_NAMES = Object.fromEntries(
+  Object.entries(REASON).map(([k, v]) => [v, k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)]),
+) as Record<number, KernelReason>;
 const PROTOCOL_NAMES: Record<number, string> = {
   1: 'icmp',
   6: 'tcp',
@@ -166,10 +171,7 @@ export class DenyEvents {
   private onEvent(data: Buffer): void {
     const e = decodeDenyEvent(data);
     const computer = this.opts.enforcer.computerAt(e.cgroupId) ?? `cgroup:${e.cgroupId}`;
-    const reason = (REASON_NAMES[e.reason] ?? String(e.reason)).replace(
-      /[A-Z]/g,
-      (c) => `_${c.toLowerCase()}`,
-    ) as KernelReason;
+    const reason = REASON_NAMES[e.reason] as KernelReason;
     this.deliver(computer, reason, e.audit, () => {
       const address = e.address.length === 0 ? null : formatAddress(e.address);
       return {

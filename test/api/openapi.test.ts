@@ -110,6 +110,7 @@ test('request schemas accept the seed examples and reject what the API rejects',
     { mode: 'denylist', rules: [{ host: '185.220.0.0/16' }] },
     { mode: 'isolated' },
     { mode: 'denylist', rules: [{ host: 'evil.example' }], audit: true },
+    { mode: 'allowlist', rules: [{ host: 'cdn.example', port: 443, protocol: 'tcp', bind_name: false }] },
   ];
   for (const body of good) t.deepEqual(validate(d, input, body, '$'), [], JSON.stringify(body));
   t.deepEqual(
@@ -121,6 +122,7 @@ test('request schemas accept the seed examples and reject what the API rejects',
     { mode: 'allowlist', rules: [{ host: 'a', port: 0 }] },
     { mode: 'isolated', extra: 1 },
     { mode: 'isolated', audit: 'yes' },
+    { mode: 'allowlist', rules: [{ host: 'cdn.example', bind_name: 'no' }] },
   ];
   for (const body of bad) t.notDeepEqual(validate(d, input, body, '$'), [], JSON.stringify(body));
   // And the API agrees.
@@ -151,6 +153,12 @@ test('replies of every operation conform (checked by the harness)', async (t) =>
       '/api/v1/computers/oa-2/network-policy?wait=0',
       { mode: 'allowlist', rules: [{ host: 'a.example' }] },
     ],
+    [
+      'PUT',
+      '/api/v1/computers/oa-2/network-policy?wait=0',
+      { mode: 'allowlist', rules: [{ host: 'a.example', bind_name: false }] },
+    ],
+    ['GET', '/api/v1/computers/oa-2/network-policy'],
     ['PUT', '/api/v1/computers/oa-2/network-policy?wait=0', { mode: 'allowlist' }],
     ['DELETE', '/api/v1/computers/oa-2/network-policy?wait=0'],
     ['POST', '/api/v1/keys', { tenant: 'oa' }],

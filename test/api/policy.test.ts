@@ -361,6 +361,111 @@ test('a policy stored before audit existed reads audit false, and the same PUT a
   t.is(await redis.hget(keys.policy('old-audit'), 'audit'), '1');
 });
 
+test('bind_name: false is stored and answered after protocol; true is the default, left out', async (t) => {
+  await register(h, 'bind-1');
+  const put = (body: object) => h.call('PUT', `${path('bind-1')}?wait=0`, { body });
+  const rules = [
+    { host: 'CDN.example', port: 443, protocol: 'tcp', bind_name: false },
+    { host: 'pypi.org', port: 443, protocol: 'tcp', bind_name: true },
+    { bind_name: false, host: '*.assets.example' },
+  ];
+  const first = await put({ mode: 'allowlist', rules });
+  t.is(first.status, 202, first.text);
+  const stored =
+    '[{"host":"cdn.example","port":443,"protocol":"tcp","bind_name":false},' +
+    '{"host":"pypi.org","port":443,"protocol":"tcp"},' +
+    '{"host":"*.assets.example","protocol":"any","bind_name":false}]';
+  t.true(first.text.includes(`"rules":${stored}`), first.text);
+  const got = await h.call('GET', path('bind-1'));
+  t.true(got.text.includes(`"rules":${stored}`), got.text);
+  t.is(await h.store.redis.hget(keys.policy('bind-1'), 'rules'), stored);
+  const snapshot = await h.store.listComputersOfNode('node-a');
+  t.deepEqual(
+    snapshot.computers.find((c) => c.id === 'bind-1')?.policy.rules,
+    JSON.parse(stored),
+    'the agent reads it too',
+  );
+  // The reply sent back changes nothing; bind_name alone is a change.
+  const back = await put({ mode: 'allowlist', rules: got.body.data.rules });
+  t.is(back.body.data.version, first.body.data.version);
+  const bound = await put({ mode: 'allowlist', rules: rules.map(({ bind_name, ...r }) => r) });
+  t.true(bound.body.data.version > first.body.data.version, 'bind_name alone: a new version');
+  t.false(bound.text.includes('bind_name'));
+});
+
+test('bind_name: a policy without it is stored and answered byte for byte as before', async (t) => {
+  await register(h, 'bind-2');
+  const body = {
+    mode: 'allowlist',
+    rules: [{ host: 'pypi.org', port: 443, protocol: 'tcp' }, { host: '192.0.2.0/24' }],
+  };
+  const first = await h.call('PUT', `${path('bind-2')}?wait=0`, { body });
+  const stored = '[{"host":"pypi.org","port":443,"protocol":"tcp"},{"host":"192.0.2.0/24","protocol":"any"}]';
+  t.is(await h.store.redis.hget(keys.policy('bind-2'), 'rules'), stored);
+  const got = await h.call('GET', path('bind-2'));
+  const back = await h.call('PUT', `${path('bind-2')}?wait=0`, {
+    body: { mode: got.body.data.mode, rules: got.body.data.rules, dns: got.body.data.dns },
+  });
+  t.is(back.body.data.version, first.body.data.version, 'unchanged');
+  const again = await h.call('GET', path('bind-2'));
+  t.is(again.text, got.text, 'byte-identical');
+  t.true(got.text.includes(`"rules":${stored}`));
+});
+
+test('bind_name: on an address or CIDR rule, or not a boolean, is 400 invalid_request saying what to change', async (t) => {
+  await register(h, 'bind-3');
+  const put = (rules: object[]) =>
+    h.call('PUT', `${path('bind-3')}?wait=0`, { body: { mode: 'allowlist', rules } });
+  for (const bind_name of [false, true]) {
+    const r = await put([{ host: 'a.example' }, { host: '10.1.2.3/8', port: 443, bind_name }]);
+    t.is(r.status, 400);
+    t.is(r.body.error.code, 'invalid_request');
+    const message =
+      'name-binding applies only to hostname and wildcard rules, and "10.0.0.0/8" is an address or CIDR block (allowed by its address alone): remove bind_name from this rule';
+    t.is(r.body.error.message, `rules[1].bind_name: ${message}`);
+    t.deepEqual(r.body.error.details, [{ path: 'rules[1].bind_name', message }]);
+  }
+  for (const bind_name of ['false', 0, null]) {
+    const r = await put([{ host: 'a.example', bind_name }]);
+    t.is(r.status, 400, JSON.stringify(bind_name));
+    t.is(r.body.error.message, 'rules[0].bind_name: must be true or false');
+  }
+  t.is((await h.call('GET', path('bind-3'))).body.data.mode, 'unrestricted', 'nothing stored');
+});
+
+test('events: name_mismatch carries the name tried, quic none (as the OpenAPI document says)', async (t) => {
+  await register(h, 'events-name');
+  const event = (reason: string, port: number, name?: string) => ({
+    computer: 'events-name',
+    at: new Date().toISOString(),
+    pid: 42,
+    comm: 'curl',
+    family: 'ipv4',
+    protocol: reason === 'quic' ? 'udp' : 'tcp',
+    address: '192.0.2.9',
+    port,
+    hostname: 'cdn.example',
+    reason,
+    audit: false,
+    ...(name === undefined ? {} : { name }),
+  });
+  await h.store.appendEvents('events-name', [
+    event('name_mismatch', 443, 'evil.example'),
+    event('name_mismatch', 80, ''),
+    event('quic', 443),
+  ]);
+  const r = await h.call('GET', `${path('events-name')}/events`);
+  t.is(r.status, 200);
+  t.deepEqual(
+    r.body.data.map((e: { reason: string; name?: string }) => [e.reason, e.name]),
+    [
+      ['quic', undefined],
+      ['name_mismatch', ''],
+      ['name_mismatch', 'evil.example'],
+    ],
+  );
+});
+
 test('learned: what the agent published, unexpired, sorted; 404 for unknown computers', async (t) => {
   await register(h, 'learn-1');
   const soon = Date.now() + 60_000;
