@@ -206,10 +206,8 @@ export class Enforcer {
     if (!this.attachments.has(id)) return;
     const linked = this.attachments.linked(id);
     // The guard refuses the cgroup before its own hooks go.
-    for (const cgroupId of [this.computers.record(id)?.cgroupId ?? 0n, linked?.cgroupId ?? 0n]) {
-      this.guard.ungovern(cgroupId);
-      this.computers.unmirror(cgroupId);
-    }
+    for (const cgroupId of [this.computers.record(id)?.cgroupId ?? 0n, linked?.cgroupId ?? 0n])
+      this.computers.unmirror(this.guard.ungovern(cgroupId));
     const oldPolicyId =
       linked && linked.cgroupId !== 0n ? (this.computers.value(linked.cgroupId)?.policyId ?? 0) : 0;
     this.attachments.detach(id, linked?.cgroupId);

@@ -58,9 +58,10 @@ export class SandboxGuard {
     if (cgroupId !== 0n) bpf.mapUpdate(this.obj.maps.governed, encodeCgroupKey(cgroupId), encodeMarks());
   }
 
-  /** The guard refuses the cgroup's calls again. */
-  ungovern(cgroupId: bigint): void {
+  /** The guard refuses the cgroup's calls again; returns the cgroup id. */
+  ungovern(cgroupId: bigint): bigint {
     if (cgroupId !== 0n) bpf.mapDelete(this.obj.maps.governed, encodeCgroupKey(cgroupId));
+    return cgroupId;
   }
 
   /** Removes every governed id that is not in `keep` (cgroups that went away while no agent watched). */

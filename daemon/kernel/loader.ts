@@ -57,7 +57,7 @@ export const HOOKS = [
 ] as const;
 
 /** The name check's sk_msg program: attached to the name_check_socks map once, at load. */
-const NAME_CHECK = { program: 'eg_msg', pin: 'egress_name_msg' } as const;
+export const NAME_CHECK = { program: 'eg_msg', pin: 'egress_name_msg' } as const;
 
 export type HookName = (typeof HOOKS)[number]['name'];
 

@@ -48,6 +48,7 @@ async function tcp(host: string, port: number, chunks: Buffer[]): Promise<void> 
   if (process.env['FIRST_BYTES_WAIT'] === '1') {
     print({ connected: true });
     await new Promise((resolve) => process.stdin.once('data', resolve));
+    process.stdin.destroy(); // else the open stdin keeps the process alive
   }
   const writes: string[] = [];
   let sent = 0;

@@ -169,16 +169,8 @@ test.serial('HTTP/1.x: the Host (and an absolute target) must be a learned name'
   );
   t.deepEqual(
     take(id).map((e) => e.name),
-    [
-      'other.example',
-      'other.example',
-      'other.example',
-      'other.example',
-      'other.example',
-      'other.example',
-      '',
-      'other.example',
-    ],
+    [...Array(5).fill('other.example'), '', '', 'other.example'],
+    'the name each refusal tried ("" where the head was refused before a name: two Hosts, none)',
   );
 });
 
@@ -294,5 +286,33 @@ test.serial(
     t.regex(bad.out, /errno=13|Permission denied/, 'the refused ClientHello: EACCES on the write');
     const good = await run('allowed.example');
     t.notRegex(good.out, /errno=13|Permission denied/, 'the allowed one reaches the echo server');
+  },
+);
+
+test.serial(
+  "TCP Fast Open (bytes in the SYN, sent again from the socket's queue) cannot carry unjudged bytes",
+  async (t) => {
+    const was = (await world.run('sysctl', ['-n', 'net.ipv4.tcp_fastopen'])).out.trim();
+    // Client on, no cookie needed: what a root process in its own namespace may set.
+    await world.run('sysctl', ['-w', 'net.ipv4.tcp_fastopen=5']);
+    try {
+      const hello = clientHello({ names: ['other.example'] }).toString('hex');
+      const tfo = async (id: string) => {
+        const { out } = await world.run(`${REPO_ROOT}build/tfo-send`, [SHARED, String(ECHO_PORT), hello], {
+          cgroup: id,
+        });
+        return JSON.parse(out) as { send: string; echoed: number };
+      };
+      const unbound = computer([tcpRule('allowed.example', { bind_name: false })], [['allowed.example']]);
+      t.deepEqual(
+        await tfo(unbound),
+        { send: 'ok', echoed: hello.length / 2 },
+        'unchecked: Fast Open delivers',
+      );
+      const bound = computer([tcpRule('allowed.example')], [['allowed.example']]);
+      t.deepEqual(await tfo(bound), { send: 'ok', echoed: 0 }, 'checked: nothing reaches the server');
+    } finally {
+      await world.run('sysctl', ['-w', `net.ipv4.tcp_fastopen=${was || '1'}`]);
+    }
   },
 );

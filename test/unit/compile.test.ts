@@ -149,16 +149,56 @@ test('wildcards match names below, not the apex; matching patterns unite', (t) =
   t.true(nameMatches('*.example.com', 'a.b.example.com'));
   t.false(nameMatches('*.example.com', 'example.com'));
   t.false(nameMatches('*.example.com', 'badexample.com'));
-  t.deepEqual(nameVerdict(c, ['www.example.com']), { anyPortProtos: 0, codes: [443 * 8 + PROTO.tcp] });
+  const https = 443 * 8 + PROTO.tcp;
+  const wildcard = { pattern: '*.example.com', anyPortProtos: 0, codes: [https] };
+  const bound = { bindName: true, udp: false };
+  t.deepEqual(nameVerdict(c, ['www.example.com']), {
+    anyPortProtos: 0,
+    codes: [https],
+    ...bound,
+    wildcards: [wildcard],
+  });
   t.deepEqual(nameVerdict(c, ['api.example.com']), {
     anyPortProtos: 0,
-    codes: [443 * 8 + PROTO.tcp, 8443 * 8 + PROTO.tcp],
+    codes: [https, 8443 * 8 + PROTO.tcp],
+    ...bound,
+    wildcards: [wildcard],
   });
-  t.deepEqual(nameVerdict(c, ['example.com']), { anyPortProtos: PROTO.udp, codes: [] });
+  t.deepEqual(nameVerdict(c, ['example.com']), {
+    anyPortProtos: PROTO.udp,
+    codes: [],
+    bindName: true,
+    udp: true,
+    wildcards: [],
+  });
   t.is(nameVerdict(c, ['example.org']), undefined);
   // A CNAME chain matches if any name in it does.
   t.deepEqual(nameVerdict(c, ['cdn.other.net', 'www.example.com']), {
     anyPortProtos: 0,
-    codes: [443 * 8 + PROTO.tcp],
+    codes: [https],
+    ...bound,
+    wildcards: [wildcard],
   });
+});
+
+test('name binding: on unless every matching pattern has a rule that says bind_name false; QUIC only with "udp"', (t) => {
+  const c = compile({
+    mode: 'allowlist',
+    rules: [
+      { host: 'pinned.example', port: 443, protocol: 'tcp' },
+      { host: 'free.example', port: 443, protocol: 'tcp', bind_name: false },
+      { host: '*.free.example', protocol: 'any' },
+      { host: 'quic.example', port: 443, protocol: 'udp' },
+    ],
+  });
+  t.like(nameVerdict(c, ['pinned.example']), { bindName: true, udp: false });
+  t.like(nameVerdict(c, ['free.example']), { bindName: false });
+  t.like(nameVerdict(c, ['a.free.example']), { bindName: true }, 'the wildcard binds');
+  t.like(
+    nameVerdict(c, ['pinned.example', 'free.example']),
+    { bindName: false },
+    'a chain: one unbound pattern',
+  );
+  t.like(nameVerdict(c, ['quic.example']), { udp: true });
+  t.like(nameVerdict(c, ['a.free.example']), { udp: false }, '"any" is not "udp"');
 });
