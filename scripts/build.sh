@@ -15,6 +15,7 @@ cc -O2 -Wall -Werror -o build/probe test/helpers/probe.c
 cc -O2 -Wall -Werror -o build/resolve-glibc test/helpers/resolve.c
 musl-gcc -static -O2 -Wall -Werror -o build/resolve-musl test/helpers/resolve.c
 cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
+cc -O2 -Wall -Werror -o build/name-bench bench/name-bench.c
 # TCP Fast Open data in the SYN (test/privileged/names.test.ts).
 cc -O2 -Wall -Werror -o build/tfo-send test/helpers/tfo-send.c
 npx tsc -p tsconfig.json

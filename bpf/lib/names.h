@@ -547,23 +547,43 @@ static __always_inline int judge_message(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
-/* sock_ops: a marked connection, once established, goes into "name_check_socks" (or sends nothing: eg_skb). */
+/*
+ * sock_ops: a marked connection, once established, goes into
+ * "name_check_socks" (or sends nothing: eg_skb), with RTT callbacks on.
+ * The sk_msg program cannot take a socket out of its own map; the first
+ * RTT callback after its verdict passed does (an ACK, in softirq or task
+ * context), which gives the socket its ordinary send path back: bulk
+ * transfer does not pay for the check. A refused socket stays: its every
+ * send fails.
+ */
 static __always_inline void watch_name_bound(struct bpf_sock_ops *skops)
 {
 	struct egress_name_check *nc;
 	struct bpf_sock *sk;
 
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && skops->op != BPF_SOCK_OPS_RTT_CB)
 		return;
 	sk = skops->sk;
 	if (!sk)
 		return;
 	nc = bpf_sk_storage_get(&name_checks, sk, 0, 0);
-	if (!nc || nc->state != EGRESS_NAME_PENDING)
+	if (!nc)
+		return;
+	if (skops->op == BPF_SOCK_OPS_RTT_CB) {
+		if (nc->state != EGRESS_NAME_PASSED)
+			return;
+		bpf_map_delete_elem(&name_check_socks, &nc->cookie);
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+		return;
+	}
+	if (nc->state != EGRESS_NAME_PENDING)
 		return;
 	nc->cookie = bpf_get_socket_cookie(skops);
-	if (bpf_sock_hash_update(skops, &name_check_socks, &nc->cookie, BPF_NOEXIST))
+	if (bpf_sock_hash_update(skops, &name_check_socks, &nc->cookie, BPF_NOEXIST)) {
 		nc->state = EGRESS_NAME_REFUSED;
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 /* cgroup_skb egress: 1 lets the packet go; TCP payload of a socket whose first bytes were not passed is dropped. */
