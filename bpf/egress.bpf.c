@@ -16,6 +16,10 @@
  *                 else deny
  *      denylist:  a CIDR rule or a learned address matches -> deny, else allow
  *      isolated, pending (no policy written yet), unknown -> deny
+ * A TCP connection that step 5 allows for a learned address alone (no CIDR
+ * rule, no internal CIDR) whose rules bind names must then start with a TLS
+ * ClientHello or an HTTP request naming a server the address was learned
+ * for (lib/names.h); UDP to port 443 of such an address is refused (QUIC).
  * IPv4-mapped IPv6 destinations (::ffff:a.b.c.d) are judged as IPv4.
  * Live revocation (revoke.bpf.c) judges a connected socket's peer by the same
  * precedence when a policy changes (peer_verdict in lib/verdict.h).
@@ -28,7 +32,8 @@
  * no attached computer covers (see "governed" in the ABI header).
  *
  * Program names: eg_[guard_]<op><family>, op one of sock (sock_create), conn
- * (connect), send (sendmsg), recv (recvmsg), peer (getpeername). The kernel
+ * (connect), send (sendmsg), recv (recvmsg), peer (getpeername); eg_ops
+ * (sock_ops), eg_skb (cgroup_skb egress), eg_msg (sk_msg). The kernel
  * keeps 15 characters of a name (BPF_OBJ_NAME_LEN): longer ones are cut in
  * bpf_prog_info, /proc/kallsyms and perf. The workers are in lib/.
  */

@@ -178,7 +178,7 @@ function openAndLoad(objectPath: string): bpf.BpfObject {
       throw new EgressdError(
         'BPF_LOAD_FAILED',
         `the kernel refused egressd's BPF programs (${(err as Error).message}). This kernel may lack cgroup ` +
-          `socket hooks, LPM tries or cgroup storage (Linux 5.15 or newer is needed), or kernel lockdown forbids BPF. ` +
+          `socket hooks, LPM tries or cgroup storage (Linux 5.17 or newer is needed; tested from 6.1), or kernel lockdown forbids BPF. ` +
           `libbpf said:\n` +
           libbpfLog.slice(-20).join('\n'),
         { cause: err },
