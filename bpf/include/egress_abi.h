@@ -113,7 +113,7 @@
 #define EGRESS_EVENTS_BYTES (1 << 20) /* deny-event ring buffer */
 #define EGRESS_MAX_OBSERVED 65536     /* destinations in "observed" (least recently used go first) */
 #define EGRESS_MAX_LEARNED_NAMES (1 << 20)
-#define EGRESS_MAX_NAME_CHECKS 65536 /* connections waiting for their first bytes to be judged */
+#define EGRESS_MAX_NAME_CHECKS (1 << 18) /* connections waiting for their first bytes to be judged, and refused ones */
 #define EGRESS_NAME_MAX 256           /* a name's bytes in "learned_names" and deny events, NUL-padded (DNS: 253) */
 
 /* Value of the "computers" cgroup storage; written whole by user space. */

@@ -101,11 +101,20 @@ __noinline int take_name(struct name_scratch *s, __u32 off, __u32 len)
 	return bad;
 }
 
-/* Whether learned_names has the key as it stands, allowing the connection's port (s->policy_id, s->port). */
-static __always_inline int name_listed(struct name_scratch *s)
+/*
+ * Whether learned_names has the scratch key as it stands, allowing the
+ * connection's port (policy_id, port). The scratch space is looked up here,
+ * not taken as an argument: a global function's pointer argument is plain
+ * memory, which Linux 6.1 does not take as a map key.
+ */
+static __always_inline int name_listed(void)
 {
-	struct egress_rule *v = bpf_map_lookup_elem(&learned_names, &s->key);
+	struct name_scratch *s = scratch();
+	struct egress_rule *v;
 
+	if (!s)
+		return 0;
+	v = bpf_map_lookup_elem(&learned_names, &s->key);
 	return v && port_matches(s->policy_id, v->port_set, v->any_port_protos, EGRESS_PROTO_TCP, s->port);
 }
 
@@ -125,7 +134,7 @@ static long wildcard_step(__u32 i, void *unused)
 	s->key.name[0] = '*';
 	if (bpf_probe_read_kernel(&s->key.name[1], (len - i) & (EGRESS_NAME_MAX - 1), &s->name[i & (EGRESS_NAME_MAX - 1)]))
 		return 1;
-	if (!name_listed(s))
+	if (!name_listed())
 		return 0;
 	s->found = 1;
 	return 1;
@@ -142,7 +151,7 @@ __noinline int name_allowed(struct name_scratch *s, const struct egress_computer
 	__builtin_memcpy(s->key.name, s->name, EGRESS_NAME_MAX);
 	s->policy_id = c->policy_id;
 	s->port = nc->port;
-	if (name_listed(s))
+	if (name_listed())
 		return 1;
 	s->found = 0;
 	s->labels = 0;

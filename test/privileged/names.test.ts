@@ -63,9 +63,13 @@ interface TcpResult {
 }
 
 /** Connects from the computer to SHARED and writes each chunk as its own send(). */
-async function send(id: string, ...chunks: (Buffer | string)[]): Promise<TcpResult> {
+function send(id: string, ...chunks: (Buffer | string)[]): Promise<TcpResult> {
+  return sendTo(id, SHARED, ...chunks);
+}
+
+async function sendTo(id: string, host: string, ...chunks: (Buffer | string)[]): Promise<TcpResult> {
   const hex = chunks.map((c) => Buffer.from(c).toString('hex'));
-  const { code, out } = await world.run('node', [CLIENT, 'tcp', SHARED, String(ECHO_PORT), ...hex], {
+  const { code, out } = await world.run('node', [CLIENT, 'tcp', host, String(ECHO_PORT), ...hex], {
     cgroup: id,
   });
   if (code !== 0) throw new Error(`first-bytes exited ${code}: ${out}`);
@@ -316,3 +320,19 @@ test.serial(
     }
   },
 );
+
+test.serial('IPv6 and IPv4-mapped destinations are judged alike', async (t) => {
+  const id = computer([tcpRule('allowed.example')], [['allowed.example']]);
+  enforcer.learn(
+    id,
+    ['allowed.example'],
+    [[0x20, 0x01, 0x0d, 0xb8, 0, 0xff, ...Array(9).fill(0), 0x50]],
+    300,
+  );
+  const v6 = '2001:db8:ff::50';
+  passed(t, await sendTo(id, v6, clientHello({ names: ['allowed.example'] })), 'IPv6, allowed name');
+  refused(t, await sendTo(id, v6, clientHello({ names: ['other.example'] })), 'IPv6, other name');
+  const mapped = `::ffff:${SHARED}`;
+  passed(t, await sendTo(id, mapped, clientHello({ names: ['allowed.example'] })), 'v4-mapped, allowed name');
+  refused(t, await sendTo(id, mapped, clientHello({ names: ['other.example'] })), 'v4-mapped, other name');
+});
