@@ -9,7 +9,7 @@
  * loopback), rounds interleaved; then the programs' own run time from BPF
  * statistics (kernel.bpf_stats_enabled).
  *
- *   sudo node dist/bench/names.js [--count 2000] [--gib 1] [--rounds 3]
+ *   sudo node dist/bench/names.js [--count 2000] [--gib 2] [--rounds 7]
  */
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -26,8 +26,8 @@ const OPTIONS = benchOptions(
   'Connect + first send + echo, and bulk throughput, with the name check on, off (bind_name false) and no programs.',
   {
     count: { type: 'number', default: 2000, help: 'connections per latency measurement' },
-    gib: { type: 'number', default: 1, help: 'GiB per bulk transfer' },
-    rounds: { type: 'number', default: 3, help: 'rounds (modes interleaved in each)' },
+    gib: { type: 'number', default: 2, help: 'GiB per bulk transfer' },
+    rounds: { type: 'number', default: 7, help: 'rounds (modes interleaved in each)' },
   },
 );
 const TOOL = `${REPO_ROOT}build/name-bench`;

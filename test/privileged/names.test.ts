@@ -8,10 +8,13 @@
  * Real programs, real sockets in a computer's cgroup.
  */
 import test, { type ExecutionContext } from 'ava';
+import { pino } from 'pino';
+import { DnsProxy } from '../../daemon/dns/proxy.js';
 import { DenyEvents, type DenyRecord } from '../../daemon/events.js';
 import { Enforcer } from '../../daemon/kernel/enforcer.js';
 import type { Policy, Rule } from '../../policy/types.js';
 import { clientHello } from '../helpers/client-hello.js';
+import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { ECHO_PORT, echoServer } from '../helpers/held-sockets.js';
 import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
 
@@ -23,19 +26,38 @@ const SHARED_BYTES = [203, 0, 113, 50];
 let world: World;
 let enforcer: Enforcer;
 let events: DenyEvents;
+let dnsmasq: Dnsmasq;
+let proxy: DnsProxy;
 const seen: DenyRecord[] = [];
 let computers = 0;
 
 test.before(async () => {
-  world = await createWorld();
+  world = await createWorld({ gateway: true });
+  dnsmasq = await startDnsmasq([
+    `host-record=proxied.test,${SHARED},300`,
+    `host-record=cohost.test,${SHARED},300`,
+  ]);
   enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
+  enforcer.setDnsConfig([46000, 46999], world.gateway!.host4, world.gateway!.host6);
+  proxy = new DnsProxy({
+    enforcer,
+    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
+    listen: ['127.0.0.1', '::1', world.gateway!.host4, world.gateway!.host6],
+    portRange: [46000, 46999],
+    ttlFloor: 5,
+    ttlCeiling: 3600,
+    timeoutMs: 2000,
+    log: pino({ level: 'silent' }),
+  });
   events = new DenyEvents({ enforcer, ratePerSecond: 1000, burst: 1000, sink: (r) => seen.push(r) });
   await echoServer(world, true);
 });
 
 test.after.always(async () => {
   events?.close();
+  await proxy?.close();
   enforcer?.close();
+  await dnsmasq?.stop();
   await world?.destroy();
 });
 
@@ -336,3 +358,25 @@ test.serial('IPv6 and IPv4-mapped destinations are judged alike', async (t) => {
   passed(t, await sendTo(id, mapped, clientHello({ names: ['allowed.example'] })), 'v4-mapped, allowed name');
   refused(t, await sendTo(id, mapped, clientHello({ names: ['other.example'] })), 'v4-mapped, other name');
 });
+
+test.serial(
+  'learned through the DNS proxy: the name the computer asked is bound; a cohost on the address is refused',
+  async (t) => {
+    const id = 'names-proxied';
+    const cg = world.makeCgroup(id);
+    enforcer.attach(id, cg.relative, { mode: 'allowlist', rules: [tcpRule('proxied.test')] }, 1n, {
+      port: await proxy.ensure(id),
+    });
+    const dig = await world.run(
+      'dig',
+      ['@192.0.2.53', '+short', '+tries=1', '+time=2', 'proxied.test', 'A'],
+      {
+        cgroup: id,
+      },
+    );
+    t.is(dig.out.trim(), SHARED, 'resolved through the proxy');
+    passed(t, await send(id, clientHello({ names: ['proxied.test'] })), 'the name it asked');
+    refused(t, await send(id, clientHello({ names: ['cohost.test'] })), 'another name served there');
+    t.like(take(id).at(-1), { reason: 'name_mismatch', name: 'cohost.test', hostname: 'proxied.test' });
+  },
+);
