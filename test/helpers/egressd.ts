@@ -23,12 +23,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client } from '../../api/client.js';
 import { parsePrometheus } from './prometheus.js';
-import { REPO_ROOT, type World } from './world.js';
+import { REPO_ROOT, SCALE, type World } from './world.js';
 
 export const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 export const ADMIN_KEY = 'egressd-test-admin-key-0123456789';
-/** Slower machines (a VM under emulation) scale every wait. */
-export const SCALE = Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
+export { SCALE };
 
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   const s = createServer().listen(0, host);

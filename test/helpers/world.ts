@@ -90,9 +90,12 @@ export const CLOSED_PORT = 9;
  */
 export const OWNER_DIR = '/run/egressd-test';
 
-const KILL_GRACE_MS = 2000;
-const READY_TIMEOUT_MS = 5000;
-const CGROUP_EMPTY_TIMEOUT_MS = 3000;
+/** Slower machines (a VM under emulation) scale every wait. */
+export const SCALE = Number(process.env['EGRESSD_TEST_TIMEOUT_SCALE'] ?? 1);
+
+const KILL_GRACE_MS = 2000 * SCALE;
+const READY_TIMEOUT_MS = 5000 * SCALE;
+const CGROUP_EMPTY_TIMEOUT_MS = 3000 * SCALE;
 
 export interface WorldOptions {
   /** Ports of the world's server. @default WORLD_PORTS */
