@@ -5,7 +5,7 @@
  *
  * Key format: `egk_<id: 16 hex>_<secret: 43 base64url>`.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import type { Store } from '../store/store.js';
 import { ApiError } from './errors.js';
 
@@ -36,6 +36,7 @@ const unauthorized = (why: string) => new ApiError(401, 'unauthorized', why);
 
 export class Authenticator {
   private readonly adminHash: Buffer | undefined;
+  private adminPrint: Promise<string> | undefined;
 
   constructor(
     private readonly store: Store,
@@ -51,7 +52,11 @@ export class Authenticator {
     }
     const match = /^Bearer +(\S+) *$/i.exec(header);
     if (!match) throw unauthorized('the Authorization header must be "Bearer <key>"');
-    const given = match[1] ?? '';
+    return this.authenticateKey(match[1] ?? '');
+  }
+
+  /** Resolves a key (from the header, or a dashboard sign-in) to a principal; throws 401. */
+  async authenticateKey(given: string): Promise<Principal> {
     const givenHash = hashKey(given);
     if (this.adminHash && timingSafeEqual(givenHash, this.adminHash)) return { kind: 'admin' };
     const parts = KEY_RE.exec(given);
@@ -63,6 +68,23 @@ export class Authenticator {
       }
     }
     throw unauthorized('unknown or revoked API key: check the key, or ask the admin for a new one');
+  }
+
+  /**
+   * A fingerprint of the admin key ('' when admin access is off), which a
+   * dashboard session stores so that a new admin key ends the old one's
+   * sessions (api/session.ts). scrypt, computed once: a chosen admin key may
+   * be weak, and what Redis holds must not make it cheap to guess.
+   */
+  adminFingerprint(): Promise<string> {
+    const hash = this.adminHash;
+    if (!hash) return Promise.resolve('');
+    this.adminPrint ??= new Promise((resolve, reject) =>
+      scrypt(hash, 'egressd dashboard admin session', 16, (err, out) =>
+        err ? reject(err) : resolve(out.toString('hex')),
+      ),
+    );
+    return this.adminPrint;
   }
 }
 

@@ -24,4 +24,10 @@ export interface ApiConfig {
   ssePerKey: number;
   /** Event streams one process holds open (503 beyond). */
   sseMax: number;
+  /** on: the dashboard at /ui/ and cookie sessions (api/session.ts); off: neither exists. */
+  ui: 'on' | 'off';
+  /** Seconds without a request after which a dashboard session ends. */
+  uiSessionIdle: number;
+  /** Seconds after its sign-in at which a dashboard session ends, however busy. */
+  uiSessionMax: number;
 }

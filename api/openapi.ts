@@ -679,6 +679,48 @@ const schemas: Json = {
     additionalProperties: false,
     properties: { data: { type: 'array', items: ref('ApiKey') } },
   },
+  SessionInput: {
+    type: 'object',
+    required: ['key'],
+    additionalProperties: false,
+    properties: {
+      key: {
+        type: 'string',
+        description:
+          'A bearer key (the admin key or a tenant key): checked as the Authorization header is, never stored',
+      },
+    },
+  },
+  SessionResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['kind', 'tenant', 'key_id', 'csrf_token', 'idle_timeout_s', 'expires_at'],
+        additionalProperties: false,
+        properties: {
+          kind: { type: 'string', enum: ['admin', 'tenant'] },
+          tenant: { type: ['string', 'null'], description: "A tenant key's tenant; null for the admin" },
+          key_id: { type: ['string', 'null'], description: "A tenant key's id; null for the admin" },
+          csrf_token: {
+            type: 'string',
+            description: 'Send it as X-CSRF-Token with every request of this session that changes something',
+          },
+          idle_timeout_s: {
+            type: 'integer',
+            minimum: 1,
+            description: 'The session ends after this long without a request (EGRESSD_UI_SESSION_IDLE)',
+          },
+          expires_at: {
+            ...timestamp,
+            description: 'The session ends then however busy (sign-in + EGRESSD_UI_SESSION_MAX)',
+          },
+        },
+      },
+    },
+  },
   Status: {
     type: 'object',
     required: ['status'],
@@ -687,7 +729,79 @@ const schemas: Json = {
   },
 };
 
-export function openApiDocument(): Json {
+const SESSION_SCHEME =
+  'A dashboard session (POST /ui/session), accepted under /api/v1 when no Authorization header is sent, with ' +
+  'the same scope as the key it signed in with. The cookie is egressd_session over plain HTTP and ' +
+  '__Host-egressd_session (Secure) over TLS; HttpOnly, SameSite=Strict. A request it authenticates must ' +
+  'come from a page of this origin (Sec-Fetch-Site same-origin, or an Origin naming this host; else 403 ' +
+  'cross_site_request), and one that changes something (not GET, HEAD, OPTIONS) must carry X-CSRF-Token, ' +
+  "the session's csrf_token (else 403 csrf_token_required or csrf_token_invalid)";
+
+const sessionSet = {
+  'Set-Cookie': {
+    description:
+      'The session: egressd_session=<id> (plain HTTP) or __Host-egressd_session=<id>; Secure (TLS); ' +
+      'Path=/; Max-Age=<EGRESSD_UI_SESSION_MAX>; HttpOnly; SameSite=Strict',
+    schema: { type: 'string' },
+  },
+};
+
+/** The dashboard's sign-in (with --ui on). */
+const uiPaths: Json = {
+  '/ui/session': {
+    post: {
+      operationId: 'signIn',
+      summary: 'Dashboard sign-in: exchange a bearer key for a session cookie',
+      description:
+        'The key is checked exactly as the Authorization header is; it is never stored or logged. ' +
+        'A new session each time (the one the browser had ends). 401 sets no cookie.',
+      security: [],
+      requestBody: body('SessionInput'),
+      responses: {
+        '200': { ...json(ref('SessionResponse'), 'Signed in'), headers: sessionSet },
+        '401': error('Unknown or revoked key'),
+        '403': error('cross_site_request: not from a page of this origin'),
+        ...changing,
+        ...withBody,
+      },
+    },
+    get: {
+      operationId: 'getSession',
+      summary: "The request's dashboard session, with its CSRF token (for a page that was reloaded)",
+      security: [{ session: [] }],
+      responses: {
+        '200': json(ref('SessionResponse'), 'Signed in'),
+        '401': error('No session, or it ended (signed out, idle, too old, or its key was revoked)'),
+        '403': error('cross_site_request: not from a page of this origin'),
+        ...common,
+      },
+    },
+    delete: {
+      operationId: 'signOut',
+      summary: 'Dashboard sign-out: ends the session (in every API process) and clears the cookie',
+      security: [{ session: [] }],
+      parameters: [
+        {
+          name: 'X-CSRF-Token',
+          in: 'header',
+          required: false,
+          description: "The session's csrf_token: required when the request has a live session",
+          schema: { type: 'string' },
+        },
+      ],
+      responses: {
+        '204': { description: 'Signed out (also when there was no live session)', headers: sessionSet },
+        '403': error('cross_site_request, csrf_token_required or csrf_token_invalid'),
+        ...changing,
+      },
+    },
+  },
+};
+
+/** The document; `ui` false (--ui off) leaves out the dashboard's sign-in and its cookie. */
+export function openApiDocument(options: { ui?: boolean } = {}): Json {
+  const ui = options.ui ?? true;
+
   return {
     openapi: '3.1.0',
     info: {
@@ -695,10 +809,11 @@ export function openApiDocument(): Json {
       version: '1.0.0',
       description:
         'Network policies of computers (sandboxes), the computers registry and tenant API keys. ' +
-        'JSON bodies; send "Authorization: Bearer <key>" under /api/v1.',
+        'JSON bodies; send "Authorization: Bearer <key>" under /api/v1' +
+        (ui ? ' (or, from the dashboard, its session cookie: see the session security scheme).' : '.'),
     },
     servers: [{ url: '/' }],
-    security: [{ bearer: [] }],
+    security: ui ? [{ bearer: [] }, { session: [] }] : [{ bearer: [] }],
     paths: {
       '/api/v1/computers/{id}/network-policy': {
         parameters: [idParam],
@@ -954,9 +1069,17 @@ export function openApiDocument(): Json {
           },
         },
       },
+      ...(ui ? uiPaths : {}),
     },
     components: {
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer' },
+        ...(ui
+          ? {
+              session: { type: 'apiKey', in: 'cookie', name: 'egressd_session', description: SESSION_SCHEME },
+            }
+          : {}),
+      },
       schemas,
     },
   };

@@ -309,6 +309,27 @@ export const OPTIONS = {
     help: 'event streams one API key may hold open in one process (429 beyond; 0 refuses every stream)',
     schema: count,
   },
+  ui: {
+    flag: 'ui',
+    env: 'EGRESSD_UI',
+    default: 'on',
+    help: 'on: the API serves the dashboard at /ui/ (sign-in with a key, cookie sessions in Redis); off: /ui/ and /ui/session are 404 and /api/v1 takes no session cookie',
+    schema: z.enum(['on', 'off'], 'must be on or off'),
+  },
+  uiSessionIdle: {
+    flag: 'ui-session-idle',
+    env: 'EGRESSD_UI_SESSION_IDLE',
+    default: '900',
+    help: 'seconds: a dashboard session that makes no request for this long ends',
+    schema: seconds.pipe(z.number().min(1, 'must be at least 1')),
+  },
+  uiSessionMax: {
+    flag: 'ui-session-max',
+    env: 'EGRESSD_UI_SESSION_MAX',
+    default: '28800',
+    help: 'seconds: a dashboard session ends this long after its sign-in, however busy',
+    schema: seconds.pipe(z.number().min(1, 'must be at least 1')),
+  },
   sseMax: {
     flag: 'sse-max',
     env: 'EGRESSD_SSE_MAX',

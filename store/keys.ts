@@ -51,6 +51,12 @@ export const keys = {
   apiKey: (keyId: string) => `${PREFIX}apikey:${keyId}`,
   /** Sorted set of every API key id. */
   apiKeys: () => `${PREFIX}apikeys`,
+  /**
+   * Hash of one dashboard session (sessions.ts), named by the sha256 hex of its id (the cookie's
+   * value is never stored): kind, key_id, tenant, admin, csrf, secure, created_at, expires_at.
+   * Its TTL is the idle limit, renewed by each request.
+   */
+  uiSession: (idHash: string) => `${PREFIX}ui-session:${idHash}`,
 } as const;
 
 export const channels = {

@@ -1,7 +1,7 @@
 /**
  * The store: every read and write of egressd's state in Redis, for the API
  * and for the agent, in one object. Each part lives in a module of its own
- * (policies, computers, changes, acks, events, learned, observations, api-keys) over one
+ * (policies, computers, changes, acks, events, learned, observations, api-keys, sessions) over one
  * connection (connection.ts: what an outage surfaces as); changes run as
  * Lua scripts (scripts.ts), atomically.
  */
@@ -26,6 +26,7 @@ import { Learned, type LearnedName } from './learned.js';
 import { Notifications } from './notifications.js';
 import { type Observation, Observations } from './observations.js';
 import { Policies, type PolicyRecord, type PolicyStatus, type PutPolicyResult } from './policies.js';
+import { type SessionRecord, Sessions } from './sessions.js';
 
 export { AGENT_STATES, type AgentState, type Enforced, inForce, type Revocation } from './acks.js';
 export type { ApiKeyRecord } from './api-keys.js';
@@ -34,6 +35,7 @@ export type { Computer, ComputerInput, PutComputerResult, Scope } from './comput
 export type { LearnedName } from './learned.js';
 export { MAX_OBSERVATIONS, type Observation } from './observations.js';
 export type { PolicyRecord, PolicyStatus, PutPolicyResult } from './policies.js';
+export type { SessionRecord } from './sessions.js';
 
 export interface StoreOptions {
   /** Redis URL: `redis://host:port/db` or `unix:///path/to/socket`. */
@@ -70,6 +72,7 @@ export class Store {
   private readonly learned: Learned;
   private readonly observations: Observations;
   private readonly apiKeys: ApiKeys;
+  private readonly sessions: Sessions;
   private feed: EventFeed | undefined;
 
   constructor(options: StoreOptions) {
@@ -84,6 +87,7 @@ export class Store {
     this.learned = new Learned(this.conn);
     this.observations = new Observations(this.conn);
     this.apiKeys = new ApiKeys(this.conn);
+    this.sessions = new Sessions(this.conn);
     this.notices = new Notifications(this.conn);
     this.notices.on(
       channels.enforced,
@@ -298,5 +302,20 @@ export class Store {
 
   deleteApiKey(id: string): Promise<boolean> {
     return this.apiKeys.delete(id);
+  }
+
+  // --- dashboard sessions (sessions.ts), named by the sha256 hex of their id
+
+  putSession(idHash: string, record: SessionRecord, ttlMs: number): Promise<void> {
+    return this.sessions.put(idHash, record, ttlMs);
+  }
+
+  /** The session, its TTL renewed to `ttlMs`; undefined when it ended. */
+  touchSession(idHash: string, ttlMs: number): Promise<SessionRecord | undefined> {
+    return this.sessions.touch(idHash, ttlMs);
+  }
+
+  deleteSession(idHash: string): Promise<void> {
+    return this.sessions.delete(idHash);
   }
 }

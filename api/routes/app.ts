@@ -15,6 +15,7 @@ import { Authenticator } from '../auth.js';
 import type { ApiConfig } from '../config.js';
 import { ApiError, invalidPolicy, storeUnavailable } from '../errors.js';
 import { type ApiMetrics, createMetrics } from '../metrics.js';
+import { UiSessions } from '../session.js';
 import { EventStreams, type EventStreamsOptions } from '../streams.js';
 import { computerRoutes } from './computers.js';
 import type { ApiState, RouteDeps } from './deps.js';
@@ -22,6 +23,8 @@ import { healthRoutes } from './health.js';
 import { keyRoutes } from './keys.js';
 import { policyRoutes } from './policy.js';
 import { serviceRoutes } from './service.js';
+import { uiRoutes } from './ui.js';
+import { DEFAULT_UI_DIR, loadAssets, uiAssets } from './ui-assets.js';
 
 export interface AppOptions {
   store: Store;
@@ -37,6 +40,8 @@ export interface AppOptions {
    * all`: its agent process's metrics); '' adds nothing.
    */
   moreMetrics?: () => Promise<string>;
+  /** The dashboard's built files (with config.ui 'on'). @default dist/ui */
+  uiDir?: string;
 }
 
 export interface App extends Koa<ApiState> {
@@ -68,13 +73,15 @@ export function createApp(options: AppOptions): App {
   });
   // A key revoked through any API process ends its streams here too.
   store.onKeyRevoked((keyId) => (keyId === undefined ? void streams.checkKeys() : streams.revoke(keyId)));
-  const deps: RouteDeps = {
-    store,
-    config,
-    authenticator: new Authenticator(store, config.adminKey),
-    metrics,
-    streams,
-  };
+  const authenticator = new Authenticator(store, config.adminKey);
+  const sessions =
+    config.ui === 'on'
+      ? new UiSessions(store, authenticator, {
+          idleMs: config.uiSessionIdle * 1000,
+          maxMs: config.uiSessionMax * 1000,
+        })
+      : undefined;
+  const deps: RouteDeps = { store, config, authenticator, metrics, streams, sessions };
 
   let lastUnavailableLog = 0;
   const router = new Router<ApiState>();
@@ -83,6 +90,7 @@ export function createApp(options: AppOptions): App {
   computerRoutes(router, deps);
   keyRoutes(router, deps);
   serviceRoutes(router, deps);
+  if (sessions) uiRoutes(router, sessions, logger);
 
   app.use(async (ctx, next) => {
     const started = process.hrtime.bigint();
@@ -135,10 +143,21 @@ export function createApp(options: AppOptions): App {
       };
       if (e.retryAfter !== undefined) ctx.set('Retry-After', String(e.retryAfter));
     }
-    const route = (ctx as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
+    const route = (ctx as { _matchedRoute?: string })._matchedRoute ?? ctx.state.route ?? 'unmatched';
     metrics.requests.inc({ method: ctx.method, route, status: String(ctx.status) });
     metrics.duration.observe({ method: ctx.method, route }, Number(process.hrtime.bigint() - started) / 1e9);
   });
+  if (sessions) {
+    const uiDir = options.uiDir ?? DEFAULT_UI_DIR;
+    const assets = loadAssets(uiDir);
+    if (!assets.has('index.html')) {
+      logger.warn(
+        { uiDir },
+        'the dashboard is not built (no index.html): /ui/ answers 404; run npm run build',
+      );
+    }
+    app.use(uiAssets(assets));
+  }
   app.use(router.routes());
   // Without `throw`, the router answers 405 (with Allow) and 501 itself; the first middleware adds the body.
   app.use(router.allowedMethods());

@@ -6,10 +6,13 @@ import type { Authenticator, Principal } from '../auth.js';
 import type { ApiConfig } from '../config.js';
 import { ApiError } from '../errors.js';
 import type { ApiMetrics } from '../metrics.js';
+import { sessionCookie, type UiSessions } from '../session.js';
 import type { EventStreams } from '../streams.js';
 
 export interface ApiState {
   principal: Principal;
+  /** The metrics' route label of a request no route matched (the dashboard's files). */
+  route?: string | undefined;
 }
 
 export type ApiRouter = Router<ApiState>;
@@ -20,12 +23,22 @@ export interface RouteDeps {
   authenticator: Authenticator;
   metrics: ApiMetrics;
   streams: EventStreams;
+  /** Dashboard sessions; undefined with --ui off (then no cookie is read). */
+  sessions: UiSessions | undefined;
 }
 
-/** Authenticates the bearer key into `ctx.state.principal` (401 otherwise). */
+/**
+ * Authenticates the bearer key into `ctx.state.principal` (401 otherwise).
+ * Without an Authorization header, a dashboard session cookie does instead
+ * (api/session.ts: same origin, and the CSRF token when it changes something).
+ */
 export function requireKey(deps: RouteDeps): Middleware<ApiState> {
   return async (ctx, next) => {
-    ctx.state.principal = await deps.authenticator.authenticate(ctx.get('Authorization') || undefined);
+    const header = ctx.get('Authorization');
+    ctx.state.principal =
+      header === '' && deps.sessions && sessionCookie(ctx)
+        ? await deps.sessions.authenticate(ctx)
+        : await deps.authenticator.authenticate(header || undefined);
     await next();
   };
 }

@@ -38,7 +38,7 @@ export function healthRoutes(
     },
   );
 
-  const doc = openApiDocument();
+  const doc = openApiDocument({ ui: deps.config.ui === 'on' });
   router.get('/api/v1/openapi.json', (ctx) => {
     ctx.body = doc;
   });

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { Client } from '../../api/client.js';
 import type { ApiConfig } from '../../api/config.js';
 import { openApiDocument } from '../../api/openapi.js';
-import { type App, createApp } from '../../api/routes/app.js';
+import { type App, type AppOptions, createApp } from '../../api/routes/app.js';
 import { type EgressdConfig, resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -51,7 +51,10 @@ const DOC = openApiDocument();
  * Every reply any API test gets is checked against the OpenAPI document: a
  * reply that does not conform fails the test that made the request.
  */
-export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<Harness> {
+export async function startHarness(
+  overrides: Partial<ApiConfig> = {},
+  appOptions: Pick<AppOptions, 'logger' | 'uiDir'> = {},
+): Promise<Harness> {
   const redis = await startRedis();
   const config = Object.assign(
     resolveEgressdConfig(
@@ -64,7 +67,7 @@ export async function startHarness(overrides: Partial<ApiConfig> = {}): Promise<
   );
   const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });
   await store.connect();
-  const app = createApp({ store, config });
+  const app = createApp({ store, config, ...appOptions });
   const server = app.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
