@@ -11,6 +11,8 @@ packages=(
   musl-tools
   # Benchmarks (npm run bench): the same policy in nftables, the API's load generator.
   nftables wrk
+  # A real TLS client in the name-bound connection tests; the dashboard's browser tests.
+  openssl chromium fonts-dejavu-core
   # test/vm/vagrant.test.ts runs `vagrant validate` for both providers' settings.
   vagrant vagrant-libvirt
 )
