@@ -727,6 +727,45 @@ const schemas: Json = {
     additionalProperties: false,
     properties: { status: { type: 'string' } },
   },
+  Readiness: {
+    type: 'object',
+    required: ['status', 'nodes', 'features'],
+    additionalProperties: false,
+    properties: {
+      status: { type: 'string', enum: ['ready'] },
+      nodes: { type: 'integer', description: 'Agents that wrote their status within 60 s' },
+      features: {
+        type: 'object',
+        description:
+          'Feature name → state → number of nodes, e.g. {"revocation": {"on": 2, "unsupported": 1}}',
+        additionalProperties: { type: 'object', additionalProperties: { type: 'integer' } },
+      },
+    },
+  },
+  Node: {
+    type: 'object',
+    required: ['node', 'kernel', 'version', 'started_at', 'seen_at', 'features'],
+    additionalProperties: false,
+    properties: {
+      node: { type: 'string' },
+      kernel: { type: 'string', description: 'uname -r' },
+      version: { type: 'string', description: "The agent's egressd version" },
+      started_at: { type: 'string', format: 'date-time' },
+      seen_at: { type: 'string', format: 'date-time' },
+      features: {
+        type: 'object',
+        additionalProperties: {
+          type: 'object',
+          required: ['state'],
+          additionalProperties: false,
+          properties: {
+            state: { type: 'string', enum: ['on', 'off', 'unsupported'] },
+            problem: { type: 'string', description: 'Why the kernel cannot (unsupported only)' },
+          },
+        },
+      },
+    },
+  },
 };
 
 const SESSION_SCHEME =
@@ -1044,11 +1083,39 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
       '/readyz': {
         get: {
           operationId: 'readyz',
-          summary: 'Readiness: Redis reachable',
+          summary:
+            'Readiness: Redis reachable. Also how many nodes (agents that wrote their status within 60 s) run each ' +
+            'kernel-dependent feature in each state: on, off (the operator turned it off) or unsupported (the ' +
+            "node's kernel lacks it: GET /api/v1/nodes says why)",
           security: [],
           responses: {
-            '200': json(ref('Status'), 'Ready'),
+            '200': json(ref('Readiness'), 'Ready'),
             '503': json(ref('StoreError'), 'Redis unreachable'),
+          },
+        },
+      },
+      '/api/v1/nodes': {
+        get: {
+          operationId: 'listNodes',
+          summary:
+            'Nodes (admin key): each agent that wrote its status within 60 s, its kernel and its kernel-dependent ' +
+            'features (revocation: live revocation; name_check: name-bound connections), each on, off or ' +
+            'unsupported with the reason',
+          responses: {
+            '200': json(
+              {
+                type: 'object',
+                required: ['data'],
+                properties: { data: { type: 'array', items: ref('Node') } },
+              },
+              'The nodes, by name',
+            ),
+            '401': error('Missing or unknown API key'),
+            '403': error('A tenant key: nodes are shared by every tenant'),
+            '503': {
+              ...json(ref('StoreError'), 'store_unavailable: Redis unreachable'),
+              headers: retryAfter,
+            },
           },
         },
       },

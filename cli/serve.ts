@@ -13,6 +13,7 @@ import { type AddressInfo, createServer, isIP } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { Agent } from '../daemon/agent/agent.js';
+import { NodeStatusPublisher } from '../daemon/agent/node-status.js';
 import { Observer } from '../daemon/agent/observer.js';
 import { cgroupOfProcess } from '../daemon/agent/placement.js';
 import { DnsProxy, type DnsProxyOptions } from '../daemon/dns/proxy.js';
@@ -254,6 +255,9 @@ async function startAgent(
   observer = observing;
   observing.start();
   stoppers.push(() => observing.stop());
+  // Said once the agent follows Redis (its first resync done), then every 15 s.
+  const status = new NodeStatusPublisher(store, config.node, enforcer, log);
+  stoppers.push(() => status.stop());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);
@@ -274,6 +278,7 @@ async function startAgent(
   stoppers.push(() => running.stop());
   // Connection failures are retried inside the agent; pins enforce meanwhile.
   await running.start();
+  status.start();
   return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
 }
 

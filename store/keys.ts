@@ -43,6 +43,10 @@ export const keys = {
    * counter `<stream>:seq`, the `seq` of the node's last record (the Lua scripts derive its name).
    */
   nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
+  /** Hash written by a node's agent (nodes.ts): kernel, version, started_at, seen_at, features (JSON); TTL 60 s. */
+  nodeStatus: (node: string) => `${PREFIX}node:${node}:status`,
+  /** Sorted set of node names, scored by when each last wrote its status (ms since the epoch). */
+  nodes: () => `${PREFIX}nodes`,
   /** Sorted set of the ids of one tenant's computers. */
   tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
   /** Counter: the one sequence that every version is drawn from, so versions never go back. */

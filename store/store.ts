@@ -23,6 +23,7 @@ import { EventFeed } from './event-feed.js';
 import { Events } from './events.js';
 import { channels, keys } from './keys.js';
 import { Learned, type LearnedName } from './learned.js';
+import { type NodeStatus, Nodes } from './nodes.js';
 import { Notifications } from './notifications.js';
 import { type Observation, Observations } from './observations.js';
 import { Policies, type PolicyRecord, type PolicyStatus, type PutPolicyResult } from './policies.js';
@@ -33,6 +34,7 @@ export type { ApiKeyRecord } from './api-keys.js';
 export type { ChangeKind, ChangeRecord, NodeSnapshot } from './changes.js';
 export type { Computer, ComputerInput, PutComputerResult, Scope } from './computers.js';
 export type { LearnedName } from './learned.js';
+export { type FeatureState, NODE_STATUS_INTERVAL_MS, NODE_STATUS_TTL_MS, type NodeStatus } from './nodes.js';
 export { MAX_OBSERVATIONS, type Observation } from './observations.js';
 export type { PolicyRecord, PolicyStatus, PutPolicyResult } from './policies.js';
 export type { SessionRecord } from './sessions.js';
@@ -73,6 +75,7 @@ export class Store {
   private readonly observations: Observations;
   private readonly apiKeys: ApiKeys;
   private readonly sessions: Sessions;
+  private readonly nodes: Nodes;
   private feed: EventFeed | undefined;
 
   constructor(options: StoreOptions) {
@@ -88,6 +91,7 @@ export class Store {
     this.observations = new Observations(this.conn);
     this.apiKeys = new ApiKeys(this.conn);
     this.sessions = new Sessions(this.conn);
+    this.nodes = new Nodes(this.conn);
     this.notices = new Notifications(this.conn);
     this.notices.on(
       channels.enforced,
@@ -317,5 +321,15 @@ export class Store {
 
   deleteSession(idHash: string): Promise<void> {
     return this.sessions.delete(idHash);
+  }
+
+  // --- what each node's agent says of itself (nodes.ts)
+
+  putNodeStatus(status: NodeStatus): Promise<void> {
+    return this.nodes.put(status);
+  }
+
+  nodeStatuses(): Promise<NodeStatus[]> {
+    return this.nodes.list();
   }
 }

@@ -16,9 +16,19 @@ export function healthRoutes(
     ctx.body = { status: 'ok' };
   });
 
+  // Ready when Redis answers; with it, how many nodes run each kernel-dependent feature in each
+  // state (counts only: which node runs which kernel is for the admin, GET /api/v1/nodes).
   router.get('/readyz', async (ctx) => {
     if (await deps.store.ping()) {
-      ctx.body = { status: 'ready' };
+      const nodes = await deps.store.nodeStatuses().catch(() => []);
+      const features: Record<string, Record<string, number>> = {};
+      for (const n of nodes) {
+        for (const [name, f] of Object.entries(n.features)) {
+          features[name] ??= {};
+          features[name][f.state] = (features[name][f.state] ?? 0) + 1;
+        }
+      }
+      ctx.body = { status: 'ready', nodes: nodes.length, features };
     } else {
       ctx.status = 503;
       ctx.body = {
@@ -26,6 +36,25 @@ export function healthRoutes(
       };
     }
   });
+
+  router.get(
+    '/api/v1/nodes',
+    requireKey(deps),
+    requireAdmin('nodes are shared by every tenant'),
+    async (ctx) => {
+      const nodes = await deps.store.nodeStatuses();
+      ctx.body = {
+        data: nodes.map((n) => ({
+          node: n.node,
+          kernel: n.kernel,
+          version: n.version,
+          started_at: new Date(n.startedAt).toISOString(),
+          seen_at: new Date(n.seenAt).toISOString(),
+          features: n.features,
+        })),
+      };
+    },
+  );
 
   router.get(
     '/metrics',

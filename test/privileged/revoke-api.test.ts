@@ -5,6 +5,7 @@
  * deny event with reason "revoked". With --revocation off the answer says
  * "off" and nothing is closed.
  */
+import { release } from 'node:os';
 import test from 'ava';
 import { type Egressd, startEgressd, waitFor } from '../helpers/egressd.js';
 import { ECHO_PORT, echoServer, holdSockets, REVOCATION } from '../helpers/held-sockets.js';
@@ -75,11 +76,21 @@ test.serial(
     if (REVOCATION === undefined) {
       // No kfunc, no SOCK_DESTROY: enforced for new connections, and the answer does not claim the old ones closed.
       t.like(r.enforcement, { state: 'enforced', revocation: 'unsupported', revoked: null });
+      const nodes = await egressd.client.send('GET', '/api/v1/nodes');
+      t.like((nodes.body as { data: object[] }).data[0], {
+        features: { revocation: { state: 'unsupported' } },
+      });
       await egressd.stop();
       egressd = undefined;
       return;
     }
     t.like(r.enforcement, { state: 'enforced', revocation: 'on', revoked: 2 });
+    const nodes = await egressd.client.send('GET', '/api/v1/nodes');
+    t.like((nodes.body as { data: object[] }).data[0], {
+      node: 'revoke-node',
+      kernel: release(),
+      features: { revocation: { state: 'on' }, name_check: { state: 'on' } },
+    });
     const after = await held.check();
     t.is(after[0], 'ok');
     t.true(
@@ -120,4 +131,15 @@ test.serial('--revocation off: the answer says off and the connection stays', as
   t.is(r.status, 200);
   t.like(r.enforcement, { state: 'enforced', revocation: 'off', revoked: null });
   t.deepEqual(await held.check(), ['ok'], 'made before the lockdown, left open as asked');
+  // The node says so too: off by the operator's choice, not claimed on, not blamed on the kernel.
+  const nodes = await egressd.client.send('GET', '/api/v1/nodes');
+  const node = (nodes.body as { data: { node: string; kernel: string; features: object }[] }).data.find(
+    (n) => n.node === 'revoke-node',
+  );
+  t.like(node, {
+    kernel: release(),
+    features: { revocation: { state: 'off' }, name_check: { state: 'on' } },
+  });
+  const ready = await egressd.client.send('GET', '/readyz');
+  t.like(ready.body, { status: 'ready', features: { revocation: { off: 1 } } });
 });
