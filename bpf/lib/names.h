@@ -172,8 +172,8 @@ __noinline int tls_name(struct name_scratch *s, __u32 *want)
 		return NAME_MORE;
 	}
 	rec = u16_at(s, 3);
-	if (at(s, 1) != 3 || rec > NAME_BUF - 5)
-		return NAME_REFUSE;
+	if (at(s, 0) != 0x16 || at(s, 1) != 3 || rec > NAME_BUF - 5)
+		return NAME_REFUSE; /* the first record of a TLS connection is a handshake */
 	if (s->len < 5 + rec) {
 		*want = 5 + rec;
 		return NAME_MORE;
@@ -235,7 +235,7 @@ static long http_step(__u32 index, void *unused)
 	pos = s->pos;
 	c = at(s, pos);
 	s->pos = pos + 1;
-	if (s->lines == 0 && c == ' ') {
+	if (s->lines == 0 && (c == ' ' || c == '\t')) {
 		if (!s->sp1)
 			s->sp1 = pos;
 		else if (!s->sp2)
@@ -401,7 +401,8 @@ static __always_inline enum name_outcome classify(struct name_scratch *s, __u32 
 	__u32 i, k = 0;
 	__u8 c;
 
-	if (at(s, 0) == 0x16) {
+	/* A TLS record of any type (20 to 24, version 3.x): judged as TLS, where only a handshake passes. */
+	if (at(s, 0) >= 0x14 && at(s, 0) <= 0x18 && (s->len < 2 || at(s, 1) == 3)) {
 		*tls = 1;
 		return NAME_OK;
 	}
@@ -413,8 +414,8 @@ static __always_inline enum name_outcome classify(struct name_scratch *s, __u32 
 			k = i + 1;
 			continue;
 		}
-		if (c == ' ')
-			break;
+		if (c == ' ' || c == '\t')
+			break; /* a method and its delimiter (lenient servers take a tab) */
 		if (!token_char(c))
 			return NAME_OTHER;
 	}

@@ -138,6 +138,12 @@ test.serial(
     refused(t, await send(id, clientHello({ names: ['other.example'] })), 'SNI other.example');
     refused(t, await send(id, clientHello({})), 'no server_name');
     refused(t, await send(id, clientHello({ names: ['allowed.example', 'other.example'] })), 'two names');
+    const ccs = Buffer.from([0x14, 3, 3, 0, 1, 1]);
+    refused(
+      t,
+      await send(id, Buffer.concat([ccs, clientHello({ names: ['other.example'] })])),
+      'another record first',
+    );
     const hello = clientHello({ names: ['other.example'] });
     refused(
       t,
@@ -156,6 +162,7 @@ test.serial(
       events.map((e) => [e.reason, e.name, e.address, e.port]),
       [
         ['name_mismatch', 'other.example', SHARED, ECHO_PORT],
+        ['name_mismatch', '', SHARED, ECHO_PORT],
         ['name_mismatch', '', SHARED, ECHO_PORT],
         ['name_mismatch', '', SHARED, ECHO_PORT],
         ['name_mismatch', 'other.example', SHARED, ECHO_PORT],
@@ -188,6 +195,7 @@ test.serial('HTTP/1.x: the Host (and an absolute target) must be a learned name'
     'two Host headers',
   );
   refused(t, await send(id, 'GET / HTTP/1.0\r\n\r\n'), 'no Host');
+  refused(t, await send(id, 'GET\t/ HTTP/1.1\r\nHost: other.example\r\n\r\n'), 'a tab after the method');
   refused(
     t,
     await send(id, `CONNECT other.example:443 HTTP/1.1\r\nHost: allowed.example\r\n\r\n`),
@@ -195,7 +203,7 @@ test.serial('HTTP/1.x: the Host (and an absolute target) must be a learned name'
   );
   t.deepEqual(
     take(id).map((e) => e.name),
-    [...Array(5).fill('other.example'), '', '', 'other.example'],
+    [...Array(5).fill('other.example'), '', '', 'other.example', 'other.example'],
     'the name each refusal tried ("" where the head was refused before a name: two Hosts, none)',
   );
 });
