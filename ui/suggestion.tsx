@@ -84,9 +84,15 @@ export function SuggestionPage({ id }: { id: string }) {
       {problem ? <Notice kind="error" text={problem} /> : null}
       <p>
         Built from {suggestion.observed} observed destination{suggestion.observed === 1 ? '' : 's'}
-        {suggestion.since ? ` since ${new Date(suggestion.since).toLocaleString()}` : ''}. Applying it puts{' '}
-        <strong>{next.mode}</strong> mode in force (audit off) in place of <strong>{policy.mode}</strong>
-        {policy.audit ? ' in audit' : ''} (version {policy.version}).
+        {suggestion.since ? ` since ${new Date(suggestion.since).toLocaleString()}` : ''}.
+        {same ? null : (
+          <>
+            {' '}
+            Applying it puts <strong>{next.mode}</strong> mode in force (audit off) in place of{' '}
+            <strong>{policy.mode}</strong>
+            {policy.audit ? ' in audit' : ''} (version {policy.version}).
+          </>
+        )}
       </p>
       {suggestion.note ? <p class="note">{suggestion.note}</p> : null}
 
@@ -134,7 +140,7 @@ export function SuggestionPage({ id }: { id: string }) {
       ) : null}
 
       <p class="actions">
-        <button type="button" id="apply" class="primary" disabled={busy} onClick={() => void apply()}>
+        <button type="button" id="apply" class="primary" disabled={busy || same} onClick={() => void apply()}>
           {busy ? 'Applying…' : 'Apply this allowlist'}
         </button>
       </p>
