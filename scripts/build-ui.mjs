@@ -5,8 +5,7 @@
 // those names, and manifest.json lists the files the API serves (api/routes/ui-assets.ts): nothing
 // else in dist/ui is served (tsc's own output of ui/*.tsx lands there too, for the unit tests).
 // Prints each file's size, raw and gzipped.
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
@@ -16,6 +15,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const out = path.join(root, 'dist/ui');
 
 // Bundles of earlier builds.
+mkdirSync(out, { recursive: true });
 for (const name of readdirSync(out, { withFileTypes: true }).map((e) => e.name)) {
   if (/^(app|style)-[A-Z0-9]+\.(js|css)$/.test(name)) rmSync(path.join(out, name));
 }
