@@ -18,8 +18,9 @@ cc -O2 -Wall -Werror -o build/connect-loop bench/connect-loop.c
 cc -O2 -Wall -Werror -o build/name-bench bench/name-bench.c
 # TCP Fast Open data in the SYN (test/privileged/names.test.ts).
 cc -O2 -Wall -Werror -o build/tfo-send test/helpers/tfo-send.c
-# The dashboard (dist/ui, served at /ui/): tsc compiles ui/*.ts there; the page and its style are copied.
 rm -rf dist/ui
 npx tsc -p tsconfig.json
-cp ui/*.html ui/*.css dist/ui/
+# The dashboard (dist/ui, served at /ui/): one script and one style sheet bundled by esbuild, and the
+# manifest of what the API serves (tsc's own output of ui/ stays beside them, for the unit tests).
+node scripts/build-ui.mjs
 chmod +x dist/cli/main.js

@@ -1,20 +1,26 @@
 /**
  * The dashboard's files, served under /ui/ from the directory that
- * `npm run build` fills (dist/ui: ui/*.html and ui/*.css copied, ui/*.ts
- * compiled). They are read once, when the app is built, into a table of
- * exact names: a request names a file of the table or gets 404, so no path
- * it sends (`..`, encoded or not) ever reaches the file system.
+ * `npm run build` fills (dist/ui: scripts/build-ui.mjs bundles ui/ there).
+ * Its manifest.json names the files to serve; they are read once, when the
+ * app is built, into a table of exact names: a request names a file of the
+ * table or gets 404, so no path it sends (`..`, encoded or not) ever reaches
+ * the file system, and nothing else in the directory is served.
  *
  * Every answer under /ui (files, errors, /ui/session) carries the headers of
  * UI_HEADERS: a Content-Security-Policy that allows only this origin's
- * scripts, styles and requests (no inline script or style, no framing), and
- * no caching of HTML or session answers. Other files are revalidated (ETag):
- * their names carry no hash yet.
+ * scripts, styles and requests (no inline script or style, no framing, and
+ * Trusted Types required: no string can be assigned to an HTML sink such as
+ * innerHTML), and no caching of HTML or session answers. The bundle's names
+ * carry a hash of their content (the manifest's `immutable`): browsers keep
+ * them for a year without asking again; any other file is revalidated (ETag).
+ * Text files are gzipped once, at load, and sent so to a client that accepts
+ * it (`Vary: Accept-Encoding`; the gzipped body has its own ETag).
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
 import type { Middleware } from 'koa';
 import { ApiError } from '../errors.js';
 import type { ApiState } from './deps.js';
@@ -32,6 +38,8 @@ export const CONTENT_SECURITY_POLICY = [
   "base-uri 'none'",
   "form-action 'self'",
   "frame-ancestors 'none'",
+  "require-trusted-types-for 'script'",
+  "trusted-types 'none'",
 ].join('; ');
 
 export const UI_HEADERS: Readonly<Record<string, string>> = {
@@ -43,7 +51,7 @@ export const UI_HEADERS: Readonly<Record<string, string>> = {
   'Cross-Origin-Resource-Policy': 'same-origin',
 };
 
-/** The file types served; others in the directory (source maps, say) are not. */
+/** The file types served; a manifest naming another is refused. */
 const TYPES: Readonly<Record<string, string>> = {
   '.html': 'text/html; charset=utf-8',
   '.js': 'text/javascript; charset=utf-8',
@@ -53,41 +61,69 @@ const TYPES: Readonly<Record<string, string>> = {
   '.ico': 'image/x-icon',
   '.woff2': 'font/woff2',
 };
+/** Types worth gzipping (the others are compressed already). */
+const COMPRESSIBLE = /^(text\/|image\/svg)/;
+/** A year: the longest a browser is told to keep a file whose name changes with its content. */
+const IMMUTABLE = 'max-age=31536000, immutable';
+const NAME_RE = /^[A-Za-z0-9_-][A-Za-z0-9._-]*(\/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$/;
+
+interface Body {
+  bytes: Buffer;
+  etag: string;
+}
 
 interface Asset {
-  body: Buffer;
   type: string;
-  etag: string;
+  identity: Body;
+  /** Absent when gzip would not make it smaller, or the type is compressed already. */
+  gzip: Body | undefined;
+  /** Its name carries a hash of its content. */
+  immutable: boolean;
 }
 
 export type Assets = ReadonlyMap<string, Asset>;
 
-/** The files below `dir` by their path relative to it ('/'-separated); empty when it does not exist. */
+const bodyOf = (bytes: Buffer): Body => ({
+  bytes,
+  etag: `"${createHash('sha256').update(bytes).digest('base64url').slice(0, 22)}"`,
+});
+
+/** What `npm run build` writes beside the files (scripts/build-ui.mjs). */
+interface Manifest {
+  files: string[];
+  immutable: string[];
+}
+
+/**
+ * The files `dir`'s manifest.json names, by their path relative to it; empty
+ * when there is no manifest (not built). A manifest naming a path that could
+ * leave the directory, or a type not served, throws: the build is broken.
+ */
 export function loadAssets(dir: string): Assets {
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+  } catch {
+    return new Map();
+  }
   const assets = new Map<string, Asset>();
-  const walk = (rel: string) => {
-    let names: string[];
-    try {
-      names = readdirSync(path.join(dir, rel));
-    } catch {
-      return;
+  const immutable = new Set(manifest.immutable);
+  for (const name of manifest.files) {
+    const type = TYPES[path.extname(name)];
+    if (!NAME_RE.test(name) || name.split('/').includes('..') || type === undefined) {
+      throw new Error(
+        `${dir}/manifest.json: "${name}" is not a file the dashboard may serve; run npm run build`,
+      );
     }
-    for (const name of names) {
-      if (name.startsWith('.')) continue;
-      const relName = rel === '' ? name : `${rel}/${name}`;
-      const full = path.join(dir, relName);
-      if (statSync(full).isDirectory()) {
-        walk(relName);
-        continue;
-      }
-      const type = TYPES[path.extname(name)];
-      if (type === undefined) continue;
-      const body = readFileSync(full);
-      const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"`;
-      assets.set(relName, { body, type, etag });
-    }
-  };
-  walk('');
+    const bytes = readFileSync(path.join(dir, name));
+    const gz = COMPRESSIBLE.test(type) ? gzipSync(bytes, { level: 9 }) : undefined;
+    assets.set(name, {
+      type,
+      identity: bodyOf(bytes),
+      gzip: gz && gz.length < bytes.length ? bodyOf(gz) : undefined,
+      immutable: immutable.has(name),
+    });
+  }
   return assets;
 }
 
@@ -127,15 +163,19 @@ export function uiAssets(assets: Assets): Middleware<ApiState> {
       );
     }
     ctx.type = asset.type;
+    if (asset.gzip) ctx.vary('Accept-Encoding');
+    const gzip = asset.gzip !== undefined && ctx.acceptsEncodings('gzip', 'identity') === 'gzip';
+    const body = gzip && asset.gzip ? asset.gzip : asset.identity;
+    if (gzip) ctx.set('Content-Encoding', 'gzip');
     if (!asset.type.startsWith('text/html')) {
-      ctx.set('Cache-Control', 'no-cache');
-      ctx.etag = asset.etag;
+      ctx.set('Cache-Control', asset.immutable ? IMMUTABLE : 'no-cache');
+      ctx.etag = body.etag;
       ctx.status = 200;
       if (ctx.fresh) {
         ctx.status = 304;
         return;
       }
     }
-    ctx.body = asset.body;
+    ctx.body = body.bytes;
   };
 }
