@@ -188,11 +188,11 @@ export class UiSessions {
     return { principal, record, idHash, secure: cookie.secure };
   }
 
-  /** The principal of a cookie-authenticated request; a state-changing one must carry the CSRF token. */
-  async authenticate(ctx: Context): Promise<Principal> {
+  /** The session of a cookie-authenticated request; a state-changing one must carry the CSRF token. */
+  async authenticate(ctx: Context): Promise<CurrentSession> {
     const session = await this.current(ctx);
     if (!SAFE_METHODS.has(ctx.method)) checkCsrf(ctx, session.record);
-    return session.principal;
+    return session;
   }
 
   /**

@@ -27,6 +27,8 @@ export interface EventStreamsOptions {
   max: number;
   /** Whether a tenant key still exists; rejects when that cannot be told now. */
   keyExists: (keyId: string) => Promise<boolean>;
+  /** Whether a dashboard session (sha256 of its id) still lives: its streams end with it. */
+  sessionExists?: (idHash: string) => Promise<boolean>;
   metrics: ApiMetrics;
   /**
    * How often the keys of open streams are read again, in case a revocation
@@ -81,6 +83,7 @@ export class EventStreams {
       heartbeatMs: 15_000,
       maxBacklogBytes: 64 * 1024,
       retryAfterSeconds: 5,
+      sessionExists: async () => true,
       ...options,
     };
   }
@@ -95,7 +98,7 @@ export class EventStreams {
    * throws 429 too_many_streams (the key's limit) / 503 streams_at_capacity
    * (the process's). The slot is held until the stream ends or is cancelled.
    */
-  open(principal: Principal, res: ServerResponse): EventStream {
+  open(principal: Principal, res: ServerResponse, session?: string): EventStream {
     const holder = principal.kind === 'admin' ? ADMIN : principal.keyId;
     const { perKey, max, retryAfterSeconds: retryAfter, metrics } = this.options;
     if (this.isRevoked(holder)) {
@@ -126,7 +129,7 @@ export class EventStreams {
         { retryAfter },
       );
     }
-    const stream = new EventStream(this, holder, res, this.options.maxBacklogBytes);
+    const stream = new EventStream(this, holder, res, this.options.maxBacklogBytes, session);
     if (held) held.add(stream);
     else this.byHolder.set(holder, new Set([stream]));
     this.count++;
@@ -154,6 +157,18 @@ export class EventStreams {
       ids.forEach((id, i) => {
         if (!exists[i]) this.revoke(id);
       });
+      // A stream opened through a dashboard session ends with it (signed out, idle, too old).
+      const bySession = new Map<string, EventStream[]>();
+      for (const held of this.byHolder.values())
+        for (const s of held) if (s.session) bySession.set(s.session, [...(bySession.get(s.session) ?? []), s]);
+      const sessionExists = this.options.sessionExists;
+      if (bySession.size > 0) {
+        const sessions = [...bySession.keys()];
+        const live = await Promise.all(sessions.map((h) => sessionExists(h).catch(() => true)));
+        sessions.forEach((h, i) => {
+          if (!live[i]) for (const s of bySession.get(h) ?? []) s.end('revoked');
+        });
+      }
     } finally {
       this.checking = false;
     }
@@ -207,6 +222,8 @@ export class EventStream implements FeedSubscriber {
     readonly holder: string,
     private readonly res: ServerResponse,
     private readonly maxBacklogBytes: number,
+    /** The dashboard session it was opened through, if any. */
+    readonly session?: string,
   ) {
     res.once('close', () => this.end('client'));
   }

@@ -26,6 +26,11 @@ export interface SessionRecord {
   expiresAt: number;
 }
 
+/** Whether a session lives (its hash exists: its TTL has not run out and nobody deleted it). */
+export async function sessionExists(conn: Connection, idHash: string): Promise<boolean> {
+  return (await conn.redis.exists(keys.uiSession(idHash))) === 1;
+}
+
 function toRecord(h: Record<string, string>): SessionRecord | undefined {
   const kind = h['kind'];
   if (kind !== 'admin' && kind !== 'tenant') return undefined;

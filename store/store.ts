@@ -27,7 +27,7 @@ import { type NodeStatus, Nodes } from './nodes.js';
 import { Notifications } from './notifications.js';
 import { type Observation, Observations } from './observations.js';
 import { Policies, type PolicyRecord, type PolicyStatus, type PutPolicyResult } from './policies.js';
-import { type SessionRecord, Sessions } from './sessions.js';
+import { type SessionRecord, Sessions, sessionExists } from './sessions.js';
 
 export { AGENT_STATES, type AgentState, type Enforced, inForce, type Revocation } from './acks.js';
 export type { ApiKeyRecord } from './api-keys.js';
@@ -321,6 +321,10 @@ export class Store {
 
   deleteSession(idHash: string): Promise<void> {
     return this.sessions.delete(idHash);
+  }
+
+  sessionExists(idHash: string): Promise<boolean> {
+    return sessionExists(this.conn, idHash);
   }
 
   // --- what each node's agent says of itself (nodes.ts)

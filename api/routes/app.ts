@@ -69,6 +69,7 @@ export function createApp(options: AppOptions): App {
     perKey: config.ssePerKey,
     max: config.sseMax,
     keyExists: async (keyId) => (await store.getApiKey(keyId)) !== undefined,
+    sessionExists: (idHash) => store.sessionExists(idHash),
     metrics,
   });
   // A key revoked through any API process ends its streams here too.

@@ -11,6 +11,8 @@ import type { EventStreams } from '../streams.js';
 
 export interface ApiState {
   principal: Principal;
+  /** The dashboard session (sha256 of its id) that authenticated the request; none for a bearer key. */
+  session?: string | undefined;
   /** The metrics' route label of a request no route matched (the dashboard's files). */
   route?: string | undefined;
 }
@@ -35,10 +37,13 @@ export interface RouteDeps {
 export function requireKey(deps: RouteDeps): Middleware<ApiState> {
   return async (ctx, next) => {
     const header = ctx.get('Authorization');
-    ctx.state.principal =
-      header === '' && deps.sessions && sessionCookie(ctx)
-        ? await deps.sessions.authenticate(ctx)
-        : await deps.authenticator.authenticate(header || undefined);
+    if (header === '' && deps.sessions && sessionCookie(ctx)) {
+      const session = await deps.sessions.authenticate(ctx);
+      ctx.state.principal = session.principal;
+      ctx.state.session = session.idHash;
+    } else {
+      ctx.state.principal = await deps.authenticator.authenticate(header || undefined);
+    }
     await next();
   };
 }

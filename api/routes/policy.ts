@@ -78,7 +78,7 @@ export function policyRoutes(router: ApiRouter, deps: RouteDeps): void {
   router.get(`${POLICY_PATH}/events/stream`, auth, async (ctx) => {
     const id = checkComputerId(ctx.params['id'] ?? '');
     const principal = ctx.state.principal;
-    const stream = deps.streams.open(principal, ctx.res);
+    const stream = deps.streams.open(principal, ctx.res, ctx.state.session);
     try {
       if (!(await deps.store.getComputer(id, scopeOf(principal)))) throw computerNotFound();
       stream.whenEnded(await deps.store.eventFeed().subscribe(id, stream));

@@ -53,7 +53,7 @@ const DOC = openApiDocument();
  */
 export async function startHarness(
   overrides: Partial<ApiConfig> = {},
-  appOptions: Pick<AppOptions, 'logger' | 'uiDir'> = {},
+  appOptions: Pick<AppOptions, 'logger' | 'uiDir' | 'streams'> = {},
 ): Promise<Harness> {
   const redis = await startRedis();
   const config = Object.assign(
