@@ -35,16 +35,30 @@ const common: Json = {
   },
   default: error('Any other error (405, 413, 415, 501, ...)'),
 };
+const CHANGE_UNAVAILABLE =
+  'store_unavailable: Redis unreachable, nothing was changed; retry shortly. ' +
+  'store_outcome_unknown: the change was sent to Redis and not confirmed, so it may have taken effect: ' +
+  'GET the resource once Redis answers to see which (the message says what to GET); ' +
+  'repeating the same PUT or DELETE is safe';
 /** Responses of every operation that changes something: its outcome may be unknown. */
 const changing: Json = {
   ...common,
+  '503': { ...json(ref('ChangeStoreError'), CHANGE_UNAVAILABLE), headers: retryAfter },
+};
+/**
+ * Responses of every operation whose change the API acknowledges only once
+ * --redis-min-replicas replicas have it (store/connection.ts write()).
+ */
+const replicated: Json = {
+  ...changing,
   '503': {
     ...json(
-      ref('ChangeStoreError'),
-      'store_unavailable: Redis unreachable, nothing was changed; retry shortly. ' +
-        'store_outcome_unknown: the change was sent to Redis and not confirmed, so it may have taken effect: ' +
-        'GET the resource once Redis answers to see which (the message says what to GET); ' +
-        'repeating the same PUT or DELETE is safe',
+      ref('ReplicatedStoreError'),
+      `${CHANGE_UNAVAILABLE}. ` +
+        'replication_timeout (only with --redis-min-replicas above 0): the change is on the Redis primary, but ' +
+        'fewer replicas than required confirmed it within --redis-replica-timeout, so it may or may not survive a ' +
+        'failover of the primary; the message says how many have it and how many are required. Check the ' +
+        'replicas (INFO replication on the primary) and repeat the request: it is idempotent',
     ),
     headers: retryAfter,
   },
@@ -126,6 +140,7 @@ const schemas: Json = {
   Error: errorSchema(),
   StoreError: errorSchema(['store_unavailable']),
   ChangeStoreError: errorSchema(['store_unavailable', 'store_outcome_unknown']),
+  ReplicatedStoreError: errorSchema(['store_unavailable', 'store_outcome_unknown', 'replication_timeout']),
   RuleInput: {
     type: 'object',
     required: ['host'],
@@ -870,13 +885,13 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
           summary: 'Replace the network policy',
           parameters: [waitParam, ifMatchParam],
           requestBody: body('PolicyInput'),
-          responses: { ...policyChanged, ...changing, ...withBody },
+          responses: { ...policyChanged, ...replicated, ...withBody },
         },
         delete: {
           operationId: 'deleteNetworkPolicy',
           summary: 'Reset to unrestricted (idempotent)',
           parameters: [waitParam, ifMatchParam],
-          responses: { ...policyChanged, ...changing },
+          responses: { ...policyChanged, ...replicated },
         },
       },
       '/api/v1/computers/{id}/network-policy/learned': {
@@ -1011,14 +1026,14 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
             '409': error(
               "cgroup_in_use: the cgroup already belongs to another computer on the node; cgroup_nested: it is an ancestor or a descendant of another computer's cgroup",
             ),
-            ...changing,
+            ...replicated,
             ...withBody,
           },
         },
         delete: {
           operationId: 'deleteComputer',
           summary: 'Remove a computer and its policy',
-          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...changing },
+          responses: { '204': { description: 'Removed' }, '404': error('computer not found'), ...replicated },
         },
       },
       '/api/v1/keys': {
@@ -1038,7 +1053,7 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
           responses: {
             '201': json(ref('ApiKeyCreated'), 'Created'),
             '403': error('Not the admin key'),
-            ...changing,
+            ...replicated,
             ...withBody,
           },
         },
@@ -1052,7 +1067,7 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
             '204': { description: 'Revoked' },
             '403': error('Not the admin key'),
             '404': error('key not found'),
-            ...changing,
+            ...replicated,
           },
         },
       },

@@ -57,7 +57,12 @@ async function listen(
   log: Logger,
   moreMetrics: (() => Promise<string>) | undefined,
 ): Promise<Stopper> {
-  const store = new Store({ url: config.redisUrl, streamMaxLen: config.streamMaxLen });
+  const store = new Store({
+    url: config.redisUrl,
+    streamMaxLen: config.streamMaxLen,
+    minReplicas: config.redisMinReplicas,
+    replicaTimeoutMs: config.redisReplicaTimeoutMs,
+  });
   await store.connect();
   const app = createApp({
     store,

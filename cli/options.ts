@@ -101,6 +101,28 @@ export const OPTIONS = {
         'must start with redis://, rediss:// or unix:// (leave it empty for the embedded Redis)',
       ),
   },
+  // Only egressd api (and all) writes what the WAIT protects: store/connection.ts write().
+  redisMinReplicas: {
+    flag: 'redis-min-replicas',
+    env: 'EGRESSD_REDIS_MIN_REPLICAS',
+    default: '0',
+    help:
+      'replicas of the Redis primary that must have each change before the API acknowledges it (WAIT): fewer ' +
+      'within --redis-replica-timeout answer 503 replication_timeout. 0: acknowledged once the primary has it',
+    schema: count,
+  },
+  redisReplicaTimeoutMs: {
+    flag: 'redis-replica-timeout',
+    env: 'EGRESSD_REDIS_REPLICA_TIMEOUT',
+    default: '1000',
+    help: 'milliseconds a change waits for --redis-min-replicas replicas',
+    schema: count.pipe(
+      z
+        .number()
+        .min(1, 'must be at least 1 millisecond (WAIT with 0 would wait for ever)')
+        .max(60_000, 'must be at most 60000 milliseconds (a request waits this long for each change)'),
+    ),
+  },
   stateDir: {
     flag: 'state-dir',
     env: 'EGRESSD_STATE_DIR',

@@ -115,6 +115,12 @@ export async function serve(
           `egressd ${mode} shares one Redis with the other hosts: give it with --redis or REDIS_URL (only "egressd all" embeds one)`,
         );
       }
+      if (config.redisMinReplicas > 0) {
+        throw new EgressdError(
+          'BAD_CONFIG',
+          `--redis-min-replicas / EGRESSD_REDIS_MIN_REPLICAS is ${config.redisMinReplicas}, but the embedded Redis of "egressd all" has no replica: every change would answer 503 replication_timeout. Give a Redis with replicas (--redis), or set it to 0`,
+        );
+      }
       const started = await EmbeddedRedis.start(config.stateDir, log);
       embedded = started;
       stoppers.push(() => started.stop());

@@ -46,9 +46,15 @@ export class ApiKeys {
   }
 
   async put(record: ApiKeyRecord): Promise<void> {
-    await this.conn.guard(
-      () =>
-        this.conn.redis
+    await this.conn.write(
+      {
+        what: `the creation of API key ${record.id}`,
+        advice:
+          'Its secret was not shown, so it is of no use: revoke it with ' +
+          `DELETE /api/v1/keys/${record.id} once the store answers (404 means it was never stored), and create another.`,
+      },
+      (redis) =>
+        redis
           .multi()
           .hset(keys.apiKey(record.id), {
             hash: record.hash,
@@ -59,12 +65,6 @@ export class ApiKeys {
           })
           .zadd(keys.apiKeys(), 0, record.id)
           .exec(),
-      {
-        what: `the creation of API key ${record.id}`,
-        advice:
-          'Its secret was not shown, so it is of no use: revoke it with ' +
-          `DELETE /api/v1/keys/${record.id} once the store answers (404 means it was never stored), and create another.`,
-      },
     );
   }
 
@@ -82,20 +82,15 @@ export class ApiKeys {
 
   /** Removes a key, and tells every API process (the `keyRevoked` channel); false if there was none. */
   async delete(id: string): Promise<boolean> {
-    const r = await this.conn.guard(
-      () =>
-        this.conn.redis
-          .multi()
-          .del(keys.apiKey(id))
-          .zrem(keys.apiKeys(), id)
-          .publish(channels.keyRevoked, id)
-          .exec(),
+    const r = await this.conn.write(
       {
         what: `the revocation of API key ${id}`,
         advice:
           'GET /api/v1/keys once the store answers to see whether it is still listed. ' +
           'Repeating the DELETE is safe (404 key_not_found then means it is revoked).',
       },
+      (redis) =>
+        redis.multi().del(keys.apiKey(id)).zrem(keys.apiKeys(), id).publish(channels.keyRevoked, id).exec(),
     );
     return r?.[0]?.[1] === 1;
   }

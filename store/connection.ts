@@ -12,9 +12,20 @@
  * Redis answers again a read tells the outcome for good (a frozen Redis may
  * still run what it had received when it resumes: that is what it answers to
  * the next read too).
+ *
+ * Every change goes through write(), the one place that knows about
+ * replication: with `minReplicas` > 0 it follows the change with
+ * `WAIT minReplicas timeoutMs` on the connection that made it (WAIT counts
+ * the replicas that have every write of its own connection), and a change
+ * fewer replicas confirmed is ReplicationTimeoutError. Those changes get a
+ * connection of their own (`writer`): Redis holds a connection's next
+ * commands until its WAIT ends, and on the main one that would hold every
+ * read (and every key check) while a replica lags. The writer's commands
+ * queue behind each WAIT; while the replicas answer that is one round trip
+ * a change.
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
+import { ReplicationTimeoutError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
 import { defineScripts, type ScriptedRedis, type ScriptName } from './scripts.js';
 
 /**
@@ -24,6 +35,14 @@ import { defineScripts, type ScriptedRedis, type ScriptName } from './scripts.js
 export interface Change {
   what: string;
   advice: string;
+}
+
+/** How many replicas must have a change before it is acknowledged (store.ts StoreOptions). */
+export interface Replication {
+  /** 0: no WAIT, a change is acknowledged once the primary has it. */
+  minReplicas: number;
+  /** WAIT's timeout, ms (at least 1: WAIT's 0 would wait for ever). */
+  timeoutMs: number;
 }
 
 /** Reply errors that mean "not now" rather than "bug". Either way Redis refused the command: nothing changed. */
@@ -62,15 +81,25 @@ function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { p
 export class Connection {
   /** The main connection: every request-bound command (with a timeout), and the Lua scripts. */
   readonly redis: ScriptedRedis;
+  /** Where write() makes changes: the main connection, or (minReplicas > 0) one of its own. */
+  private readonly writer: ScriptedRedis;
 
   constructor(
     private readonly url: string,
     private readonly commandTimeoutMs: number,
+    private readonly replication: Replication = { minReplicas: 0, timeoutMs: 1000 },
   ) {
-    // Connects at once (a Store that nobody connect()s still comes up); ready() waits for it.
-    this.redis = defineScripts(
+    this.redis = this.scripted(commandTimeoutMs);
+    // The writer's commands may wait for WAIT's timeout first (see the header), then run.
+    this.writer =
+      replication.minReplicas > 0 ? this.scripted(commandTimeoutMs + replication.timeoutMs) : this.redis;
+  }
+
+  /** A connection with the scripts, connecting at once (a Store nobody connect()s still comes up). */
+  private scripted(commandTimeoutMs: number): ScriptedRedis {
+    const redis = defineScripts(
       new Redis({
-        ...redisOptions(url, commandTimeoutMs),
+        ...redisOptions(this.url, commandTimeoutMs),
         lazyConnect: false,
         // A command in flight when the connection dropped is not sent again after the reconnect:
         // its caller was told the outcome is unknown, and a write applied minutes later could
@@ -79,7 +108,8 @@ export class Connection {
       }),
     );
     // Errors surface on commands; without a listener ioredis would log each reconnect failure.
-    this.redis.on('error', () => {});
+    redis.on('error', () => {});
+    return redis;
   }
 
   /** Another connection to the same Redis (blocking reads, subscriptions): `overrides` say how it differs. */
@@ -94,30 +124,7 @@ export class Connection {
    * reached now, or (`timeoutMs`) is not ready in time.
    */
   async ready(timeoutMs?: number): Promise<void> {
-    const redis = this.redis;
-    if (redis.status === 'wait') await redis.connect();
-    else if (redis.status !== 'ready') {
-      await new Promise<void>((resolve, reject) => {
-        const timer =
-          timeoutMs === undefined
-            ? undefined
-            : setTimeout(() => done(new Error(`not connected to Redis within ${timeoutMs} ms`)), timeoutMs);
-        const done = (err?: Error) => {
-          clearTimeout(timer);
-          redis.off('ready', onReady);
-          redis.off('error', onError);
-          redis.off('end', onEnd);
-          if (err) reject(err);
-          else resolve();
-        };
-        const onReady = () => done();
-        const onError = (err: Error) => done(err);
-        const onEnd = () => done(new Error('Connection is closed.'));
-        redis.on('ready', onReady);
-        redis.on('error', onError);
-        redis.on('end', onEnd);
-      });
-    }
+    await Promise.all([...new Set([this.redis, this.writer])].map((redis) => ready(redis, timeoutMs)));
   }
 
   /** True if Redis answers PING now. */
@@ -129,21 +136,54 @@ export class Connection {
     }
   }
 
-  /** Runs one of the Lua scripts (scripts.ts) on the main connection: KEYS, then ARGV. */
+  /**
+   * Runs one of the Lua scripts (scripts.ts): KEYS, then ARGV. With
+   * `change` (the script writes) it is a write(); otherwise it runs on the
+   * main connection.
+   */
   run(name: ScriptName, keys: string[], args: string[], change?: Change): Promise<unknown> {
-    return this.guard(() => this.redis[name](...keys, ...args), change);
+    if (change) return this.write(change, (redis) => redis[name](...keys, ...args));
+    return this.guard(() => this.redis[name](...keys, ...args));
   }
 
   /**
-   * Runs `fn`, turning "Redis is not there" into StoreUnavailableError. With
-   * `change` (fn writes on the main connection), a failure after the command
-   * may have reached Redis is StoreOutcomeUnknownError; a change is not even
-   * tried while the connection is not ready (then it surely never reached Redis).
+   * Makes a change that is acknowledged to a caller: `fn` writes on the
+   * connection it is given, and nothing else. Not tried while that
+   * connection is not ready (then it surely never reached Redis); a failure
+   * after it may have reached Redis is StoreOutcomeUnknownError. With
+   * minReplicas > 0, then WAITs on that connection: fewer replicas than
+   * that within the timeout is ReplicationTimeoutError (the change is on
+   * the primary, and may or may not survive its failover).
    */
-  async guard<T>(fn: () => Promise<T>, change?: Change): Promise<T> {
-    if (change && this.redis.status !== 'ready') {
-      throw new StoreUnavailableError(new Error(`not connected to Redis (${this.redis.status})`));
+  async write<T>(change: Change, fn: (redis: ScriptedRedis) => Promise<T>): Promise<T> {
+    const redis = this.writer;
+    if (redis.status !== 'ready') {
+      throw new StoreUnavailableError(new Error(`not connected to Redis (${redis.status})`));
     }
+    const { minReplicas, timeoutMs } = this.replication;
+    return this.guarded(async () => {
+      const result = await fn(redis);
+      if (minReplicas > 0) {
+        const acked = await redis.wait(minReplicas, timeoutMs);
+        if (acked < minReplicas) {
+          throw new ReplicationTimeoutError(acked, minReplicas, timeoutMs, change.what, change.advice);
+        }
+      }
+      return result;
+    }, change);
+  }
+
+  /**
+   * Runs `fn` (reads on the main connection: changes go through write()),
+   * turning "Redis is not there" into StoreUnavailableError, and a refusal
+   * that means "not now" too.
+   */
+  guard<T>(fn: () => Promise<T>): Promise<T> {
+    return this.guarded(fn);
+  }
+
+  /** guard(), and with `change` (write()'s) a failure after it may have reached Redis is StoreOutcomeUnknownError. */
+  private async guarded<T>(fn: () => Promise<T>, change?: Change): Promise<T> {
     try {
       return await fn();
     } catch (err) {
@@ -161,6 +201,35 @@ export class Connection {
   }
 
   close(): void {
-    if (this.redis.status !== 'end') this.redis.disconnect();
+    for (const redis of new Set([this.redis, this.writer])) {
+      if (redis.status !== 'end') redis.disconnect();
+    }
+  }
+}
+
+/** Resolves once `redis` is ready; rejects if it cannot connect now, or (`timeoutMs`) is not ready in time. */
+async function ready(redis: Redis, timeoutMs?: number): Promise<void> {
+  if (redis.status === 'wait') await redis.connect();
+  else if (redis.status !== 'ready') {
+    await new Promise<void>((resolve, reject) => {
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => done(new Error(`not connected to Redis within ${timeoutMs} ms`)), timeoutMs);
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        redis.off('ready', onReady);
+        redis.off('error', onError);
+        redis.off('end', onEnd);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onReady = () => done();
+      const onError = (err: Error) => done(err);
+      const onEnd = () => done(new Error('Connection is closed.'));
+      redis.on('ready', onReady);
+      redis.on('error', onError);
+      redis.on('end', onEnd);
+    });
   }
 }

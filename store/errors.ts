@@ -34,6 +34,33 @@ export class StoreOutcomeUnknownError extends StoreUnavailableError {
   }
 }
 
+/**
+ * A change is on the primary, but fewer replicas than required confirmed it
+ * (WAIT) within the timeout: acknowledged to nobody, and it may or may not
+ * survive a failover of the primary. A StoreUnavailableError too (a 503,
+ * retry): a retry of an idempotent change is safe.
+ */
+export class ReplicationTimeoutError extends StoreUnavailableError {
+  constructor(
+    readonly acked: number,
+    readonly required: number,
+    timeoutMs: number,
+    change: string,
+    advice: string,
+  ) {
+    super(
+      new Error(`WAIT ${required} ${timeoutMs} answered ${acked}`),
+      'replication_timeout',
+      `the policy store (Redis) has ${change} on its primary, but ${acked} of the ${required} replicas required ` +
+        `(--redis-min-replicas) confirmed it within ${timeoutMs} ms (--redis-replica-timeout): if the primary fails ` +
+        'before a replica copies it, the change is lost, so it may or may not survive. Check the replicas ' +
+        "(INFO replication on the primary: connected_slaves, each one's state and lag) and retry. " +
+        advice,
+    );
+    this.name = 'ReplicationTimeoutError';
+  }
+}
+
 function causeText(cause: unknown): string {
   return cause instanceof Error ? cause.message : String(cause);
 }

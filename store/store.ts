@@ -59,6 +59,23 @@ export interface StoreOptions {
    * @default 2000
    */
   waitPollMs?: number;
+  /**
+   * Replicas that must have each change the API acknowledges (PUT and
+   * DELETE of computers and policies, API keys made and revoked) before it
+   * is acknowledged: each is followed by WAIT (connection.ts write()), and
+   * fewer replicas in time is ReplicationTimeoutError. 0: no WAIT. The
+   * agent's writes (acknowledgements, events, learned names) and dashboard
+   * sessions are not waited for: a failover may lose the last of them (a
+   * sign-in then asks for another; a sign-out lost revives a session whose
+   * cookie the browser dropped, until its idle or maximum age).
+   * @default 0
+   */
+  minReplicas?: number;
+  /**
+   * How long a change waits for `minReplicas` replicas, ms.
+   * @default 1000
+   */
+  replicaTimeoutMs?: number;
 }
 
 export class Store {
@@ -79,7 +96,10 @@ export class Store {
   private feed: EventFeed | undefined;
 
   constructor(options: StoreOptions) {
-    this.conn = new Connection(options.url, options.commandTimeoutMs ?? 2000);
+    this.conn = new Connection(options.url, options.commandTimeoutMs ?? 2000, {
+      minReplicas: options.minReplicas ?? 0,
+      timeoutMs: options.replicaTimeoutMs ?? 1000,
+    });
     this.redis = this.conn.redis;
     const streamMaxLen = String(options.streamMaxLen ?? 10_000);
     this.policies = new Policies(this.conn, streamMaxLen);

@@ -11,7 +11,7 @@ import { openApiDocument } from '../../api/openapi.js';
 import { type App, type AppOptions, createApp } from '../../api/routes/app.js';
 import { type EgressdConfig, resolveEgressdConfig } from '../../cli/config.js';
 import { Store } from '../../store/store.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { startRedis, type TestRedis, type TestRedisOptions } from '../helpers/redis.js';
 import { checkReply } from './openapi-check.js';
 
 export const ADMIN_KEY = 'test-admin-key-0123456789';
@@ -52,10 +52,11 @@ const DOC = openApiDocument();
  * reply that does not conform fails the test that made the request.
  */
 export async function startHarness(
-  overrides: Partial<ApiConfig> = {},
+  overrides: Partial<ApiConfig & Pick<EgressdConfig, 'redisMinReplicas' | 'redisReplicaTimeoutMs'>> = {},
   appOptions: Pick<AppOptions, 'logger' | 'uiDir' | 'streams'> = {},
+  redisOptions: TestRedisOptions = {},
 ): Promise<Harness> {
-  const redis = await startRedis();
+  const redis = await startRedis(redisOptions);
   const config = Object.assign(
     resolveEgressdConfig(
       {},
@@ -65,7 +66,14 @@ export async function startHarness(
     { cgroupRoots: [''] },
     overrides,
   );
-  const store = new Store({ url: redis.url, streamMaxLen: config.streamMaxLen, waitPollMs: 200 });
+  // As cli/api-server.ts makes it.
+  const store = new Store({
+    url: redis.url,
+    streamMaxLen: config.streamMaxLen,
+    waitPollMs: 200,
+    minReplicas: config.redisMinReplicas,
+    replicaTimeoutMs: config.redisReplicaTimeoutMs,
+  });
   await store.connect();
   const app = createApp({ store, config, ...appOptions });
   const server = app.createServer();

@@ -5,8 +5,10 @@
  * 127.0.0.1 at a free port. `stop()` kills it (by its own pid) and
  * `restart()` starts it again at the same address; `freeze()` stops it with
  * SIGSTOP (connections stay open, nothing is answered) until `thaw()`
- * (SIGCONT; call it in a `finally`). Register `cleanup` with
- * `test.after.always` so it is always ended and its directory removed.
+ * (SIGCONT; call it in a `finally`). With `replicaOf` it is a replica of
+ * that (TCP) server, returned once its link to the primary is up. Register
+ * `cleanup` with `test.after.always` so it is always ended and its
+ * directory removed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -41,26 +43,34 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** Asks the server at the address for its pid (INFO server), or undefined if none answers. */
-async function serverPid(address: { path: string } | { port: number }): Promise<number | undefined> {
+type Address = { path: string } | { port: number };
+
+/** Sends `command` (inline) to the server at the address: the first group of `pattern` in its reply, or undefined if none answers. */
+async function ask(address: Address, command: string, pattern: RegExp): Promise<string | undefined> {
   return new Promise((resolve) => {
     const socket = new Socket();
     let reply = '';
-    const done = (pid: number | undefined) => {
+    const done = (value: string | undefined) => {
       socket.destroy();
-      resolve(pid);
+      resolve(value);
     };
     socket.setTimeout(1000, () => done(undefined));
     socket.once('error', () => done(undefined));
     socket.on('data', (chunk) => {
       reply += chunk.toString();
-      const m = /process_id:(\d+)/.exec(reply);
-      if (m) done(Number(m[1]));
+      const m = pattern.exec(reply);
+      if (m) done(m[1]);
     });
-    socket.once('connect', () => socket.write('INFO server\r\n'));
+    socket.once('connect', () => socket.write(`${command}\r\n`));
     if ('path' in address) socket.connect(address.path);
     else socket.connect(address.port, '127.0.0.1');
   });
+}
+
+/** The pid of the server at the address (INFO server), or undefined if none answers. */
+async function serverPid(address: Address): Promise<number | undefined> {
+  const pid = await ask(address, 'INFO server', /process_id:(\d+)/);
+  return pid === undefined ? undefined : Number(pid);
 }
 
 export interface TestRedisOptions {
@@ -73,13 +83,25 @@ export interface TestRedisOptions {
    * @default 'always'
    */
   appendfsync?: 'always' | 'everysec';
+  /** Start as a replica of this server (started with `tcp: true`); implies `tcp`. */
+  replicaOf?: TestRedis;
 }
 
 export async function startRedis(options: TestRedisOptions = {}): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), 'egressd-redis-'));
   const socketPath = join(dir, 'redis.sock');
-  const port = options.tcp ? await freePort() : 0;
-  const address = options.tcp ? { port } : { path: socketPath };
+  const tcp = options.tcp === true || options.replicaOf !== undefined;
+  const primaryPort =
+    options.replicaOf === undefined
+      ? undefined
+      : /^redis:\/\/127\.0\.0\.1:(\d+)$/.exec(options.replicaOf.url)?.[1];
+  if (options.replicaOf !== undefined && primaryPort === undefined) {
+    throw new Error(
+      `a replica needs a primary on TCP (startRedis({ tcp: true })), not ${options.replicaOf.url}`,
+    );
+  }
+  const port = tcp ? await freePort() : 0;
+  const address = tcp ? { port } : { path: socketPath };
   let child: ChildProcess | undefined;
   // Safety net for a test process that exits without cleanup(): end the server (by its pid) and remove the directory.
   const onExit = () => {
@@ -95,7 +117,7 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
   process.on('exit', onExit);
 
   const start = async () => {
-    const listen = options.tcp
+    const listen = tcp
       ? ['--port', String(port), '--bind', '127.0.0.1']
       : ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700'];
     const proc = spawn(
@@ -115,6 +137,7 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
         'no',
         '--loglevel',
         'warning',
+        ...(primaryPort === undefined ? [] : ['--replicaof', '127.0.0.1', primaryPort]),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
@@ -126,10 +149,19 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
     // Bounded: up to 10 s for this redis-server (its own pid) to answer.
     for (let i = 0; i < 200; i++) {
       if (exited) throw new Error(`redis-server (${JSON.stringify(address)}) exited at start`);
-      if ((await serverPid(address)) === proc.pid) return;
+      if ((await serverPid(address)) === proc.pid) break;
       await new Promise((r) => setTimeout(r, 50));
     }
-    throw new Error(`redis-server did not answer at ${JSON.stringify(address)} within 10 s`);
+    if ((await serverPid(address)) !== proc.pid) {
+      throw new Error(`redis-server did not answer at ${JSON.stringify(address)} within 10 s`);
+    }
+    if (primaryPort === undefined) return;
+    // A replica: bounded, up to 10 s for its first sync with the primary.
+    for (let i = 0; i < 200; i++) {
+      if ((await ask(address, 'INFO replication', /master_link_status:(\w+)/)) === 'up') return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`the replica at ${JSON.stringify(address)} did not sync with its primary within 10 s`);
   };
 
   const stop = async () => {
@@ -150,7 +182,7 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
     throw err;
   }
   return {
-    url: options.tcp ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
+    url: tcp ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
     stop,
     restart: async () => {
       await stop();

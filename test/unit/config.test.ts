@@ -175,3 +175,31 @@ test('--dns-proxy-address: an address of this host is taken; any other is refuse
     message: /192\.0\.2\.1 is not an address of this host/,
   });
 });
+
+test('--redis-min-replicas and --redis-replica-timeout: a count of replicas, and milliseconds WAIT may take', (t) => {
+  const c = resolveEgressdConfig({}, {});
+  t.is(c.redisMinReplicas, 0, 'no WAIT unless asked for');
+  t.is(c.redisReplicaTimeoutMs, 1000);
+  const set = resolveEgressdConfig(
+    { 'redis-replica-timeout': '250' },
+    { EGRESSD_REDIS_MIN_REPLICAS: '2', EGRESSD_REDIS_REPLICA_TIMEOUT: '9' },
+  );
+  t.is(set.redisMinReplicas, 2);
+  t.is(set.redisReplicaTimeoutMs, 250, 'the flag before the variable');
+  const message = (flags: Record<string, string>, env: Record<string, string> = {}) =>
+    t.throws(() => resolveEgressdConfig(flags, env), { instanceOf: ConfigError }).message;
+  t.is(
+    message({ 'redis-min-replicas': '-1' }),
+    '--redis-min-replicas / EGRESSD_REDIS_MIN_REPLICAS: "-1" must be a non-negative integer',
+  );
+  t.is(
+    message({}, { EGRESSD_REDIS_MIN_REPLICAS: '1.5' }),
+    '--redis-min-replicas / EGRESSD_REDIS_MIN_REPLICAS: EGRESSD_REDIS_MIN_REPLICAS="1.5" must be a non-negative integer',
+  );
+  t.is(
+    message({ 'redis-replica-timeout': '0' }),
+    '--redis-replica-timeout / EGRESSD_REDIS_REPLICA_TIMEOUT: "0" must be at least 1 millisecond (WAIT with 0 would wait for ever)',
+  );
+  t.regex(message({ 'redis-replica-timeout': '1s' }), /"1s" must be a non-negative integer/);
+  t.regex(message({ 'redis-replica-timeout': '600000' }), /must be at most 60000 milliseconds/);
+});
