@@ -160,7 +160,8 @@ export class EventStreams {
       // A stream opened through a dashboard session ends with it (signed out, idle, too old).
       const bySession = new Map<string, EventStream[]>();
       for (const held of this.byHolder.values())
-        for (const s of held) if (s.session) bySession.set(s.session, [...(bySession.get(s.session) ?? []), s]);
+        for (const s of held)
+          if (s.session) bySession.set(s.session, [...(bySession.get(s.session) ?? []), s]);
       const sessionExists = this.options.sessionExists;
       if (bySession.size > 0) {
         const sessions = [...bySession.keys()];
