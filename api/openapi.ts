@@ -271,17 +271,21 @@ const schemas: Json = {
           'enforced: in force. dns_ports_exhausted: in force with DNS refused (the agent had no free DNS proxy port). ' +
           'pending: the agent has not reported on this version yet. cgroup_missing: the cgroup does not exist, nothing is attached. ' +
           'cgroup_forbidden: the agent refuses to attach there (its own cgroup or an ancestor, the cgroup of its Redis, or outside its sandbox roots). ' +
-          'A PUT answers 200 for enforced and dns_ports_exhausted, 202 otherwise; it answers cgroup_missing and cgroup_forbidden at once.',
+          'version_regressed: the agent refuses this version, older than the one it enforces for the computer (the store lost later writes, e.g. a Redis failover): ' +
+          'the newer policy stays in force; PUT the policy again to end it (a new version, above the one kept). ' +
+          'A PUT answers 200 for enforced and dns_ports_exhausted, 202 otherwise; it answers cgroup_missing, cgroup_forbidden and version_regressed at once.',
       },
       reason: {
         type: ['string', 'null'],
         description:
           'Why the state is not enforced, as the agent reported it: the cgroup path it looked for (cgroup_missing), ' +
-          'why it refuses the cgroup (cgroup_forbidden), why DNS is refused (dns_ports_exhausted); null when enforced or pending',
+          'why it refuses the cgroup (cgroup_forbidden), why DNS is refused (dns_ports_exhausted), ' +
+          'which version it keeps and which it refuses, and what to do (version_regressed); null when enforced or pending',
       },
       enforced_version: {
         type: ['integer', 'null'],
-        description: 'The last version in force (never one whose cgroup was missing or forbidden)',
+        description:
+          'The last version in force (never one whose cgroup was missing or forbidden); null for version_regressed, whose reason names the version kept',
       },
       enforced_at: { type: ['string', 'null'] },
       revocation: {

@@ -42,8 +42,9 @@ export interface EnforcementView {
   state: EnforcementState;
   /**
    * Why the state is not `enforced`, as the agent said (the cgroup path it
-   * looked for, why it refuses the cgroup, why DNS is refused); null when
-   * enforced or pending.
+   * looked for, why it refuses the cgroup, why DNS is refused, which
+   * version it keeps and which older one it refuses); null when enforced or
+   * pending.
    */
   reason: string | null;
   enforced_version: number | null;

@@ -21,6 +21,7 @@ export interface AgentMetrics {
   computerStates: Gauge<'state'>;
   attachmentRepairs: Counter;
   dnsPortsExhausted: Counter;
+  versionRegressions: Counter<'computer'>;
 }
 
 export function createAgentMetrics(registry = new Registry()): AgentMetrics {
@@ -86,7 +87,7 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
     }),
     computerStates: new Gauge({
       name: 'egressd_computers',
-      help: 'Computers of this node by the state the agent reports (enforced, dns_ports_exhausted, cgroup_missing, cgroup_forbidden)',
+      help: 'Computers of this node by the state the agent reports (enforced, dns_ports_exhausted, cgroup_missing, cgroup_forbidden, version_regressed)',
       labelNames: ['state'],
       registers,
     }),
@@ -98,6 +99,12 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
     dnsPortsExhausted: new Counter({
       name: 'egressd_dns_ports_exhausted_total',
       help: 'Computers enforced with DNS refused because no DNS proxy port was free (widen --dns-ports)',
+      registers,
+    }),
+    versionRegressions: new Counter({
+      name: 'egressd_version_regressions_total',
+      help: 'Versions of a policy refused because they are older than the one in force (the store lost writes: a Redis failover); once per computer and version',
+      labelNames: ['computer'],
       registers,
     }),
   };

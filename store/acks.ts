@@ -12,13 +12,17 @@ import { channels, keys } from './keys.js';
  * - `dns_ports_exhausted`: in force with DNS refused (no proxy port was free);
  * - `cgroup_missing`: the cgroup does not exist (yet, or any more): nothing attached;
  * - `cgroup_forbidden`: the agent refuses to attach to that cgroup (its own,
- *   an ancestor of its own or of Redis's, or outside its sandbox roots).
+ *   an ancestor of its own or of Redis's, or outside its sandbox roots);
+ * - `version_regressed`: the agent refuses this version, older than the one
+ *   it enforces for the computer (the store lost later writes: a Redis
+ *   failover); the newer one stays in force, not this one.
  */
 export const AGENT_STATES = [
   'enforced',
   'dns_ports_exhausted',
   'cgroup_missing',
   'cgroup_forbidden',
+  'version_regressed',
 ] as const;
 export type AgentState = (typeof AGENT_STATES)[number];
 

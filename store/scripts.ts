@@ -76,6 +76,8 @@ return {'ok', p[1] or 'unrestricted', p[2] or '[]', p[3] or '0', p[4] or '', e[1
  * before the If-Match check, so a repeated conditional PUT whose first try
  * took effect (its answer was lost) answers as unchanged rather than 412
  * (RFC 9110 13.1.1 allows a 2xx when the requested change is already made).
+ * The stored policy PUT again while its agent reports `version_regressed`
+ * for its version is written anew under a new version (see RAISE_VERSION).
  */
 const PUT_POLICY = `${APPEND_CHANGE}
 local c = redis.call('HMGET', KEYS[1], 'tenant', 'node', 'cgroup')
@@ -83,7 +85,10 @@ if not c[1] or (ARGV[1] ~= '' and c[1] ~= ARGV[1]) then return {'not_found'} end
 local cur = redis.call('HMGET', KEYS[2], 'mode', 'rules', 'version', 'updated_at', 'dns', 'audit')
 local curVersion = cur[3] or '0'
 local e = redis.call('HMGET', KEYS[3], 'version', 'at', 'state', 'reason', 'revocation')
-if cur[1] == ARGV[3] and cur[2] == ARGV[4] and cur[5] == ARGV[9] and (cur[6] or '0') == ARGV[10] then
+-- The same policy again after its agent refused this version as older than the one it enforces
+-- (version_regressed): a new version, so that the operator can take the stored policy back.
+local refused = e[3] == 'version_regressed' and e[1] == curVersion
+if not refused and cur[1] == ARGV[3] and cur[2] == ARGV[4] and cur[5] == ARGV[9] and (cur[6] or '0') == ARGV[10] then
   return {'unchanged', curVersion, cur[4] or '', e[1] or '', e[2] or '', e[3] or '', e[4] or '', e[5] or ''}
 end
 if ARGV[5] ~= '' and ARGV[5] ~= curVersion then return {'precondition_failed', curVersion} end
@@ -329,6 +334,20 @@ end
 return out
 `;
 
+/**
+ * KEYS: version counter. ARGV: a version an agent enforces.
+ * The counter lives in Redis like the policies, so a failover that lost
+ * writes can set it back below versions already in force; an agent that
+ * refuses an older version (version_regressed) raises it to at least the
+ * version it keeps, so that the next PUT draws a higher one. Reply: 1 when
+ * raised, 0 when it was there already.
+ */
+const RAISE_VERSION = `
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+`;
+
 /** Each script with its number of KEYS (the rest of a call is ARGV). */
 const SCRIPTS = {
   getPolicy: { keys: 3, lua: GET_POLICY },
@@ -340,6 +359,7 @@ const SCRIPTS = {
   appendEvents: { keys: 2, lua: APPEND_EVENTS },
   putLearned: { keys: 2, lua: PUT_LEARNED },
   nodeSnapshot: { keys: 2, lua: NODE_SNAPSHOT },
+  raiseVersion: { keys: 1, lua: RAISE_VERSION },
 } as const;
 
 export type ScriptName = keyof typeof SCRIPTS;

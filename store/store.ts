@@ -282,6 +282,11 @@ export class Store {
     return this.acks.ack(id, version, at, node, state, reason, revocation);
   }
 
+  /** Raises the version counter to at least `version` (an agent refusing an older one; see RAISE_VERSION). */
+  async raiseVersion(version: number): Promise<boolean> {
+    return (await this.conn.run('raiseVersion', [keys.version()], [String(version)])) === 1;
+  }
+
   // --- what the agent records: deny events (events.ts), learned names (learned.ts)
 
   appendEvents(id: string, events: object[]): Promise<void> {

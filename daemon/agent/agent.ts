@@ -20,6 +20,7 @@
  *   (`cgroup_forbidden`); a computer that gets no DNS proxy port is enforced
  *   with DNS refused (`dns_ports_exhausted`). Each computer's state goes to
  *   Redis with its version, so the API says why a policy is not enforced.
+ * - Versions never go back: an older one is refused (`version_regressed`, versions.ts).
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -33,6 +34,7 @@ import type { AgentOptions, AgentStatus, ComputerReport } from './options.js';
 import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
 import { Reports } from './reports.js';
 import { Revocations } from './revocations.js';
+import { VersionGate } from './versions.js';
 
 interface Desired {
   cgroup: string;
@@ -48,6 +50,7 @@ export class Agent {
   /** What was reported (or is to report) per computer, and its acknowledgement. */
   private readonly reports: Reports;
   private readonly revocations: Revocations;
+  private readonly versions: VersionGate;
   private readonly failures = new Map<string, string>();
   private readonly reconciling = new Map<string, Promise<void>>();
   private readonly learnedOut: LearnedPublisher;
@@ -69,6 +72,7 @@ export class Agent {
     this.learnedOut = new LearnedPublisher(opts.store);
     this.reports = new Reports(opts.store, opts.node, this.log);
     this.revocations = new Revocations(opts.enforcer, this.reports, this.log, opts.onRevoked);
+    this.versions = new VersionGate(opts, this.reports, this.log);
     this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
     this.roots = (opts.roots ?? []).map(normaliseCgroup);
     this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
@@ -255,7 +259,7 @@ export class Agent {
 
   private async reconcileNow(id: string): Promise<void> {
     const want = this.desired.get(id);
-    if (!want) return;
+    if (!want || (await this.versions.refuses(id, want.version))) return;
     const forbidden = placementProblem(want.cgroup, this.roots, this.protectedCgroups);
     if (forbidden !== undefined) {
       this.watcher.untrack(id);
@@ -286,6 +290,7 @@ export class Agent {
       );
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
+      this.versions.enforced(id, want.version);
       const report = {
         version: want.version,
         state: dns.exhausted ? ('dns_ports_exhausted' as const) : ('enforced' as const),
@@ -336,8 +341,8 @@ export class Agent {
     let repaired = 0;
     for (const [id, want] of this.desired) {
       const reported = this.reports.get(id);
-      if (reported?.state === 'cgroup_forbidden' || this.failures.has(id) || this.reconciling.has(id))
-        continue;
+      const refused = reported?.state === 'cgroup_forbidden' || reported?.state === 'version_regressed';
+      if (refused || this.failures.has(id) || this.reconciling.has(id)) continue;
       const attached = this.opts.enforcer.attachedCgroupId(id);
       const now = cgroupIdAt(path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`)));
       if (attached === now) continue;
@@ -368,6 +373,7 @@ export class Agent {
   private forget(id: string): void {
     this.desired.delete(id);
     this.revocations.drop(id);
+    this.versions.forget(id);
     this.reports.delete(id);
     this.failures.delete(id);
     this.watcher.untrack(id);

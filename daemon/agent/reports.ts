@@ -40,7 +40,9 @@ export class Reports {
       return;
     this.reported.set(id, next);
     this.unacked.add(id);
-    if (next.state !== 'enforced' && before?.state !== next.state) {
+    // version_regressed is logged by VersionGate, once per version refused.
+    const logged = next.state !== 'enforced' && next.state !== 'version_regressed';
+    if (logged && before?.state !== next.state) {
       const level = next.state === 'cgroup_missing' ? 'info' : 'warn';
       this.log[level]({ computer: id, state: next.state, reason: next.reason }, `computer ${next.state}`);
     }

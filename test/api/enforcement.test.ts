@@ -252,3 +252,44 @@ test('node snapshot: every computer of a node with policy and version, and the s
     'records are numbered 1, 2, 3, ... per node',
   );
 });
+
+test('version_regressed: shown as not in force; the same policy PUT again gets a new version; the counter only rises', async (t) => {
+  await register(h, 'enf-reg', { node: 'manual' });
+  const put = await h.call('PUT', '/api/v1/computers/enf-reg/network-policy?wait=0', {
+    body: { mode: 'isolated' },
+  });
+  const v = put.body.data.version as number;
+  const reason = `node manual keeps version ${v + 5} of the policy in force and refuses version ${v}`;
+  t.true(await h.store.ackEnforced('enf-reg', v, new Date(), 'manual', 'version_regressed', reason));
+  const got = await h.call('GET', '/api/v1/computers/enf-reg/network-policy');
+  t.deepEqual(
+    { ...got.body.data.enforcement, enforced_at: null },
+    {
+      state: 'version_regressed',
+      reason,
+      enforced_version: null,
+      enforced_at: null,
+      revocation: null,
+      revoked: null,
+    },
+  );
+  // The counter went back with the store (a failover): the agent raises it to the version it keeps.
+  const counter = Number(await h.store.redis.get(keys.version()));
+  t.true(await h.store.raiseVersion(counter + 100));
+  t.false(await h.store.raiseVersion(counter + 50), 'never lowered');
+  t.is(Number(await h.store.redis.get(keys.version())), counter + 100);
+  // The very policy stored, PUT again: not "unchanged" (that would keep the refused version).
+  const again = await h.call('PUT', '/api/v1/computers/enf-reg/network-policy?wait=0', {
+    body: { mode: 'isolated' },
+  });
+  t.is(again.status, 202);
+  t.is(again.body.data.version, counter + 101);
+  t.is(again.body.data.enforcement.state, 'pending');
+  // Once that version is reported, the same PUT is unchanged again.
+  t.true(await h.store.ackEnforced('enf-reg', counter + 101, new Date(), 'manual'));
+  const same = await h.call('PUT', '/api/v1/computers/enf-reg/network-policy', {
+    body: { mode: 'isolated' },
+  });
+  t.is(same.status, 200);
+  t.is(same.body.data.version, counter + 101);
+});
