@@ -4,7 +4,7 @@
  * and every response the tests see validates against its schema.
  */
 import { COMPUTER_ID_SOURCE, DNS_MODES, MODES, PROTOCOLS } from '../policy/types.js';
-import { AGENT_STATES, MAX_OBSERVATIONS } from '../store/store.js';
+import { AGENT_STATES, MAX_OBSERVATIONS, RECENT_COUNT_CAP } from '../store/store.js';
 import { WILDCARD_THRESHOLD } from './suggestion.js';
 import { ID_PATTERN, NODE_PATTERN } from './validation.js';
 
@@ -600,6 +600,19 @@ const schemas: Json = {
           enforcement: ref('Enforcement'),
         },
       },
+      denials_1m: {
+        type: 'object',
+        description: `Only with ?include=denials_1m: the computer's deny events of the last 60 s (by the API's clock, as the events' ids), counted up to ${RECENT_COUNT_CAP}`,
+        required: ['count', 'capped'],
+        additionalProperties: false,
+        properties: {
+          count: { type: 'integer', minimum: 0, maximum: RECENT_COUNT_CAP },
+          capped: {
+            type: 'boolean',
+            description: `true: more than ${RECENT_COUNT_CAP} (count is then ${RECENT_COUNT_CAP}); the count stops there so that a storm cannot make the list costly`,
+          },
+        },
+      },
     },
   },
   ServiceResponse: {
@@ -1001,6 +1014,14 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
               schema: { type: 'integer', minimum: 1, maximum: 1000 },
             },
             { name: 'cursor', in: 'query', required: false, schema: { type: 'string' } },
+            {
+              name: 'include',
+              in: 'query',
+              required: false,
+              description:
+                "Optional fields (comma-separated; one so far): denials_1m adds each computer's deny events of the last minute (one pipeline over the page; see ComputerListItem.denials_1m). Without it the reply has no such field",
+              schema: { type: 'string', enum: ['denials_1m'] },
+            },
           ],
           responses: { '200': json(ref('ComputerList'), 'A page of computers'), ...common },
         },

@@ -8,6 +8,7 @@ import {
   type Observation,
   type PolicyRecord,
   type PolicyStatus,
+  type RecentCount,
 } from '../store/store.js';
 import type { SuggestedPolicy, SuggestedRule, Suggestion } from './suggestion.js';
 
@@ -136,12 +137,21 @@ export function computerView(c: Computer): ComputerView {
   };
 }
 
-/** A computer in a list: with its policy's mode, audit and version, and the agent's report on it. */
+/**
+ * A computer in a list: with its policy's mode, audit and version, the
+ * agent's report on it, and (only when asked, `?include=denials_1m`) its
+ * deny events of the last minute.
+ */
 export interface ComputerListItemView extends ComputerView {
   policy: { mode: Mode; block_dns: boolean; audit: boolean; version: number; enforcement: EnforcementView };
+  denials_1m?: RecentCount;
 }
 
-export function computerListItemView(c: Computer, status: PolicyStatus): ComputerListItemView {
+export function computerListItemView(
+  c: Computer,
+  status: PolicyStatus,
+  denials?: RecentCount,
+): ComputerListItemView {
   return {
     ...computerView(c),
     policy: {
@@ -151,6 +161,7 @@ export function computerListItemView(c: Computer, status: PolicyStatus): Compute
       version: status.version,
       enforcement: enforcementView(status),
     },
+    ...(denials === undefined ? {} : { denials_1m: { count: denials.count, capped: denials.capped } }),
   };
 }
 

@@ -9,6 +9,22 @@ import { keys } from './keys.js';
 /** Approximate cap of each computer's deny event stream. */
 const EVENTS_MAXLEN = '1000';
 
+/**
+ * The most deny events `recentCounts` counts per computer: a count this high
+ * reads "at least". Each computer costs an XRANGE of up to this many + 1
+ * entries (whole entries: Redis has no count of a range of ids), so a page of
+ * 1,000 computers all in a storm reads about 100,000 entries, not the
+ * million that the stream's own cap would allow.
+ */
+export const RECENT_COUNT_CAP = 100;
+
+/** How many deny events a computer had in a window, up to RECENT_COUNT_CAP. */
+export interface RecentCount {
+  count: number;
+  /** More than `count` (which is then RECENT_COUNT_CAP): the count stopped there. */
+  capped: boolean;
+}
+
 export class Events {
   constructor(private readonly conn: Connection) {}
 
@@ -36,6 +52,32 @@ export class Events {
       this.conn.redis.xrevrange(keys.events(id), '+', '-', 'COUNT', 1),
     );
     return last[0]?.[0] ?? '0-0';
+  }
+
+  /**
+   * How many deny events each computer had from `sinceMs` (ms since the
+   * epoch, inclusive) on, in one pipeline: entry ids are Redis's clock at
+   * XADD in ms, so the window is measured against the caller's clock.
+   * Counts nothing of scope: ask only for computers the caller may see.
+   */
+  async recentCounts(ids: readonly string[], sinceMs: number): Promise<Map<string, RecentCount>> {
+    const out = new Map<string, RecentCount>();
+    if (ids.length === 0) return out;
+    const pipeline = this.conn.redis.pipeline();
+    for (const id of ids)
+      pipeline.xrange(keys.events(id), String(sinceMs), '+', 'COUNT', RECENT_COUNT_CAP + 1);
+    // An error of one command (a reply error inside the pipeline) is judged by guard() as any other.
+    const lengths = await this.conn.guard(async () =>
+      ((await pipeline.exec()) ?? []).map(([error, entries]) => {
+        if (error) throw error;
+        return (entries as unknown[]).length;
+      }),
+    );
+    ids.forEach((id, i) => {
+      const n = lengths[i] ?? 0;
+      out.set(id, { count: Math.min(n, RECENT_COUNT_CAP), capped: n > RECENT_COUNT_CAP });
+    });
+    return out;
   }
 
   /** A computer's deny events, newest first, visible under `scope`; undefined when the computer is not. */

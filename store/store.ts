@@ -20,7 +20,7 @@ import {
 import { Connection } from './connection.js';
 import { StoreUnavailableError } from './errors.js';
 import { EventFeed } from './event-feed.js';
-import { Events } from './events.js';
+import { Events, type RecentCount } from './events.js';
 import { channels, keys } from './keys.js';
 import { Learned, type LearnedName } from './learned.js';
 import { type NodeStatus, Nodes } from './nodes.js';
@@ -33,6 +33,7 @@ export { AGENT_STATES, type AgentState, type Enforced, inForce, type Revocation 
 export type { ApiKeyRecord } from './api-keys.js';
 export type { ChangeKind, ChangeRecord, NodeSnapshot } from './changes.js';
 export type { Computer, ComputerInput, PutComputerResult, Scope } from './computers.js';
+export { RECENT_COUNT_CAP, type RecentCount } from './events.js';
 export type { LearnedName } from './learned.js';
 export { type FeatureState, NODE_STATUS_INTERVAL_MS, NODE_STATUS_TTL_MS, type NodeStatus } from './nodes.js';
 export { MAX_OBSERVATIONS, type Observation } from './observations.js';
@@ -295,6 +296,11 @@ export class Store {
 
   getEvents(id: string, scope: Scope, limit: number, sinceMs = 0): Promise<unknown[] | undefined> {
     return this.events.get(id, scope, limit, sinceMs);
+  }
+
+  /** Deny events of each computer since `sinceMs`, counted up to RECENT_COUNT_CAP (one pipeline). */
+  recentEventCounts(ids: readonly string[], sinceMs: number): Promise<Map<string, RecentCount>> {
+    return this.events.recentCounts(ids, sinceMs);
   }
 
   putLearned(id: string, entries: LearnedName[]): Promise<void> {

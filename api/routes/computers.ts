@@ -34,13 +34,19 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
       throw new ApiError(400, 'invalid_request', 'cursor: give it once, as returned in next_cursor');
     }
     const cursor = cursorParam === undefined ? undefined : checkCursor(cursorParam);
+    const include = checkInclude(ctx.query['include']);
     const page = await deps.store.listComputers({
       scope: scopeOf(ctx.state.principal),
       limit,
       ...(node === undefined ? {} : { node }),
       ...(cursor === undefined ? {} : { cursor }),
     });
-    const statuses = await deps.store.policyStatuses(page.computers.map((c) => c.id));
+    const ids = page.computers.map((c) => c.id);
+    // Counted only for the page, which listComputers already scoped to the key's tenant.
+    const [statuses, denials] = await Promise.all([
+      deps.store.policyStatuses(ids),
+      include.has('denials_1m') ? deps.store.recentEventCounts(ids, Date.now() - 60_000) : undefined,
+    ]);
     ctx.body = {
       data: page.computers.map((c) =>
         computerListItemView(
@@ -52,6 +58,7 @@ export function computerRoutes(router: ApiRouter, deps: RouteDeps): void {
             version: 0,
             enforced: undefined,
           },
+          denials?.get(c.id),
         ),
       ),
       next_cursor: page.nextCursor,
@@ -167,4 +174,23 @@ function checkCursor(cursor: string): string {
   } catch {
     throw new ApiError(400, 'invalid_request', 'cursor: must be a next_cursor value from an earlier page');
   }
+}
+
+/** The fields that ?include= may add to a list item. */
+const INCLUDES = ['denials_1m'] as const;
+type Include = (typeof INCLUDES)[number];
+
+function checkInclude(value: unknown): ReadonlySet<Include> {
+  if (value === undefined) return new Set();
+  const names = typeof value === 'string' ? value.split(',') : [];
+  const wrong = names.find((n) => !(INCLUDES as readonly string[]).includes(n));
+  if (typeof value !== 'string' || wrong !== undefined) {
+    throw new ApiError(
+      400,
+      'invalid_request',
+      `include: give it once, as a comma-separated list of ${INCLUDES.join(', ')}` +
+        (wrong === undefined ? '' : ` ("${wrong}" is none of them)`),
+    );
+  }
+  return new Set(names as Include[]);
 }
