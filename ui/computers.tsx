@@ -2,24 +2,19 @@
  * The computers the session may see: filter, sort by any column, pages of
  * PAGE_SIZE rows (thousands of computers stay responsive: they are filtered
  * and sorted in memory, and only a page is in the DOM). The list is read
- * whole (up to MAX_PAGES of 1,000) on opening and every LIST_EVERY_MS; the
- * denials of the last minute are counted for the rows on the page only
- * (GET .../events?since=, every DENIALS_EVERY_MS): the API has no count per
- * computer, and a count for every computer would cost a request each.
+ * whole (up to MAX_PAGES of 1,000) on opening and every LIST_EVERY_MS, each
+ * computer with its denials of the last minute (GET /api/v1/computers
+ * ?include=denials_1m, counted by the API up to its cap): sorting by them
+ * covers every row read, not only the page shown.
  */
 import { useMemo, useState } from 'preact/hooks';
-import { type ComputerItem, call, errorText, listAllComputers, policyPath, type SessionView } from './api.js';
+import { type ComputerItem, errorText, listAllComputers, type SessionView } from './api.js';
 import { filterComputers, type Sort, type SortKey, sortComputers } from './model.js';
 import { href, Notice, StateBadge, usePoll, ViewTitle, versionText } from './parts.js';
 
 const PAGE_SIZE = 50;
 const MAX_PAGES = 20;
-const LIST_EVERY_MS = 30_000;
-const DENIALS_EVERY_MS = 10_000;
-/** Requests for denial counts at once. */
-const PARALLEL = 6;
-/** The events endpoint answers at most this many: a count this high reads "1000+". */
-const EVENTS_LIMIT = 1000;
+const LIST_EVERY_MS = 10_000;
 
 const COLUMNS: Array<{ key: SortKey; label: string }> = [
   { key: 'id', label: 'Id' },
@@ -38,7 +33,6 @@ export function ComputersView({ session }: { session: SessionView }) {
   const [filter, setFilter] = useState('');
   const [sort, setSort] = useState<Sort>({ key: 'id', descending: false });
   const [page, setPage] = useState(0);
-  const [denials, setDenials] = useState<ReadonlyMap<string, number>>(new Map());
 
   usePoll(async () => {
     const got = await listAllComputers(MAX_PAGES);
@@ -52,34 +46,10 @@ export function ComputersView({ session }: { session: SessionView }) {
   }, LIST_EVERY_MS);
 
   const filtered = useMemo(() => filterComputers(items ?? [], filter), [items, filter]);
-  const sorted = useMemo(() => sortComputers(filtered, sort, denials), [filtered, sort, denials]);
+  const sorted = useMemo(() => sortComputers(filtered, sort), [filtered, sort]);
   const pages = Math.max(1, Math.ceil(sorted.length / PAGE_SIZE));
   const shownPage = Math.min(page, pages - 1);
   const rows = sorted.slice(shownPage * PAGE_SIZE, (shownPage + 1) * PAGE_SIZE);
-  const rowIds = rows.map((c) => c.id).join('\n');
-
-  usePoll(
-    async () => {
-      const ids = rowIds === '' ? [] : rowIds.split('\n');
-      const since = new Date(Date.now() - 60_000).toISOString();
-      const counts = new Map<string, number>();
-      let next = 0;
-      const worker = async () => {
-        while (next < ids.length) {
-          const id = ids[next++] as string;
-          const r = await call<unknown[]>(
-            'GET',
-            `${policyPath(id)}/events?limit=${EVENTS_LIMIT}&since=${encodeURIComponent(since)}`,
-          );
-          if (r.status === 200 && r.data) counts.set(id, r.data.length);
-        }
-      };
-      await Promise.all(Array.from({ length: PARALLEL }, worker));
-      setDenials((old) => new Map([...old, ...counts]));
-    },
-    DENIALS_EVERY_MS,
-    [rowIds],
-  );
 
   const sortBy = (key: SortKey) =>
     setSort((s) => ({ key, descending: s.key === key ? !s.descending : key === 'denials' }));
@@ -131,7 +101,7 @@ export function ComputersView({ session }: { session: SessionView }) {
         </thead>
         <tbody id="computer-rows">
           {rows.map((c) => (
-            <Row key={c.id} c={c} denials={denials.get(c.id)} />
+            <Row key={c.id} c={c} />
           ))}
         </tbody>
       </table>
@@ -152,8 +122,9 @@ export function ComputersView({ session }: { session: SessionView }) {
   );
 }
 
-function Row({ c, denials }: { c: ComputerItem; denials: number | undefined }) {
+function Row({ c }: { c: ComputerItem }) {
   const p = c.policy;
+  const d = c.denials_1m;
   return (
     <tr data-id={c.id}>
       <td data-label="Id">
@@ -170,7 +141,7 @@ function Row({ c, denials }: { c: ComputerItem; denials: number | undefined }) {
         <StateBadge enforcement={p.enforcement} />
       </td>
       <td data-label="Denials (1 min)" class="num">
-        {denials === undefined ? '…' : denials >= EVENTS_LIMIT ? `${EVENTS_LIMIT}+` : denials}
+        {d === undefined ? '…' : d.capped ? `${d.count}+` : d.count}
       </td>
     </tr>
   );

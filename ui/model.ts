@@ -31,7 +31,13 @@ export function filterComputers(items: readonly ComputerItem[], filter: string):
   });
 }
 
-function sortValue(c: ComputerItem, key: SortKey, denials: ReadonlyMap<string, number>): string | number {
+/** Denials of the last minute as a number to sort by: above the cap when capped, -1 when unknown. */
+export function denialsValue(c: ComputerItem): number {
+  const d = c.denials_1m;
+  return d === undefined ? -1 : d.count + (d.capped ? 1 : 0);
+}
+
+function sortValue(c: ComputerItem, key: SortKey): string | number {
   switch (key) {
     case 'id':
       return c.id;
@@ -46,20 +52,16 @@ function sortValue(c: ComputerItem, key: SortKey, denials: ReadonlyMap<string, n
     case 'state':
       return c.policy.enforcement.state;
     case 'denials':
-      return denials.get(c.id) ?? -1;
+      return denialsValue(c);
   }
 }
 
 /** A sorted copy; ties keep the id order. */
-export function sortComputers(
-  items: readonly ComputerItem[],
-  sort: Sort,
-  denials: ReadonlyMap<string, number> = new Map(),
-): ComputerItem[] {
+export function sortComputers(items: readonly ComputerItem[], sort: Sort): ComputerItem[] {
   const sign = sort.descending ? -1 : 1;
   return [...items].sort((a, b) => {
-    const x = sortValue(a, sort.key, denials);
-    const y = sortValue(b, sort.key, denials);
+    const x = sortValue(a, sort.key);
+    const y = sortValue(b, sort.key);
     const order = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
     return order !== 0 ? sign * order : a.id.localeCompare(b.id);
   });

@@ -190,6 +190,17 @@ test.serial("a computer's denial appears live after a refused connect", async (t
   await waitForText(admin, '#chart-summary', '1 mode', seconds(3));
   t.regex(await admin.$eval('#enforcement', (e) => e.textContent ?? ''), /enforced/);
   await screenshot(admin, 'computer', true);
+  // The list counts it (the API, ?include=denials_1m), and sorting by denials puts it first of all rows.
+  await show(admin, '#/computers');
+  await waitForText(
+    admin,
+    '#computer-rows tr[data-id="watched"] td[data-label="Denials (1 min)"]',
+    '1',
+    seconds(15),
+  );
+  await admin.click('th:last-child button');
+  t.is(await admin.$eval('th:last-child', (e) => e.getAttribute('aria-sort')), 'descending');
+  t.is((await rowIds(admin))[0], 'watched');
 });
 
 test.serial("an invalid rule's error is shown beside that rule's port field", async (t) => {

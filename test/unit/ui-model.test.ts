@@ -63,7 +63,7 @@ test('filter: every word, any column, case-insensitive (the reason too)', (t) =>
   t.is(filterComputers(items, '  ').length, 3);
 });
 
-test('sort: by a column either way, ties by id; denials unknown sort lowest', (t) => {
+test('sort: by a column either way, ties by id; denials capped above their count, unknown lowest', (t) => {
   t.deepEqual(
     sortComputers(items, { key: 'node', descending: false }).map((c) => c.id),
     ['b-box', 'c', 'acme~a'],
@@ -72,13 +72,20 @@ test('sort: by a column either way, ties by id; denials unknown sort lowest', (t
     sortComputers(items, { key: 'version', descending: true }).map((c) => c.id),
     ['acme~a', 'b-box', 'c'],
   );
-  const denials = new Map([
-    ['c', 7],
-    ['b-box', 0],
-  ]);
+  const counted: ComputerItem[] = [
+    { ...computer('c', 'node-a'), denials_1m: { count: 7, capped: false } },
+    { ...computer('b-box', 'node-a'), denials_1m: { count: 0, capped: false } },
+    computer('acme~a', 'node-b'),
+    { ...computer('storm', 'node-b'), denials_1m: { count: 100, capped: true } },
+    { ...computer('exact', 'node-b'), denials_1m: { count: 100, capped: false } },
+  ];
   t.deepEqual(
-    sortComputers(items, { key: 'denials', descending: true }, denials).map((c) => c.id),
-    ['c', 'b-box', 'acme~a'],
+    sortComputers(counted, { key: 'denials', descending: true }).map((c) => c.id),
+    ['storm', 'exact', 'c', 'b-box', 'acme~a'],
+  );
+  t.deepEqual(
+    sortComputers(counted, { key: 'denials', descending: false }).map((c) => c.id),
+    ['acme~a', 'b-box', 'c', 'exact', 'storm'],
   );
 });
 
