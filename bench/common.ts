@@ -118,6 +118,11 @@ export function progStats(world: World, hook: HookName, guard = false): { runs: 
   const table: readonly { name: string; pin: string }[] = guard ? GUARD_HOOKS : HOOKS;
   const pin = table.find((h) => h.name === hook)?.pin;
   if (!pin) throw new Error(`no ${guard ? 'guard ' : ''}program on ${hook}`);
+  return pinnedProgStats(world, pin);
+}
+
+/** run_cnt and run_time_ns of the program pinned as <pinDir>/progs/<pin>. */
+export function pinnedProgStats(world: World, pin: string): { runs: number; ns: number } {
   const info = JSON.parse(
     execFileSync('bpftool', [
       '-j',

@@ -11,14 +11,20 @@
  *
  *   sudo node dist/bench/names.js [--count 2000] [--gib 2] [--rounds 7]
  */
-import { execFileSync } from 'node:child_process';
-import path from 'node:path';
 import { Enforcer } from '../daemon/kernel/enforcer.js';
-import { HOOKS, NAME_CHECK } from '../daemon/kernel/loader.js';
+import { NAME_CHECK } from '../daemon/kernel/loader.js';
 import type { Rule } from '../policy/types.js';
 import { clientHello } from '../test/helpers/client-hello.js';
 import { createWorld, REPO_ROOT, type World } from '../test/helpers/world.js';
-import { benchOptions, enableBpfStats, machine, runBenchmark, writeResults } from './common.js';
+import {
+  benchOptions,
+  enableBpfStats,
+  machine,
+  pinnedProgStats,
+  progStats,
+  runBenchmark,
+  writeResults,
+} from './common.js';
 import { percentile, round } from './egressd.js';
 
 const OPTIONS = benchOptions(
@@ -52,20 +58,6 @@ async function tool(world: World, cgroup: string, ...args: string[]): Promise<Re
   return result;
 }
 
-/** run_cnt and run_time_ns of a pinned program. */
-function stats(world: World, pin: string): { runs: number; ns: number } {
-  const info = JSON.parse(
-    execFileSync('bpftool', [
-      '-j',
-      'prog',
-      'show',
-      'pinned',
-      path.join(world.pinDir, 'progs', pin),
-    ]).toString(),
-  ) as { run_cnt?: number; run_time_ns?: number };
-  return { runs: info.run_cnt ?? 0, ns: info.run_time_ns ?? 0 };
-}
-
 async function main(): Promise<void> {
   const world = await createWorld();
   const restoreStats = enableBpfStats();
@@ -95,11 +87,7 @@ async function main(): Promise<void> {
     };
     const gbps: Record<BenchMode, number[]> = { on: [], off: [], none: [] };
     const bytes = String(Math.round(OPTIONS.gib * 2 ** 30));
-    const before = {
-      msg: stats(world, NAME_CHECK.pin),
-      ops: stats(world, pinOf('sock_ops')),
-      skb: stats(world, pinOf('egress')),
-    };
+    const before = programStats(world);
     for (let round = 0; round < OPTIONS.rounds; round++) {
       for (const mode of MODES) {
         const l = await tool(
@@ -118,11 +106,7 @@ async function main(): Promise<void> {
         gbps[mode].push(b['gbit_per_s'] ?? Number.NaN);
       }
     }
-    const after = {
-      msg: stats(world, NAME_CHECK.pin),
-      ops: stats(world, pinOf('sock_ops')),
-      skb: stats(world, pinOf('egress')),
-    };
+    const after = programStats(world);
     const perRun = (k: keyof typeof before) => {
       const runs = after[k].runs - before[k].runs;
       return { runs, ns: runs ? round((after[k].ns - before[k].ns) / runs, 0) : Number.NaN };
@@ -150,8 +134,13 @@ async function main(): Promise<void> {
   }
 }
 
-function pinOf(hook: (typeof HOOKS)[number]['name']): string {
-  return HOOKS.find((h) => h.name === hook)?.pin ?? hook;
+/** The name check's programs' statistics so far. */
+function programStats(world: World) {
+  return {
+    msg: pinnedProgStats(world, NAME_CHECK.pin),
+    ops: progStats(world, 'sock_ops'),
+    skb: progStats(world, 'egress'),
+  };
 }
 
 await runBenchmark(main);
