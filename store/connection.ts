@@ -23,6 +23,12 @@
  * read (and every key check) while a replica lags. The writer's commands
  * queue behind each WAIT; while the replicas answer that is one round trip
  * a change.
+ *
+ * With a redis+sentinel:// URL (redis-url.ts) every one of these clients,
+ * and every one open() makes, finds the primary through the Sentinels
+ * (ioredis's Sentinel mode, role master: a server that is not the primary
+ * is not used) and asks them again after each disconnect; a demoted primary's
+ * READONLY reconnects too. Nothing else here differs.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { ReplicationTimeoutError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
