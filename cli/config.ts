@@ -115,8 +115,9 @@ export function resolveEgressdConfig(
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const [key, index] = issue.path as [Key, number | undefined];
-    const value = raw[key];
-    // The value as given: a list item alone; a variable's as it is written in the environment.
+    const o: Option = OPTIONS[key];
+    const value = typeof raw[key] === 'string' && o.shownAs ? o.shownAs(raw[key]) : raw[key];
+    // The value as given (a Redis URL without its password): a list item alone; a variable's as it is written in the environment.
     const shown =
       typeof index === 'number'
         ? `"${(value as string[])[index]}" `

@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { parseHostPort } from '../daemon/dns/upstream.js';
 import { LOG_FORMATS } from '../daemon/log.js';
 import { parseHost } from '../policy/host.js';
+import { parseRedisUrl, redactRedisUrl } from '../store/redis-url.js';
 
 export interface Option {
   /** Without "--". None: the environment only (a key on a command line shows in ps). */
@@ -25,6 +26,8 @@ export interface Option {
   list?: true;
   /** Not enumerable in the resolved config (never logged or spread), never in configEnvironment. */
   secret?: true;
+  /** The value as an error message may show it (a Redis URL without its password). */
+  shownAs?: (value: string) => string;
   schema: z.ZodType;
 }
 
@@ -93,13 +96,19 @@ export const OPTIONS = {
     env: 'REDIS_URL',
     default: '',
     shown: 'none: all starts a private redis-server under the state directory',
-    help: 'redis://host:port/db, rediss://... or unix:///path: the Redis that agent and api share',
-    schema: z
-      .string()
-      .refine(
-        (v) => v === '' || /^(redis|rediss|unix):\/\//.test(v),
-        'must start with redis://, rediss:// or unix:// (leave it empty for the embedded Redis)',
-      ),
+    help:
+      'the Redis that agent and api share: redis://[user:password@]host:port/db, rediss://... (TLS), ' +
+      'unix:///path/to/socket, or through Sentinel redis+sentinel://[user:password@]host1:26379,host2:26379,' +
+      'host3:26379/<master-name>[?db=N] (the name of "sentinel monitor"; the password is the Redis servers\')',
+    shownAs: redactRedisUrl,
+    schema: z.string().superRefine((v, ctx) => {
+      if (v === '') return; // the embedded Redis (egressd all)
+      try {
+        parseRedisUrl(v);
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: err instanceof Error ? err.message : String(err) });
+      }
+    }),
   },
   // Only egressd api (and all) writes what the WAIT protects: store/connection.ts write().
   redisMinReplicas: {

@@ -23,9 +23,16 @@
  * read (and every key check) while a replica lags. The writer's commands
  * queue behind each WAIT; while the replicas answer that is one round trip
  * a change.
+ *
+ * With a redis+sentinel:// URL (redis-url.ts) every one of these clients,
+ * and every one open() makes, finds the primary through the Sentinels
+ * (ioredis's Sentinel mode, role master: a server that is not the primary
+ * is not used) and asks them again after each disconnect; a demoted primary's
+ * READONLY reconnects too. Nothing else here differs.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { ReplicationTimeoutError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
+import { parseRedisUrl, type RedisTarget, RedisUrlError, redactRedisUrl } from './redis-url.js';
 import { defineScripts, type ScriptedRedis, type ScriptName } from './scripts.js';
 
 /**
@@ -66,16 +73,40 @@ function redisOptions(url: string, commandTimeoutMs: number): RedisOptions & { p
     retryStrategy: (times) => Math.min(times * 50, 1000),
     lazyConnect: true,
   };
-  if (url.startsWith('unix://')) return { ...common, path: url.slice('unix://'.length) };
-  const u = new URL(url);
-  return {
-    ...common,
-    host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1',
-    port: u.port === '' ? 6379 : Number(u.port),
-    db: u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
-    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
-    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-  };
+  let target: RedisTarget;
+  try {
+    target = parseRedisUrl(url);
+  } catch (err) {
+    // Checked at start already (cli/options.ts); a Store made with a bad URL says which.
+    if (err instanceof RedisUrlError)
+      throw new RedisUrlError(`the Redis URL ${redactRedisUrl(url)} ${err.message}`);
+    throw err;
+  }
+  switch (target.kind) {
+    case 'socket':
+      return { ...common, path: target.path };
+    case 'server': {
+      const { kind: _, tls, ...server } = target;
+      return { ...common, ...server, ...(tls ? { tls: {} } : {}) };
+    }
+    case 'sentinel':
+      return {
+        ...common,
+        sentinels: target.sentinels,
+        name: target.name,
+        role: 'master',
+        db: target.db,
+        ...(target.username ? { username: target.username } : {}),
+        ...(target.password ? { password: target.password } : {}),
+        // Each round over every Sentinel that fails is retried, at most a second apart, for ever
+        // (commands meanwhile fail at once: no offline queue); a Sentinel that hangs is skipped.
+        sentinelRetryStrategy: (times) => Math.min(times * 50, 1000),
+        sentinelCommandTimeout: 1000,
+        // A primary that was demoted (not dead) refuses writes with READONLY: reconnect, and so
+        // ask the Sentinels for the new primary. The command is not sent again (it failed: 503).
+        reconnectOnError: (err) => (/^READONLY\b/.test(err.message) ? 1 : false),
+      };
+  }
 }
 
 export class Connection {

@@ -41,7 +41,7 @@ export type { PolicyRecord, PolicyStatus, PutPolicyResult } from './policies.js'
 export type { SessionRecord } from './sessions.js';
 
 export interface StoreOptions {
-  /** Redis URL: `redis://host:port/db` or `unix:///path/to/socket`. */
+  /** Redis URL: `redis://host:port/db`, `unix:///path/to/socket` or `redis+sentinel://h1,h2,h3/<master>` (redis-url.ts). */
   url: string;
   /**
    * Approximate cap of each node's change stream (XADD MAXLEN ~).

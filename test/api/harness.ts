@@ -55,12 +55,18 @@ export async function startHarness(
   overrides: Partial<ApiConfig & Pick<EgressdConfig, 'redisMinReplicas' | 'redisReplicaTimeoutMs'>> = {},
   appOptions: Pick<AppOptions, 'logger' | 'uiDir' | 'streams'> = {},
   redisOptions: TestRedisOptions = {},
+  /** The URL the Store and the configuration use, made once Redis is up (a Sentinel URL); default its own. */
+  storeUrl: (redis: TestRedis) => Promise<string> = async (redis) => redis.url,
 ): Promise<Harness> {
   const redis = await startRedis(redisOptions);
+  const url = await storeUrl(redis).catch(async (err) => {
+    await redis.cleanup();
+    throw err;
+  });
   const config = Object.assign(
     resolveEgressdConfig(
       {},
-      { EGRESSD_ADMIN_KEY: ADMIN_KEY, REDIS_URL: redis.url, EGRESSD_DEFAULT_NODE: 'node-a' },
+      { EGRESSD_ADMIN_KEY: ADMIN_KEY, REDIS_URL: url, EGRESSD_DEFAULT_NODE: 'node-a' },
     ),
     // Sandbox root '' (any cgroup): most API tests are not about roots; those that are say so.
     { cgroupRoots: [''] },
@@ -68,7 +74,7 @@ export async function startHarness(
   );
   // As cli/api-server.ts makes it.
   const store = new Store({
-    url: redis.url,
+    url: config.redisUrl,
     streamMaxLen: config.streamMaxLen,
     waitPollMs: 200,
     minReplicas: config.redisMinReplicas,

@@ -30,9 +30,10 @@ export interface TestRedis {
   cleanup(): Promise<void>;
 }
 
-const REDIS_SERVER = '/usr/bin/redis-server';
+export const REDIS_SERVER = '/usr/bin/redis-server';
 
-async function freePort(): Promise<number> {
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
   const server = createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -43,10 +44,10 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-type Address = { path: string } | { port: number };
+export type Address = { path: string } | { port: number };
 
 /** Sends `command` (inline) to the server at the address: the first group of `pattern` in its reply, or undefined if none answers. */
-async function ask(address: Address, command: string, pattern: RegExp): Promise<string | undefined> {
+export async function ask(address: Address, command: string, pattern: RegExp): Promise<string | undefined> {
   return new Promise((resolve) => {
     const socket = new Socket();
     let reply = '';
