@@ -204,6 +204,7 @@ export class Agent {
   /** Brings every computer of the node, and nothing else, to what Redis holds. */
   private async resync(): Promise<void> {
     const started = Date.now();
+    this.reports.rewriteAll();
     const snapshot = await this.opts.store.listComputersOfNode(this.opts.node);
     const seen = new Set<string>();
     for (const c of snapshot.computers) {

@@ -48,6 +48,15 @@ export class Reports {
     }
   }
 
+  /**
+   * Writes every acknowledgement again at the next flush: after a reconnect
+   * the store may have lost them or gone back on them (a failover to a
+   * replica that missed them, a Redis restored from a copy).
+   */
+  rewriteAll(): void {
+    for (const id of this.reported.keys()) this.unacked.add(id);
+  }
+
   /** Forgets a computer: nothing more is reported of it. */
   delete(id: string): void {
     this.reported.delete(id);
