@@ -8,11 +8,12 @@ import { rmdirSync } from 'node:fs';
 import test from 'ava';
 import { pino } from 'pino';
 import { Agent } from '../../daemon/agent/agent.js';
-import { DnsProxy } from '../../daemon/dns/proxy.js';
+import type { DnsProxy } from '../../daemon/dns/proxy.js';
 import { Enforcer } from '../../daemon/kernel/enforcer.js';
 import { keys } from '../../store/keys.js';
 import { Store } from '../../store/store.js';
 import { type Harness, startHarness } from '../api/harness.js';
+import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';
 
@@ -31,14 +32,7 @@ async function startAgent(): Promise<void> {
   enforcer.setDnsConfig([44000, 44999]);
   store = new Store({ url: api.redis.url });
   await store.connect();
-  proxy = new DnsProxy({
-    enforcer,
-    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
-    listen: ['127.0.0.1', '::1'],
-    portRange: [44000, 44999],
-    ttlFloor: 5,
-    ttlCeiling: 3600,
-    timeoutMs: 2000,
+  proxy = testDnsProxy(world, enforcer, dnsmasq, [44000, 44999], {
     log,
     onLearned: (...args) => agent.learned(...args),
   });

@@ -4,10 +4,10 @@
  * it the address; nothing for allowed calls; the rate limit counts drops.
  */
 import test from 'ava';
-import { pino } from 'pino';
-import { DnsProxy } from '../../daemon/dns/proxy.js';
+import type { DnsProxy } from '../../daemon/dns/proxy.js';
 import { DenyEvents, type DenyRecord } from '../../daemon/events.js';
 import { Enforcer } from '../../daemon/kernel/enforcer.js';
+import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';
 
@@ -23,16 +23,7 @@ test.before(async () => {
   dnsmasq = await startDnsmasq(['host-record=denied.test,203.0.113.66,300']);
   enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   enforcer.setDnsConfig([45000, 45999], world.gateway!.host4, world.gateway!.host6);
-  proxy = new DnsProxy({
-    enforcer,
-    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
-    listen: ['127.0.0.1', '::1', world.gateway!.host4, world.gateway!.host6],
-    portRange: [45000, 45999],
-    ttlFloor: 5,
-    ttlCeiling: 3600,
-    timeoutMs: 2000,
-    log: pino({ level: 'silent' }),
-  });
+  proxy = testDnsProxy(world, enforcer, dnsmasq, [45000, 45999]);
   events = new DenyEvents({ enforcer, ratePerSecond: 5, burst: 10, sink: (r) => seen.push(r) });
 });
 

@@ -11,10 +11,11 @@ import { pino } from 'pino';
 import { Agent } from '../../daemon/agent/agent.js';
 import { cgroupIdAt } from '../../daemon/agent/cgroup-watch.js';
 import { cgroupOfProcess } from '../../daemon/agent/placement.js';
-import { DnsProxy } from '../../daemon/dns/proxy.js';
+import type { DnsProxy } from '../../daemon/dns/proxy.js';
 import { Enforcer } from '../../daemon/kernel/enforcer.js';
 import { Store } from '../../store/store.js';
 import { type Harness, startHarness } from '../api/harness.js';
+import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { createWorld, type World } from '../helpers/world.js';
 
@@ -40,16 +41,7 @@ test.before(async () => {
   enforcer.setDnsConfig(DNS_PORTS);
   store = new Store({ url: api.redis.url });
   await store.connect();
-  proxy = new DnsProxy({
-    enforcer,
-    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
-    listen: ['127.0.0.1', '::1'],
-    portRange: DNS_PORTS,
-    ttlFloor: 5,
-    ttlCeiling: 3600,
-    timeoutMs: 2000,
-    log,
-  });
+  proxy = testDnsProxy(world, enforcer, dnsmasq, DNS_PORTS, { log });
   world.makeCgroup('sandboxes');
   world.makeCgroup(REDIS_CGROUP);
   agent = new Agent({

@@ -8,12 +8,12 @@
  * Real programs, real sockets in a computer's cgroup.
  */
 import test, { type ExecutionContext } from 'ava';
-import { pino } from 'pino';
-import { DnsProxy } from '../../daemon/dns/proxy.js';
+import type { DnsProxy } from '../../daemon/dns/proxy.js';
 import { DenyEvents, type DenyRecord } from '../../daemon/events.js';
 import { Enforcer } from '../../daemon/kernel/enforcer.js';
 import type { Policy, Rule } from '../../policy/types.js';
 import { clientHello } from '../helpers/client-hello.js';
+import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { ECHO_PORT, echoServer } from '../helpers/held-sockets.js';
 import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
@@ -39,16 +39,7 @@ test.before(async () => {
   ]);
   enforcer = Enforcer.open({ pinDir: world.pinDir, cgroupRoot: world.cgroupMount });
   enforcer.setDnsConfig([46000, 46999], world.gateway!.host4, world.gateway!.host6);
-  proxy = new DnsProxy({
-    enforcer,
-    upstreams: [{ host: dnsmasq.host, port: dnsmasq.port }],
-    listen: ['127.0.0.1', '::1', world.gateway!.host4, world.gateway!.host6],
-    portRange: [46000, 46999],
-    ttlFloor: 5,
-    ttlCeiling: 3600,
-    timeoutMs: 2000,
-    log: pino({ level: 'silent' }),
-  });
+  proxy = testDnsProxy(world, enforcer, dnsmasq, [46000, 46999]);
   events = new DenyEvents({ enforcer, ratePerSecond: 1000, burst: 1000, sink: (r) => seen.push(r) });
   await echoServer(world, true);
 });
