@@ -5,9 +5,11 @@
 # inside with ava, prints the guest's summary and exits non-zero on failure.
 # Downloads nothing but Debian packages (and npm ones through setup.sh).
 #
-#   bash scripts/vm/run.sh [--kernel default|all|VERSION[,VERSION]] [--accel auto|kvm|tcg]
+#   bash scripts/vm/run.sh [--kernel default|matrix|all|VERSION[,VERSION]] [--accel auto|kvm|tcg]
 #                          [--timeout SECONDS] [--no-build] [TEST_FILE_GLOB ...]
 #
+# --kernel matrix: Debian 12's own kernel and the newest one in the image (what
+# CI runs, through scripts/vm/matrix.sh); all: every kernel in the image.
 # TEST_FILE_GLOB defaults to the whole suite (ava's "files": dist/test/**).
 # Guest networking is qemu user mode with restrict=on: the guest reaches
 # nothing outside (the tests use loopback and network namespaces of their own).
@@ -28,7 +30,7 @@ while (($#)); do
   --accel) accel=$2; shift 2 ;;
   --timeout) timeout=$2; shift 2 ;;
   --no-build) build=0; shift ;;
-  -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
   *) tests+=("$1"); shift ;;
   esac
 done
@@ -110,6 +112,12 @@ available=()
 for v in "$kdir"/vmlinuz-*; do available+=("${v##*/vmlinuz-}"); done
 case $kernels in
 default) selected=("$(cat "$kdir/default")") ;;
+# Debian 12's own kernel (the floor users run) and the newest kernel in the image.
+matrix)
+  selected=("$(cat "$kdir/default")")
+  newest=$(printf '%s\n' "${available[@]}" | sort -V | tail -1)
+  [[ $newest == "${selected[0]}" ]] || selected+=("$newest")
+  ;;
 all) selected=("${available[@]}") ;;
 *) IFS=, read -r -a selected <<<"$kernels" ;;
 esac
