@@ -233,6 +233,8 @@ export async function createMultiHost(options: MultiHostOptions = {}): Promise<M
     apis: options.apis ?? 2,
   };
   const stops: Stop[] = [];
+  // Each world, server and process has an exit hook (its safety net).
+  process.setMaxListeners(Math.max(process.getMaxListeners(), 40));
   try {
     const worlds: World[] = [];
     for (const node of HOST_NAMES) {
