@@ -241,6 +241,7 @@ async function startAgent(
   stoppers.push(() => proxy.close());
   const store = new Store({ url: redisUrl });
   stoppers.push(() => store.close());
+  let status: NodeStatusPublisher | undefined;
   agent = new Agent({
     store,
     enforcer,
@@ -253,6 +254,8 @@ async function startAgent(
     // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
     protectedCgroups: [cgroupOfProcess() ?? ''],
     onRevoked: (id, socket) => events?.revoked(id, socket),
+    storeIdFile: agentStoreIdFile(config.stateDir, config.node),
+    onStoreState: () => void status?.publish(),
   });
   const deny = startDenyEvents(enforcer, store, log, agentMetrics);
   events = deny;
@@ -262,8 +265,10 @@ async function startAgent(
   observing.start();
   stoppers.push(() => observing.stop());
   // Said once the agent follows Redis (its first resync done), then every 15 s.
-  const status = new NodeStatusPublisher(store, config.node, enforcer, log);
-  stoppers.push(() => status.stop());
+  const following = agent;
+  const publisher = new NodeStatusPublisher(store, config.node, enforcer, log, () => following.storeState());
+  status = publisher;
+  stoppers.push(() => publisher.stop());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);
@@ -284,8 +289,13 @@ async function startAgent(
   stoppers.push(() => running.stop());
   // Connection failures are retried inside the agent; pins enforce meanwhile.
   await running.start();
-  status.start();
+  publisher.start();
   return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
+}
+
+/** Where the agent of `node` remembers the id of the store it follows (daemon/agent/store-identity.ts). */
+export function agentStoreIdFile(stateDir: string, node: string): string {
+  return path.join(stateDir, `agent-${node}.store-id.json`);
 }
 
 /** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */

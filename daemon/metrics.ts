@@ -22,6 +22,7 @@ export interface AgentMetrics {
   attachmentRepairs: Counter;
   dnsPortsExhausted: Counter;
   versionRegressions: Counter<'computer'>;
+  storeLost: Gauge;
 }
 
 export function createAgentMetrics(registry = new Registry()): AgentMetrics {
@@ -105,6 +106,11 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
       name: 'egressd_version_regressions_total',
       help: 'Versions of a policy refused because they are older than the one in force (the store lost writes: a Redis failover); once per computer and version',
       labelNames: ['computer'],
+      registers,
+    }),
+    storeLost: new Gauge({
+      name: 'egressd_store_lost',
+      help: '1 while the store is not the one the agent follows (Redis came back empty or was replaced) and no operator accepted it: the agent keeps what it enforces and follows nothing',
       registers,
     }),
   };

@@ -17,6 +17,20 @@ export interface FeatureState {
   problem?: string;
 }
 
+/**
+ * Which store the node's agent follows (daemon/agent/store-identity.ts):
+ * `following` the store of id `id`; `lost`: it remembers `id`, the store has
+ * `found` ('' for none) and no operator accepted it, so the agent keeps what
+ * it enforces and follows nothing (POST /api/v1/store/accept ends it).
+ */
+export interface NodeStoreState {
+  state: 'following' | 'lost';
+  id: string;
+  found?: string;
+  /** lost: since when (ms since the epoch). */
+  since?: number;
+}
+
 export interface NodeStatus {
   node: string;
   /** uname -r of the node. */
@@ -27,6 +41,8 @@ export interface NodeStatus {
   startedAt: number;
   seenAt: number;
   features: Record<string, FeatureState>;
+  /** Absent: an agent from before store identities, or one that has not checked the store yet. */
+  store?: NodeStoreState;
 }
 
 export class Nodes {
@@ -42,6 +58,7 @@ export class Nodes {
         started_at: String(status.startedAt),
         seen_at: String(status.seenAt),
         features: JSON.stringify(status.features),
+        store: status.store ? JSON.stringify(status.store) : '',
       })
       .pexpire(key, NODE_STATUS_TTL_MS)
       .zadd(keys.nodes(), status.seenAt, status.node)
@@ -60,8 +77,10 @@ export class Nodes {
         continue;
       }
       let features: Record<string, FeatureState> = {};
+      let store: NodeStoreState | undefined;
       try {
         features = JSON.parse(h['features'] ?? '{}') as Record<string, FeatureState>;
+        if (h['store']) store = JSON.parse(h['store']) as NodeStoreState;
       } catch {
         // An unreadable status still says the node is there.
       }
@@ -72,6 +91,7 @@ export class Nodes {
         startedAt: Number(h['started_at'] ?? 0),
         seenAt: Number(h['seen_at']),
         features,
+        ...(store ? { store } : {}),
       });
     }
     if (gone.length > 0) await this.conn.redis.zrem(keys.nodes(), ...gone);
