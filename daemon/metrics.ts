@@ -117,6 +117,15 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
 }
 
 /** Serves the registry as Prometheus text on host:port (egressd agent). */
+/** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
+export function measureMapMemory(
+  metrics: AgentMetrics | undefined,
+  enforcer: { mapMemory(): Record<string, number> },
+): void {
+  if (!metrics) return;
+  for (const [map, bytes] of Object.entries(enforcer.mapMemory())) metrics.mapMemory.set({ map }, bytes);
+}
+
 export function serveMetrics(registry: Registry, host: string, port: number): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url !== '/metrics') {

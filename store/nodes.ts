@@ -65,8 +65,12 @@ export class Nodes {
       .exec();
   }
 
-  /** Every node that spoke within NODE_STATUS_TTL_MS, by name. */
-  async list(): Promise<NodeStatus[]> {
+  /** Every node that spoke within NODE_STATUS_TTL_MS, by name (Redis away: StoreUnavailableError). */
+  list(): Promise<NodeStatus[]> {
+    return this.conn.guard(() => this.read());
+  }
+
+  private async read(): Promise<NodeStatus[]> {
     const names = await this.conn.redis.zrange(keys.nodes(), 0, -1);
     const out: NodeStatus[] = [];
     const gone: string[] = [];

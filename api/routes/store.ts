@@ -76,8 +76,8 @@ export function storeRoutes(router: ApiRouter, deps: RouteDeps): void {
 
   router.post(STORE_ACCEPT_PATH, auth, admin, async (ctx) => {
     // No body (or {}): every lost id the nodes report now.
-    const body =
-      ctx.request.is('json') === null ? undefined : await readJson(ctx, deps.config.bodyLimitBytes);
+    const empty = ctx.request.type === '' && !(Number(ctx.request.length ?? 0) > 0);
+    const body = empty ? undefined : await readJson(ctx, deps.config.bodyLimitBytes);
     const named = parseAcceptBody(body);
     const current = await deps.store.storeIdentity();
     const reported = lostNodes(await deps.store.nodeStatuses())

@@ -29,6 +29,7 @@ import type { Logger } from 'pino';
 import { EgressdError } from '../../policy/errors.js';
 import type { Policy } from '../../policy/types.js';
 import { RedisClusterError, StoreUnavailableError } from '../../store/errors.js';
+import { measureMapMemory } from '../metrics.js';
 import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';
 import { dnsSettings } from './dns-settings.js';
 import { LearnedPublisher } from './learned-publisher.js';
@@ -97,7 +98,7 @@ export class Agent {
   /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
   async start(): Promise<void> {
     if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
-    this.measureMaps();
+    measureMapMemory(this.opts.metrics, this.opts.enforcer);
     this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
     this.verifying ??= setInterval(() => this.verify(), this.opts.verifyIntervalMs ?? 5000).unref();
     this.running ??= this.loop();
@@ -305,7 +306,7 @@ export class Agent {
         : undefined;
       if (this.desired.get(id) !== want) return;
       const started = process.hrtime.bigint();
-      const { changed } = this.opts.enforcer.attach(
+      let { changed } = this.opts.enforcer.attach(
         id,
         want.cgroup,
         want.policy,
@@ -313,6 +314,11 @@ export class Agent {
         dns.settings,
         names,
       );
+      // Another store was accepted: an equal version number there is not the same policy.
+      if (this.versions.restamp(id) && !changed) {
+        this.opts.enforcer.apply(id, want.policy, BigInt(want.version), dns.settings);
+        changed = true;
+      }
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
       this.versions.enforced(id, want.version);
@@ -342,14 +348,6 @@ export class Agent {
     }
   }
 
-  /** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
-  private measureMaps(): void {
-    const metrics = this.opts.metrics;
-    if (!metrics) return;
-    for (const [map, bytes] of Object.entries(this.opts.enforcer.mapMemory()))
-      metrics.mapMemory.set({ map }, bytes);
-  }
-
   /**
    * The periodic check: every computer's attachment against the cgroup that
    * is at its path now. A mismatch (a cgroup replaced between two inotify
@@ -358,7 +356,7 @@ export class Agent {
    */
   verify(): number {
     this.reports.countStates(this.opts.metrics);
-    this.measureMaps();
+    measureMapMemory(this.opts.metrics, this.opts.enforcer);
     let repaired = 0;
     for (const [id, want] of this.desired) {
       const reported = this.reports.get(id);

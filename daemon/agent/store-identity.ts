@@ -136,8 +136,9 @@ export class StoreFollower {
   private setLost(found: string | undefined): void {
     const was = this.lost;
     if (found === undefined) {
+      if (!was) return;
       this.lost = undefined;
-      if (was) this.opts.log.warn({ store: this.remembered }, 'store no longer lost');
+      this.opts.log.warn({ store: this.remembered }, 'store no longer lost');
     } else if (was?.found !== found) {
       this.lost = { found, since: was?.since ?? Date.now() };
       // Once per store found: the same one checked again says nothing more.

@@ -88,6 +88,8 @@ export function regressionReason(node: string, r: Pick<Regression, 'kept' | 'ask
 /** The agent's side of EnforcedVersions: refuses, logs once, counts, raises the counter and reports. */
 export class VersionGate {
   private readonly versions = new EnforcedVersions();
+  /** Computers whose kernel state holds a lost store's version (reset()), until they are written again. */
+  private readonly stale = new Set<string>();
 
   constructor(
     private readonly opts: Pick<AgentOptions, 'node' | 'store' | 'enforcer' | 'metrics'>,
@@ -122,9 +124,22 @@ export class VersionGate {
 
   forget(id: string): void {
     this.versions.forget(id);
+    this.stale.delete(id);
   }
 
   reset(inKernel: Iterable<string>): void {
-    this.versions.reset(inKernel);
+    const ids = [...inKernel];
+    this.versions.reset(ids);
+    this.stale.clear();
+    for (const id of ids) this.stale.add(id);
+  }
+
+  /**
+   * True once for a computer whose kernel state holds a lost store's version: the enforcer
+   * takes an equal version for the same policy, but versions started again in the accepted
+   * store, so its policy must be written anyway.
+   */
+  restamp(id: string): boolean {
+    return this.stale.delete(id);
   }
 }
