@@ -25,6 +25,7 @@ import { preflight } from '../daemon/kernel/system.js';
 import { createLogger, resolveLogFormat } from '../daemon/log.js';
 import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../daemon/metrics.js';
 import { EgressdError } from '../policy/errors.js';
+import { RedisClusterError } from '../store/errors.js';
 import { Store } from '../store/store.js';
 import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
 import { type Stopper, startApi } from './api-server.js';
@@ -202,6 +203,16 @@ async function startAgent(
   metricsListen = config.metricsListen,
 ): Promise<string> {
   checkProxyAddressesLocal(config.dnsProxyAddresses);
+  const store = new Store({ url: redisUrl });
+  stoppers.push(() => store.close());
+  // A Redis Cluster is refused before anything is loaded (every resync checks again, see Agent);
+  // a Redis that cannot be reached now is not: the pins enforce while the agent retries.
+  await store
+    .connected(2000)
+    .then(() => store.refuseCluster())
+    .catch((err: unknown) => {
+      if (err instanceof RedisClusterError) throw err;
+    });
   const agentMetrics = createAgentMetrics();
   const { cgroupMount } = await preflight(config.bpffsDir);
   stoppers.push(await lockPinDir(config.bpffsDir));
@@ -239,8 +250,6 @@ async function startAgent(
     onDenied: (denial) => events?.submit(denial),
   });
   stoppers.push(() => proxy.close());
-  const store = new Store({ url: redisUrl });
-  stoppers.push(() => store.close());
   let status: NodeStatusPublisher | undefined;
   agent = new Agent({
     store,
