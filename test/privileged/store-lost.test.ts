@@ -8,15 +8,18 @@
  * also after a restart; once the policies are PUT again and an operator
  * accepts the store, it follows it (and detaches what the new store lacks).
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import test from 'ava';
-import { type Harness, startHarness } from '../api/harness.js';
+import { ADMIN_KEY, type Harness, startHarness } from '../api/harness.js';
 import { CLI, type EgressdProcess, freePort, launch, waitFor } from '../helpers/egressd.js';
 import { parsePrometheus } from '../helpers/prometheus.js';
 import { createWorld, type World } from '../helpers/world.js';
 
+const run = promisify(execFile);
 const NODE = 'node-lost';
 let world: World;
 let api: Harness;
@@ -57,6 +60,14 @@ test.after.always(async () => {
   await world?.destroy();
   if (stateDir) rmSync(stateDir, { recursive: true, force: true });
 });
+
+/** `egressd ARGS` against the test's API: its stdout (rejects on a non-zero exit). */
+async function cli(...args: string[]): Promise<string> {
+  const { stdout } = await run(process.execPath, [CLI, ...args], {
+    env: { PATH: process.env['PATH'], EGRESSD_API: api.baseUrl, EGRESSD_API_KEY: ADMIN_KEY },
+  });
+  return stdout;
+}
 
 async function agentMetric(name: string): Promise<number | undefined> {
   const r = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).catch(() => undefined);
@@ -132,11 +143,14 @@ test.serial(
     t.like(status.body.data.nodes_lost, [{ node: NODE, lost_id: lostId }]);
     t.not(status.body.data.id, lostId);
 
-    // The operator accepts: the agent follows the new store, applies version 1 and detaches the rest.
-    const accepted = await api.call('POST', '/api/v1/store/accept');
-    t.is(accepted.status, 200, accepted.text);
-    t.deepEqual(accepted.body.data.accepted, [lostId]);
-    const newId = accepted.body.data.id as string;
+    // The operator looks, then accepts (egressd store): the agent follows the new store, applies
+    // its policies and detaches the rest.
+    const shown = await cli('store', 'status');
+    t.regex(shown, new RegExp(`${NODE}: followed ${lostId}, found no identity`));
+    t.regex(shown, /then: egressd store accept/);
+    const accepted = JSON.parse(await cli('store', 'accept', '--json')) as { id: string; accepted: string[] };
+    t.deepEqual(accepted.accepted, [lostId]);
+    const newId = accepted.id;
     await waitFor('following the new store', async () => (await nodeStore())?.id === newId);
     t.like(await nodeStore(), { state: 'following', id: newId });
     await waitFor('kept enforced', async () => {
