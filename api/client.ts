@@ -10,6 +10,7 @@
  * status (for tests and benchmarks). Uses the global fetch unless given one.
  */
 import type { DnsMode, Mode, Protocol } from '../policy/types.js';
+import { StoreApi } from './store-client.js';
 import type {
   ApiKeyView,
   ComputerListItemView,
@@ -20,6 +21,7 @@ import type {
   SuggestionView,
 } from './views.js';
 
+export type { StoreView } from './store-client.js';
 export type {
   ApiKeyView,
   ComputerListItemView,
@@ -138,6 +140,7 @@ export class Client {
   readonly networkPolicy: NetworkPolicyApi;
   readonly computers: ComputersApi;
   readonly keys: KeysApi;
+  readonly store: StoreApi;
   private readonly baseUrl: string;
   private readonly apiKey: string;
   private readonly fetchFn: typeof fetch;
@@ -151,6 +154,7 @@ export class Client {
     this.networkPolicy = new NetworkPolicyApi(this);
     this.computers = new ComputersApi(this);
     this.keys = new KeysApi(this);
+    this.store = new StoreApi(this);
   }
 
   /** What the service does by default for this key: its default node, where its computers may live. */

@@ -761,7 +761,7 @@ const schemas: Json = {
   },
   Readiness: {
     type: 'object',
-    required: ['status', 'nodes', 'features'],
+    required: ['status', 'nodes', 'features', 'store_lost'],
     additionalProperties: false,
     properties: {
       status: { type: 'string', enum: ['ready'] },
@@ -772,11 +772,108 @@ const schemas: Json = {
           'Feature name → state → number of nodes, e.g. {"revocation": {"on": 2, "unsupported": 1}}',
         additionalProperties: { type: 'object', additionalProperties: { type: 'integer' } },
       },
+      store_lost: {
+        type: 'integer',
+        description:
+          'Nodes whose agent reports its store lost (Redis came back empty or was replaced): they keep what they ' +
+          'enforce and follow nothing until an operator accepts the store (POST /api/v1/store/accept)',
+      },
+    },
+  },
+  NodeStore: {
+    type: ['object', 'null'],
+    description:
+      'The store the agent follows, or that it lost it; null for an agent that has not said (older, or not checked yet)',
+    required: ['state', 'id'],
+    additionalProperties: false,
+    properties: {
+      state: {
+        type: 'string',
+        enum: ['following', 'lost'],
+        description:
+          'lost: the Redis it reaches holds no store identity or another one, not accepted: the agent keeps ' +
+          'every policy in force, applies and acknowledges nothing from it, until POST /api/v1/store/accept',
+      },
+      id: { type: 'string', description: 'The id of the store it follows (or lost)' },
+      found: {
+        type: ['string', 'null'],
+        description: 'lost: the id the store has now; null when it has none',
+      },
+      since: { ...timestamp, description: 'lost: since when' },
+    },
+  },
+  StoreResponse: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['id', 'created_at', 'replaces', 'nodes_lost'],
+        additionalProperties: false,
+        properties: {
+          id: { type: ['string', 'null'], description: "The store's identity; null when it has none yet" },
+          created_at: { type: ['string', 'null'], format: 'date-time' },
+          replaces: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'Ids of lost stores an operator accepted this one for',
+          },
+          nodes_lost: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: ['node', 'lost_id', 'found_id', 'since'],
+              additionalProperties: false,
+              properties: {
+                node: { type: 'string' },
+                lost_id: { type: 'string', description: 'The id of the store the node followed' },
+                found_id: { type: ['string', 'null'], description: 'The id it found instead (null: none)' },
+                since: { type: 'string', format: 'date-time' },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+  StoreAcceptInput: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      lost: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'string', pattern: '^[0-9a-f]{32}$' },
+        description: 'The lost stores this one replaces; default: every one the nodes report now',
+      },
+    },
+  },
+  StoreAccepted: {
+    type: 'object',
+    required: ['data'],
+    additionalProperties: false,
+    properties: {
+      data: {
+        type: 'object',
+        required: ['id', 'created_at', 'replaces', 'accepted'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string' },
+          created_at: { type: 'string', format: 'date-time' },
+          replaces: { type: 'array', items: { type: 'string' } },
+          accepted: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'The lost ids this call accepted',
+          },
+        },
+      },
     },
   },
   Node: {
     type: 'object',
-    required: ['node', 'kernel', 'version', 'started_at', 'seen_at', 'features'],
+    required: ['node', 'kernel', 'version', 'started_at', 'seen_at', 'features', 'store'],
     additionalProperties: false,
     properties: {
       node: { type: 'string' },
@@ -784,6 +881,7 @@ const schemas: Json = {
       version: { type: 'string', description: "The agent's egressd version" },
       started_at: { type: 'string', format: 'date-time' },
       seen_at: { type: 'string', format: 'date-time' },
+      store: ref('NodeStore'),
       features: {
         type: 'object',
         additionalProperties: {
@@ -1156,6 +1254,39 @@ export function openApiDocument(options: { ui?: boolean } = {}): Json {
               ...json(ref('StoreError'), 'store_unavailable: Redis unreachable'),
               headers: retryAfter,
             },
+          },
+        },
+      },
+      '/api/v1/store': {
+        get: {
+          operationId: 'getStore',
+          summary:
+            "The store's identity (admin key): its id, the lost stores it replaces, and the nodes whose agent " +
+            'reports its store lost (Redis came back empty or was replaced)',
+          responses: {
+            '200': json(ref('StoreResponse'), 'The store'),
+            '403': error('Not the admin key'),
+            ...common,
+          },
+        },
+      },
+      '/api/v1/store/accept': {
+        post: {
+          operationId: 'acceptStore',
+          summary:
+            'The operator accepts this store in place of lost ones (admin key): agents that report one of them ' +
+            'lost follow this store, versions start again, and computers it lacks are detached. PUT every ' +
+            'computer and policy again first. No body (or {}): the lost ids the nodes report now',
+          requestBody: {
+            required: false,
+            content: { 'application/json': { schema: ref('StoreAcceptInput') } },
+          },
+          responses: {
+            '200': json(ref('StoreAccepted'), 'Accepted'),
+            '403': error('Not the admin key'),
+            '409': error('nothing_to_accept: no node reports a lost store, and the body names none'),
+            ...replicated,
+            ...withBody,
           },
         },
       },

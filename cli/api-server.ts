@@ -63,7 +63,13 @@ async function listen(
     minReplicas: config.redisMinReplicas,
     replicaTimeoutMs: config.redisReplicaTimeoutMs,
   });
-  await store.connect();
+  try {
+    await store.connect();
+    await keepStoreIdentity(store, log);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   const app = createApp({
     store,
     config,
@@ -99,6 +105,32 @@ async function listen(
     });
     await store.close();
   };
+}
+
+/**
+ * Makes the store's identity when it has none (store/identity.ts), now and
+ * after every reconnect: a Redis that came back empty gets a new one, which
+ * agents that followed the lost store see as another store (store_lost).
+ * Never fails the API: a failure (no replica in time, Redis away) is logged
+ * and tried again a second later, up to 10 times (then at the next
+ * reconnect; an agent that never followed a store and an accept make it too).
+ */
+async function keepStoreIdentity(store: Store, log: Logger): Promise<void> {
+  let known: string | undefined;
+  const ensure = async (tries: number): Promise<void> => {
+    try {
+      const identity = await store.ensureStoreIdentity();
+      if (known !== undefined && identity.id !== known)
+        log.warn({ store: identity.id, was: known }, 'the store is another one since the reconnect');
+      else if (known === undefined) log.info({ store: identity.id }, 'store identity');
+      known = identity.id;
+    } catch (err) {
+      log.warn({ err: (err as Error).message, tries }, 'store identity not checked');
+      if (tries < 10) setTimeout(() => void ensure(tries + 1), 1000).unref();
+    }
+  };
+  store.onReady(() => void ensure(1));
+  await ensure(1);
 }
 
 /** The primary's side: forks the workers, resolves when every one listens, replaces any that dies later. */

@@ -11,6 +11,7 @@ import { computersCommand, describeError, eventsCommand, policyCommand } from '.
 import { CONFIG_FLAGS, optionsHelp, resolveEgressdConfig } from './config.js';
 import { runCommand } from './run.js';
 import type { ServeMode } from './serve.js';
+import { storeCommand } from './store-command.js';
 
 const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (default: all, Redis, agent and API on one host)
        egressd policy get|set|reset|learned ID [--mode MODE] [--rule host[:port][/proto][,bind_name=false]]... [--dns listed|all|none] [--audit] [--file F] [--json]
@@ -18,6 +19,7 @@ const USAGE = `usage: egressd [all|agent|api] [options]      run egressd (defaul
        egressd computers list [--node N] | add ID --cgroup PATH [--node N] [--tenant T] [--dns-upstream ADDR[:PORT]] | remove ID [--json]
        egressd run --computer ID [--create] [--mode MODE --rule R...] [--user U] [--group G] [--allow-root-escape] -- CMD [ARGS...]
        egressd events ID [--follow] [--json]
+       egressd store status | accept [--lost STORE_ID]... [--json]
        --debug: stack traces with errors (client commands print one line otherwise)
 
 run (needs root, and unshare and setpriv from util-linux): CMD runs in the computer's cgroup, in a cgroup
@@ -41,6 +43,11 @@ policy set --rule HOST,bind_name=false: a hostname or wildcard rule that is not 
 policy set --audit: audit mode. The policy is judged exactly as in enforcement, but what it would refuse
   is let through and reported (egressd events ID). Without --audit, a set turns audit off (a set replaces
   the whole policy).
+
+store: a Redis that came back empty (or another one) is not followed: each agent keeps what it enforces
+  and reports its store lost (store status). PUT every computer and policy again from the control plane,
+  then store accept: the agents follow this store (versions start again; computers it lacks are detached).
+  --lost: accept only these lost store ids (default: every one the nodes report now).
 
 policy suggest: the suggested allowlist (observe, then enforce): what the computer was seen connecting to,
   one rule a line (host:port/protocol, how often, when last seen): a hostname rule where its DNS named the
@@ -82,6 +89,7 @@ async function main(argv: string[]): Promise<number> {
       since: { type: 'string' },
       apply: { type: 'boolean' },
       debug: { type: 'boolean' },
+      lost: { type: 'string', multiple: true },
     },
   });
   if (values.help) {
@@ -118,6 +126,9 @@ async function main(argv: string[]): Promise<number> {
       return runCommand(ctx, rest, values);
     case 'events':
       await eventsCommand(ctx, rest, values);
+      return 0;
+    case 'store':
+      await storeCommand(ctx, rest, values);
       return 0;
     default:
       throw new EgressdError('USAGE', `unknown command "${command}"\n${USAGE}`);

@@ -136,7 +136,9 @@ export const OPTIONS = {
     flag: 'state-dir',
     env: 'EGRESSD_STATE_DIR',
     default: '/var/lib/egressd',
-    help: "the embedded Redis's data and the generated admin key",
+    help:
+      "the embedded Redis's data, the generated admin key, and the id of the store each agent follows " +
+      '(agent-<node>.store-id.json: a Redis that comes back empty is not followed until "egressd store accept")',
     schema: absolutePath,
   },
   bpffsDir: {

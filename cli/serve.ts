@@ -25,6 +25,7 @@ import { preflight } from '../daemon/kernel/system.js';
 import { createLogger, resolveLogFormat } from '../daemon/log.js';
 import { type AgentMetrics, createAgentMetrics, serveMetrics } from '../daemon/metrics.js';
 import { EgressdError } from '../policy/errors.js';
+import { RedisClusterError } from '../store/errors.js';
 import { Store } from '../store/store.js';
 import { AgentProcess, supervisorStop, tellSupervisor } from './agent-process.js';
 import { type Stopper, startApi } from './api-server.js';
@@ -202,6 +203,16 @@ async function startAgent(
   metricsListen = config.metricsListen,
 ): Promise<string> {
   checkProxyAddressesLocal(config.dnsProxyAddresses);
+  const store = new Store({ url: redisUrl });
+  stoppers.push(() => store.close());
+  // A Redis Cluster is refused before anything is loaded (every resync checks again, see Agent);
+  // a Redis that cannot be reached now is not: the pins enforce while the agent retries.
+  await store
+    .connected(2000)
+    .then(() => store.refuseCluster())
+    .catch((err: unknown) => {
+      if (err instanceof RedisClusterError) throw err;
+    });
   const agentMetrics = createAgentMetrics();
   const { cgroupMount } = await preflight(config.bpffsDir);
   stoppers.push(await lockPinDir(config.bpffsDir));
@@ -239,8 +250,7 @@ async function startAgent(
     onDenied: (denial) => events?.submit(denial),
   });
   stoppers.push(() => proxy.close());
-  const store = new Store({ url: redisUrl });
-  stoppers.push(() => store.close());
+  let status: NodeStatusPublisher | undefined;
   agent = new Agent({
     store,
     enforcer,
@@ -253,6 +263,8 @@ async function startAgent(
     // This process's cgroup holds egressd (in `egressd all` the API and the embedded Redis too).
     protectedCgroups: [cgroupOfProcess() ?? ''],
     onRevoked: (id, socket) => events?.revoked(id, socket),
+    storeIdFile: agentStoreIdFile(config.stateDir, config.node),
+    onStoreState: () => void status?.publish(),
   });
   const deny = startDenyEvents(enforcer, store, log, agentMetrics);
   events = deny;
@@ -262,8 +274,10 @@ async function startAgent(
   observing.start();
   stoppers.push(() => observing.stop());
   // Said once the agent follows Redis (its first resync done), then every 15 s.
-  const status = new NodeStatusPublisher(store, config.node, enforcer, log);
-  stoppers.push(() => status.stop());
+  const following = agent;
+  const publisher = new NodeStatusPublisher(store, config.node, enforcer, log, () => following.storeState());
+  status = publisher;
+  stoppers.push(() => publisher.stop());
   const gauges = setInterval(() => {
     for (const [map, n] of Object.entries(enforcer.installedEntryCounts()))
       agentMetrics.mapEntries.set({ map }, n);
@@ -284,8 +298,13 @@ async function startAgent(
   stoppers.push(() => running.stop());
   // Connection failures are retried inside the agent; pins enforce meanwhile.
   await running.start();
-  status.start();
+  publisher.start();
   return `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}/metrics`;
+}
+
+/** Where the agent of `node` remembers the id of the store it follows (daemon/agent/store-identity.ts). */
+export function agentStoreIdFile(stateDir: string, node: string): string {
+  return path.join(stateDir, `agent-${node}.store-id.json`);
 }
 
 /** The DNS proxy on loopback and the configured proxy addresses, forwarding to the configured upstreams. */

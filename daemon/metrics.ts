@@ -22,6 +22,7 @@ export interface AgentMetrics {
   attachmentRepairs: Counter;
   dnsPortsExhausted: Counter;
   versionRegressions: Counter<'computer'>;
+  storeLost: Gauge;
 }
 
 export function createAgentMetrics(registry = new Registry()): AgentMetrics {
@@ -107,10 +108,24 @@ export function createAgentMetrics(registry = new Registry()): AgentMetrics {
       labelNames: ['computer'],
       registers,
     }),
+    storeLost: new Gauge({
+      name: 'egressd_store_lost',
+      help: '1 while the store is not the one the agent follows (Redis came back empty or was replaced) and no operator accepted it: the agent keeps what it enforces and follows nothing',
+      registers,
+    }),
   };
 }
 
 /** Serves the registry as Prometheus text on host:port (egressd agent). */
+/** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
+export function measureMapMemory(
+  metrics: AgentMetrics | undefined,
+  enforcer: { mapMemory(): Record<string, number> },
+): void {
+  if (!metrics) return;
+  for (const [map, bytes] of Object.entries(enforcer.mapMemory())) metrics.mapMemory.set({ map }, bytes);
+}
+
 export function serveMetrics(registry: Registry, host: string, port: number): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url !== '/metrics') {

@@ -31,7 +31,12 @@
  * READONLY reconnects too. Nothing else here differs.
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { ReplicationTimeoutError, StoreOutcomeUnknownError, StoreUnavailableError } from './errors.js';
+import {
+  RedisClusterError,
+  ReplicationTimeoutError,
+  StoreOutcomeUnknownError,
+  StoreUnavailableError,
+} from './errors.js';
 import { parseRedisUrl, type RedisTarget, RedisUrlError, redactRedisUrl } from './redis-url.js';
 import { defineScripts, type ScriptedRedis, type ScriptName } from './scripts.js';
 
@@ -156,6 +161,15 @@ export class Connection {
    */
   async ready(timeoutMs?: number): Promise<void> {
     await Promise.all([...new Set([this.redis, this.writer])].map((redis) => ready(redis, timeoutMs)));
+  }
+
+  /**
+   * Refuses a Redis Cluster node (RedisClusterError): called at each connect
+   * (Store.connect, the agent's resyncs). Redis unreachable: StoreUnavailableError.
+   */
+  async refuseCluster(): Promise<void> {
+    const info = await this.guard(() => this.redis.info('cluster'));
+    if (/^cluster_enabled:1\b/m.test(info)) throw new RedisClusterError(redactRedisUrl(this.url));
   }
 
   /** True if Redis answers PING now. */

@@ -61,6 +61,24 @@ export class ReplicationTimeoutError extends StoreUnavailableError {
   }
 }
 
+/**
+ * The Redis given is a Redis Cluster node (INFO cluster: cluster_enabled:1).
+ * egressd's scripts touch keys of many hash slots in one step, which a
+ * cluster refuses; it is refused at connect, for good (not retried).
+ */
+export class RedisClusterError extends EgressdError {
+  constructor(where: string) {
+    super(
+      'REDIS_CLUSTER',
+      `the Redis at ${where} runs in cluster mode (cluster_enabled:1): Redis Cluster is not supported, ` +
+        "because egressd's scripts change keys of many hash slots in one atomic step. Use one primary with " +
+        'replicas under Redis Sentinel and give egressd the Sentinels: --redis redis+sentinel://host1:26379,' +
+        'host2:26379,host3:26379/<master-name> (README, "Many hosts" and "Redis Cluster")',
+    );
+    this.name = 'RedisClusterError';
+  }
+}
+
 function causeText(cause: unknown): string {
   return cause instanceof Error ? cause.message : String(cause);
 }

@@ -43,12 +43,21 @@ export const keys = {
    * counter `<stream>:seq`, the `seq` of the node's last record (the Lua scripts derive its name).
    */
   nodeChanges: (node: string) => `${PREFIX}node:${node}:changes`,
-  /** Hash written by a node's agent (nodes.ts): kernel, version, started_at, seen_at, features (JSON); TTL 60 s. */
+  /**
+   * Hash written by a node's agent (nodes.ts): kernel, version, started_at, seen_at, features (JSON),
+   * store (JSON of NodeStoreState, '' before the agent checked the store); TTL 60 s.
+   */
   nodeStatus: (node: string) => `${PREFIX}node:${node}:status`,
   /** Sorted set of node names, scored by when each last wrote its status (ms since the epoch). */
   nodes: () => `${PREFIX}nodes`,
   /** Sorted set of the ids of one tenant's computers. */
   tenantComputers: (tenant: string) => `${PREFIX}tenant:${tenant}:computers`,
+  /**
+   * Hash: the store's identity (store/identity.ts): id (random hex), created_at (ms since the epoch),
+   * replaces (space-separated ids of lost stores an operator accepted this one for; absent: none).
+   * Made when missing by the API (at start, on reconnect) and by an agent that never followed a store.
+   */
+  storeIdentity: () => `${PREFIX}store`,
   /** Counter: the one sequence that every version is drawn from, so versions never go back. */
   version: () => `${PREFIX}version`,
   /** Hash: hash (sha256 hex of the whole key), tenant, name, created_at, cgroup_prefix. */

@@ -17,6 +17,20 @@ export interface FeatureState {
   problem?: string;
 }
 
+/**
+ * Which store the node's agent follows (daemon/agent/store-identity.ts):
+ * `following` the store of id `id`; `lost`: it remembers `id`, the store has
+ * `found` ('' for none) and no operator accepted it, so the agent keeps what
+ * it enforces and follows nothing (POST /api/v1/store/accept ends it).
+ */
+export interface NodeStoreState {
+  state: 'following' | 'lost';
+  id: string;
+  found?: string;
+  /** lost: since when (ms since the epoch). */
+  since?: number;
+}
+
 export interface NodeStatus {
   node: string;
   /** uname -r of the node. */
@@ -27,6 +41,8 @@ export interface NodeStatus {
   startedAt: number;
   seenAt: number;
   features: Record<string, FeatureState>;
+  /** Absent: an agent from before store identities, or one that has not checked the store yet. */
+  store?: NodeStoreState;
 }
 
 export class Nodes {
@@ -42,14 +58,19 @@ export class Nodes {
         started_at: String(status.startedAt),
         seen_at: String(status.seenAt),
         features: JSON.stringify(status.features),
+        store: status.store ? JSON.stringify(status.store) : '',
       })
       .pexpire(key, NODE_STATUS_TTL_MS)
       .zadd(keys.nodes(), status.seenAt, status.node)
       .exec();
   }
 
-  /** Every node that spoke within NODE_STATUS_TTL_MS, by name. */
-  async list(): Promise<NodeStatus[]> {
+  /** Every node that spoke within NODE_STATUS_TTL_MS, by name (Redis away: StoreUnavailableError). */
+  list(): Promise<NodeStatus[]> {
+    return this.conn.guard(() => this.read());
+  }
+
+  private async read(): Promise<NodeStatus[]> {
     const names = await this.conn.redis.zrange(keys.nodes(), 0, -1);
     const out: NodeStatus[] = [];
     const gone: string[] = [];
@@ -60,8 +81,10 @@ export class Nodes {
         continue;
       }
       let features: Record<string, FeatureState> = {};
+      let store: NodeStoreState | undefined;
       try {
         features = JSON.parse(h['features'] ?? '{}') as Record<string, FeatureState>;
+        if (h['store']) store = JSON.parse(h['store']) as NodeStoreState;
       } catch {
         // An unreadable status still says the node is there.
       }
@@ -72,6 +95,7 @@ export class Nodes {
         startedAt: Number(h['started_at'] ?? 0),
         seenAt: Number(h['seen_at']),
         features,
+        ...(store ? { store } : {}),
       });
     }
     if (gone.length > 0) await this.conn.redis.zrem(keys.nodes(), ...gone);

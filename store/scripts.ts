@@ -348,6 +348,30 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 `;
 
+/**
+ * KEYS: store identity. ARGV: a new id, created_at, then ids of lost stores
+ * to record as replaced by this one (an operator's accept). Makes the
+ * identity when it has no id (atomically: two makers agree on one), adds
+ * the lost ids not yet there (never this store's own). Reply: id,
+ * created_at, replaces.
+ */
+const ENSURE_IDENTITY = `
+if redis.call('HEXISTS', KEYS[1], 'id') == 0 then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2])
+end
+local id = redis.call('HGET', KEYS[1], 'id')
+if #ARGV > 2 then
+  local have = redis.call('HGET', KEYS[1], 'replaces') or ''
+  for i = 3, #ARGV do
+    if ARGV[i] ~= id and not string.find(' ' .. have .. ' ', ' ' .. ARGV[i] .. ' ', 1, true) then
+      have = have == '' and ARGV[i] or (have .. ' ' .. ARGV[i])
+    end
+  end
+  if have ~= '' then redis.call('HSET', KEYS[1], 'replaces', have) end
+end
+return redis.call('HMGET', KEYS[1], 'id', 'created_at', 'replaces')
+`;
+
 /** Each script with its number of KEYS (the rest of a call is ARGV). */
 const SCRIPTS = {
   getPolicy: { keys: 3, lua: GET_POLICY },
@@ -360,6 +384,7 @@ const SCRIPTS = {
   putLearned: { keys: 2, lua: PUT_LEARNED },
   nodeSnapshot: { keys: 2, lua: NODE_SNAPSHOT },
   raiseVersion: { keys: 1, lua: RAISE_VERSION },
+  ensureIdentity: { keys: 1, lua: ENSURE_IDENTITY },
 } as const;
 
 export type ScriptName = keyof typeof SCRIPTS;

@@ -21,6 +21,7 @@ import { Connection } from './connection.js';
 import { StoreUnavailableError } from './errors.js';
 import { EventFeed } from './event-feed.js';
 import { Events, type RecentCount } from './events.js';
+import { Identities, type StoreIdentity } from './identity.js';
 import { channels, keys } from './keys.js';
 import { Learned, type LearnedName } from './learned.js';
 import { type NodeStatus, Nodes } from './nodes.js';
@@ -34,8 +35,15 @@ export type { ApiKeyRecord } from './api-keys.js';
 export type { ChangeKind, ChangeRecord, NodeSnapshot } from './changes.js';
 export type { Computer, ComputerInput, PutComputerResult, Scope } from './computers.js';
 export { RECENT_COUNT_CAP, type RecentCount } from './events.js';
+export { STORE_ID, type StoreIdentity } from './identity.js';
 export type { LearnedName } from './learned.js';
-export { type FeatureState, NODE_STATUS_INTERVAL_MS, NODE_STATUS_TTL_MS, type NodeStatus } from './nodes.js';
+export {
+  type FeatureState,
+  NODE_STATUS_INTERVAL_MS,
+  NODE_STATUS_TTL_MS,
+  type NodeStatus,
+  type NodeStoreState,
+} from './nodes.js';
 export { MAX_OBSERVATIONS, type Observation } from './observations.js';
 export type { PolicyRecord, PolicyStatus, PutPolicyResult } from './policies.js';
 export type { SessionRecord } from './sessions.js';
@@ -94,6 +102,7 @@ export class Store {
   private readonly apiKeys: ApiKeys;
   private readonly sessions: Sessions;
   private readonly nodes: Nodes;
+  private readonly identities: Identities;
   private feed: EventFeed | undefined;
 
   constructor(options: StoreOptions) {
@@ -113,6 +122,7 @@ export class Store {
     this.apiKeys = new ApiKeys(this.conn);
     this.sessions = new Sessions(this.conn);
     this.nodes = new Nodes(this.conn);
+    this.identities = new Identities(this.conn);
     this.notices = new Notifications(this.conn);
     this.notices.on(
       channels.enforced,
@@ -131,10 +141,12 @@ export class Store {
    * Connects, and subscribes to acknowledgements. Rejects if Redis cannot be
    * reached now; the clients keep reconnecting in the background all the
    * same (a server may start before Redis and answer 503 until it is up).
+   * Rejects for good with RedisClusterError on a Redis Cluster node.
    */
   async connect(): Promise<void> {
     const subscribed = this.notices.start();
     await this.conn.ready();
+    await this.conn.refuseCluster();
     await subscribed;
   }
 
@@ -145,6 +157,29 @@ export class Store {
     } catch (err) {
       throw new StoreUnavailableError(err as Error);
     }
+  }
+
+  /** RedisClusterError when the Redis is a Redis Cluster node (see Store.connect). */
+  refuseCluster(): Promise<void> {
+    return this.conn.refuseCluster();
+  }
+
+  /** Calls `listener` each time the main connection becomes ready from now on (reconnects); returns its remover. */
+  onReady(listener: () => void): () => void {
+    this.redis.on('ready', listener);
+    return () => this.redis.off('ready', listener);
+  }
+
+  // --- the store's identity (identity.ts) ---------------------------------
+
+  /** Which data set this Redis holds; undefined when it has no identity (new, or emptied). */
+  storeIdentity(): Promise<StoreIdentity | undefined> {
+    return this.identities.get();
+  }
+
+  /** The identity, made when missing; `lost`: ids of lost stores this one now replaces (an operator's accept). */
+  ensureStoreIdentity(lost: readonly string[] = []): Promise<StoreIdentity> {
+    return this.identities.ensure(lost);
   }
 
   async close(): Promise<void> {

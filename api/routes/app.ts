@@ -23,6 +23,7 @@ import { healthRoutes } from './health.js';
 import { keyRoutes } from './keys.js';
 import { policyRoutes } from './policy.js';
 import { serviceRoutes } from './service.js';
+import { storeRoutes } from './store.js';
 import { uiRoutes } from './ui.js';
 import { DEFAULT_UI_DIR, loadAssets, uiAssets } from './ui-assets.js';
 
@@ -91,6 +92,7 @@ export function createApp(options: AppOptions): App {
   computerRoutes(router, deps);
   keyRoutes(router, deps);
   serviceRoutes(router, deps);
+  storeRoutes(router, deps);
   if (sessions) uiRoutes(router, sessions, logger);
 
   app.use(async (ctx, next) => {

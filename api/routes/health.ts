@@ -28,7 +28,9 @@ export function healthRoutes(
           features[name][f.state] = (features[name][f.state] ?? 0) + 1;
         }
       }
-      ctx.body = { status: 'ready', nodes: nodes.length, features };
+      // Nodes whose agent lost its store keep enforcing and follow nothing: an operator must act.
+      const storeLost = nodes.filter((n) => n.store?.state === 'lost').length;
+      ctx.body = { status: 'ready', nodes: nodes.length, features, store_lost: storeLost };
     } else {
       ctx.status = 503;
       ctx.body = {
@@ -51,6 +53,18 @@ export function healthRoutes(
           started_at: new Date(n.startedAt).toISOString(),
           seen_at: new Date(n.seenAt).toISOString(),
           features: n.features,
+          store: n.store
+            ? {
+                state: n.store.state,
+                id: n.store.id,
+                ...(n.store.state === 'lost'
+                  ? {
+                      found: n.store.found || null,
+                      since: new Date(n.store.since ?? n.seenAt).toISOString(),
+                    }
+                  : {}),
+              }
+            : null,
         })),
       };
     },

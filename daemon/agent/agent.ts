@@ -21,19 +21,23 @@
  *   with DNS refused (`dns_ports_exhausted`). Each computer's state goes to
  *   Redis with its version, so the API says why a policy is not enforced.
  * - Versions never go back: an older one is refused (`version_regressed`, versions.ts).
+ * - A store that comes back empty or replaced is followed only once an operator
+ *   accepts it (`store_lost`, store-identity.ts); a Redis Cluster node ends the agent.
  */
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { EgressdError } from '../../policy/errors.js';
 import type { Policy } from '../../policy/types.js';
-import { StoreUnavailableError } from '../../store/errors.js';
+import { RedisClusterError, StoreUnavailableError } from '../../store/errors.js';
+import { measureMapMemory } from '../metrics.js';
 import { type CgroupChange, CgroupWatcher, cgroupIdAt } from './cgroup-watch.js';
 import { dnsSettings } from './dns-settings.js';
 import { LearnedPublisher } from './learned-publisher.js';
 import type { AgentOptions, AgentStatus, ComputerReport } from './options.js';
-import { isBelow, normaliseCgroup, placementProblem } from './placement.js';
-import { Reports } from './reports.js';
+import { normaliseCgroup, placementProblem, refuseProtectedInRoots } from './placement.js';
+import { computerReports, Reports } from './reports.js';
 import { Revocations } from './revocations.js';
+import { StoreFollower } from './store-identity.js';
 import { VersionGate } from './versions.js';
 
 interface Desired {
@@ -51,6 +55,7 @@ export class Agent {
   private readonly reports: Reports;
   private readonly revocations: Revocations;
   private readonly versions: VersionGate;
+  private readonly follower: StoreFollower;
   private readonly failures = new Map<string, string>();
   private readonly reconciling = new Map<string, Promise<void>>();
   private readonly learnedOut: LearnedPublisher;
@@ -73,18 +78,11 @@ export class Agent {
     this.reports = new Reports(opts.store, opts.node, this.log);
     this.revocations = new Revocations(opts.enforcer, this.reports, this.log, opts.onRevoked);
     this.versions = new VersionGate(opts, this.reports, this.log);
+    this.follower = new StoreFollower({ ...opts, log: this.log, checkMs: opts.storeCheckMs ?? 5000 });
     this.watcher = new CgroupWatcher(opts.cgroupRoot, (id, change) => this.onCgroupChange(id, change));
     this.roots = (opts.roots ?? []).map(normaliseCgroup);
     this.protectedCgroups = (opts.protectedCgroups ?? []).map(normaliseCgroup);
-    for (const p of this.protectedCgroups) {
-      const root = this.roots.find((r) => p === r || isBelow(p, r));
-      if (root !== undefined) {
-        throw new EgressdError(
-          'AGENT_IN_SANDBOX_ROOT',
-          `egressd or its Redis runs in cgroup "${p}", inside the sandbox root "${root}", where the guard refuses every connection: run them outside it, or choose another --cgroup-root`,
-        );
-      }
-    }
+    refuseProtectedInRoots(this.protectedCgroups, this.roots);
     let resolve = () => {};
     const promise = new Promise<void>((r) => {
       resolve = r;
@@ -100,7 +98,7 @@ export class Agent {
   /** Starts following; resolves after the first full resync (enforcement of pins never stops meanwhile). */
   async start(): Promise<void> {
     if (this.roots.length > 0) this.opts.enforcer.guard.attachRoots(this.roots);
-    this.measureMaps();
+    measureMapMemory(this.opts.metrics, this.opts.enforcer);
     this.expiry ??= setInterval(() => this.opts.enforcer.expireLearned(), 10_000).unref();
     this.verifying ??= setInterval(() => this.verify(), this.opts.verifyIntervalMs ?? 5000).unref();
     this.running ??= this.loop();
@@ -119,8 +117,14 @@ export class Agent {
     this.setStatus('stopped');
   }
 
+  /** Which store the agent follows, or that it is lost (for the node status). */
+  storeState() {
+    return this.follower.state();
+  }
+
   private setStatus(status: AgentStatus): void {
-    this.opts.metrics?.redisConnected.set(status === 'following' || status === 'syncing' ? 1 : 0);
+    const connected = status === 'following' || status === 'syncing' || status === 'store_lost';
+    this.opts.metrics?.redisConnected.set(connected ? 1 : 0);
     if (this.status === status) return;
     this.log.info({ from: this.status, to: status }, 'agent status');
     this.status = status;
@@ -138,10 +142,17 @@ export class Agent {
           // Still connecting (the store connects as it is made): wait for it rather than fail the
           // resync and warn that Redis is unreachable when it is merely not connected yet.
           else if (status !== 'ready') await this.opts.store.connected(2000);
-          this.setStatus('syncing');
-          await this.resync();
-          needResync = false;
+          await this.opts.store.refuseCluster();
+          if (this.status !== 'store_lost') this.setStatus('syncing');
+          const followed = await this.resync();
           this.firstSync.resolve();
+          if (!followed) {
+            // Keeps what it enforces; checks again (a reconnect checks at once).
+            this.setStatus('store_lost');
+            await this.sleep(this.opts.storeCheckMs ?? 5000);
+            continue;
+          }
+          needResync = false;
         }
         this.setStatus('following');
         await this.settle();
@@ -175,9 +186,11 @@ export class Agent {
           }),
         );
         for (const r of refreshed) if (r.status === 'rejected') throw r.reason;
+        if (await this.follower.changed()) needResync = true;
         backoff = 100;
       } catch (err) {
         if (this.stopping) break;
+        if (err instanceof RedisClusterError) throw err;
         if (!(err instanceof StoreUnavailableError)) {
           this.log.error({ err }, 'agent loop failed; resyncing');
         } else {
@@ -201,9 +214,20 @@ export class Agent {
     });
   }
 
-  /** Brings every computer of the node, and nothing else, to what Redis holds. */
-  private async resync(): Promise<void> {
+  /**
+   * Brings every computer of the node, and nothing else, to what Redis holds; false (nothing
+   * changed) when the store is lost.
+   */
+  private async resync(): Promise<boolean> {
     const started = Date.now();
+    const check = await this.follower.check();
+    this.reports.hold(check === 'lost');
+    if (check === 'lost') return false;
+    if (check === 'adopted') {
+      // Versions start again in the accepted store: the lost one's reports and versions go.
+      this.versions.reset(this.opts.enforcer.pinnedIds());
+      this.reports.clear();
+    }
     this.reports.rewriteAll();
     const snapshot = await this.opts.store.listComputersOfNode(this.opts.node);
     const seen = new Set<string>();
@@ -225,6 +249,7 @@ export class Agent {
     this.seq = snapshot.seq;
     await this.settle();
     this.log.info({ computers: snapshot.computers.length, ms: Date.now() - started }, 'resynced');
+    return true;
   }
 
   /** Re-reads one computer from Redis and enforces it (or forgets it when it is gone or moved away). */
@@ -270,7 +295,7 @@ export class Agent {
       this.reports.set(id, { version: want.version, state: 'cgroup_forbidden', reason: forbidden });
       return;
     }
-    const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
+    const full = this.dir(want.cgroup);
     this.watcher.track(id, full);
     try {
       const dns = await dnsSettings(this.opts, id, want.policy, want.dnsUpstream);
@@ -281,7 +306,7 @@ export class Agent {
         : undefined;
       if (this.desired.get(id) !== want) return;
       const started = process.hrtime.bigint();
-      const { changed } = this.opts.enforcer.attach(
+      let { changed } = this.opts.enforcer.attach(
         id,
         want.cgroup,
         want.policy,
@@ -289,6 +314,11 @@ export class Agent {
         dns.settings,
         names,
       );
+      // Another store was accepted: an equal version number there is not the same policy.
+      if (this.versions.restamp(id) && !changed) {
+        this.opts.enforcer.apply(id, want.policy, BigInt(want.version), dns.settings);
+        changed = true;
+      }
       this.opts.metrics?.applySeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
       this.failures.delete(id);
       this.versions.enforced(id, want.version);
@@ -305,11 +335,7 @@ export class Agent {
         // Attached as soon as the cgroup appears (CgroupWatcher). A stale attachment goes.
         this.opts.enforcer.detach(id);
         this.failures.delete(id);
-        this.reports.set(id, {
-          version: want.version,
-          state: 'cgroup_missing',
-          reason: this.missingReason(full),
-        });
+        this.reports.set(id, this.missing(want.version, full));
         return;
       }
       this.reports.delete(id);
@@ -322,14 +348,6 @@ export class Agent {
     }
   }
 
-  /** The egressd_map_memory_bytes gauge, by map (one read of /proc/self/fdinfo per map). */
-  private measureMaps(): void {
-    const metrics = this.opts.metrics;
-    if (!metrics) return;
-    for (const [map, bytes] of Object.entries(this.opts.enforcer.mapMemory()))
-      metrics.mapMemory.set({ map }, bytes);
-  }
-
   /**
    * The periodic check: every computer's attachment against the cgroup that
    * is at its path now. A mismatch (a cgroup replaced between two inotify
@@ -338,14 +356,14 @@ export class Agent {
    */
   verify(): number {
     this.reports.countStates(this.opts.metrics);
-    this.measureMaps();
+    measureMapMemory(this.opts.metrics, this.opts.enforcer);
     let repaired = 0;
     for (const [id, want] of this.desired) {
       const reported = this.reports.get(id);
       const refused = reported?.state === 'cgroup_forbidden' || reported?.state === 'version_regressed';
       if (refused || this.failures.has(id) || this.reconciling.has(id)) continue;
       const attached = this.opts.enforcer.attachedCgroupId(id);
-      const now = cgroupIdAt(path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`)));
+      const now = cgroupIdAt(this.dir(want.cgroup));
       if (attached === now) continue;
       if (attached === undefined && now === 0n && reported?.state === 'cgroup_missing') continue;
       repaired++;
@@ -359,9 +377,15 @@ export class Agent {
     return repaired;
   }
 
-  /** What the API shows for a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
-  private missingReason(full: string): string {
-    return `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
+  /** The directory of a computer's cgroup. */
+  private dir(cgroup: string): string {
+    return path.join(this.opts.cgroupRoot, path.posix.normalize(`/${cgroup}`));
+  }
+
+  /** The report of a computer whose cgroup is missing: the path looked for, on which node, and what to do. */
+  private missing(version: number, full: string) {
+    const reason = `cgroup ${full} does not exist on node ${this.opts.node}: it is attached as soon as it is made (mkdir ${full}); if the path is wrong, register the computer again with the right one`;
+    return { version, state: 'cgroup_missing' as const, reason };
   }
 
   /** Revokes what the policies just put in force refuse (one pass), then writes the acknowledgements. */
@@ -388,14 +412,7 @@ export class Agent {
     if (change === 'gone') {
       this.log.info({ computer: id }, 'cgroup gone: detaching until it is back');
       this.opts.enforcer.detach(id);
-      if (want) {
-        const full = path.join(this.opts.cgroupRoot, path.posix.normalize(`/${want.cgroup}`));
-        this.reports.set(id, {
-          version: want.version,
-          state: 'cgroup_missing',
-          reason: this.missingReason(full),
-        });
-      }
+      if (want) this.reports.set(id, this.missing(want.version, this.dir(want.cgroup)));
     } else {
       // A replaced cgroup is another cgroup: attach() sees the new id and starts over.
       this.log.info({ computer: id, change }, `cgroup ${change}: attaching`);
@@ -406,22 +423,6 @@ export class Agent {
 
   /** Desired vs. enforced version per computer. */
   report(): ComputerReport[] {
-    return [...this.desired.entries()].map(([id, want]) => {
-      const reported = this.reports.get(id);
-      const error = this.failures.get(id) ?? reported?.reason;
-      const state: ComputerReport['state'] = this.failures.has(id)
-        ? 'failed'
-        : reported?.version === want.version
-          ? reported.state
-          : 'pending';
-      return {
-        id,
-        cgroup: want.cgroup,
-        desiredVersion: want.version,
-        enforcedVersion: reported?.version ?? null,
-        state,
-        ...(error ? { error } : {}),
-      };
-    });
+    return computerReports(this.desired, this.reports, this.failures);
   }
 }

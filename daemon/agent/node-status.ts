@@ -2,13 +2,19 @@
  * The node's word on itself in Redis (store/nodes.ts), so that operators see
  * which kernel each node runs and which kernel-dependent features are on,
  * off by choice, or unsupported there and why (GET /api/v1/nodes, and the
- * counts in /readyz): a feature that the kernel lacks is never claimed. Said
+ * counts in /readyz): a feature that the kernel lacks is never claimed; and
+ * which store the agent follows, or that it lost it (store-identity.ts). Said
  * at start and every NODE_STATUS_INTERVAL_MS; a Redis outage only delays it.
  */
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import type { Logger } from 'pino';
-import { type FeatureState, NODE_STATUS_INTERVAL_MS, type Store } from '../../store/store.js';
+import {
+  type FeatureState,
+  NODE_STATUS_INTERVAL_MS,
+  type NodeStoreState,
+  type Store,
+} from '../../store/store.js';
 import type { Enforcer } from '../kernel/enforcer.js';
 
 const VERSION = (
@@ -36,6 +42,8 @@ export class NodeStatusPublisher {
     private readonly node: string,
     private readonly enforcer: Enforcer,
     private readonly log: Logger,
+    /** Which store the agent follows, or that it is lost (Agent.storeState). */
+    private readonly storeState: () => NodeStoreState | undefined = () => undefined,
   ) {}
 
   start(): void {
@@ -48,7 +56,9 @@ export class NodeStatusPublisher {
     this.timer = undefined;
   }
 
-  private async publish(): Promise<void> {
+  /** Says it now (the store became lost or followed again), not only every NODE_STATUS_INTERVAL_MS. */
+  async publish(): Promise<void> {
+    const store = this.storeState();
     try {
       await this.store.putNodeStatus({
         node: this.node,
@@ -57,6 +67,7 @@ export class NodeStatusPublisher {
         startedAt: this.startedAt,
         seenAt: Date.now(),
         features: nodeFeatures(this.enforcer),
+        ...(store ? { store } : {}),
       });
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, 'node status not written (Redis unavailable)');

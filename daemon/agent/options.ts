@@ -5,7 +5,8 @@ import type { DnsProxy } from '../dns/proxy.js';
 import type { Enforcer, RevokedRecord } from '../kernel/enforcer.js';
 import type { AgentMetrics } from '../metrics.js';
 
-export type AgentStatus = 'starting' | 'syncing' | 'following' | 'disconnected' | 'stopped';
+/** store_lost: connected, but the store is not the one it follows (store-identity.ts): it keeps what it enforces. */
+export type AgentStatus = 'starting' | 'syncing' | 'following' | 'store_lost' | 'disconnected' | 'stopped';
 
 export interface ComputerReport {
   id: string;
@@ -41,6 +42,15 @@ export interface AgentOptions {
   protectedCgroups?: string[];
   /** How often every attachment's cgroup id is compared with the one at its path. @default 5000 */
   verifyIntervalMs?: number;
+  /**
+   * Where the agent remembers the id of the store it follows (store-identity.ts), so that a
+   * restarted agent knows it too; none: in memory only (tests of the agent alone).
+   */
+  storeIdFile?: string;
+  /** How often the store's identity is checked while following, and again while it is lost. @default 5000 */
+  storeCheckMs?: number;
+  /** Called when the store becomes lost or followed again (the node status says it at once). */
+  onStoreState?: () => void;
   /** Each connection a policy change closed (live revocation), for deny events. */
   onRevoked?: (id: string, socket: RevokedRecord) => void;
 }

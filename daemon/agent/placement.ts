@@ -6,6 +6,7 @@
  * cgroup2 mount, without leading or trailing '/'. Pure: no I/O.
  */
 import { readFileSync } from 'node:fs';
+import { EgressdError } from '../../policy/errors.js';
 
 /** `child` lies strictly below `parent` ('' is the mount's root). */
 export function isBelow(child: string, parent: string): boolean {
@@ -47,5 +48,18 @@ export function cgroupOfProcess(pid: number | 'self' = 'self'): string | undefin
     return line === undefined ? undefined : normaliseCgroup(line.slice(3).replace(/ \(deleted\)$/, ''));
   } catch {
     return undefined;
+  }
+}
+
+/** Throws when egressd's own cgroup or its Redis's (`protectedCgroups`) is a sandbox root or below one. */
+export function refuseProtectedInRoots(protectedCgroups: string[], roots: string[]): void {
+  for (const p of protectedCgroups) {
+    const root = roots.find((r) => p === r || isBelow(p, r));
+    if (root !== undefined) {
+      throw new EgressdError(
+        'AGENT_IN_SANDBOX_ROOT',
+        `egressd or its Redis runs in cgroup "${p}", inside the sandbox root "${root}", where the guard refuses every connection: run them outside it, or choose another --cgroup-root`,
+      );
+    }
   }
 }

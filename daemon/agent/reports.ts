@@ -6,6 +6,7 @@
 import type { Logger } from 'pino';
 import { AGENT_STATES, type AgentState, type Revocation, type Store } from '../../store/store.js';
 import type { AgentMetrics } from '../metrics.js';
+import type { ComputerReport } from './options.js';
 
 export interface Reported {
   version: number;
@@ -18,6 +19,8 @@ export interface Reported {
 export class Reports {
   private readonly reported = new Map<string, Reported>();
   private readonly unacked = new Set<string>();
+  /** While the store is lost (store-identity.ts): nothing is written to it. */
+  private held = false;
 
   constructor(
     private readonly store: Pick<Store, 'ackEnforced'>,
@@ -57,6 +60,20 @@ export class Reports {
     for (const id of this.reported.keys()) this.unacked.add(id);
   }
 
+  /**
+   * While the store is lost nothing is written to it: an acknowledgement of a lost store's
+   * version would confirm a PUT in the new store that no agent applied (versions start again).
+   */
+  hold(held: boolean): void {
+    this.held = held;
+  }
+
+  /** Forgets every report: they were a lost store's (another store was accepted). */
+  clear(): void {
+    this.reported.clear();
+    this.unacked.clear();
+  }
+
   /** Forgets a computer: nothing more is reported of it. */
   delete(id: string): void {
     this.reported.delete(id);
@@ -73,6 +90,7 @@ export class Reports {
 
   /** Writes the acknowledgements not yet written, pipelined; failed ones stay queued for the next try. */
   async flush(): Promise<void> {
+    if (this.held) return;
     const ids = [...this.unacked];
     this.unacked.clear();
     const at = new Date();
@@ -89,4 +107,29 @@ export class Reports {
     for (const f of failed) this.unacked.add(f.id);
     if (failed[0]) throw failed[0].reason;
   }
+}
+
+/** Desired vs. enforced version per computer (Agent.report()). */
+export function computerReports(
+  desired: ReadonlyMap<string, { cgroup: string; version: number }>,
+  reports: Pick<Reports, 'get'>,
+  failures: ReadonlyMap<string, string>,
+): ComputerReport[] {
+  return [...desired.entries()].map(([id, want]) => {
+    const reported = reports.get(id);
+    const error = failures.get(id) ?? reported?.reason;
+    const state: ComputerReport['state'] = failures.has(id)
+      ? 'failed'
+      : reported?.version === want.version
+        ? reported.state
+        : 'pending';
+    return {
+      id,
+      cgroup: want.cgroup,
+      desiredVersion: want.version,
+      enforcedVersion: reported?.version ?? null,
+      state,
+      ...(error ? { error } : {}),
+    };
+  });
 }

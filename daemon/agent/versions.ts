@@ -8,7 +8,9 @@
  *
  * - The memory goes only when the computer leaves the node (DELETE, or moved
  *   to another node): a real removal detaches, and a computer registered
- *   later under the same id starts afresh.
+ *   later under the same id starts afresh. Or all of it, when an operator
+ *   accepts a new store in place of a lost one (store-identity.ts): versions
+ *   start again there. A failover to a copy of the same store keeps it.
  * - A "reset" to an older policy is a PUT of that policy: it draws a new,
  *   higher version, and that is applied. Nothing makes an agent apply a lower
  *   version; a host whose pins are gone (a reboot) enforces what Redis says.
@@ -61,6 +63,17 @@ export class EnforcedVersions {
     const prefix = `${id} `;
     for (const key of this.refused) if (key.startsWith(prefix)) this.refused.delete(key);
   }
+
+  /**
+   * Another store was accepted in place of a lost one (store-identity.ts): its versions start
+   * again. Everything is forgotten, and `inKernel` (the computers whose kernel state holds a lost
+   * store's version) count as version 0, not as their kernel's version.
+   */
+  reset(inKernel: Iterable<string>): void {
+    this.highest.clear();
+    this.refused.clear();
+    for (const id of inKernel) this.highest.set(id, 0);
+  }
 }
 
 /** What the API shows for a refused version: which is kept, which was asked for, and what to do. */
@@ -75,6 +88,8 @@ export function regressionReason(node: string, r: Pick<Regression, 'kept' | 'ask
 /** The agent's side of EnforcedVersions: refuses, logs once, counts, raises the counter and reports. */
 export class VersionGate {
   private readonly versions = new EnforcedVersions();
+  /** Computers whose kernel state holds a lost store's version (reset()), until they are written again. */
+  private readonly stale = new Set<string>();
 
   constructor(
     private readonly opts: Pick<AgentOptions, 'node' | 'store' | 'enforcer' | 'metrics'>,
@@ -109,5 +124,22 @@ export class VersionGate {
 
   forget(id: string): void {
     this.versions.forget(id);
+    this.stale.delete(id);
+  }
+
+  reset(inKernel: Iterable<string>): void {
+    const ids = [...inKernel];
+    this.versions.reset(ids);
+    this.stale.clear();
+    for (const id of ids) this.stale.add(id);
+  }
+
+  /**
+   * True once for a computer whose kernel state holds a lost store's version: the enforcer
+   * takes an equal version for the same policy, but versions started again in the accepted
+   * store, so its policy must be written anyway.
+   */
+  restamp(id: string): boolean {
+    return this.stale.delete(id);
   }
 }

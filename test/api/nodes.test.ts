@@ -1,13 +1,15 @@
 /**
  * What the agents say of their nodes (store/nodes.ts): GET /api/v1/nodes
- * (admin) lists each with its kernel and features; /readyz counts the
- * features' states without naming nodes; a node whose status ran out is gone.
+ * (admin) lists each with its kernel, features and the store it follows (or
+ * lost); /readyz counts the features' states and the nodes that lost their
+ * store without naming nodes; a node whose status ran out is gone.
  */
 import test from 'ava';
 import { keys } from '../../store/keys.js';
 import { type Harness, startHarness } from './harness.js';
 
 let h: Harness;
+const LOST = '0123456789abcdef0123456789abcdef';
 
 test.before(async () => {
   h = await startHarness();
@@ -19,6 +21,7 @@ test.before(async () => {
     startedAt: now - 1000,
     seenAt: now,
     features: { revocation: { state: 'on' }, name_check: { state: 'on' } },
+    store: { state: 'following', id: LOST },
   });
   await h.store.putNodeStatus({
     node: 'n2',
@@ -30,6 +33,7 @@ test.before(async () => {
       revocation: { state: 'unsupported', problem: 'no bpf_sock_destroy and no CONFIG_INET_DIAG_DESTROY' },
       name_check: { state: 'on' },
     },
+    store: { state: 'lost', id: LOST, found: '', since: now - 500 },
   });
 });
 
@@ -48,7 +52,9 @@ test.serial('the admin lists nodes, their kernels and features; /readyz counts s
       ['n2', '6.1.0'],
     ],
   );
+  t.like(data[0], { store: { state: 'following', id: LOST } });
   t.like(data[1], {
+    store: { state: 'lost', id: LOST, found: null },
     features: {
       revocation: { state: 'unsupported', problem: 'no bpf_sock_destroy and no CONFIG_INET_DIAG_DESTROY' },
     },
@@ -59,6 +65,7 @@ test.serial('the admin lists nodes, their kernels and features; /readyz counts s
     status: 'ready',
     nodes: 2,
     features: { revocation: { on: 1, unsupported: 1 }, name_check: { on: 2 } },
+    store_lost: 1,
   });
   t.notRegex(ready.text, /6\.1\.0|n1|n2/, 'no node names or kernels without a key');
 });

@@ -5,7 +5,8 @@
  * 127.0.0.1 at a free port. `stop()` kills it (by its own pid) and
  * `restart()` starts it again at the same address; `freeze()` stops it with
  * SIGSTOP (connections stay open, nothing is answered) until `thaw()`
- * (SIGCONT; call it in a `finally`). With `replicaOf` it is a replica of
+ * (SIGCONT; call it in a `finally`). `persistence: false`: restart() brings
+ * an empty server (nothing survives). With `replicaOf` it is a replica of
  * that (TCP) server, returned once its link to the primary is up. Register
  * `cleanup` with `test.after.always` so it is always ended and its
  * directory removed.
@@ -86,6 +87,13 @@ export interface TestRedisOptions {
   appendfsync?: 'always' | 'everysec';
   /** Start as a replica of this server (started with `tcp: true`); implies `tcp`. */
   replicaOf?: TestRedis;
+  /**
+   * false: no append-only file, so that restart() brings an empty Redis at the
+   * same address (a Redis that came back without its data). @default true
+   */
+  persistence?: boolean;
+  /** More redis-server arguments (e.g. ['--cluster-enabled', 'yes']). */
+  args?: string[];
 }
 
 export async function startRedis(options: TestRedisOptions = {}): Promise<TestRedis> {
@@ -127,9 +135,10 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
         ...listen,
         '--save',
         '',
-        // Data survives stop() (SIGKILL) and restart(), as with a real outage of a persistent Redis.
+        // Data survives stop() (SIGKILL) and restart(), as with a real outage of a persistent Redis
+        // (unless persistence is false: then restart() brings an empty one).
         '--appendonly',
-        'yes',
+        options.persistence === false ? 'no' : 'yes',
         '--appendfsync',
         options.appendfsync ?? 'always',
         '--dir',
@@ -139,6 +148,7 @@ export async function startRedis(options: TestRedisOptions = {}): Promise<TestRe
         '--loglevel',
         'warning',
         ...(primaryPort === undefined ? [] : ['--replicaof', '127.0.0.1', primaryPort]),
+        ...(options.args ?? []),
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );

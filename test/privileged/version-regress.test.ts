@@ -107,6 +107,9 @@ test.serial(
     const vOld = older.body.data.version as number;
     // The replica has everything up to here (the older policy acknowledged) and misses what follows.
     const replica = await dumpAll(api.store.redis);
+    // A replica of the same store: its identity too, so the agents keep their version memory there
+    // (a store that comes back empty is another matter: store-lost.test.ts).
+    t.true(replica.has(keys.storeIdentity()), 'the store identity is replicated like the rest');
     const tight = await api.call('PUT', `/api/v1/computers/${id}/network-policy`, {
       body: { mode: 'isolated' },
     });

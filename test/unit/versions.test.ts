@@ -35,3 +35,16 @@ test('the reason names the node, both versions and what to do', (t) => {
   t.regex(reason, /node node-a keeps version 10 .* refuses version 7/);
   t.regex(reason, /PUT the policy you want again .* above 10/);
 });
+
+test('reset (another store accepted): every version is forgotten, what the kernel holds counts as 0', (t) => {
+  const v = new EnforcedVersions();
+  v.enforced('a', 57);
+  v.enforced('b', 40);
+  t.like(v.check('a', 3), { kept: 57, first: true });
+  v.reset(['a']);
+  t.true(v.knows('a'), 'in the kernel: known, as version 0 (not seeded from the kernel again)');
+  t.is(v.check('a', 3), undefined, "the new store's version 3 is applied");
+  t.false(v.knows('b'));
+  v.enforced('a', 3);
+  t.like(v.check('a', 2), { kept: 3, first: true }, 'from then on versions never go back again');
+});
