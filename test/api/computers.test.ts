@@ -244,7 +244,11 @@ test('healthz, readyz, metrics', async (t) => {
   t.is(health.status, 200);
   t.deepEqual(health.body, { status: 'ok' });
   const ready = await h.call('GET', '/readyz', { key: '' });
-  t.deepEqual(ready.body, { status: 'ready', nodes: 0, features: {} }, 'no agent has written its status');
+  t.deepEqual(
+    ready.body,
+    { status: 'ready', nodes: 0, store_lost: 0, features: {} },
+    'no agent has written its status',
+  );
   const metrics = await h.call('GET', '/metrics');
   t.is(metrics.status, 200);
   t.regex(metrics.headers.get('content-type') ?? '', /^text\/plain/);
