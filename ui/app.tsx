@@ -10,6 +10,7 @@ import { call, errorText, type SessionView, setCsrfToken, whenUnauthorized } fro
 import { ComputerView } from './computer.js';
 import { ComputersView } from './computers.js';
 import { EditView } from './edit.js';
+import { storeLostText } from './model.js';
 import { href } from './parts.js';
 import { SuggestionPage } from './suggestion.js';
 
@@ -100,10 +101,37 @@ export function App() {
         ) : session === null ? (
           <SignIn notice={notice} onSignedIn={signedIn} />
         ) : (
-          <View route={route} session={session} />
+          <>
+            {session.kind === 'admin' ? <StoreLost /> : null}
+            <View route={route} session={session} />
+          </>
         )}
       </main>
     </>
+  );
+}
+
+/** How often the admin's page asks /readyz whether a node lost its store. */
+const STORE_CHECK_MS = 10_000;
+
+/** A banner while any node follows no store (README "A Redis that comes back empty"). */
+function StoreLost() {
+  const [nodes, setNodes] = useState(0);
+  useEffect(() => {
+    const check = () =>
+      void call('GET', '/readyz').then((r) => {
+        const n = (r.body as { store_lost?: unknown } | undefined)?.store_lost;
+        setNodes(typeof n === 'number' ? n : 0);
+      });
+    check();
+    const timer = setInterval(check, STORE_CHECK_MS);
+    return () => clearInterval(timer);
+  }, []);
+  const text = storeLostText(nodes);
+  return text === '' ? null : (
+    <p id="store-lost" class="error" role="alert">
+      {text}
+    </p>
   );
 }
 

@@ -224,3 +224,14 @@ export class DenialCounts {
     return [xs, ...ys];
   }
 }
+
+/** The admin's banner while nodes follow no store (`store_lost` in /readyz); '' when none. */
+export function storeLostText(nodes: number): string {
+  if (!Number.isInteger(nodes) || nodes <= 0) return '';
+  const which = nodes === 1 ? '1 node has' : `${nodes} nodes have`;
+  return (
+    `${which} lost the store: Redis came back empty or was replaced. They keep enforcing the ` +
+    'policies they had and follow no change. PUT every policy again, check `egressd store status`, ' +
+    'then run `egressd store accept`.'
+  );
+}

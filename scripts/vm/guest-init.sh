@@ -41,9 +41,13 @@ fi
 # ava's per-test timeout, and the harness's own deadlines (for tests that
 # read EGRESSD_TEST_TIMEOUT_SCALE), stretched under emulation.
 ava_timeout=120s
+# Test files at once: under TCG one at a time (a probe of one file timed out while
+# another file loaded its programs).
+ava_concurrency=$(nproc)
 export EGRESSD_TEST_TIMEOUT_SCALE=1
 if [[ $accel == tcg ]]; then
   ava_timeout=300s
+  ava_concurrency=1
   EGRESSD_TEST_TIMEOUT_SCALE=10
 fi
 echo "egressd-vm: kernel $(uname -r), $(nproc) CPUs, ${accel:-unknown} acceleration, node $(node -v)"
@@ -78,7 +82,7 @@ start=$(date +%s)
 log=/tmp/ava.tap
 set +e
 # shellcheck disable=SC2086 # the test list is split on purpose
-node node_modules/ava/entrypoints/cli.mjs --tap --timeout "$ava_timeout" ${tests} 2>&1 | tee "$log"
+node node_modules/ava/entrypoints/cli.mjs --tap --timeout "$ava_timeout" --concurrency "$ava_concurrency" ${tests} 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 pass=$(awk '/^# pass /{print $3}' "$log" | tail -1)

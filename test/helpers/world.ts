@@ -126,7 +126,7 @@ export interface ProbeOptions {
   cgroup?: string;
   /** true (default): the world namespace; false: the host namespace (loopback targets only); a string: that netns path. */
   netns?: boolean | string;
-  /** Kill the probe and fail after this long. Default: 10 s plus the MS of every loop OP. */
+  /** Kill the probe and fail after this long. Default: 10 s plus the MS of every loop OP, times SCALE. */
   timeoutMs?: number;
 }
 
@@ -453,7 +453,10 @@ export class World {
   }
 
   /** Waits until a server event matches (bounded; throws on timeout). */
-  async waitForServerEvent(match: (e: ServerEvent) => boolean, timeoutMs = 3000): Promise<ServerEvent> {
+  async waitForServerEvent(
+    match: (e: ServerEvent) => boolean,
+    timeoutMs = 3000 * SCALE,
+  ): Promise<ServerEvent> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const found = this.events.find(match);
@@ -652,7 +655,7 @@ export class World {
     const loopMs = ops
       .filter((op) => op.startsWith('loop:'))
       .reduce((sum, op) => sum + Number(op.split(':')[1] ?? 0), 0);
-    const timeoutMs = opts.timeoutMs ?? 10_000 + loopMs;
+    const timeoutMs = opts.timeoutMs ?? (10_000 + loopMs) * SCALE;
 
     const child = spawn(PROBE_PATH, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.track(child);

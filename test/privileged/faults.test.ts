@@ -17,7 +17,7 @@ import { Store } from '../../store/store.js';
 import { type Harness, startHarness } from '../api/harness.js';
 import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
-import { createWorld, type World } from '../helpers/world.js';
+import { createWorld, SCALE, type World } from '../helpers/world.js';
 
 let world: World;
 let api: Harness;
@@ -111,7 +111,7 @@ test.serial(
     t.is(through, 0, 'no connect from a recreated cgroup gets through');
     // And the agent re-attached the cgroup that is there now, and says so.
     const now = await new Promise<bigint>((resolve, reject) => {
-      const deadline = Date.now() + 5000;
+      const deadline = Date.now() + 5000 * SCALE;
       const tick = () => {
         const id = enforcer.attachedCgroupId('box');
         const atPath = cgroupIdAt(box.path);
@@ -146,9 +146,10 @@ test.serial(
     // Refused by the guard at once, then judged by its policy once the check repaired it.
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80'), ['EPERM']);
     // Re-attached: the computer's attachment is on the cgroup at its path now.
-    const deadline = Date.now() + 5000;
+    const deadline = Date.now() + 5000 * SCALE;
     while (enforcer.attachedCgroupId('quiet') !== cgroupIdAt(cg.path)) {
-      if (Date.now() > deadline) throw new Error('the periodic check did not re-attach quiet within 5 s');
+      if (Date.now() > deadline)
+        throw new Error(`the periodic check did not re-attach quiet within ${5 * SCALE} s`);
       await new Promise((r) => setTimeout(r, 50));
     }
     t.deepEqual(await world.probeResults({ cgroup: cg.path }, 'tcp:192.0.2.1:80', 'tcp:192.0.2.2:80'), [

@@ -16,7 +16,7 @@ import { clientHello } from '../helpers/client-hello.js';
 import { testDnsProxy } from '../helpers/dns-proxy.js';
 import { type Dnsmasq, startDnsmasq } from '../helpers/dnsmasq.js';
 import { ECHO_PORT, echoServer } from '../helpers/held-sockets.js';
-import { createWorld, REPO_ROOT, type World } from '../helpers/world.js';
+import { createWorld, REPO_ROOT, SCALE, type World } from '../helpers/world.js';
 
 const CLIENT = `${REPO_ROOT}dist/test/helpers/first-bytes.js`;
 /** Served "for" many names, as on a CDN: every test teaches it for some of them. */
@@ -284,7 +284,7 @@ test.serial(
       buffered = parts.pop() ?? '';
       lines.push(...parts);
     });
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + 10_000 * SCALE;
     while (lines.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     t.deepEqual(JSON.parse(lines[0] ?? '{}'), { connected: true });
     enforcer.apply(id, { mode: 'allowlist', rules: [tcpRule('allowed.example'), tcpRule('x.example')] }, 2n);

@@ -17,8 +17,10 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
+import { Redis } from 'ioredis';
 import type { Browser, Page } from 'puppeteer-core';
 import { CONTENT_SECURITY_POLICY } from '../../api/routes/ui-assets.js';
+import { keys as redisKeys } from '../../store/keys.js';
 import {
   launchChromium,
   openPage,
@@ -311,6 +313,22 @@ test.serial('a cross-site POST, or one without the CSRF token, is refused', asyn
   t.deepEqual(await post({ 'x-csrf-token': 'not-the-token' }), { status: 403, code: 'csrf_token_invalid' });
   const keysNow = await egressd.client.send('GET', '/api/v1/keys');
   t.false(JSON.stringify(keysNow.body).includes('mallory'), 'no key was made');
+});
+
+test.serial("a node that lost its store: the admin's page says so, and what to do", async (t) => {
+  await show(admin, '#/computers');
+  t.is(await admin.$('#store-lost'), null, 'no banner while every node follows its store');
+  // The store's identity gone, as in a Redis that came back empty (sessions aside, so the page stays
+  // signed in): the agent keeps what it enforces and follows nothing until an operator accepts.
+  const redis = new Redis({ path: path.join(egressd.stateDir, 'redis', 'redis.sock') });
+  try {
+    t.is(await redis.del(redisKeys.storeIdentity()), 1);
+  } finally {
+    redis.disconnect();
+  }
+  const text = await waitForText(admin, '#store-lost', 'egressd store accept', seconds(40));
+  t.regex(text, /^1 node has lost the store/);
+  await screenshot(admin, 'store-lost');
 });
 
 test.serial(

@@ -16,6 +16,7 @@ import {
   filterComputers,
   formOf,
   sortComputers,
+  storeLostText,
 } from '../../ui/model.js';
 
 function computer(id: string, node: string, state = 'enforced', mode = 'allowlist'): ComputerItem {
@@ -208,4 +209,11 @@ test('how times and destinations read', (t) => {
     '[2001:db8::1]:443 (a.test)',
   );
   t.is(eventTarget({ ...e, family: null, address: null, port: null, hostname: 'asked.test' }), 'asked.test');
+});
+
+test('the store-lost banner: none for no node, what to do for one or more', (t) => {
+  t.is(storeLostText(0), '');
+  t.is(storeLostText(Number.NaN), '');
+  t.regex(storeLostText(1), /^1 node has lost the store: .*egressd store accept/);
+  t.regex(storeLostText(3), /^3 nodes have lost the store/);
 });
