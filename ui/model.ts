@@ -231,7 +231,7 @@ export function storeLostText(nodes: number): string {
   const which = nodes === 1 ? '1 node has' : `${nodes} nodes have`;
   return (
     `${which} lost the store: Redis came back empty or was replaced. They keep enforcing the ` +
-    'policies they had and follow no change. PUT every policy again, check `egressd store status`, ' +
-    'then run `egressd store accept`.'
+    'policies they had and follow no change. PUT every policy again, check "egressd store status", ' +
+    'then run "egressd store accept".'
   );
 }
