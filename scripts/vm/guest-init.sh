@@ -19,6 +19,8 @@ mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mkdir -p /run/netns /run/lock
 hostname egressd-vm
+# Open files: as a systemd service or a login shell would allow (the SSE load test holds 4,500).
+ulimit -n 65536
 # Where the systemd units (and so systemd-analyze verify) expect node.
 ln -sf /opt/egressd/.vm-bin/node /usr/bin/node
 ip link set lo up

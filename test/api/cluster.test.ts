@@ -13,7 +13,7 @@ import path from 'node:path';
 import test from 'ava';
 import { Store } from '../../store/store.js';
 import { freePort, startRedis, type TestRedis } from '../helpers/redis.js';
-import { REPO_ROOT } from '../helpers/world.js';
+import { REPO_ROOT, SCALE } from '../helpers/world.js';
 
 const CLI = path.join(REPO_ROOT, 'dist/cli/main.js');
 let cluster: TestRedis;
@@ -50,7 +50,10 @@ async function egressd(args: string[]): Promise<{ code: number | null; stderr: s
   child.stderr?.on('data', (d: Buffer) => {
     stderr += d.toString();
   });
-  const timer = setTimeout(() => child.pid !== undefined && process.kill(child.pid, 'SIGKILL'), 20_000);
+  const timer = setTimeout(
+    () => child.pid !== undefined && process.kill(child.pid, 'SIGKILL'),
+    20_000 * SCALE,
+  );
   const [code] = (await once(child, 'exit')) as [number | null];
   clearTimeout(timer);
   return { code, stderr };
